@@ -1,0 +1,130 @@
+# lora - build, test, install.
+#
+#   make                 ./lora (CUDA parts too when nvcc exists; CUDA=0 for CPU only)
+#   make check           every test; ends with "N passed, N failed"
+#   make SANITIZE=1 check  the same under AddressSanitizer + UBSan
+#   make demo            the built-in example
+#   make fuzz            libFuzzer targets, FUZZ_SECONDS each (default 60)
+#   make install PREFIX=/usr/local
+#
+# `make check` and `make demo` first install missing Debian packages (.ci/deps.sh).
+
+VERSION   := 0.1.0
+PREFIX    ?= /usr/local
+CC        ?= cc
+NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA      ?= $(if $(NVCC),1,0)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+SANITIZE  ?= 0
+FUZZ_SECONDS ?= 60
+
+ifeq ($(SANITIZE),1)
+BUILD     ?= build-san
+SANFLAGS  := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT       := -O1
+else
+BUILD     ?= build
+SANFLAGS  :=
+OPT       := -O2
+endif
+
+CFLAGS    ?= $(OPT) -g
+CFLAGS    += -std=gnu11 -Wall -Wextra -pthread -I. -I/usr/include/x86_64-linux-gnu \
+             -DLORA_VERSION='"$(VERSION)"' $(SANFLAGS)
+LDLIBS    := -larchive -lcrypto -lcjson -lpcre2-8 -llapacke -lopenblas -lm -pthread
+LDFLAGS   += $(SANFLAGS)
+
+ifeq ($(CUDA),1)
+CFLAGS    += -DLORA_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+CU_SRC    := $(wildcard kernels/*.cu)
+CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/%.o)
+LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+NVFLAGS   ?= -O2 -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra,-fPIC -I.
+else
+CU_OBJ    :=
+endif
+
+LIB_SRC   := $(wildcard libadapter/*.c)
+TRAIN_SRC := $(wildcard train/*.c)
+CMD_SRC   := $(wildcard cmd/*.c)
+TEST_SRC  := $(wildcard tests/unit/test_*.c)
+FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
+MAN       := $(wildcard man/*.1 man/*.5)
+
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
+TRAIN_OBJ := $(TRAIN_SRC:%.c=$(BUILD)/%.o)
+CMD_OBJ   := $(CMD_SRC:%.c=$(BUILD)/%.o)
+TESTS     := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+ALL_OBJ   := $(LIB_OBJ) $(TRAIN_OBJ) $(CMD_OBJ)
+
+.PHONY: all check check-cuda demo fuzz install clean deps FORCE
+
+all: lora
+
+lora: $(BUILD)/lora FORCE
+	@cmp -s $< $@ || cp $< $@
+
+$(BUILD)/lora: $(CMD_OBJ) $(BUILD)/libtrain.a $(BUILD)/libadapter.a $(CU_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $(CMD_OBJ) $(BUILD)/libtrain.a $(CU_OBJ) $(BUILD)/libadapter.a $(LDLIBS)
+
+$(BUILD)/libadapter.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libtrain.a: $(TRAIN_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/kernels/%.o: kernels/%.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libtrain.a $(BUILD)/libadapter.a $(CU_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtrain.a $(CU_OBJ) $(BUILD)/libadapter.a $(LDLIBS)
+
+deps:
+	@sh .ci/deps.sh
+
+check: deps
+	@$(MAKE) --no-print-directory lora $(TESTS)
+	@LORA=$(CURDIR)/$(BUILD)/lora ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 sh tests/run.sh $(BUILD)
+
+# GPU checks (needs a CUDA device): CUDA kernels against the CPU reference.
+check-cuda: lora $(TESTS)
+	@LORA=$(CURDIR)/$(BUILD)/lora LORA_TEST_CUDA=1 sh tests/run.sh $(BUILD)
+
+demo: deps
+	@$(MAKE) --no-print-directory lora
+	@sh tests/demo.sh
+
+FUZZ_CC ?= clang
+fuzz: deps
+	@mkdir -p build-fuzz
+	@set -e; for f in $(FUZZ_SRC); do \
+	  n=$$(basename $$f .c); \
+	  $(FUZZ_CC) -g -O1 -std=gnu11 -I. -I/usr/include/x86_64-linux-gnu -fsanitize=fuzzer,address,undefined \
+	    -o build-fuzz/$$n $$f $(LIB_SRC) $(LDLIBS); \
+	  mkdir -p build-fuzz/corpus-$$n; \
+	  cp -n tests/fuzz/corpus/$$n/* build-fuzz/corpus-$$n/ 2>/dev/null || true; \
+	  echo "== $$n ($(FUZZ_SECONDS) s)"; \
+	  build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 build-fuzz/corpus-$$n 2>&1 | \
+	    grep -E 'stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY|Done' || true; \
+	  test -z "$$(ls crash-* leak-* timeout-* 2>/dev/null)" || { echo "fuzz: findings in $$(ls crash-* leak-* timeout-*)"; exit 1; }; \
+	done
+
+install: lora
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5
+	install -m 755 lora $(DESTDIR)$(PREFIX)/bin/lora
+	install -m 644 $(filter %.1,$(MAN)) $(DESTDIR)$(PREFIX)/share/man/man1/
+	$(if $(filter %.5,$(MAN)),install -m 644 $(filter %.5,$(MAN)) $(DESTDIR)$(PREFIX)/share/man/man5/)
+
+clean:
+	rm -rf build build-san build-fuzz lora
+
+-include $(ALL_OBJ:.o=.d)

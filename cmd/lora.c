@@ -1,0 +1,421 @@
+/*
+ * lora.c - the command table, global options and dispatch.
+ *
+ * main() only dispatches: it reads the global options (--store, --version,
+ * --help), finds the command in the table, answers --help from the table,
+ * resolves the store when the command needs one, and runs it.  A command
+ * whose source file is not linked in (its cmd_<name> is a weak NULL) is
+ * hidden from help and reported as not available.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cmd/cmd.h"
+
+#define WEAK __attribute__((weak))
+CMD(keygen) WEAK; CMD(trust) WEAK; CMD(import) WEAK; CMD(export) WEAK; CMD(list) WEAK;
+CMD(verify) WEAK; CMD(rm) WEAK; CMD(tag) WEAK; CMD(diff) WEAK; CMD(merge) WEAK; CMD(swap) WEAK;
+CMD(train) WEAK; CMD(eval) WEAK; CMD(plan) WEAK; CMD(generate) WEAK; CMD(tokenize) WEAK;
+CMD(combine) WEAK; CMD(extract) WEAK;
+static CMD(help);
+
+static const struct cmd_def commands[] = {
+	{ "help", cmd_help, 0, "show help for lora or for one command",
+	  "lora help [COMMAND]", NULL },
+	{ "inspect", cmd_inspect, CMD_NEED_STORE, "describe an adapter or a model folder",
+	  "lora inspect (PATH | REF) [--json] [--spectrum]",
+	  "  --json        one JSON document on stdout\n"
+	  "  --spectrum    singular values per module and an effective rank\n" },
+	{ "keygen", cmd_keygen, CMD_NEED_STORE, "make the default Ed25519 signing key",
+	  "lora keygen [--name ID] [--force]", NULL },
+	{ "trust", cmd_trust, CMD_NEED_STORE, "manage the signers you trust (allowed_signers)",
+	  "lora trust add ID (PUBKEY_FILE | --key 'ssh-ed25519 AAAA...')\n"
+	  "lora trust list [--json]\nlora trust rm ID", NULL },
+	{ "import", cmd_import, CMD_NEED_STORE, "add a .lora package or a PEFT folder to the store",
+	  "lora import PATH [--name NAME[:TAG]] [--allow-untrusted] [--key FILE]", NULL },
+	{ "export", cmd_export, CMD_NEED_STORE, "write a stored adapter as a .lora file or PEFT folder",
+	  "lora export REF -o PATH [--format lora|peft]", NULL },
+	{ "list", cmd_list, CMD_NEED_STORE, "list the adapters in the store",
+	  "lora list [--json]", NULL },
+	{ "verify", cmd_verify, CMD_NEED_STORE, "check digests, signature and signer of an adapter",
+	  "lora verify (REF | FILE.lora) [--json]", NULL },
+	{ "rm", cmd_rm, CMD_NEED_STORE, "remove an adapter name from the store",
+	  "lora rm REF", NULL },
+	{ "tag", cmd_tag, CMD_NEED_STORE, "give a stored adapter another name",
+	  "lora tag REF NAME[:TAG]", NULL },
+	{ "diff", cmd_diff, CMD_NEED_STORE, "compare two adapters module by module",
+	  "lora diff REF REF [--json]", NULL },
+	{ "combine", cmd_combine, CMD_NEED_STORE, "build one adapter from several",
+	  "lora combine REF[@W]... --method cat|svd|linear --name NAME[:TAG] [--rank R]", NULL },
+	{ "extract", cmd_extract, CMD_NEED_STORE, "turn a full fine-tune into an adapter",
+	  "lora extract --base DIR --tuned DIR --rank R [--targets LIST] --name NAME[:TAG]", NULL },
+	{ "merge", cmd_merge, CMD_NEED_STORE, "merge adapters into a new base model folder",
+	  "lora merge --base DIR REF[@WEIGHT]... -o OUTDIR [--dtype auto|bf16|fp16|fp32] [--device cpu|cuda] [--force]",
+	  NULL },
+	{ "swap", cmd_swap, CMD_NEED_STORE, "change the adapters merged into a model folder in place",
+	  "lora swap MODEL_DIR (REF[@WEIGHT]... | --none) [--base DIR]", NULL },
+	{ "train", cmd_train, CMD_NEED_STORE, "train a LoRA/QLoRA adapter into the store",
+	  "lora train --base DIR --data FILE --name NAME[:TAG] [options]", NULL },
+	{ "eval", cmd_eval, CMD_NEED_STORE, "loss and perplexity of a model, with or without an adapter",
+	  "lora eval --base DIR [--adapter PATH|REF] --tokens FILE.jsonl [--quant nf4|none] [--json] [--dump-logits FILE]",
+	  NULL },
+	{ "plan", cmd_plan, 0, "estimate the memory a training run needs",
+	  "lora plan (--base DIR | --config FILE) [training options] [--gpu-mem GB] [--json]", NULL },
+	{ "generate", cmd_generate, CMD_NEED_STORE, "sample text from a model and adapter",
+	  "lora generate --base DIR [--adapter REF] --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]",
+	  NULL },
+	{ "tokenize", cmd_tokenize, 0, "turn text into token ids with a model's tokenizer",
+	  "lora tokenize --base DIR [--json] [TEXT]", NULL },
+};
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+/* ------------------------------------------------------------ messages */
+
+static void vmsg(const char *prefix, const char *fmt, va_list ap)
+{
+	fflush(stdout);
+	fputs(prefix, stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
+int cmd_error(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vmsg("lora: ", fmt, ap);
+	va_end(ap);
+	return 1;
+}
+
+void cmd_warn(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vmsg("lora: warning: ", fmt, ap);
+	va_end(ap);
+}
+
+int cmd_usage(const struct cmd_ctx *ctx, const char *fmt, ...)
+{
+	va_list ap;
+
+	fflush(stdout);
+	fputs("lora: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	if (ctx && ctx->def)
+		fprintf(stderr, " (see 'lora %s --help')\n", ctx->def->name);
+	else
+		fputs(" (see 'lora help')\n", stderr);
+	return 2;
+}
+
+int cmd_fail(const struct lora_err *err)
+{
+	fflush(stdout);
+	fprintf(stderr, "lora: %s\n", err->msg[0] ? err->msg : "failed");
+	return err->code > 0 && err->code <= 3 ? err->code : 1;
+}
+
+void cmd_print_help(const struct cmd_def *def, FILE *f)
+{
+	fprintf(f, "usage: %s\n", def->synopsis);
+	fprintf(f, "\n%s\n", def->summary);
+	if (def->options)
+		fprintf(f, "\noptions:\n%s", def->options);
+	fprintf(f, "\nSee lora-%s(1) for details.\n", def->name);
+}
+
+/* -------------------------------------------------------- option parsing */
+
+int cmd_parse_long(const struct cmd_ctx *ctx, const char *opt, const char *s, long min, long max,
+		   long *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < min || v > max) {
+		cmd_usage(ctx, "bad value '%s' for %s (an integer from %ld to %ld)", s, opt, min, max);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+int cmd_parse_double(const struct cmd_ctx *ctx, const char *opt, const char *s, double min,
+		     double max, double *out)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || !(v >= min && v <= max)) {
+		cmd_usage(ctx, "bad value '%s' for %s (a number from %g to %g)", s, opt, min, max);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+int cmd_getopt(const struct cmd_ctx *ctx, int argc, char **argv, const char *shortopts,
+	       const struct option *longopts)
+{
+	char sbuf[128];
+	int c;
+
+	/* Leading ':' makes getopt return ':' for a missing argument and stay quiet. */
+	snprintf(sbuf, sizeof(sbuf), ":%s", shortopts);
+	opterr = 0;
+	c = getopt_long(argc, argv, sbuf, longopts, NULL);
+	if (c == '?') {
+		if (optopt)
+			cmd_usage(ctx, "unknown option '-%c'", optopt);
+		else
+			cmd_usage(ctx, "unknown option '%s'", argv[optind - 1]);
+		return '?';
+	}
+	if (c == ':') {
+		cmd_usage(ctx, "option '%s' needs a value", argv[optind - 1]);
+		return '?';
+	}
+	return c;
+}
+
+/* ------------------------------------------------------------- progress */
+
+#include <time.h>
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void cmd_progress_start(struct cmd_progress *p, const struct cmd_ctx *ctx, const char *label, double total)
+{
+	p->on = ctx->is_tty;
+	p->label = label;
+	p->total = total;
+	p->t0 = now();
+	p->last_draw = 0;
+}
+
+void cmd_progress_update(struct cmd_progress *p, double done, const char *extra)
+{
+	double t = now(), frac, el, eta;
+	int w = 30, fill;
+
+	if (!p->on || (t - p->last_draw < 0.1 && done < p->total))
+		return;
+	p->last_draw = t;
+	frac = p->total > 0 ? done / p->total : 0;
+	if (frac > 1)
+		frac = 1;
+	fill = (int)(frac * w);
+	el = t - p->t0;
+	eta = frac > 0 ? el / frac - el : 0;
+	fprintf(stderr, "\r%s [", p->label);
+	for (int i = 0; i < w; i++)
+		fputc(i < fill ? '#' : '.', stderr);
+	fprintf(stderr, "] %3.0f%% %s ETA %.0fs\033[K", frac * 100, extra ? extra : "", eta);
+	fflush(stderr);
+}
+
+void cmd_progress_end(struct cmd_progress *p)
+{
+	if (p->on) {
+		fputs("\r\033[K", stderr);
+		fflush(stderr);
+	}
+}
+
+/* ------------------------------------------------------------- dispatch */
+
+static const struct cmd_def *find_cmd(const char *name)
+{
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		if (!strcmp(commands[i].name, name))
+			return &commands[i];
+	return NULL;
+}
+
+/* Damerau-Levenshtein (optimal string alignment) distance of short strings. */
+static int edit_distance(const char *a, const char *b)
+{
+	int la = (int)strlen(a), lb = (int)strlen(b);
+	int d[32][32];
+
+	if (la > 30 || lb > 30)
+		return 99;
+	for (int i = 0; i <= la; i++)
+		d[i][0] = i;
+	for (int j = 0; j <= lb; j++)
+		d[0][j] = j;
+	for (int i = 1; i <= la; i++)
+		for (int j = 1; j <= lb; j++) {
+			int cost = a[i - 1] != b[j - 1];
+			int v = d[i - 1][j] + 1;
+			if (d[i][j - 1] + 1 < v)
+				v = d[i][j - 1] + 1;
+			if (d[i - 1][j - 1] + cost < v)
+				v = d[i - 1][j - 1] + cost;
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+			    d[i - 2][j - 2] + 1 < v)
+				v = d[i - 2][j - 2] + 1;
+			d[i][j] = v;
+		}
+	return d[la][lb];
+}
+
+static int unknown_command(const char *name)
+{
+	const char *best = NULL;
+	int best_d = 3;
+
+	for (size_t i = 0; i < N_COMMANDS; i++) {
+		int d;
+		if (!commands[i].fn)
+			continue;
+		d = edit_distance(name, commands[i].name);
+		if (d < best_d || (d == best_d && best && strlen(commands[i].name) < strlen(best))) {
+			best_d = d;
+			best = commands[i].name;
+		}
+	}
+	if (best)
+		cmd_error("'%s' is not a lora command; did you mean '%s'?", name, best);
+	else
+		cmd_error("'%s' is not a lora command (see 'lora help')", name);
+	return 2;
+}
+
+static void print_usage(FILE *f)
+{
+	fprintf(f, "usage: lora [--store DIR] <command> [options]\n"
+		   "       lora --version | lora help [COMMAND]\n\n"
+		   "Train, keep, sign, share and merge LoRA adapters.\n\ncommands:\n");
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		if (commands[i].fn)
+			fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+	fprintf(f, "\nglobal options:\n"
+		   "  --store DIR   the adapter store (default $LORA_HOME, else\n"
+		   "                ${XDG_DATA_HOME:-~/.local/share}/lora)\n"
+		   "  --version     print the version\n\n"
+		   "'lora help COMMAND' or 'lora COMMAND --help' shows one command; see lora(1).\n");
+}
+
+static CMD(help)
+{
+	const struct cmd_def *def;
+
+	(void)ctx;
+	if (argc < 2) {
+		print_usage(stdout);
+		return 0;
+	}
+	if (argc > 2)
+		return cmd_usage(ctx, "help takes one command name");
+	def = find_cmd(argv[1]);
+	if (!def || !def->fn)
+		return unknown_command(argv[1]);
+	cmd_print_help(def, stdout);
+	return 0;
+}
+
+static char *default_store(void)
+{
+	const char *h = getenv("LORA_HOME"), *x = getenv("XDG_DATA_HOME"), *home = getenv("HOME");
+	char *p;
+
+	if (h && *h)
+		return strdup(h);
+	if (x && *x) {
+		p = malloc(strlen(x) + 8);
+		if (p)
+			sprintf(p, "%s/lora", x);
+		return p;
+	}
+	if (!home || !*home)
+		return NULL;
+	p = malloc(strlen(home) + 32);
+	if (p)
+		sprintf(p, "%s/.local/share/lora", home);
+	return p;
+}
+
+static int finish_stdout(int rc)
+{
+	/* Report a failed write to stdout (a full disk, a closed pipe). */
+	if (fflush(stdout) != 0 || ferror(stdout) || fclose(stdout) != 0) {
+		if (errno != EPIPE)
+			cmd_error("cannot write to standard output: %s", strerror(errno));
+		return rc ? rc : 1;
+	}
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	struct cmd_ctx ctx = { 0 };
+	const struct cmd_def *def;
+	char *store = NULL, *store_opt = NULL;
+	int i = 1, rc;
+
+	while (i < argc && argv[i][0] == '-') {
+		if (!strcmp(argv[i], "--version")) {
+#ifdef LORA_HAVE_CUDA
+			printf("lora %s (cuda)\n", LORA_VERSION);
+#else
+			printf("lora %s (cpu only)\n", LORA_VERSION);
+#endif
+			return finish_stdout(0);
+		} else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			print_usage(stdout);
+			return finish_stdout(0);
+		} else if (!strcmp(argv[i], "--store")) {
+			if (i + 1 >= argc)
+				return cmd_usage(NULL, "option '--store' needs a value");
+			store_opt = argv[i + 1];
+			i += 2;
+		} else if (!strncmp(argv[i], "--store=", 8)) {
+			store_opt = argv[i] + 8;
+			i++;
+		} else {
+			return cmd_usage(NULL, "unknown option '%s'", argv[i]);
+		}
+	}
+	if (i >= argc) {
+		print_usage(stderr);
+		return 2;
+	}
+	def = find_cmd(argv[i]);
+	if (!def || !def->fn)
+		return unknown_command(argv[i]);
+	ctx.def = def;
+	ctx.is_tty = isatty(STDERR_FILENO);
+	for (int k = i + 1; k < argc && strcmp(argv[k], "--"); k++)
+		if (!strcmp(argv[k], "--help") || !strcmp(argv[k], "-h")) {
+			cmd_print_help(def, stdout);
+			return finish_stdout(0);
+		}
+	if (def->flags & CMD_NEED_STORE) {
+		store = store_opt ? strdup(store_opt) : default_store();
+		if (!store)
+			return cmd_error("cannot find the store: set --store, $LORA_HOME or $HOME");
+		ctx.store = store;
+	}
+	optind = 0;  /* GNU getopt: reinitialise for the command's own argv */
+	rc = def->fn(argc - i, argv + i, &ctx);
+	free(store);
+	return finish_stdout(rc);
+}

@@ -201,10 +201,40 @@ static int parse_tensor(struct lora_st *st, const cJSON *it, struct lora_st_tens
 	return 0;
 }
 
+/*
+ * What cJSON lets through but JSON and the reference do not: raw control
+ * characters inside strings, and nesting of 128 levels or more (serde_json's
+ * recursion limit, one level of which the reference spends itself).
+ */
+static const char *json_prescan(const char *s, size_t n)
+{
+	int in_str = 0, depth = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = 0;
+			else if (c < 0x20)
+				return "a control character in a string";
+		} else if (c == '"') {
+			in_str = 1;
+		} else if (c == '{' || c == '[') {
+			if (++depth > 127)
+				return "nested too deeply";
+		} else if (c == '}' || c == ']') {
+			depth--;
+		}
+	}
+	return NULL;
+}
+
 static int parse_header(struct lora_st *st, struct lora_err *err)
 {
 	const char *hdr = (const char *)st->base + 8;
-	const char *end = NULL, *p;
+	const char *end = NULL, *p, *why;
 	cJSON *root, *it;
 	int seen_meta = 0;
 	size_t n = 0, k = 0;
@@ -217,6 +247,8 @@ static int parse_header(struct lora_st *st, struct lora_err *err)
 		;  /* JSON allows leading whitespace, and so does the reference */
 	if (p == hdr + st->header_len || *p != '{')
 		return lora_errf(err, "'%s': header is not a JSON object", st->path);
+	if ((why = json_prescan(hdr, st->header_len)))
+		return lora_errf(err, "'%s': header is not valid JSON (%s)", st->path, why);
 	root = cJSON_ParseWithLengthOpts(hdr, st->header_len, &end, 0);
 	if (!root)
 		return lora_errf(err, "'%s': header is not valid JSON", st->path);

@@ -18,12 +18,17 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 SANITIZE  ?= 0
 FUZZ_SECONDS ?= 60
 
+ifeq ($(CUDA),1)
+BSUFFIX   :=
+else
+BSUFFIX   := -cpu
+endif
 ifeq ($(SANITIZE),1)
-BUILD     ?= build-san
+BUILD     ?= build-san$(BSUFFIX)
 SANFLAGS  := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT       := -O1
 else
-BUILD     ?= build
+BUILD     ?= build$(BSUFFIX)
 SANFLAGS  :=
 OPT       := -O2
 endif

@@ -27,8 +27,8 @@ static int get_int(const cJSON *o, const char *k, int def, int *out, const char 
 		*out = def;
 		return 0;
 	}
-	if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble ||
-	    v->valuedouble < -1 || v->valuedouble > 1e9)
+	if (!cJSON_IsNumber(v) || v->valuedouble < -1 || v->valuedouble > 1e9 ||
+	    v->valuedouble != (double)(int)v->valuedouble)  /* range first: (int)1e300 is undefined */
 		return lora_errf(err, "'%s': '%s' is not a valid integer", label, k);
 	*out = (int)v->valuedouble;
 	return 0;

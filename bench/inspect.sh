@@ -3,8 +3,8 @@
 #
 #   bench/inspect.sh [DIR]      (default DIR: ${TMPDIR:-/tmp}/lora-bench-1g, built once, reused)
 #
-# Builds a synthetic Llama-shaped model (hidden 2048, 8 layers, vocab 32000,
-# bf16, 3 shards: about 1.1 GB of real random weights) with tests/tools/mktiny,
+# Builds a synthetic Llama-shaped model (hidden 2048, 9 layers, vocab 32000,
+# bf16, 3 shards: about 1.1 GB (1.02 GiB) of real random weights) with tests/tools/mktiny,
 # then times, on the same folder, with a warm page cache:
 #   lora inspect DIR                        (ours: parses and checks the headers)
 #   Python safetensors safe_open, list keys (peer: the reference reader, same job)
@@ -24,7 +24,7 @@ LORA=$PWD/$B/lora
 if [ ! -f "$DIR/model.safetensors.index.json" ]; then
 	echo "building $DIR ..." >&2
 	rm -rf "$DIR"
-	"$B/tools/mktiny" model "$DIR" --hidden 2048 --inter 5632 --layers 8 --heads 16 --kv-heads 4 \
+	"$B/tools/mktiny" model "$DIR" --hidden 2048 --inter 5632 --layers 9 --heads 16 --kv-heads 4 \
 		--vocab 32000 --dtype bf16 --shards 3 >/dev/null
 fi
 bytes=$(cat "$DIR"/*.safetensors | wc -c)
@@ -42,7 +42,7 @@ median_ms() {
 
 "$LORA" inspect "$DIR" | sed 's/^/  /'
 echo
-printf 'folder: %s, %.2f GB in %d shards\n' "$DIR" "$(echo "$bytes / 1e9" | bc -l)" "$(ls "$DIR"/*.safetensors | wc -l)"
+printf 'folder: %s, %.2f GB in %d shards\n' "$DIR" "$(echo "$bytes / 1000000000" | bc -l)" "$(ls "$DIR"/*.safetensors | wc -l)"
 lora_ms=$(median_ms "$LORA" inspect "$DIR")
 lora_json_ms=$(median_ms "$LORA" inspect --json "$DIR")
 faults=$( { /usr/bin/time -f '%R %M' "$LORA" inspect "$DIR" >/dev/null; } 2>&1 | tail -1)

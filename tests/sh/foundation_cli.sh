@@ -41,6 +41,29 @@ expect_rc 2
 expect_eq "$ERR" "lora: 'hlep' is not a lora command; did you mean 'help'?"
 [ -z "$OUT" ] || t_fail "stdout: $OUT"
 
+t_case typo_suggestion_from_the_issue
+# "lora merg" -> merge, once merge is built in (before that, nothing to suggest it from)
+if "$LORA" help | grep -q '^  merge '; then
+	run "$LORA" merg
+	expect_rc 2
+	expect_eq "$ERR" "lora: 'merg' is not a lora command; did you mean 'merge'?"
+else
+	echo "  (merge is not built in; skipped)"
+fi
+
+t_case every_command_has_help
+cmds=$("$LORA" help | awk '/^commands:/{ on = 1; next } on && NF == 0 { exit } on { print $1 }')
+[ -n "$cmds" ] || t_fail "lora help lists no commands"
+for c in $cmds; do
+	run "$LORA" help "$c"
+	expect_rc 0
+	case "$OUT" in "usage: lora $c"*) ;; *) t_fail "lora help $c does not start with its usage: $OUT";; esac
+	help_out=$OUT
+	run "$LORA" "$c" --help
+	expect_rc 0
+	expect_eq "$OUT" "$help_out" "lora $c --help vs lora help $c"
+done
+
 t_case unknown_command_without_suggestion
 run "$LORA" xyzzyplugh
 expect_rc 2

@@ -2251,18 +2251,194 @@ int lora_tok_adds_eos(const struct lora_tok *t)
 
 /* ================================================================= NFC */
 
+#include "train/tokenizer_nfc.h"
+
+#define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
+enum { H_SBASE = 0xAC00, H_LBASE = 0x1100, H_VBASE = 0x1161, H_TBASE = 0x11A7, H_LCOUNT = 19,
+       H_VCOUNT = 21, H_TCOUNT = 28, H_NCOUNT = H_VCOUNT * H_TCOUNT, H_SCOUNT = H_LCOUNT * H_NCOUNT };
+
+static int nfc_class(uint32_t cp)
+{
+	size_t lo = 0, hi = N_ELEMS(nfc_ccc);
+	if (cp < 0x300)
+		return 0;
+	while (lo < hi) {
+		size_t m = (lo + hi) / 2;
+		if (cp < nfc_ccc[m][0])
+			hi = m;
+		else if (cp > nfc_ccc[m][1])
+			lo = m + 1;
+		else
+			return (int)nfc_ccc[m][2];
+	}
+	return 0;
+}
+
+static const uint32_t *nfc_dec_of(uint32_t cp)
+{
+	size_t lo = 0, hi = N_ELEMS(nfc_dec);
+	while (lo < hi) {
+		size_t m = (lo + hi) / 2;
+		if (cp < nfc_dec[m][0])
+			hi = m;
+		else if (cp > nfc_dec[m][0])
+			lo = m + 1;
+		else
+			return nfc_dec[m];
+	}
+	return NULL;
+}
+
+static uint32_t nfc_compose(uint32_t a, uint32_t b)
+{
+	size_t lo = 0, hi = N_ELEMS(nfc_comp);
+	if (a - H_LBASE < H_LCOUNT && b - H_VBASE < H_VCOUNT)
+		return H_SBASE + ((a - H_LBASE) * H_VCOUNT + (b - H_VBASE)) * H_TCOUNT;
+	if (a - H_SBASE < H_SCOUNT && (a - H_SBASE) % H_TCOUNT == 0 && b - H_TBASE - 1 < H_TCOUNT - 1)
+		return a + (b - H_TBASE);
+	while (lo < hi) {
+		size_t m = (lo + hi) / 2;
+		if (a < nfc_comp[m][0] || (a == nfc_comp[m][0] && b < nfc_comp[m][1]))
+			hi = m;
+		else if (a > nfc_comp[m][0] || b > nfc_comp[m][1])
+			lo = m + 1;
+		else
+			return nfc_comp[m][2];
+	}
+	return 0;
+}
+
+struct cpv {
+	uint32_t *cp;
+	int64_t *al;
+	size_t n, cap;
+};
+
+static int cpv_push(struct cpv *v, uint32_t cp, int64_t al)
+{
+	if (v->n == v->cap) {
+		size_t cap = v->cap ? v->cap * 2 : 64;
+		uint32_t *c = realloc(v->cp, cap * sizeof(*c));
+		int64_t *a;
+		if (!c)
+			return -1;
+		v->cp = c;
+		a = realloc(v->al, cap * sizeof(*a));
+		if (!a)
+			return -1;
+		v->al = a;
+		v->cap = cap;
+	}
+	v->cp[v->n] = cp;
+	v->al[v->n++] = al;
+	return 0;
+}
+
+static int nfc_decompose(struct cpv *v, uint32_t cp, int64_t al, int depth)
+{
+	const uint32_t *d;
+	if (cp - H_SBASE < H_SCOUNT) {
+		uint32_t s = cp - H_SBASE, t = s % H_TCOUNT;
+		if (cpv_push(v, H_LBASE + s / H_NCOUNT, al) < 0 || cpv_push(v, H_VBASE + (s % H_NCOUNT) / H_TCOUNT, al) < 0)
+			return -1;
+		return t ? cpv_push(v, H_TBASE + t, al) : 0;
+	}
+	if (cp >= 0xC0 && depth < 8 && (d = nfc_dec_of(cp))) {
+		if (nfc_decompose(v, d[1], al, depth + 1) < 0)
+			return -1;
+		return d[2] ? nfc_decompose(v, d[2], al, depth + 1) : 0;
+	}
+	return cpv_push(v, cp, al);
+}
+
+/*
+ * NFC (Unicode's canonical decomposition, canonical ordering, canonical
+ * composition).  Each output byte keeps the offset of the input char it came
+ * from; a composite keeps its starter's.  Text below U+0300 is already NFC.
+ */
 static int nfc_normalize(const char *s, size_t len, const int64_t *al, char **out_s, int64_t **out_al,
 			 size_t *out_len)
 {
-	/* placeholder: identity */
-	*out_s = xstrndup(s, len);
-	*out_al = malloc((len + 1) * sizeof(**out_al));
-	if (!*out_s || !*out_al) {
-		free(*out_s);
-		free(*out_al);
-		return -1;
+	struct cpv v = { 0 };
+	struct nstr o = { 0 };
+	size_t i, fast = 1;
+
+	for (i = 0; i < len; i++)
+		if ((unsigned char)s[i] >= 0xCC) {   /* lead bytes of U+0300 and above */
+			fast = 0;
+			break;
+		}
+	if (fast) {
+		if (nstr_addal(&o, s, al, len) < 0 || nstr_reserve(&o, 0) < 0)
+			goto oom;
+		goto out;
 	}
-	memcpy(*out_al, al, len * sizeof(*al));
-	*out_len = len;
+	for (i = 0; i < len;) {
+		uint32_t cp;
+		int64_t a = al[i];
+		i += utf8_dec(s + i, &cp);
+		if (nfc_decompose(&v, cp, a, 0) < 0)
+			goto oom;
+	}
+	/* canonical ordering: stable insertion sort of each run of non-starters */
+	for (i = 1; i < v.n; i++) {
+		int c = nfc_class(v.cp[i]);
+		size_t k = i;
+		uint32_t cp = v.cp[i];
+		int64_t a = v.al[i];
+		if (!c)
+			continue;
+		while (k > 0 && nfc_class(v.cp[k - 1]) > c) {
+			v.cp[k] = v.cp[k - 1];
+			v.al[k] = v.al[k - 1];
+			k--;
+		}
+		v.cp[k] = cp;
+		v.al[k] = a;
+	}
+	/* composition */
+	if (v.n) {
+		size_t starter = 0, w = 1;
+		int last_class = nfc_class(v.cp[0]) ? 256 : 0;
+		if (last_class)
+			starter = (size_t)-1;
+		for (i = 1; i < v.n; i++) {
+			uint32_t cp = v.cp[i], c2;
+			int c = nfc_class(cp);
+			if (starter != (size_t)-1 && (last_class < c || last_class == 0) &&
+			    (c2 = nfc_compose(v.cp[starter], cp)) != 0 && !(last_class == 0 && w - 1 != starter)) {
+				v.cp[starter] = c2;
+				continue;
+			}
+			if (c == 0) {
+				starter = w;
+				last_class = 0;
+			} else {
+				last_class = c;
+			}
+			v.cp[w] = cp;
+			v.al[w++] = v.al[i];
+		}
+		v.n = w;
+	}
+	for (i = 0; i < v.n; i++) {
+		char b[4];
+		size_t n = utf8_enc(v.cp[i], b);
+		if (nstr_add(&o, b, n, v.al[i]) < 0)
+			goto oom;
+	}
+	if (nstr_reserve(&o, 0) < 0)
+		goto oom;
+out:
+	free(v.cp);
+	free(v.al);
+	*out_s = o.s;
+	*out_al = o.al;
+	*out_len = o.len;
 	return 0;
+oom:
+	free(v.cp);
+	free(v.al);
+	nstr_free(&o);
+	return -1;
 }

@@ -30,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "fixtures", "tok")
 
 GPT2_RE = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+QWEN2_RE = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 LLAMA3_RE = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 TRAIN = """The quick brown fox jumps over the lazy dog. It's a sunny day, and we're going out.
@@ -91,7 +92,26 @@ CORPUS = [
     "ends with space ",
     "\u00a0non-breaking\u00a0space and\u3000ideographic space",
     "zero\u200bwidth",
-]
+    "e\u0301 a\u0300 n\u0303 decomposed accents, caf\u00e9 vs cafe\u0301",
+    "\u1100\u1161\u11a8 conjoining jamo \u1112\u1161\u11ab\u1100\u1173\u11af",
+    "\u212b angstrom \u2126 ohm \u0071\u0307\u0323 order \u1e0b\u0323",
+    "NEL\u0085next line\u2028line sep\u2029para sep",
+] + [None] * 40   # random lines, filled in by fuzz_lines()
+
+POOL = (list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") * 3 +
+        list(" " * 20) + ["\n"] * 6 + ["\t", "\r\n", "  ", "   "] + list(".,;:!?'\"()[]{}<>-_=+*/\\#@$%^&|~`") +
+        list("가나다라마바사아자차카타파하한국어안녕") + ["😀", "🎉", "👍🏽", "🇰🇷", "❤️", "é", "e\u0301", "ß", "ñ", "中", "文"] +
+        ["'s", "'ll", "'RE", "<|endoftext|>", "<s>", "</s>", "<|im_start|>", "<|eot_id|>", "<0x41>", "\u2581", "Ġ"])
+
+
+def fuzz_lines():
+    import random
+    rng = random.Random(1234)
+    out = []
+    for i in range(CORPUS.count(None)):
+        n = rng.randint(1, 60)
+        out.append("".join(rng.choice(POOL) for _ in range(n)))
+    return out
 
 
 def byte_level_train(special, vocab_size, pre):
@@ -122,6 +142,15 @@ def write(name, tok_json, cfg):
                    "decode": tok.decode(a, skip_special_tokens=False),
                    "decode_skip": tok.decode(b, skip_special_tokens=True)}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    # decode of random id sequences: partial UTF-8, byte tokens, specials
+    import random
+    rng = random.Random(99)
+    n = tok.get_vocab_size(with_added_tokens=True)
+    with open(os.path.join(d, "decode.jsonl"), "w", encoding="utf-8") as f:
+        for i in range(40):
+            ids = [rng.randrange(n) for _ in range(rng.randint(1, 12))]
+            f.write(json.dumps({"ids": ids, "decode": tok.decode(ids, skip_special_tokens=False),
+                                "decode_skip": tok.decode(ids, skip_special_tokens=True)}, ensure_ascii=False) + "\n")
     return tok
 
 
@@ -173,6 +202,25 @@ def llama3():
     cfg = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "chat_template": LLAMA3_TEMPLATE,
            "model_max_length": 8192}
     write("llama3", j, cfg)
+
+
+QWEN_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                 "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+                 "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+                 "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def qwen2():
+    pre = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_RE), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    tok = byte_level_train(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], 1100, pre)
+    tok.normalizer = normalizers.NFC()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    j = json.loads(tok.to_str())
+    cfg = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "add_prefix_space": False,
+           "chat_template": QWEN_TEMPLATE}
+    write("qwen2", j, cfg)
 
 
 def spm(meta):
@@ -227,9 +275,14 @@ def spm(meta):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
+    fz = iter(fuzz_lines())
+    for i, c in enumerate(CORPUS):
+        if c is None:
+            CORPUS[i] = next(fz)
     gpt2()
     chatml()
     llama3()
+    qwen2()
     spm(False)
     spm(True)
     with open(os.path.join(OUT, "versions.json"), "w") as f:

@@ -88,7 +88,24 @@ static void check_dir(const char *name)
 		lora_tokens_free(&b);
 		cJSON_Delete(j);
 	}
-	CHECKF(lines >= 30, "%s: only %zu corpus lines", name, lines);
+	CHECKF(lines >= 70, "%s: only %zu corpus lines", name, lines);
+	free(text);
+	text = NULL;
+	free(path);
+	snprintf(rel, sizeof(rel), "tok/%s/decode.jsonl", name);
+	path = t_fixture(rel);
+	CHECKF(lora_read_file(path, 1 << 24, &text, &len, &err) == 0, "%s", err.msg);
+	lines = 0;
+	for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+		cJSON *j = cJSON_Parse(line);
+		lines++;
+		CHECKF(decode_eq(tok, cJSON_GetObjectItem(j, "ids"), 0, cJSON_GetObjectItem(j, "decode")->valuestring),
+		       "%s: decode case %zu", name, lines);
+		CHECKF(decode_eq(tok, cJSON_GetObjectItem(j, "ids"), LORA_TOK_SKIP_SPECIAL,
+				 cJSON_GetObjectItem(j, "decode_skip")->valuestring), "%s: decode case %zu (skip)", name, lines);
+		cJSON_Delete(j);
+	}
+	CHECKF(lines >= 40, "%s: only %zu decode cases", name, lines);
 done:
 	lora_tok_free(tok);
 	free(text);
@@ -101,6 +118,7 @@ TEST(llama3_split_regex) { check_dir("llama3"); }
 TEST(spm_byte_fallback) { check_dir("spm"); }
 TEST(spm_metaspace) { check_dir("spm_meta"); }
 TEST(chatml_added_tokens) { check_dir("chatml"); }
+TEST(qwen2_nfc) { check_dir("qwen2"); }
 
 int main(void)
 {
@@ -109,5 +127,6 @@ int main(void)
 	RUN(spm_byte_fallback);
 	RUN(spm_metaspace);
 	RUN(chatml_added_tokens);
+	RUN(qwen2_nfc);
 	return t_done();
 }

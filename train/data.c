@@ -102,7 +102,7 @@ static int encode_labeled(const struct lora_data_opts *o, const char *text, size
 		lora_tokens_free(&t);
 		if (strstr(e2.msg, "out of memory"))
 			return lora_errf(err, "out of memory");
-		return BAD("%s", e2.msg);
+		return BAD("%.300s", e2.msg);
 	}
 	for (size_t i = 0; i < t.n && !rc; i++) {
 		int loss;
@@ -195,7 +195,7 @@ static int row_chat(const struct lora_data_opts *o, const cJSON *msgs, struct ro
 	if (lora_chat_render(o->chat, m, n, 0, &text, &sp, &nsp, &e2) < 0) {
 		free(m);
 		lora_buf_free(&text);
-		return strstr(e2.msg, "out of memory") ? lora_errf(err, "out of memory") : BAD("%s", e2.msg);
+		return strstr(e2.msg, "out of memory") ? lora_errf(err, "out of memory") : BAD("%.300s", e2.msg);
 	}
 	rc = encode_labeled(o, text.data, text.len, 0, sp, nsp, 0, r, why, whylen, err);
 	free(m);

@@ -184,6 +184,12 @@ static int row_chat(const struct lora_data_opts *o, const cJSON *msgs, struct ro
 			free(m);
 			return BAD("message %zu needs \"role\" and \"content\" strings", i + 1);
 		}
+		if (strcmp(role->valuestring, "system") && strcmp(role->valuestring, "user") &&
+		    strcmp(role->valuestring, "assistant") && strcmp(role->valuestring, "tool")) {
+			free(m);
+			return BAD("message %zu: role '%.40s' is not system, user, assistant or tool", i + 1,
+				   role->valuestring);
+		}
 		m[i].role = role->valuestring;
 		m[i++].content = content->valuestring;
 		n_asst += !strcmp(role->valuestring, "assistant");
@@ -282,10 +288,10 @@ static int parse_row(const struct lora_data_opts *o, const char *line, size_t le
 	cJSON_Delete(j);
 	if (rc)
 		return rc;
-	for (size_t i = 1; i < r->n; i++)
+	for (size_t i = 0; i < r->n; i++)
 		has_loss += r->lab[i] != LORA_IGNORE;
 	if (!has_loss)
-		return BAD("no token to learn from (every label after the first is -100)");
+		return BAD("no token to learn from (every label is -100)");
 	return 0;
 }
 
@@ -357,7 +363,7 @@ int lora_data_parse(const char *buf, size_t len, const char *label, const struct
 		d->n_rows++;
 		d->n_kind[kind]++;
 		d->n_tokens += r.n;
-		for (size_t i = 1; i < r.n; i++)
+		for (size_t i = 0; i < r.n; i++)
 			d->n_loss_tokens += r.lab[i] != LORA_IGNORE;
 	}
 	d->n_lines = lineno;
@@ -449,7 +455,7 @@ static struct lora_dataset *subset(const struct lora_dataset *d, const unsigned 
 		s->off[s->n_rows + 1] = s->off[s->n_rows] + n;
 		s->n_rows++;
 		s->n_tokens += n;
-		for (size_t i = 1; i < n; i++)
+		for (size_t i = 0; i < n; i++)
 			s->n_loss_tokens += d->labels[a + i] != LORA_IGNORE;
 	}
 	return s;

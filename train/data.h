@@ -77,7 +77,7 @@ struct lora_dataset {
 	size_t n_skipped;               /* bad rows skipped (skip_bad_rows) */
 	char first_skip[512];           /* "FILE:LINE: reason" of the first skipped row */
 	size_t n_kind[LORA_ROW_KINDS];  /* rows of each shape */
-	uint64_t n_tokens, n_loss_tokens;
+	uint64_t n_tokens, n_loss_tokens;   /* all ids; labels != LORA_IGNORE */
 };
 
 /* Read a JSONL file. */

@@ -119,8 +119,17 @@ int lora_chat_detect(const char *tpl, const char *bos, struct lora_chat *out, st
 	if (fam)
 		return lora_errf(err, "chat template is %s; only chatml and llama-3 templates are supported "
 				      "(name one: chatml or llama3)", fam);
-	return lora_errf(err, "chat template is not one lora knows (it begins '%.40s'); only chatml and "
-			      "llama-3 templates are supported (name one: chatml or llama3)", tpl);
+	{
+		char head[48];
+		size_t n = 0;
+		for (; tpl[n] && n < 40; n++)
+			head[n] = (unsigned char)tpl[n] < 0x20 ? ' ' : tpl[n];
+		while (n > 0 && tpl[n] && ((unsigned char)tpl[n] & 0xC0) == 0x80)
+			n--;   /* do not cut a UTF-8 char */
+		head[n] = 0;
+		return lora_errf(err, "chat template is not one lora knows (it begins '%s'); only chatml and "
+				      "llama-3 templates are supported (name one: chatml or llama3)", head);
+	}
 }
 
 /* Python's str.isspace for one char at s; returns its byte length or 0. */

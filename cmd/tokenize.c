@@ -61,7 +61,9 @@ static int parse_ids(const char *s, int32_t **out, size_t *n, int32_t vocab)
 		if (end == s || errno || v < 0 || v >= vocab)
 			return cmd_error("--decode: '%.20s' is not a token id below %d", s, vocab);
 		if (*n == cap) {
-			int32_t *p = realloc(*out, (cap = cap ? cap * 2 : 64) * sizeof(*p));
+			int32_t *p;
+			cap = cap ? cap * 2 : 64;
+			p = realloc(*out, cap * sizeof(*p));
 			if (!p)
 				return cmd_error("out of memory");
 			*out = p;
@@ -80,8 +82,10 @@ static int do_decode(const struct lora_tok *tok, const char *in, int json, int n
 	size_t n;
 	int rc;
 
-	if (parse_ids(in, &ids, &n, lora_tok_vocab_size(tok)))
+	if (parse_ids(in, &ids, &n, lora_tok_vocab_size(tok))) {
+		free(ids);
 		return 1;
+	}
 	rc = lora_tok_decode(tok, ids, n, no_special ? LORA_TOK_SKIP_SPECIAL : 0, &out, &err);
 	free(ids);
 	if (rc < 0) {

@@ -15,6 +15,7 @@
 #define _GNU_SOURCE   /* memmem */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -333,12 +334,9 @@ static int16_t bl_cp2byte[512];
 static char bl_utf8[256][3];   /* UTF-8 of each byte's char */
 static uint8_t bl_utf8_len[256];
 
-static void bl_init(void)
+static void bl_init_once(void)
 {
-	static int done;
 	int n = 0;
-	if (__atomic_load_n(&done, __ATOMIC_ACQUIRE))
-		return;
 	for (int i = 0; i < 512; i++)
 		bl_cp2byte[i] = -1;
 	for (int b = 0; b < 256; b++) {
@@ -348,7 +346,12 @@ static void bl_init(void)
 		bl_cp2byte[cp] = (int16_t)b;
 		bl_utf8_len[b] = (uint8_t)utf8_enc(cp, bl_utf8[b]);
 	}
-	__atomic_store_n(&done, 1, __ATOMIC_RELEASE);
+}
+
+static void bl_init(void)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, bl_init_once);
 }
 
 /* ============================================== strings with alignments */
@@ -513,6 +516,7 @@ struct lora_tok {
 	size_t n_added;
 	struct strmap added_map;
 	int any_raw_added, any_norm_added;
+	uint8_t added_first[2][256];  /* [normalized][byte]: some added token starts with it */
 	/* pipeline */
 	struct norm_op *norm;
 	size_t n_norm;
@@ -1105,6 +1109,7 @@ static int parse_added(struct lora_tok *t, const cJSON *added, const char *label
 		if (set_id(t, a->id, a->content, a->len, label, err) < 0)
 			return -1;
 		strmap_put(&t->added_map, a->content, a->len, a->id);
+		t->added_first[a->normalized][(unsigned char)a->content[0]] = 1;
 	}
 	t->n_added = n;
 	return 0;
@@ -1829,8 +1834,11 @@ static int bpe_word(const struct lora_tok *t, const char *s, const int64_t *al, 
 static long find_added(const struct lora_tok *t, int normalized, const char *s, size_t len, size_t from,
 		       size_t *at)
 {
+	const uint8_t *first = t->added_first[normalized];
 	for (size_t i = from; i < len; i++) {
 		long best = -1;
+		if (!first[(unsigned char)s[i]])
+			continue;
 		for (size_t k = 0; k < t->n_added; k++) {
 			const struct added *a = &t->added[k];
 			if (a->normalized != normalized || a->content[0] != s[i] || a->len > len - i ||

@@ -269,6 +269,53 @@ TEST(add_eos_token_in_config_is_honoured)
 	lora_tok_free(tok);
 }
 
+#include "libadapter/fsutil.h"
+
+/* Random byte edits of real fixture files: loading either fails with a
+ * message or gives a tokenizer that encodes and decodes (ASan watches). */
+TEST(mutated_files_never_crash)
+{
+	static const char *names[] = { "tok/llama3/tokenizer.json", "tok/spm/tokenizer.json", "tok/qwen2/tokenizer.json" };
+	uint64_t rng = 0x1234567;
+	int loaded = 0, failed = 0, rounds = getenv("LORA_TEST_MUTATIONS") ? atoi(getenv("LORA_TEST_MUTATIONS")) : 60;
+
+	for (size_t f = 0; f < 3; f++) {
+		char *path = t_fixture(names[f]), *orig = NULL;
+		size_t len = 0;
+		struct lora_err err = { 0 };
+		CHECK(lora_read_file(path, 1 << 24, &orig, &len, &err) == 0);
+		for (int k = 0; orig && k < rounds; k++) {
+			char *m = malloc(len);
+			struct lora_tok *tok = NULL;
+			memcpy(m, orig, len);
+			for (int e = 0; e < 1 + k % 4; e++) {
+				rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+				static const char alpha[] = "aZ09 \xc3\xff\x80<>-.\\\"{}[]";
+				m[(rng >> 33) % len] = alpha[(rng >> 20) % (sizeof(alpha) - 1)];
+			}
+			if (lora_tok_load_mem(m, len, NULL, 0, "m", &tok, &err) == 0) {
+				struct lora_tokens t = LORA_TOKENS_INIT;
+				struct lora_buf b = LORA_BUF_INIT;
+				const char *txt = "Hello wörld 안녕 😀 <s> 123\n\n  x";
+				loaded++;
+				if (lora_tok_encode(tok, txt, strlen(txt), LORA_TOK_ADD_SPECIAL, &t, &err) == 0)
+					lora_tok_decode(tok, t.ids, t.n, 0, &b, &err);
+				lora_buf_free(&b);
+				lora_tokens_free(&t);
+				lora_tok_free(tok);
+			} else {
+				failed++;
+				CHECK(err.msg[0] != 0);
+			}
+			free(m);
+		}
+		free(orig);
+		free(path);
+	}
+	printf("  mutations: %d loaded, %d refused\n", loaded, failed);
+	CHECK(loaded > 0 && failed > 0);
+}
+
 int main(void)
 {
 	init_bytes();
@@ -279,5 +326,6 @@ int main(void)
 	RUN(invalid_utf8_is_an_error);
 	RUN(special_ids_from_config);
 	RUN(add_eos_token_in_config_is_honoured);
+	RUN(mutated_files_never_crash);
 	return t_done();
 }

@@ -11,9 +11,9 @@ i=0; while [ $i -lt 600 ]; do
 	sed 's/.*"text": "\([^"]*\)".*/\1/' tests/fixtures/tok/gpt2/expect.jsonl; i=$((i + 1))
 done >"$T/text.txt"
 printf 'text: %s bytes\n' "$(wc -c <"$T/text.txt")"
-for d in gpt2 llama3 qwen2 spm_meta; do
+for d in gpt2 llama3 qwen2 spm spm_meta; do
 	dir=tests/fixtures/tok/$d
-	# one big document (spm_meta: a single BPE word per line would be quadratic in a naive merger)
+	# one big document (spm has no pre-tokenizer: the whole text is one BPE word, 2 M symbols)
 	s=$(date +%s.%N); n=$("$LORA" tokenize --base "$dir" --no-special <"$T/text.txt" | wc -w); e=$(date +%s.%N)
 	ours=$(echo "$s $e" | awk '{printf "%.3f", $2 - $1}')
 	hf=$(RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false "$PY" -c "

@@ -119,6 +119,8 @@ TEST(spm_byte_fallback) { check_dir("spm"); }
 TEST(spm_metaspace) { check_dir("spm_meta"); }
 TEST(chatml_added_tokens) { check_dir("chatml"); }
 TEST(qwen2_nfc) { check_dir("qwen2"); }
+TEST(smollm2_digits) { check_dir("smollm2"); }
+TEST(split_behaviours) { check_dir("splits"); }
 
 int main(void)
 {
@@ -128,5 +130,7 @@ int main(void)
 	RUN(spm_metaspace);
 	RUN(chatml_added_tokens);
 	RUN(qwen2_nfc);
+	RUN(smollm2_digits);
+	RUN(split_behaviours);
 	return t_done();
 }

@@ -288,8 +288,11 @@ static int parse_row(const struct lora_data_opts *o, const char *line, size_t le
 	cJSON_Delete(j);
 	if (rc)
 		return rc;
-	for (size_t i = 0; i < r->n; i++)
+	for (size_t i = 0; i < r->n; i++) {
+		if (o->vocab_size && r->ids[i] >= o->vocab_size)
+			return BAD("token id %d is outside the model's vocabulary (%d)", r->ids[i], o->vocab_size);
 		has_loss += r->lab[i] != LORA_IGNORE;
+	}
 	if (!has_loss)
 		return BAD("no token to learn from (every label is -100)");
 	return 0;

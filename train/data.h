@@ -43,6 +43,20 @@
  *
  * The batcher's position (epoch, row, token within row) is three integers:
  * save them in a checkpoint and set them back to resume bit for bit.
+ *
+ *     struct lora_chat chat;
+ *     struct lora_err cerr = { 0 };
+ *     struct lora_data_opts o = { .tok = tok, .vocab_size = cfg.vocab_size };
+ *     if (lora_chat_detect(lora_tok_chat_template(tok), lora_tok_bos_str(tok), &chat, &cerr) == 0)
+ *             o.chat = &chat;               // else messages rows fail with cerr.msg:
+ *     else
+ *             o.chat_error = cerr.msg;
+ *     if (lora_data_load("train.jsonl", &o, &d, err) < 0) return -1;
+ *     struct lora_batcher_opts bo = { .batch = B, .seq_len = T, .shuffle = 1, .seed = seed,
+ *                                     .pad_id = lora_tok_pad(tok) >= 0 ? lora_tok_pad(tok) : lora_tok_eos(tok) };
+ *     lora_batcher_new(d, &bo, &bt, err); lora_batch_init(&batch, B, T, err);
+ *     while (step < steps) { lora_batcher_next(bt, &batch, err); ... }
+ *     lora_batcher_get_pos(bt, &pos);       // into the checkpoint
  */
 #ifndef LORA_DATA_H
 #define LORA_DATA_H
@@ -62,7 +76,8 @@ struct lora_data_opts {
 	const struct lora_tok *tok;     /* NULL: only {"input_ids"} rows can be read */
 	const struct lora_chat *chat;   /* NULL: {"messages"} rows are bad rows ... */
 	const char *chat_error;         /* ... and this says why (e.g. lora_chat_detect's message) */
-	int32_t vocab_size;             /* ids must be below it; 0: the tokenizer's, or no check */
+	int32_t vocab_size;             /* every id must be below it (the model's); 0: no check beyond
+					   the tokenizer's own vocab for input_ids rows */
 	int skip_bad_rows;              /* count and skip bad rows instead of failing */
 	int no_eos;                     /* do not append EOS to text / prompt-completion rows */
 };

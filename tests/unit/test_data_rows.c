@@ -53,6 +53,23 @@ TEST(bad_rows_name_line_and_reason)
 	lora_tok_free(tok);
 }
 
+TEST(ids_outside_the_model_vocab_are_bad_rows)
+{
+	struct lora_tok *tok = gpt2();
+	struct lora_data_opts o = { .tok = tok, .vocab_size = 100 };
+	struct lora_dataset *d = NULL;
+	struct lora_err err = { 0 };
+
+	/* the model's embedding is smaller than the tokenizer: byte-level ids of letters are >= 100 */
+	CHECK(parse("{\"text\":\"ab\"}\n{\"text\":\"zzzz\"}\n", &o, &d, &err) < 0);
+	CHECKF(strstr(err.msg, "d.jsonl:1: token id") && strstr(err.msg, "outside the model's vocabulary (100)"), "%s",
+	       err.msg);
+	o.vocab_size = 0;
+	CHECKF(parse("{\"text\":\"ab\"}\n", &o, &d, &err) == 0, "%s", err.msg);
+	lora_data_free(d);
+	lora_tok_free(tok);
+}
+
 TEST(chat_rows_with_a_template)
 {
 	struct lora_tok *tok = gpt2();
@@ -335,6 +352,7 @@ TEST(shuffled_epochs_are_permutations)
 int main(void)
 {
 	RUN(bad_rows_name_line_and_reason);
+	RUN(ids_outside_the_model_vocab_are_bad_rows);
 	RUN(chat_rows_with_a_template);
 	RUN(skip_bad_rows_counts_them);
 	RUN(pretokenized_rows_need_no_tokenizer);

@@ -503,8 +503,10 @@ struct added {
 struct lora_tok {
 	/* model */
 	int32_t n_ids;            /* one past the largest id */
-	char **id_str;            /* (n_ids) token strings, NULL for holes */
+	char **id_str;            /* (n_ids) token strings (an added token's content wins), NULL for holes */
 	uint32_t *id_len;
+	char **own;               /* other strings the vocab map points to (duplicate ids, displaced) */
+	size_t n_own;
 	uint8_t *id_special;      /* (n_ids) 1 for special added tokens */
 	struct strmap vocab;      /* model vocab */
 	struct pairmap merges;
@@ -886,7 +888,8 @@ static int parse_post(struct lora_tok *t, const cJSON *j, const char *label, str
 		const cJSON *cls = cJSON_GetObjectItemCaseSensitive(j, "cls");
 		const cJSON *sep = cJSON_GetObjectItemCaseSensitive(j, "sep");
 		const cJSON *ci = cJSON_GetArrayItem(cls, 1), *si = cJSON_GetArrayItem(sep, 1);
-		if (!cJSON_IsNumber(ci) || !cJSON_IsNumber(si))
+		if (!cJSON_IsNumber(ci) || !cJSON_IsNumber(si) || ci->valuedouble < 0 || si->valuedouble < 0 ||
+		    ci->valuedouble > INT32_MAX || si->valuedouble > INT32_MAX)
 			return lora_errf(err, "%s: %s needs 'cls' and 'sep'", label, type);
 		if (push_id(&t->prefix, &t->n_prefix, (int32_t)ci->valuedouble) < 0 ||
 		    push_id(&t->suffix, &t->n_suffix, (int32_t)si->valuedouble) < 0)
@@ -929,13 +932,31 @@ static int parse_post(struct lora_tok *t, const cJSON *j, const char *label, str
 	return lora_errf(err, "%s: post_processor '%s' is not supported", label, type);
 }
 
+/* Keep p alive until lora_tok_free (the vocab map may point to it). */
+static int keep(struct lora_tok *t, char *p)
+{
+	char **o = realloc(t->own, (t->n_own + 1) * sizeof(*o));
+	if (!o) {
+		free(p);
+		return -1;
+	}
+	o[t->n_own++] = p;
+	t->own = o;
+	return 0;
+}
+
+/* The string of an id; a later call (an added token) replaces an earlier one, as HF decodes. */
 static int set_id(struct lora_tok *t, int32_t id, const char *s, size_t n, const char *label,
 		  struct lora_err *err)
 {
 	if (id < 0 || id >= t->n_ids)
 		return lora_errf(err, "%s: token id %d out of range", label, id);
-	if (t->id_str[id])
-		return 0;   /* added token sharing a vocab id: keep the vocab string */
+	if (t->id_str[id]) {
+		if (t->id_len[id] == n && !memcmp(t->id_str[id], s, n))
+			return 0;
+		if (keep(t, t->id_str[id]) < 0)
+			return lora_errf(err, "out of memory");
+	}
 	t->id_str[id] = xstrndup(s, n);
 	t->id_len[id] = (uint32_t)n;
 	return t->id_str[id] ? 0 : lora_errf(err, "out of memory");
@@ -1020,8 +1041,13 @@ static int parse_model(struct lora_tok *t, const cJSON *model, const cJSON *adde
 	cJSON_ArrayForEach(e, vocab) {
 		int32_t id = (int32_t)e->valuedouble;
 		size_t n = strlen(e->string);
-		if (t->id_str[id])
-			return lora_errf(err, "%s: vocab id %d is used twice", label, id);
+		if (t->id_str[id]) {   /* two strings, one id: both encode to it; the first decodes */
+			char *dup = xstrndup(e->string, n);
+			if (!dup || keep(t, dup) < 0)
+				return lora_errf(err, "out of memory");
+			strmap_put(&t->vocab, dup, n, id);
+			continue;
+		}
 		if (set_id(t, id, e->string, n, label, err) < 0)
 			return -1;
 		strmap_put(&t->vocab, t->id_str[id], n, id);
@@ -1215,6 +1241,9 @@ void lora_tok_free(struct lora_tok *t)
 		free(t->id_str ? t->id_str[i] : NULL);
 	free(t->id_str);
 	free(t->id_len);
+	for (size_t i = 0; i < t->n_own; i++)
+		free(t->own[i]);
+	free(t->own);
 	free(t->id_special);
 	strmap_free(&t->vocab);
 	pairmap_free(&t->merges);
@@ -1298,7 +1327,7 @@ fail:
 int lora_tok_load(const char *dir, struct lora_tok **out, struct lora_err *err)
 {
 	char *p = lora_path_join(dir, "tokenizer.json"), *pc = lora_path_join(dir, "tokenizer_config.json");
-	char *pj = lora_path_join(dir, "chat_template.jinja");
+	char *pj = lora_path_join(dir, "chat_template.jinja"), *pt = lora_path_join(dir, "chat_template.json");
 	char *json = NULL, *cfg = NULL, *tpl = NULL;
 	size_t len = 0, cfg_len = 0, tpl_len = 0;
 	int rc = -1;
@@ -1317,8 +1346,22 @@ int lora_tok_load(const char *dir, struct lora_tok **out, struct lora_err *err)
 		goto done;
 	if (lora_is_file(pc) && lora_read_file(pc, 64 << 20, &cfg, &cfg_len, err) < 0)
 		goto done;
-	if (lora_is_file(pj) && lora_read_file(pj, 16 << 20, &tpl, &tpl_len, err) < 0)
-		goto done;
+	if (lora_is_file(pj)) {
+		if (lora_read_file(pj, 16 << 20, &tpl, &tpl_len, err) < 0)
+			goto done;
+	} else if (pt && lora_is_file(pt)) {
+		/* transformers 4.4x: chat_template.json = {"chat_template": "..."} */
+		char *js = NULL;
+		size_t jl = 0;
+		cJSON *j;
+		if (lora_read_file(pt, 16 << 20, &js, &jl, err) < 0)
+			goto done;
+		j = cJSON_ParseWithLength(js, jl);
+		free(js);
+		if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "chat_template")))
+			tpl = strdup(cJSON_GetObjectItemCaseSensitive(j, "chat_template")->valuestring);
+		cJSON_Delete(j);
+	}
 	rc = lora_tok_load_mem(json, len, cfg, cfg_len, p, out, err);
 	if (rc == 0 && tpl) {
 		free((*out)->chat_template);
@@ -1329,6 +1372,7 @@ done:
 	free(p);
 	free(pc);
 	free(pj);
+	free(pt);
 	free(json);
 	free(cfg);
 	free(tpl);

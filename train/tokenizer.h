@@ -8,6 +8,7 @@
  *   tokenizer_config.json   optional: bos/eos/pad/unk tokens, add_bos_token,
  *                           add_eos_token, chat_template
  *   chat_template.jinja     optional: the chat template (newer transformers)
+ *   chat_template.json      optional: {"chat_template": "..."} (transformers 4.4x)
  *
  * Supported, the way Hugging Face `tokenizers` runs them (tests/oracle/
  * tok_fixtures.py checks our ids against it):
@@ -61,7 +62,7 @@ void lora_tokens_free(struct lora_tokens *t);
 /* Append one token; -1 on allocation failure. */
 int lora_tokens_push(struct lora_tokens *t, int32_t id, int64_t start, struct lora_err *err);
 
-/* Load DIR/tokenizer.json (+ tokenizer_config.json, chat_template.jinja when present). */
+/* Load DIR/tokenizer.json (+ tokenizer_config.json, chat_template.jinja/.json when present). */
 int lora_tok_load(const char *dir, struct lora_tok **out, struct lora_err *err);
 /*
  * Load from memory: `cfg` (tokenizer_config.json text) may be NULL.

@@ -60,7 +60,7 @@ TEST(ids_outside_the_model_vocab_are_bad_rows)
 	struct lora_dataset *d = NULL;
 	struct lora_err err = { 0 };
 
-	/* the model's embedding is smaller than the tokenizer: byte-level ids of letters are >= 100 */
+	/* the model's embedding is smaller than the tokenizer: "ab" is token 414 */
 	CHECK(parse("{\"text\":\"ab\"}\n{\"text\":\"zzzz\"}\n", &o, &d, &err) < 0);
 	CHECKF(strstr(err.msg, "d.jsonl:1: token id") && strstr(err.msg, "outside the model's vocabulary (100)"), "%s",
 	       err.msg);

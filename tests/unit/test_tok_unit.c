@@ -151,7 +151,6 @@ TEST(hostile_files_fail_cleanly)
 	static const char *bad[] = {
 		"", "[]", "{", "{\"model\":{}}",
 		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a b\"]}}",          /* b missing */
-		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":0},\"merges\":[]}}",         /* id twice */
 		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-1},\"merges\":[]}}",
 		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":1e12},\"merges\":[]}}",
 		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"abc\"]}}",
@@ -247,6 +246,25 @@ done:
 	lora_tok_free(q);
 }
 
+TEST(duplicate_vocab_ids_load)
+{
+	/* "b" and "c" share id 1 (seen in the wild): both encode to it, the first decodes */
+	const char *json = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":1,\"ab\":2},"
+			   "\"merges\":[\"a b\"]}}";
+	struct lora_tok *tok = NULL;
+	struct lora_tokens t = LORA_TOKENS_INIT;
+	struct lora_err err = { 0 };
+
+	CHECKF(lora_tok_load_mem(json, strlen(json), NULL, 0, "t", &tok, &err) == 0, "%s", err.msg);
+	if (!tok)
+		return;
+	CHECK(lora_tok_encode(tok, "cab", 3, 0, &t, &err) == 0);
+	CHECK(t.n == 2 && t.ids[0] == 1 && t.ids[1] == 2);
+	CHECK(!strcmp(lora_tok_id_to_token(tok, 1), "b"));
+	lora_tokens_free(&t);
+	lora_tok_free(tok);
+}
+
 TEST(add_eos_token_in_config_is_honoured)
 {
 	const char *json = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"<s>\":0,\"</s>\":1,\"a\":2},\"merges\":[]},"
@@ -325,6 +343,7 @@ int main(void)
 	RUN(offsets_point_into_the_input);
 	RUN(invalid_utf8_is_an_error);
 	RUN(special_ids_from_config);
+	RUN(duplicate_vocab_ids_load);
 	RUN(add_eos_token_in_config_is_honoured);
 	RUN(mutated_files_never_crash);
 	return t_done();

@@ -43,15 +43,23 @@ int lora_chat_by_name(const char *name, const char *bos, struct lora_chat *out, 
  */
 static int default_system(const char *tpl, char **out)
 {
-	static const char open[] = "<|im_start|>system\\n", close[] = "<|im_end|>";
+	static const char open[] = "<|im_start|>system", close[] = "<|im_end|>";
 	const char *p = tpl;
 
 	*out = NULL;
 	while ((p = strstr(p, open))) {
-		const char *body = p + strlen(open), *end = strstr(body, close);
+		/* the newline after the role: an escape in the Jinja literal, or a real one */
+		const char *body = p + strlen(open), *end;
 		size_t n;
 		char *s, *o;
 		p = body;
+		if (body[0] == '\\' && body[1] == 'n')
+			body += 2;
+		else if (body[0] == '\n')
+			body += 1;
+		else
+			continue;
+		end = strstr(body, close);
 		if (!end || end == body || strcspn(body, "'\"{}+") < (size_t)(end - body))
 			continue;
 		n = (size_t)(end - body);

@@ -33,6 +33,9 @@ TEST(detects_families)
 	CHECKF(c.default_system && !strcmp(c.default_system, "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
 	       "%s", c.default_system ? c.default_system : "(null)");
 	lora_chat_free(&c);
+	CHECK(lora_chat_detect("{{ '<|im_start|>system\nBe brief.<|im_end|>\n' }}", NULL, &c, &err) == 0);
+	CHECKF(c.default_system && !strcmp(c.default_system, "Be brief."), "%s", c.default_system ? c.default_system : "-");
+	lora_chat_free(&c);
 	CHECK(lora_chat_detect(llama3, "<|begin_of_text|>", &c, &err) == 0);
 	CHECK(c.fmt == LORA_CHAT_LLAMA3 && !strcmp(c.bos, "<|begin_of_text|>"));
 	lora_chat_free(&c);

@@ -1794,7 +1794,7 @@ static int bpe_word(const struct lora_tok *t, const char *s, const int64_t *al, 
 		    struct lora_tokens *out, struct heap *h, struct lora_err *err)
 {
 	struct sym *sy;
-	int32_t n = 0, last = -1;
+	int32_t n = 0;
 	int rc = 0;
 
 	if (t->ignore_merges) {
@@ -1816,8 +1816,10 @@ static int bpe_word(const struct lora_tok *t, const char *s, const int64_t *al, 
 			for (k = 0; k < cl && t->byte_id[(unsigned char)s[i + k]] >= 0; k++)
 				;
 			if (k == cl) {
-				for (k = 0; k < cl; k++)
-					sy[n] = (struct sym){ t->byte_id[(unsigned char)s[i + k]], n - 1, -1, al[i] }, n++;
+				for (k = 0; k < cl; k++) {
+					sy[n] = (struct sym){ t->byte_id[(unsigned char)s[i + k]], n - 1, -1, al[i] };
+					n++;
+				}
 				i += cl;
 				continue;
 			}
@@ -1860,11 +1862,8 @@ static int bpe_word(const struct lora_tok *t, const char *s, const int64_t *al, 
 	}
 	if (rc)
 		rc = lora_errf(err, "out of memory");
-	for (int32_t i = n ? 0 : -1; i >= 0 && !rc; i = sy[i].next) {
+	for (int32_t i = n ? 0 : -1; i >= 0 && !rc; i = sy[i].next)
 		rc = lora_tokens_push(out, sy[i].id, sy[i].start, err);
-		last = i;
-	}
-	(void)last;
 	free(sy);
 	return rc;
 }
@@ -2015,6 +2014,8 @@ int lora_tok_encode(const struct lora_tok *t, const char *text, size_t len, unsi
 	size_t bad;
 	int rc = 0;
 
+	if (len > INT32_MAX / 4)   /* symbol indexes are int32; 512 MiB per call is plenty */
+		return lora_errf(err, "text of %zu bytes is too long to encode at once", len);
 	if (!utf8_valid(text, len, &bad))
 		return lora_errf(err, "text is not valid utf-8 (byte %zu)", bad);
 	if (flags & LORA_TOK_ADD_SPECIAL)

@@ -72,7 +72,12 @@ static const struct cmd_def commands[] = {
 	  "lora generate --base DIR [--adapter REF] --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]",
 	  NULL },
 	{ "tokenize", cmd_tokenize, 0, "turn text into token ids with a model's tokenizer",
-	  "lora tokenize --base DIR [--json] [TEXT]", NULL },
+	  "lora tokenize --base DIR [--json] [--no-special] [--decode] [TEXT...]",
+	  "  --base DIR     model folder with tokenizer.json (and tokenizer_config.json)\n"
+	  "  --json         one JSON document: ids, tokens, offsets, count\n"
+	  "  --no-special   do not add BOS/EOS (with --decode: leave special tokens out)\n"
+	  "  --decode       read token ids and print the text they stand for\n"
+	  "  TEXT           the text (arguments joined by spaces); standard input when absent\n" },
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

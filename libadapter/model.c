@@ -81,6 +81,13 @@ static int parse_rope_scaling(const cJSON *root, struct lora_model_config *c, co
 	const cJSON *t;
 
 	c->rope_type = LORA_ROPE_DEFAULT;
+	/* transformers 5 writes "rope_parameters" (rope_theta inside) instead */
+	if (!rs || cJSON_IsNull(rs)) {
+		rs = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+		if (cJSON_IsObject(rs) && !cJSON_GetObjectItemCaseSensitive(root, "rope_theta") &&
+		    get_num(rs, "rope_theta", 10000.0, &c->rope_theta, label, err) < 0)
+			return -1;
+	}
 	if (!rs || cJSON_IsNull(rs))
 		return 0;
 	if (!cJSON_IsObject(rs))

@@ -12,6 +12,7 @@ For each model M this writes into tests/fixtures/train/:
       nf4.*        the same with every decoder linear weight replaced by
                    bitsandbytes' quantize_4bit(nf4, blocksize 64, double quant) + dequantize_4bit
   eval.jsonl, eval.expect.json  rows for `lora eval` and the losses transformers + peft give
+  eval.logits.safetensors       logits.N [len, V] of each row, base model as stored
 
 The models are built from LlamaConfig / Qwen2Config / MistralConfig with random weights
 (std 0.1 so that the logits spread), random norm weights and biases.  All
@@ -120,6 +121,8 @@ def build_adapter(name, base_dir, lcfg):
     with open(cfg_path) as f:
         c = json.load(f)
     c["base_model_name_or_path"] = name      # not this machine's path
+    if isinstance(c.get("target_modules"), list):
+        c["target_modules"] = sorted(c["target_modules"])   # peft keeps a set: stable order
     with open(cfg_path, "w") as f:
         json.dump(c, f, indent=2, sort_keys=True)
     return d
@@ -170,6 +173,16 @@ def eval_rows(vocab, g):
     rows[3]["labels"] = list(rows[3]["input_ids"])
     rows[3]["labels"][5] = -100
     return rows
+
+
+def eval_logits(base_dir, rows):
+    """Per-row fp32 logits of the base (no adapter, weights as stored), as `--dump-logits` writes them."""
+    model = load_fp32(base_dir)
+    out = {}
+    with torch.no_grad():
+        for i, r in enumerate(rows):
+            out[f"logits.{i}"] = model(input_ids=torch.tensor([r["input_ids"]])).logits[0].float().contiguous()
+    return out
 
 
 def eval_loss(base_dir, adapter_dir, rows, quant):
@@ -223,6 +236,8 @@ def main():
             loss, count = eval_loss(os.path.join(OUT, name),
                                     os.path.join(OUT, name + ".adapter") if with_adapter else None, rows, quant)
             expect[f"{quant}.{'adapter' if with_adapter else 'base'}"] = {"loss": loss, "tokens": count}
+    save_file(eval_logits(os.path.join(OUT, name), rows), os.path.join(OUT, "eval.logits.safetensors"),
+              metadata={"versions": json.dumps(VERSIONS), "generator": "tests/oracle/train_model.py"})
     with open(os.path.join(OUT, "eval.expect.json"), "w") as f:
         json.dump(expect, f, indent=1, sort_keys=True)
         f.write("\n")

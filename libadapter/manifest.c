@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "buf.h"
 #include "safetensors.h"   /* lora_utf8_valid */
 
 #define MAX_SIZE 9007199254740992.0  /* 2^53: larger integers do not survive a double */
@@ -274,6 +275,51 @@ void lora_rfc3339(int64_t t, char out[32])
 	strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* JSON with 2-space indentation; arrays of scalars stay on one line. */
+static void pretty(struct lora_buf *b, const cJSON *j, int depth)
+{
+	const cJSON *c;
+	int scalars = 1;
+
+	if (!cJSON_IsObject(j) && !cJSON_IsArray(j)) {
+		char *t = cJSON_PrintUnformatted(j);
+		if (t)
+			lora_buf_puts(b, t);
+		else
+			b->oom = 1;
+		cJSON_free(t);
+		return;
+	}
+	if (!j->child) {
+		lora_buf_puts(b, cJSON_IsObject(j) ? "{}" : "[]");
+		return;
+	}
+	for (c = j->child; c; c = c->next)
+		if (cJSON_IsObject(c) || cJSON_IsArray(c))
+			scalars = 0;
+	if (cJSON_IsArray(j) && scalars) {
+		lora_buf_puts(b, "[");
+		for (c = j->child; c; c = c->next) {
+			pretty(b, c, depth + 1);
+			if (c->next)
+				lora_buf_puts(b, ", ");
+		}
+		lora_buf_puts(b, "]");
+		return;
+	}
+	lora_buf_puts(b, cJSON_IsObject(j) ? "{\n" : "[\n");
+	for (c = j->child; c; c = c->next) {
+		lora_buf_printf(b, "%*s", 2 * (depth + 1), "");
+		if (cJSON_IsObject(j)) {
+			lora_buf_json_str(b, c->string ? c->string : "");
+			lora_buf_puts(b, ": ");
+		}
+		pretty(b, c, depth + 1);
+		lora_buf_puts(b, c->next ? ",\n" : "\n");
+	}
+	lora_buf_printf(b, "%*s%s", 2 * depth, "", cJSON_IsObject(j) ? "}" : "]");
+}
+
 static cJSON *str_or_null(const char *s)
 {
 	return s ? cJSON_CreateString(s) : cJSON_CreateNull();
@@ -282,8 +328,7 @@ static cJSON *str_or_null(const char *s)
 char *lora_manifest_build(const struct lora_manifest_spec *s, struct lora_err *err)
 {
 	cJSON *r = cJSON_CreateObject(), *b, *files, *sg;
-	char created[32], *text = NULL, *out;
-	size_t n;
+	char created[32];
 
 	if (!r)
 		goto oom;
@@ -324,23 +369,20 @@ char *lora_manifest_build(const struct lora_manifest_spec *s, struct lora_err *e
 	} else {
 		cJSON_AddNullToObject(r, "signer");
 	}
-	text = cJSON_Print(r);
-	cJSON_Delete(r);
-	r = NULL;
-	if (!text)
-		goto oom;
-	n = strlen(text);
-	out = malloc(n + 2);
-	if (!out)
-		goto oom;
-	memcpy(out, text, n);
-	out[n] = '\n';
-	out[n + 1] = 0;
-	cJSON_free(text);
-	return out;
+	{
+		struct lora_buf b = LORA_BUF_INIT;
+		pretty(&b, r, 0);
+		lora_buf_puts(&b, "\n");
+		cJSON_Delete(r);
+		r = NULL;
+		if (b.oom) {
+			lora_buf_free(&b);
+			goto oom;
+		}
+		return lora_buf_take(&b);
+	}
 oom:
 	cJSON_Delete(r);
-	cJSON_free(text);
 	lora_errf(err, "out of memory building manifest.json");
 	return NULL;
 }

@@ -7,6 +7,7 @@
 
 #include "cmd/cmd.h"
 #include "libadapter/buf.h"
+#include "libadapter/manifest.h"
 #include "libadapter/store.h"
 
 static const cJSON *jget(const cJSON *o, const char *a, const char *b)
@@ -81,19 +82,19 @@ static int print_json(const struct lora_store_item *it, size_t n)
 				      cJSON_IsNumber(al) ? cJSON_CreateNumber(al->valuedouble) : cJSON_CreateNull());
 		cJSON_AddItemToObject(o, "target_modules", t ? cJSON_Duplicate(t, 1) : cJSON_CreateNull());
 		cJSON_AddNumberToObject(o, "size", (double)it[i].size);
-		s = jstr(m, "signer", "identity");
+		s = it[i].has_signature ? jstr(m, "signer", "identity") : NULL;
 		cJSON_AddItemToObject(o, "signer", s ? cJSON_CreateString(s) : cJSON_CreateNull());
 		s = jstr(m, "created", NULL);
 		cJSON_AddItemToObject(o, "created", s ? cJSON_CreateString(s) : cJSON_CreateNull());
 		cJSON_AddItemToArray(a, o);
 	}
-	text = a ? cJSON_Print(a) : NULL;
+	text = a ? lora_json_pretty(a) : NULL;
 	cJSON_Delete(a);
 	if (!text)
 		return cmd_error("out of memory");
 	fputs(text, stdout);
 	fputc('\n', stdout);
-	cJSON_free(text);
+	free(text);
 	return 0;
 }
 
@@ -139,7 +140,7 @@ CMD(list)
 			targets_text(jget(m, "lora", "target_modules"), &t);
 			if (!base)
 				base = "-";
-			if (!sig)
+			if (!sig || !it[i].has_signature)
 				sig = "(unsigned)";
 			if (pass == 0) {
 				if ((l = (int)strlen(it[i].ref)) > w_ref)

@@ -8,6 +8,7 @@
 #include "cmd/cmd.h"
 #include "libadapter/fsutil.h"
 #include "libadapter/sshsig.h"
+#include "libadapter/manifest.h"
 #include "libadapter/store.h"
 
 static int trust_add(int argc, char **argv, struct cmd_ctx *ctx)
@@ -103,10 +104,10 @@ static int trust_list(int argc, char **argv, struct cmd_ctx *ctx)
 				cJSON_AddNullToObject(o, "error");
 			cJSON_AddItemToArray(a, o);
 		}
-		text = a ? cJSON_Print(a) : NULL;
+		text = a ? lora_json_pretty(a) : NULL;
 		if (text)
 			printf("%s\n", text);
-		cJSON_free(text);
+		free(text);
 		cJSON_Delete(a);
 	} else {
 		for (size_t i = 0; i < s.n; i++) {

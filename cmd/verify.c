@@ -1,10 +1,12 @@
 /* verify.c - lora verify: re-hash every file, check the signature and the signer. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cjson/cJSON.h>
 
 #include "cmd/cmd.h"
+#include "libadapter/manifest.h"
 #include "libadapter/store.h"
 
 static const char *state_name(enum lora_check_state s)
@@ -47,10 +49,10 @@ static void print_json(const char *spec, const struct lora_verify_report *rep, c
 		cJSON_AddNullToObject(o, "error");
 	else
 		cJSON_AddStringToObject(o, "error", err->msg);
-	text = cJSON_Print(o);
+	text = lora_json_pretty(o);
 	if (text)
 		printf("%s\n", text);
-	cJSON_free(text);
+	free(text);
 	cJSON_Delete(o);
 }
 

@@ -320,6 +320,18 @@ static void pretty(struct lora_buf *b, const cJSON *j, int depth)
 	lora_buf_printf(b, "%*s%s", 2 * depth, "", cJSON_IsObject(j) ? "}" : "]");
 }
 
+char *lora_json_pretty(const cJSON *j)
+{
+	struct lora_buf b = LORA_BUF_INIT;
+
+	pretty(&b, j, 0);
+	if (b.oom || !b.data) {
+		lora_buf_free(&b);
+		return NULL;
+	}
+	return lora_buf_take(&b);
+}
+
 static cJSON *str_or_null(const char *s)
 {
 	return s ? cJSON_CreateString(s) : cJSON_CreateNull();

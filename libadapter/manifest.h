@@ -90,6 +90,9 @@ struct lora_manifest_spec {
 /* The manifest.json text (malloc'd, ends with a newline). */
 char *lora_manifest_build(const struct lora_manifest_spec *s, struct lora_err *err);
 
+/* JSON text with 2-space indentation (arrays of scalars on one line), no final newline; malloc'd. */
+char *lora_json_pretty(const cJSON *j);
+
 /* "YYYY-MM-DDTHH:MM:SSZ" for t. */
 void lora_rfc3339(int64_t t, char out[32]);
 

@@ -501,7 +501,7 @@ static const cJSON *resolve_in(const char *store, cJSON *idx, const char *spec, 
 				first = d;
 				hit = e;
 			}
-			lora_buf_printf(&cand, "%s%.19s (%s)", cand.len ? ", " : "", d,
+			lora_buf_printf(&cand, "%s%s (%s)", cand.len ? ", " : "", d,
 					entry_ref(e) ? entry_ref(e) : "unnamed");
 		}
 		if (nd == 0) {
@@ -1561,8 +1561,11 @@ int lora_store_list(const char *store_dir, struct lora_store_item **items, size_
 		oci = blob_slurp(store_dir, dg, OCI_JSON_MAX, &ol);
 		if (oci && oci_parse(oci, ol, &om, NULL) == 0) {
 			it->size = om.config.size;
-			for (size_t i = 0; i < om.n_layers; i++)
+			for (size_t i = 0; i < om.n_layers; i++) {
 				it->size += om.layers[i].size;
+				if (!strcmp(om.layers[i].title, LORA_PKG_SIG))
+					it->has_signature = 1;
+			}
 			man = blob_slurp(store_dir, om.config.digest, LORA_MANIFEST_MAX, &ml);
 			if (man)
 				it->manifest = cJSON_ParseWithLength(man, ml);

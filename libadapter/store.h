@@ -129,6 +129,7 @@ struct lora_store_item {
 	char ref[LORA_REF_MAX];      /* "NAME:TAG" */
 	char digest[72];             /* "sha256:<hex>" of the OCI manifest */
 	uint64_t size;               /* bytes of all files (manifest.json and layers) */
+	int has_signature;           /* a manifest.json.sig layer is present (not verified) */
 	cJSON *manifest;             /* the parsed manifest.json (NULL when unreadable) */
 };
 /* Every named entry of index.json, sorted by ref.  A missing store is an empty list. */

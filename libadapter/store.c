@@ -1010,8 +1010,11 @@ int lora_store_import_package(const char *store_dir, const char *pkg_path, const
 	stage = stage_dir(store_dir, err);
 	if (!stage)
 		goto out;
-	if (view_from_file(pkg_path, stage, &v, &rep, err) < 0)
+	if (view_from_file(pkg_path, stage, &v, &rep, err) < 0) {
+		if (err && err->code == LORA_EVERIFY)
+			rep_fail(&rep, LORA_CHK_PACKAGE, pkg_path, err);
 		goto out;
+	}
 	if (check_view(store_dir, &v, pkg_path, allow_untrusted, &rep, &m, err) < 0)
 		goto out;
 	if (check_adapter_files(&v.pkg, pkg_path, err) < 0)

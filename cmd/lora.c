@@ -86,7 +86,22 @@ static const struct cmd_def commands[] = {
 	  "  --dump-logits FILE  write each row's logits as fp32 tensor logits.N to FILE\n"
 	  "  --threads N         BLAS threads\n" },
 	{ "plan", cmd_plan, 0, "estimate the memory a training run needs",
-	  "lora plan (--base DIR | --config FILE) [training options] [--gpu-mem GB] [--json]", NULL },
+	  "lora plan (--base DIR | --config FILE) [training options] [--gpu-mem GB] [--device cpu|cuda] [--json]",
+	  "  --base DIR          a model folder (config.json; weights' dtype from the files)\n"
+	  "  --config FILE       a config.json alone\n"
+	  "  --rank R            LoRA rank (16)\n"
+	  "  --targets LIST      all-linear (default) or q_proj,v_proj,...\n"
+	  "  --quant nf4|none    the column the run would use: QLoRA (default) or LoRA\n"
+	  "  --batch B           rows per step (1)\n"
+	  "  --seq-len T         tokens per row (512)\n"
+	  "  --grad-accum G      accepted; does not change memory\n"
+	  "  --checkpointing     keep one input per layer and recompute (default); --no-checkpointing\n"
+	  "  --paged             paged AdamW states (default, cuda); --no-paged\n"
+	  "  --dropout P         LoRA dropout (0.05)\n"
+	  "  --gpu-mem GB        also the largest --seq-len and --batch that fit in GB GiB\n"
+	  "  --device cpu|cuda   the CPU trainer (measured) or the CUDA estimate (default)\n"
+	  "  --json              one JSON document, sizes in bytes\n"
+	  "  other lora train options are accepted and ignored\n" },
 	{ "generate", cmd_generate, CMD_NEED_STORE, "sample text from a model and adapter",
 	  "lora generate --base DIR [--adapter REF] --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]",
 	  NULL },

@@ -103,8 +103,19 @@ static const struct cmd_def commands[] = {
 	  "  --json              one JSON document, sizes in bytes\n"
 	  "  other lora train options are accepted and ignored\n" },
 	{ "generate", cmd_generate, CMD_NEED_STORE, "sample text from a model and adapter",
-	  "lora generate --base DIR [--adapter REF] --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]",
-	  NULL },
+	  "lora generate --base DIR [--adapter REF|PATH] --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S] "
+	  "[--quant nf4|none] [--chat|--no-chat] [--json] [--threads N]",
+	  "  --base DIR          the Hugging Face model folder (with tokenizer.json)\n"
+	  "  --adapter REF|PATH  a stored adapter, a .lora package or a PEFT folder\n"
+	  "  --prompt TEXT       what to continue (or, for a chat model, the user's turn)\n"
+	  "  --max-tokens N      stop after N new tokens (128)\n"
+	  "  --temperature T     0: greedy; default 0.7\n"
+	  "  --top-p P           sample from the smallest set of tokens holding P of the mass (0.9)\n"
+	  "  --seed S            random stream of the sampler (42): same seed, same text\n"
+	  "  --quant nf4|none    NF4 frozen weights as QLoRA trains them (default), or as stored\n"
+	  "  --chat, --no-chat   use the model's chat template (default: when it has one)\n"
+	  "  --json              {\"text\", \"prompt_tokens\", \"tokens\", \"stop\", ...} at the end\n"
+	  "  --threads N         BLAS threads\n" },
 	{ "tokenize", cmd_tokenize, 0, "turn text into token ids with a model's tokenizer",
 	  "lora tokenize --base DIR [--json] [--no-special] [--decode] [TEXT...]",
 	  "  --base DIR     model folder with tokenizer.json (and tokenizer_config.json)\n"

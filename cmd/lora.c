@@ -77,15 +77,26 @@ static const struct cmd_def commands[] = {
 	{ "train", cmd_train, CMD_NEED_STORE, "train a LoRA/QLoRA adapter into the store",
 	  "lora train --base DIR --data FILE --name NAME[:TAG] [options]", NULL },
 	{ "eval", cmd_eval, CMD_NEED_STORE, "loss and perplexity of a model, with or without an adapter",
-	  "lora eval --base DIR [--adapter PATH|REF] --tokens FILE.jsonl [--quant nf4|none] [--json] [--dump-logits FILE]",
-	  NULL },
+	  "lora eval --base DIR [--adapter PATH|REF] --tokens FILE.jsonl [--quant nf4|none] [--json] [--dump-logits FILE] [--threads N]",
+	  "  --base DIR          the Hugging Face model folder\n"
+	  "  --adapter PATH|REF  a PEFT adapter folder to apply\n"
+	  "  --tokens FILE       rows {\"input_ids\": [...], \"labels\": [...]}, one a line\n"
+	  "  --quant nf4|none    NF4 frozen weights as QLoRA trains them (default), or as stored\n"
+	  "  --json              {\"loss\", \"perplexity\", \"tokens\", \"rows\"} on stdout\n"
+	  "  --dump-logits FILE  write each row's logits as fp32 tensor logits.N to FILE\n"
+	  "  --threads N         BLAS threads\n" },
 	{ "plan", cmd_plan, 0, "estimate the memory a training run needs",
 	  "lora plan (--base DIR | --config FILE) [training options] [--gpu-mem GB] [--json]", NULL },
 	{ "generate", cmd_generate, CMD_NEED_STORE, "sample text from a model and adapter",
 	  "lora generate --base DIR [--adapter REF] --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]",
 	  NULL },
 	{ "tokenize", cmd_tokenize, 0, "turn text into token ids with a model's tokenizer",
-	  "lora tokenize --base DIR [--json] [TEXT]", NULL },
+	  "lora tokenize --base DIR [--json] [--no-special] [--decode] [TEXT...]",
+	  "  --base DIR     model folder with tokenizer.json (and tokenizer_config.json)\n"
+	  "  --json         one JSON document: ids, tokens, offsets, count\n"
+	  "  --no-special   do not add BOS/EOS (with --decode: leave special tokens out)\n"
+	  "  --decode       read token ids and print the text they stand for\n"
+	  "  TEXT           the text (arguments joined by spaces); standard input when absent\n" },
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -1751,7 +1751,8 @@ static void store_gc(const char *store, int blocking)
 			if (set_add(&set, &n, &cap, om.layers[i].digest) < 0)
 				goto out;
 	}
-	qsort(set, n, sizeof(*set), cmp_hex);
+	if (n)
+		qsort(set, n, sizeof(*set), cmp_hex);
 	bd = spath(store, "blobs/sha256");
 	if (!bd || !(d = opendir(bd)))
 		goto out;
@@ -1760,7 +1761,7 @@ static void store_gc(const char *store, int blocking)
 		char *p;
 		if (!strcmp(name, ".") || !strcmp(name, ".."))
 			continue;
-		if (strlen(name) == 64 && is_hex(name, 64) && bsearch(&name, set, n, sizeof(*set), cmp_hex))
+		if (n && strlen(name) == 64 && is_hex(name, 64) && bsearch(&name, set, n, sizeof(*set), cmp_hex))
 			continue;
 		p = lora_path_join(bd, name);
 		if (p)

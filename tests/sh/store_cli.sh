@@ -228,6 +228,44 @@ expect_err "not empty"
 run "$LORA" export sql:v1 --format zip -o "$T/z"
 expect_rc 2
 
+t_case base_fingerprint
+mktiny model "$T/base2" --hidden 32 --inter 64 --seed 99 >/dev/null
+run "$LORA" import "$T/ad" --name fp1 --base "$T/base"
+expect_rc 0
+run "$LORA" import "$T/ad" --name fp2 --base "$T/base"
+run "$LORA" import "$T/ad" --name fp3 --base "$T/base2"
+fp() { "$LORA" export "$1" -o - | tar -xOf - manifest.json | sed -n 's/.*"fingerprint": "\(.*\)".*/\1/p'; }
+f1=$(fp fp1); f2=$(fp fp2); f3=$(fp fp3)
+case "$f1" in sha256:????????????????????????????????????????????????????????????????) ;; *) t_fail "fingerprint '$f1'";; esac
+expect_eq "$f2" "$f1" "same base, same fingerprint"
+[ "$f3" != "$f1" ] || t_fail "another base gave the same fingerprint"
+run "$LORA" import "$T/ad" --name fp4 --base "$T/nonexistent"
+expect_rc 1
+for r in fp1 fp2 fp3; do "$LORA" rm $r >/dev/null; done
+
+t_case broken_folder_refused
+mkdir "$T/broken" && cp "$T/ad/adapter_config.json" "$T/broken/"
+before=$(snap)
+run "$LORA" import "$T/broken" --name broken
+expect_rc 1
+expect_err "adapter_model.safetensors"
+printf 'not json' > "$T/broken/adapter_config.json"
+cp "$T/ad/adapter_model.safetensors" "$T/broken/"
+run "$LORA" import "$T/broken" --name broken
+expect_rc 1
+expect_eq "$(snap)" "$before" "store changed by a refused folder"
+
+t_case replacing_a_name_collects_old_blobs
+run "$LORA" import "$T/ad2" --name moving
+expect_rc 0
+n1=$(nblobs)
+run "$LORA" import "$T/ad" --name moving
+expect_rc 0
+# ad2's files, manifest, signature and OCI manifest go; ad's files were there already
+expect_eq "$(nblobs)" $((n1 - 2)) "blobs after moving a name"
+run "$LORA" rm moving
+expect_rc 0
+
 t_case tag_and_rm
 run "$LORA" tag sql:v1 sql:prod
 expect_rc 0

@@ -204,7 +204,8 @@ static int run(const struct cmd_ctx *ctx, struct lora_train_opts *o, const char 
 			 info->skipped_rows == 1 ? "" : "s", info->first_skipped);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
-	sa.sa_flags = SA_RESETHAND;   /* a second ^C ends the process at once (every write is atomic) */
+	/* a second ^C ends the process at once (every write is atomic); system calls restart */
+	sa.sa_flags = SA_RESETHAND | SA_RESTART;
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGINT, &sa, &old_int);
 	sigaction(SIGTERM, &sa, &old_term);
@@ -283,7 +284,7 @@ CMD(train)
 	const char *name = NULL, *key = NULL, *description = NULL;
 	char *work = NULL, *keep = NULL, ref[LORA_REF_MAX];
 	struct lora_ref r;
-	int c, n = 0, resume = 0, json = 0, rc = 2;
+	int c, n = 0, resume = 0, json = 0, rc = 2, has_steps = 0, has_epochs = 0;
 
 	if (!given)
 		return cmd_error("out of memory");
@@ -295,6 +296,8 @@ CMD(train)
 		case O_DESCRIPTION: description = optarg; break;
 		case O_JSON: json = 1; break;
 		case '?': case ':': goto out;
+		case O_STEPS: has_steps = 1; /* fall through */
+		case O_EPOCHS: has_epochs |= c == O_EPOCHS; /* fall through */
 		default:
 			given[n].id = c;
 			given[n++].v = optarg;
@@ -303,6 +306,10 @@ CMD(train)
 	}
 	if (optind != argc) {
 		cmd_usage(ctx, "unexpected argument '%s'", argv[optind]);
+		goto out;
+	}
+	if (has_steps && has_epochs) {
+		cmd_usage(ctx, "give --steps or --epochs, not both");
 		goto out;
 	}
 	if (!name) {

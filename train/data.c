@@ -605,11 +605,21 @@ void lora_batcher_get_pos(const struct lora_batcher *bt, struct lora_data_pos *p
 int lora_batcher_set_pos(struct lora_batcher *bt, const struct lora_data_pos *pos, struct lora_err *err)
 {
 	const struct lora_dataset *d = bt->d;
-	if (pos->row > d->n_rows || (pos->row < d->n_rows && pos->tok >= d->off[pos->row + 1] - d->off[pos->row]) ||
-	    (pos->row == d->n_rows && pos->tok))
+	int bad = pos->row > d->n_rows || (pos->row == d->n_rows && pos->tok);
+
+	if (!bad && pos->row < d->n_rows) {
+		/* tok counts tokens of the row at `row` in that epoch's order */
+		size_t r;
+		make_order(bt, pos->epoch);
+		r = bt->order[pos->row];
+		bad = pos->tok >= d->off[r + 1] - d->off[r];
+	}
+	if (bad) {
+		make_order(bt, bt->pos.epoch);
 		return lora_errf(err, "data position (epoch %llu, row %llu, token %llu) does not fit this data "
 				      "(%zu rows); was the data file changed?", (unsigned long long)pos->epoch,
 				 (unsigned long long)pos->row, (unsigned long long)pos->tok, d->n_rows);
+	}
 	bt->pos = *pos;
 	bt->done = 0;
 	if (pos->row == d->n_rows) {   /* saved at the very end of an epoch */

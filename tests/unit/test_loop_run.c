@@ -18,6 +18,7 @@
 #include "libadapter/fsutil.h"
 #include "tests/t.h"
 #include "train/ckpt.h"
+#include "train/data.h"
 #include "train/loop.h"
 
 static char tmp[256], data[300], base[300];
@@ -319,6 +320,52 @@ TEST(device_choice)
 	free(w);
 }
 
+/* Every position a checkpoint can hold sets back on a fresh batcher (rows of very unequal length,
+ * shuffled, so the row at `row` in an epoch's order is not row number `row` of the file). */
+TEST(every_batcher_position_restores)
+{
+	struct lora_buf b = LORA_BUF_INIT;
+	struct lora_dataset *d = NULL;
+	struct lora_data_opts dopt = { 0 };
+	struct lora_batcher_opts bo = { .batch = 2, .seq_len = 5, .shuffle = 1, .seed = 99 };
+	struct lora_batcher *a = NULL, *c = NULL;
+	struct lora_data_batch ba, bc;
+	struct lora_data_pos p;
+	struct lora_err err = { 0 };
+	int bad = 0;
+
+	for (int r = 0; r < 9; r++) {
+		int n = r % 2 ? 2 : 23;
+		lora_buf_puts(&b, "{\"input_ids\": [");
+		for (int k = 0; k < n; k++)
+			lora_buf_printf(&b, "%s%d", k ? "," : "", 3 + r * 10 + k % 10);
+		lora_buf_puts(&b, "]}\n");
+	}
+	dopt.vocab_size = 128;
+	CHECKF(lora_data_parse(b.data, b.len, "mem", &dopt, &d, &err) == 0, "%s", err.msg);
+	CHECK(d && lora_batcher_new(d, &bo, &a, &err) == 0);
+	CHECK(lora_data_batch_init(&ba, 2, 5, &err) == 0 && lora_data_batch_init(&bc, 2, 5, &err) == 0);
+	for (int s = 0; a && s < 60; s++) {
+		lora_batcher_get_pos(a, &p);
+		CHECK(lora_batcher_new(d, &bo, &c, &err) == 0);
+		if (lora_batcher_set_pos(c, &p, &err) < 0) {
+			bad++;
+			fprintf(stderr, "  step %d: %s\n", s, err.msg);
+		}
+		lora_batcher_next(a, &ba, &err);
+		lora_batcher_next(c, &bc, &err);
+		bad += memcmp(ba.ids, bc.ids, sizeof(int32_t) * 10) != 0;
+		lora_batcher_free(c);
+		c = NULL;
+	}
+	CHECK(bad == 0);
+	lora_data_batch_free(&ba);
+	lora_data_batch_free(&bc);
+	lora_batcher_free(a);
+	lora_data_free(d);
+	lora_buf_free(&b);
+}
+
 int main(void)
 {
 	const char *t = getenv("TMPDIR");
@@ -354,6 +401,7 @@ int main(void)
 	RUN(nan_stops_and_keeps_the_last_good_checkpoint);
 	RUN(a_checkpoint_is_not_replaced_or_resumed_with_other_settings);
 	RUN(device_choice);
+	RUN(every_batcher_position_restores);
 	lora_rm_rf(tmp, NULL);
 	return t_done();
 }

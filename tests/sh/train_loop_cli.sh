@@ -205,6 +205,40 @@ expect_rc 0
 # 80 rows, one a sequence, 16 a step: 5 steps
 expect_eq "$(json_field steps)" 5 steps
 
+t_case train_text_prompt_and_chat_rows_with_a_tokenizer
+# a synthetic model whose vocabulary holds the qwen2-style test tokenizer (ChatML template with a
+# default system turn); its weights are tiny, so it learns little: this checks the path, not the rate
+MK=${LORA_TOOLS:-}/mktiny
+if [ -x "$MK" ]; then
+	"$MK" model "$T/qm" --vocab 800 --hidden 32 --inter 64 --layers 2 --heads 2 --kv-heads 1 --tied --seed 3 >/dev/null
+	cp "$FIX/tok/qwen2/tokenizer.json" "$FIX/tok/qwen2/tokenizer_config.json" "$T/qm/"
+	awk 'BEGIN { split("France Paris|Italy Rome|Spain Madrid|Japan Tokyo|Egypt Cairo|Peru Lima|Kenya Nairobi|Chile Santiago", p, "|");
+	 for (r = 0; r < 48; r++) { split(p[r % 8 + 1], kv, " "); k = r % 3;
+	  if (k == 0) printf "{\"messages\": [{\"role\": \"user\", \"content\": \"Capital of %s?\"}, {\"role\": \"assistant\", \"content\": \"%s\"}]}\n", kv[1], kv[2];
+	  else if (k == 1) printf "{\"prompt\": \"Capital of %s? \", \"completion\": \"%s\"}\n", kv[1], kv[2];
+	  else printf "{\"text\": \"The capital of %s is %s.\"}\n", kv[1], kv[2] } }' >"$T/chat.jsonl"
+	for pack in "" --no-pack; do
+		run "$LORA" train --base "$T/qm" --data "$T/chat.jsonl" --name chat --steps 40 --lr 1e-2 --batch 4 \
+			--grad-accum 1 --seq-len 32 --eval-split 0.25 --threads 1 --json $pack
+		expect_rc 0
+		e0=$(json_field eval_loss_initial); e1=$(json_field eval_loss)
+		holds "$e1 < $e0 - 0.05" || t_fail "eval loss $e0 -> $e1 ${pack:-packed}"
+	done
+	{ head -2 "$T/chat.jsonl"; echo '{"messages": [{"role": "wizard", "content": "hi"}]}'; } >"$T/badchat.jsonl"
+	run "$LORA" train --base "$T/qm" --data "$T/badchat.jsonl" --name chat --steps 1 --seq-len 32
+	expect_rc 1
+	expect_err "$T/badchat.jsonl:3:"
+	expect_err "wizard"
+	# a tokenizer without a chat template: the chat row is the bad one
+	cp "$FIX/tok/gpt2/tokenizer.json" "$FIX/tok/gpt2/tokenizer_config.json" "$T/qm/"
+	run "$LORA" train --base "$T/qm" --data "$T/chat.jsonl" --name chat --steps 1 --seq-len 32
+	expect_rc 1
+	expect_err "$T/chat.jsonl:1:"
+	expect_err "chat_template"
+else
+	echo "  (no mktiny in \$LORA_TOOLS: skipped)"
+fi
+
 # ---------------------------------------------------------------- command line
 
 t_case train_usage_errors

@@ -7,7 +7,10 @@ Writes into tests/fixtures/loop/:
   peft_curve.json    the run's settings, and per optimizer step the loss, learning rate and
                      gradient norm (before clipping) that the Trainer reports, plus the
                      Frobenius norm of every lora_A / lora_B after the last step;
-                     and the versions of the packages used.
+                     under "nf4" the same run on NF4 frozen weights (lora train --quant nf4):
+                     each decoder linear weight replaced by bitsandbytes' quantize_4bit (nf4,
+                     blocksize 64, double quantization) + dequantize_4bit round trip, which is
+                     what a QLoRA forward multiplies by; and the versions of the packages used.
 
 The run is `lora train` with the settings in RUN (tests/sh/train_loop_peft.sh passes the same):
   * initial weights: lora_A as lora.h initializes it (its counter-based generator is re-implemented
@@ -23,11 +26,13 @@ The run is `lora train` with the settings in RUN (tests/sh/train_loop_peft.sh pa
 
 Rerun: /opt/oracle-venv/bin/python tests/oracle/loop_peft.py
 """
-import json, math, os, random, sys, tempfile
+import copy, json, math, os, random, sys, tempfile
 
 import torch
 import transformers
 import peft
+import bitsandbytes
+import bitsandbytes.functional as BF
 from transformers import LlamaForCausalLM, Trainer, TrainingArguments
 from peft import LoraConfig, get_peft_model
 
@@ -157,22 +162,25 @@ class CountingTrainer(Trainer):
         return loss
 
 
-def main():
-    torch.manual_seed(0)
-    os.makedirs(OUT, exist_ok=True)
-    rows = make_rows()
-    with open(os.path.join(OUT, "peft_train.jsonl"), "w") as f:
-        for ids, labels in rows:
-            o = {"input_ids": ids}
-            if labels is not None:
-                o["labels"] = labels
-            f.write(json.dumps(o) + "\n")
-    rows = [(ids, labels if labels is not None else list(ids)) for ids, labels in rows]
-    R = RUN
-    n_seq = R["steps"] * R["grad_accum"] * R["batch"]
-    seqs = packed_sequences(rows, R["seed"], R["seq_len"], n_seq)
+def nf4_roundtrip(model):
+    """Each decoder linear weight replaced by its bitsandbytes NF4 round trip (flat, fp32)."""
+    with torch.no_grad():
+        for n, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and ".layers." in n and "lora_" not in n:
+                w = mod.weight.data.to(torch.bfloat16)      # as stored on disk
+                q, st = BF.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+                st = copy.deepcopy(st)
+                st.shape = torch.Size([w.numel()])         # blocks run over the flat tensor
+                st.dtype = torch.float32
+                mod.weight.data.copy_(BF.dequantize_4bit(q, st).reshape(w.shape))
 
+
+def train(seqs, quant):
+    R = RUN
+    CountingTrainer.micro = []
     model = LlamaForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
+    if quant == "nf4":
+        nf4_roundtrip(model)
     cfg = LoraConfig(r=R["rank"], lora_alpha=R["alpha"], lora_dropout=R["dropout"],
                      target_modules=TARGETS, bias="none", task_type="CAUSAL_LM")
     pm = get_peft_model(model, cfg)
@@ -198,8 +206,8 @@ def main():
         tr = CountingTrainer(model=pm, args=args, train_dataset=Seqs(seqs), callbacks=[rec])
         tr.train()
     G = R["grad_accum"]
-    losses = [sum(CountingTrainer.micro[k * G:(k + 1) * G]) for k in range(R["steps"])]
     assert len(CountingTrainer.micro) == R["steps"] * G, len(CountingTrainer.micro)
+    losses = [sum(CountingTrainer.micro[k * G:(k + 1) * G]) for k in range(R["steps"])]
     by_step = {l["step"]: l for l in rec.logs}
     # the learning rate a step used: what the scheduler gave before that step's update
     sched = transformers.get_cosine_schedule_with_warmup(
@@ -214,20 +222,42 @@ def main():
         if p.requires_grad:
             key = name.replace("base_model.model.", "").replace(".default", "")
             norms[key] = float(p.detach().double().norm())
+    steps = [{"step": s + 1, "loss": losses[s], "lr": lrs[s], "logged_loss": by_step[s + 1]["loss"],
+              "grad_norm": float(by_step[s + 1]["grad_norm"])} for s in range(R["steps"])]
+    return warmup, steps, norms
+
+
+def main():
+    torch.manual_seed(0)
+    os.makedirs(OUT, exist_ok=True)
+    rows = make_rows()
+    with open(os.path.join(OUT, "peft_train.jsonl"), "w") as f:
+        for ids, labels in rows:
+            o = {"input_ids": ids}
+            if labels is not None:
+                o["labels"] = labels
+            f.write(json.dumps(o) + "\n")
+    rows = [(ids, labels if labels is not None else list(ids)) for ids, labels in rows]
+    R = RUN
+    n_seq = R["steps"] * R["grad_accum"] * R["batch"]
+    seqs = packed_sequences(rows, R["seed"], R["seq_len"], n_seq)
+    warmup, steps, norms = train(seqs, "none")
+    _, steps4, norms4 = train(seqs, "nf4")
     out = {
         "run": RUN, "warmup_steps": warmup, "base": "tests/fixtures/train/llama_tied",
         "data": "tests/fixtures/loop/peft_train.jsonl",
-        "steps": [{"step": s + 1, "loss": losses[s], "lr": lrs[s],
-                   "logged_loss": by_step[s + 1]["loss"], "grad_norm": float(by_step[s + 1]["grad_norm"])}
-                  for s in range(R["steps"])],
-        "final_param_norms": norms,
+        "steps": steps, "final_param_norms": norms,
+        "nf4": {"steps": steps4, "final_param_norms": norms4},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__, "python": sys.version.split()[0]},
+                     "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__,
+                     "python": sys.version.split()[0]},
     }
     with open(os.path.join(OUT, "peft_curve.json"), "w") as f:
         json.dump(out, f, indent=1, sort_keys=True)
         f.write("\n")
-    print("\n".join("%2d %.6f %.6g %.4f" % (s["step"], s["loss"], s["lr"], s["grad_norm"]) for s in out["steps"]))
+    for a, b in zip(steps, steps4):
+        print("%2d none %.6f nf4 %.6f lr %.6g grad norm %.4f %.4f" % (a["step"], a["loss"], b["loss"], a["lr"],
+                                                                    a["grad_norm"], b["grad_norm"]))
 
 
 if __name__ == "__main__":

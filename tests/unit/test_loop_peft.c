@@ -27,8 +27,9 @@ static const cJSON *get(const cJSON *o, const char *k)
 	return cJSON_GetObjectItemCaseSensitive(o, k);
 }
 
-/* `lora train` with the oracle's settings; the package exported as a folder into tmpdir/out. */
-static int train_like_the_oracle(void)
+/* `lora train` with the oracle's settings and --quant quant; the package exported as a folder
+ * into tmpdir/<quant>. */
+static int train_like_the_oracle(const char *quant)
 {
 	const cJSON *run = get(fixture, "run");
 	char args[4096], *base = t_fixture("train/llama_tied"), *data = t_fixture("loop/peft_train.jsonl");
@@ -36,22 +37,17 @@ static int train_like_the_oracle(void)
 	int ok;
 
 	snprintf(args, sizeof(args),
-		 "train --base '%s' --data '%s' --name peft:oracle --rank %d --alpha %g --dropout %g "
+		 "train --base '%s' --data '%s' --name peft:%s --rank %d --alpha %g --dropout %g "
 		 "--targets %s --quant %s --lr %.17g --schedule %s --warmup %.17g --steps %d --batch %d "
 		 "--grad-accum %d --seq-len %d --max-grad-norm %.17g --weight-decay %.17g --seed %d --threads 1",
-		 base, data, get(run, "rank")->valueint, get(run, "alpha")->valuedouble,
-		 get(run, "dropout")->valuedouble, get(run, "targets")->valuestring, get(run, "quant")->valuestring,
+		 base, data, quant, get(run, "rank")->valueint, get(run, "alpha")->valuedouble,
+		 get(run, "dropout")->valuedouble, get(run, "targets")->valuestring, quant,
 		 get(run, "lr")->valuedouble, get(run, "schedule")->valuestring, get(run, "warmup")->valuedouble,
 		 get(run, "steps")->valueint, get(run, "batch")->valueint, get(run, "grad_accum")->valueint,
 		 get(run, "seq_len")->valueint, get(run, "max_grad_norm")->valuedouble,
 		 get(run, "weight_decay")->valuedouble, get(run, "seed")->valueint);
 	free(base);
 	free(data);
-	if (run_lora("keygen --name oracle@test", &r) < 0)
-		return -1;
-	CHECKF(r.rc == 0, "keygen: %s", r.err);
-	free(r.out);
-	free(r.err);
 	run_lora(args, &r);
 	CHECKF(r.rc == 0, "train: %s", r.err);
 	ok = r.rc == 0;
@@ -59,7 +55,7 @@ static int train_like_the_oracle(void)
 	free(r.err);
 	if (!ok)
 		return -1;
-	snprintf(args, sizeof(args), "export peft:oracle --format peft -o '%s/out'", tmpdir);
+	snprintf(args, sizeof(args), "export peft:%s --format peft -o '%s/%s'", quant, tmpdir, quant);
 	run_lora(args, &r);
 	CHECKF(r.rc == 0, "export: %s", r.err);
 	ok = r.rc == 0;
@@ -78,16 +74,16 @@ static int train_like_the_oracle(void)
  * would catch any real difference (a wrong warmup step, loss normalization or
  * clip changes the loss by ≥ 1e-3).  The learning rate is a closed formula: 1e-12.
  */
-TEST(per_step_loss_lr_and_grad_norm_match_trainer_peft)
+static void compare_curve(const char *quant, const cJSON *ref_run)
 {
 	char *path, *text = NULL, *save = NULL, *line;
 	size_t len;
-	const cJSON *steps = get(fixture, "steps");
+	const cJSON *steps = get(ref_run, "steps");
 	int n = 0, want = cJSON_GetArraySize(steps);
 	struct lora_err err = { 0 };
 
 	path = malloc(strlen(tmpdir) + 64);
-	sprintf(path, "%s/out/training_log.jsonl", tmpdir);
+	sprintf(path, "%s/%s/training_log.jsonl", tmpdir, quant);
 	CHECKF(lora_read_file(path, 1 << 24, &text, &len, &err) == 0, "%s", err.msg);
 	for (line = text ? strtok_r(text, "\n", &save) : NULL; line; line = strtok_r(NULL, "\n", &save)) {
 		cJSON *o = cJSON_Parse(line);
@@ -122,15 +118,15 @@ TEST(per_step_loss_lr_and_grad_norm_match_trainer_peft)
 	free(path);
 }
 
-TEST(final_lora_weights_match_trainer_peft)
+static void compare_weights(const char *quant, const cJSON *ref_run)
 {
 	char *path = malloc(strlen(tmpdir) + 64);
 	struct lora_st *st = NULL;
 	struct lora_err err = { 0 };
-	const cJSON *norms = get(fixture, "final_param_norms"), *e;
+	const cJSON *norms = get(ref_run, "final_param_norms"), *e;
 	size_t seen = 0;
 
-	sprintf(path, "%s/out/adapter_model.safetensors", tmpdir);
+	sprintf(path, "%s/%s/adapter_model.safetensors", tmpdir, quant);
 	CHECKF(lora_st_open(path, &st, &err) == 0, "%s", err.msg);
 	if (st) {
 		CHECK(st->n_tensors == (size_t)cJSON_GetArraySize(norms));
@@ -158,6 +154,31 @@ TEST(final_lora_weights_match_trainer_peft)
 	free(path);
 }
 
+TEST(per_step_loss_lr_and_grad_norm_match_trainer_peft)
+{
+	compare_curve("none", fixture);
+}
+
+TEST(final_lora_weights_match_trainer_peft)
+{
+	compare_weights("none", fixture);
+}
+
+/*
+ * NF4: the oracle multiplies by bitsandbytes' dequantized weights in fp32, as
+ * our NF4 path does with its bit-exact dequantization (test_train_nf4.c), so
+ * the same bounds hold.
+ */
+TEST(nf4_per_step_loss_matches_trainer_peft_on_bitsandbytes_weights)
+{
+	compare_curve("nf4", get(fixture, "nf4"));
+}
+
+TEST(nf4_final_lora_weights_match_trainer_peft)
+{
+	compare_weights("nf4", get(fixture, "nf4"));
+}
+
 int main(void)
 {
 	char *fp = t_fixture("loop/peft_curve.json"), *text = NULL, home[300];
@@ -176,12 +197,26 @@ int main(void)
 	}
 	snprintf(home, sizeof(home), "%s/store", tmpdir);
 	setenv("LORA_HOME", home, 1);
-	if (train_like_the_oracle() < 0) {
+	{
+		struct lora_run r;
+		if (run_lora("keygen --name oracle@test", &r) < 0 || r.rc != 0)
+			printf("  keygen: %s\n", r.err ? r.err : "");
+		free(r.out);
+		free(r.err);
+	}
+	if (train_like_the_oracle("none") < 0) {
 		printf("FAIL loop_peft_training_ran\n");
 		t_fail++;
 	} else {
 		RUN(per_step_loss_lr_and_grad_norm_match_trainer_peft);
 		RUN(final_lora_weights_match_trainer_peft);
+	}
+	if (train_like_the_oracle("nf4") < 0) {
+		printf("FAIL loop_peft_nf4_training_ran\n");
+		t_fail++;
+	} else {
+		RUN(nf4_per_step_loss_matches_trainer_peft_on_bitsandbytes_weights);
+		RUN(nf4_final_lora_weights_match_trainer_peft);
 	}
 	lora_rm_rf(tmpdir, NULL);
 	cJSON_Delete(fixture);

@@ -228,9 +228,12 @@ static int run(const struct cmd_ctx *ctx, struct lora_train_opts *o, const char 
 		goto out;
 	}
 	if (lora_trainer_publish(tr, ctx->store, ref, key, description, digest, &err) < 0) {
+		/* nothing is lost: the final checkpoint is in the work area */
+		char msg[sizeof(err.msg)];
+		memcpy(msg, err.msg, sizeof(msg));
+		lora_errc(&err, err.code, "%.600s; the trained adapter is kept in '%s' ('lora train --name %s "
+			  "--resume' packages it again)", msg, work, ref);
 		rc = cmd_fail(&err);
-		fprintf(stderr, "lora: the trained adapter is kept in '%s'; run 'lora train --name %s --resume' "
-			"to package it again\n", work, ref);
 		goto out;
 	}
 	print_summary(ref, digest, &res, info, json);

@@ -164,6 +164,19 @@ expect_err "at step 2"
 run "$LORA" list
 case "$OUT" in *"nan:"*) t_fail "a failed run reached the store";; esac
 
+t_case train_store_failure_keeps_the_adapter_for_resume
+# index.json replaced by a directory: the store cannot take the package
+mv "$LORA_HOME/index.json" "$T/index.json.saved" && mkdir "$LORA_HOME/index.json"
+run "$LORA" train "${small[@]}" --steps 6 --name late
+expect_rc 1
+expect_err "the trained adapter is kept in"
+rmdir "$LORA_HOME/index.json" && mv "$T/index.json.saved" "$LORA_HOME/index.json"
+run "$LORA" train --name late --resume --json
+expect_rc 0
+expect_eq "$(json_field steps)" 6 steps
+run "$LORA" list
+expect_out "late:latest"
+
 # ---------------------------------------------------------------- data
 
 t_case train_bad_row_reported_by_line

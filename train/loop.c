@@ -245,12 +245,17 @@ static int config_same(const cJSON *now, const cJSON *saved, struct lora_err *er
 
 		if (free_to_change(e->string) || (s && cJSON_Compare(e, s, 1)))
 			continue;
-		value_text(e, a, sizeof(a));
-		value_text(s, b, sizeof(b));
-		snprintf(opt, sizeof(opt), "--%s", e->string);
+		snprintf(opt, sizeof(opt), "--%s", strcmp(e->string, "pack") ? e->string : "no-pack");
 		for (char *p = opt; *p; p++)
 			if (*p == '_')
 				*p = '-';
+		if (cJSON_IsBool(e) && cJSON_IsBool(s)) {
+			int with = !strcmp(e->string, "pack") ? cJSON_IsFalse(s) : cJSON_IsTrue(s);
+			return lora_errc(err, LORA_EUSAGE, "the checkpoint was made %s %s; resume with the options "
+					 "of the run it belongs to", with ? "with" : "without", opt);
+		}
+		value_text(e, a, sizeof(a));
+		value_text(s, b, sizeof(b));
 		return lora_errc(err, LORA_EUSAGE, "the checkpoint was made with %s %s, not %s; resume with "
 				 "the options of the run it belongs to", opt, b, a);
 	}
@@ -891,14 +896,29 @@ fail:
 	return -1;
 }
 
+/* A work area with nothing to resume (a run that failed before its first checkpoint) goes. */
+static void drop_empty_work(struct lora_trainer *tr)
+{
+	char *ck = work_path(tr, LORA_CKPT_FILE), *parent;
+
+	if (ck && !lora_is_file(ck) && lora_is_dir(tr->work_dir) && lora_rm_rf(tr->work_dir, NULL) == 0 &&
+	    (parent = lora_dirname(tr->work_dir))) {
+		rmdir(parent);   /* only when empty */
+		free(parent);
+	}
+	free(ck);
+}
+
 void lora_trainer_close(struct lora_trainer *tr)
 {
 	if (!tr)
 		return;
 	if (tr->log_fd >= 0)
 		close(tr->log_fd);
-	if (tr->lock_fd >= 0)
+	if (tr->lock_fd >= 0) {
+		drop_empty_work(tr);   /* while we hold the lock */
 		close(tr->lock_fd);
+	}
 	for (int g = 0; tr->mb && g < tr->o.grad_accum; g++)
 		lora_data_batch_free(&tr->mb[g]);
 	free(tr->mb);
@@ -1304,12 +1324,14 @@ int lora_trainer_publish(struct lora_trainer *tr, const char *store_dir, const c
 	if (lora_store_add_peft_dir(store_dir, outdir, ref, &io, digest_out, err) < 0)
 		goto out;
 	/* in the store now: the work area has served (we hold its lock, so remove it directly) */
-	if (lora_rm_rf(tr->work_dir, err) < 0)
-		goto out;
 	{
 		char *parent = lora_dirname(tr->work_dir);
+		if (lora_rm_rf(tr->work_dir, err) < 0) {
+			free(parent);
+			goto out;
+		}
 		if (parent)
-			rmdir(parent);
+			rmdir(parent);   /* only when empty */
 		free(parent);
 	}
 	rc = 0;

@@ -142,6 +142,9 @@ if [ -f "$LORA_HOME/work/guard/latest/checkpoint.safetensors" ]; then
 	run "$LORA" train --name guard --resume --rank 8
 	expect_rc 2
 	expect_err "--rank 4"
+	run "$LORA" train --name guard --resume --no-pack
+	expect_rc 2
+	expect_err "made without --no-pack"
 	run "$LORA" rm guard
 	[ ! -e "$LORA_HOME/work/guard/latest" ] || echo "  (lora rm does not clean work areas yet)"
 else
@@ -187,6 +190,7 @@ expect_err "$T/bad.jsonl:4:"
 expect_err "input_ids[1]"
 run "$LORA" list
 case "$OUT" in *"bad:"*) t_fail "a failed run reached the store";; esac
+[ ! -e "$LORA_HOME/work/bad" ] || t_fail "a run that never started left its work area"
 
 t_case train_bad_eval_row_reported_by_line
 { count_rows 2; echo '{"input_ids": "nope"}'; } >"$T/bad_eval.jsonl"

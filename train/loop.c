@@ -1204,7 +1204,9 @@ char *lora_trainer_provenance(const struct lora_trainer *tr, struct lora_err *er
 	d = cJSON_AddObjectToObject(p, "data");
 	cJSON_AddStringToObject(d, "path", tr->data_abs);
 	cJSON_AddStringToObject(d, "sha256", tr->data_sha);
-	cJSON_AddNumberToObject(d, "rows", (double)(tr->train->n_rows + (tr->eval && !tr->eval_abs ? tr->eval->n_rows : 0)));
+	/* rows of the file: with --eval-split the held-out ones too */
+	cJSON_AddNumberToObject(d, "rows", (double)(tr->train->n_rows +
+						    (tr->eval && !tr->eval_abs ? tr->eval->n_rows : 0)));
 	cJSON_AddNumberToObject(d, "train_rows", (double)tr->train->n_rows);
 	cJSON_AddNumberToObject(d, "skipped_rows", (double)tr->train->n_skipped);
 	cJSON_AddNumberToObject(d, "tokens", (double)tr->train->n_tokens);

@@ -102,6 +102,7 @@ static const struct cmd_def commands[] = {
 	  "  --resume              continue the interrupted run of NAME:TAG from its checkpoint\n"
 	  "  --skip-bad-rows       skip and count bad rows instead of stopping at the first\n"
 	  "  --no-pack             one row per sequence, padded, instead of packing\n"
+	  "  --chat-template NAME  chatml or llama3 for {\"messages\"} rows (default: the model's own)\n"
 	  "  --grad-checkpoint     recompute activations in backward (less memory)\n"
 	  "  --device D            auto (default), cpu or cuda\n"
 	  "  --threads N           CPU threads\n"

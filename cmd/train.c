@@ -23,7 +23,7 @@ enum {
 	O_BASE = 1, O_DATA, O_NAME, O_RANK, O_ALPHA, O_DROPOUT, O_TARGETS, O_QUANT, O_LR, O_SCHEDULE,
 	O_WARMUP, O_STEPS, O_EPOCHS, O_BATCH, O_GRAD_ACCUM, O_SEQ_LEN, O_MAX_GRAD_NORM, O_WEIGHT_DECAY,
 	O_SEED, O_EVAL_EVERY, O_SAVE_EVERY, O_RESUME, O_DEVICE, O_THREADS, O_EVAL_DATA, O_EVAL_SPLIT,
-	O_SKIP_BAD_ROWS, O_NO_PACK, O_GRAD_CKPT, O_DESCRIPTION, O_KEY, O_JSON, O_N
+	O_SKIP_BAD_ROWS, O_NO_PACK, O_CHAT_TEMPLATE, O_GRAD_CKPT, O_DESCRIPTION, O_KEY, O_JSON, O_N
 };
 
 static volatile sig_atomic_t stop_signal;
@@ -87,6 +87,11 @@ static int apply(const struct cmd_ctx *ctx, int id, const char *v, struct lora_t
 	case O_THREADS: LONG("--threads", 1, 1024); o->threads = (int)l; break;
 	case O_SKIP_BAD_ROWS: o->skip_bad_rows = 1; break;
 	case O_NO_PACK: o->no_pack = 1; break;
+	case O_CHAT_TEMPLATE:
+		if (strcmp(v, "chatml") && strcmp(v, "llama3"))
+			return cmd_usage(ctx, "--chat-template is chatml or llama3, not '%s'", v);
+		o->chat_template = v;
+		break;
 	case O_GRAD_CKPT: o->grad_checkpoint = 1; break;
 	}
 #undef LONG
@@ -274,6 +279,7 @@ CMD(train)
 		{ "eval-split", required_argument, NULL, O_EVAL_SPLIT },
 		{ "skip-bad-rows", no_argument, NULL, O_SKIP_BAD_ROWS },
 		{ "no-pack", no_argument, NULL, O_NO_PACK },
+		{ "chat-template", required_argument, NULL, O_CHAT_TEMPLATE },
 		{ "grad-checkpoint", no_argument, NULL, O_GRAD_CKPT },
 		{ "description", required_argument, NULL, O_DESCRIPTION },
 		{ "key", required_argument, NULL, O_KEY },

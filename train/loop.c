@@ -188,6 +188,10 @@ static cJSON *config_json(const struct lora_trainer *tr)
 	cJSON_AddNumberToObject(c, "eval_split", o->eval_split);
 	cJSON_AddBoolToObject(c, "skip_bad_rows", o->skip_bad_rows);
 	cJSON_AddBoolToObject(c, "pack", !o->no_pack);
+	if (o->chat_template)
+		cJSON_AddStringToObject(c, "chat_template", o->chat_template);
+	else
+		cJSON_AddNullToObject(c, "chat_template");
 	cJSON_AddNumberToObject(c, "seq_len", tr->info.seq_len);
 	cJSON_AddNumberToObject(c, "batch", o->batch);
 	cJSON_AddNumberToObject(c, "grad_accum", o->grad_accum);
@@ -301,6 +305,9 @@ static int load_tokenizer(struct lora_trainer *tr, struct lora_err *err)
 		return lora_errf(err, "out of memory");
 	has = lora_is_file(p);
 	free(p);
+	if (!has && tr->o.chat_template)
+		return lora_errc(err, LORA_EUSAGE, "--chat-template needs the model's tokenizer.json, which '%s' lacks",
+				 tr->o.base_dir);
 	if (!has) {
 		/* only {"input_ids"} rows then: data.c says so for the others */
 		tr->pad_id = tr->net->cfg.eos_token_id >= 0 ? tr->net->cfg.eos_token_id : 0;
@@ -308,7 +315,12 @@ static int load_tokenizer(struct lora_trainer *tr, struct lora_err *err)
 	}
 	if (lora_tok_load(tr->base_abs, &tr->tok, err) < 0)
 		return -1;
-	if (lora_chat_detect(lora_tok_chat_template(tr->tok), lora_tok_bos_str(tr->tok), &tr->chat, &cerr) == 0)
+	if (tr->o.chat_template) {
+		if (lora_chat_by_name(tr->o.chat_template, lora_tok_bos_str(tr->tok), &tr->chat, err) < 0)
+			return -1;
+		tr->have_chat = 1;
+	} else if (lora_chat_detect(lora_tok_chat_template(tr->tok), lora_tok_bos_str(tr->tok), &tr->chat,
+				    &cerr) == 0)
 		tr->have_chat = 1;
 	else
 		snprintf(tr->chat_error, sizeof(tr->chat_error), "%s", cerr.msg);
@@ -762,8 +774,8 @@ int lora_train_opts_from_checkpoint(const char *work_dir, struct lora_train_opts
 	cJSON *s = NULL;
 	const cJSON *cfg;
 	struct lora_buf b = LORA_BUF_INIT;
-	const char *keys[3] = { "base", "data", "eval_data" };
-	size_t off[3];
+	const char *keys[4] = { "base", "data", "eval_data", "chat_template" };
+	size_t off[4];
 	int bad = 0, rc = -1;
 
 	*keep = NULL;
@@ -781,8 +793,8 @@ int lora_train_opts_from_checkpoint(const char *work_dir, struct lora_train_opts
 		lora_errf(err, "checkpoint '%s': no configuration in its state", path);
 		goto out;
 	}
-	/* the three paths, NUL-separated, in one allocation the caller frees */
-	for (int i = 0; i < 3; i++) {
+	/* the strings, NUL-separated, in one allocation the caller frees */
+	for (int i = 0; i < 4; i++) {
 		off[i] = b.len;
 		lora_buf_puts(&b, str(cfg, keys[i]));
 		lora_buf_add(&b, "", 1);
@@ -794,6 +806,7 @@ int lora_train_opts_from_checkpoint(const char *work_dir, struct lora_train_opts
 	o->base_dir = b.data + off[0];
 	o->data_path = b.data + off[1];
 	o->eval_path = b.data[off[2]] ? b.data + off[2] : NULL;
+	o->chat_template = b.data[off[3]] ? b.data + off[3] : NULL;
 	o->eval_split = num(cfg, "eval_split", &bad);
 	o->skip_bad_rows = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cfg, "skip_bad_rows"));
 	o->no_pack = !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cfg, "pack"));

@@ -60,6 +60,7 @@ struct lora_train_opts {
 	double eval_split;            /* (0, 0.5]: hold out this fraction of data_path; 0: none */
 	int skip_bad_rows;            /* count and skip bad rows instead of failing */
 	int no_pack;                  /* one row per sequence, padded (default: packed) */
+	const char *chat_template;    /* "chatml" / "llama3" for {"messages"} rows; NULL: the model's own */
 	/* shape of a step */
 	int seq_len;                  /* T; 0: min(512, the model's max positions) */
 	int batch;                    /* B rows per micro-batch */

@@ -252,6 +252,13 @@ if [ -x "$MK" ]; then
 	expect_rc 1
 	expect_err "$T/chat.jsonl:1:"
 	expect_err "chat_template"
+	# ... unless one is named
+	run "$LORA" train --base "$T/qm" --data "$T/chat.jsonl" --name chat --steps 1 --seq-len 32 --chat-template chatml \
+		--threads 1
+	expect_rc 0
+	run "$LORA" train --base "$T/qm" --data "$T/chat.jsonl" --name chat --steps 1 --chat-template jinja
+	expect_rc 2
+	expect_err "--chat-template"
 else
 	echo "  (no mktiny in \$LORA_TOOLS: skipped)"
 fi

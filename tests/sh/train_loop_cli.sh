@@ -146,7 +146,9 @@ if [ -f "$LORA_HOME/work/guard/latest/checkpoint.safetensors" ]; then
 	expect_rc 2
 	expect_err "made without --no-pack"
 	run "$LORA" rm guard
-	[ ! -e "$LORA_HOME/work/guard/latest" ] || echo "  (lora rm does not clean work areas yet)"
+	expect_rc 0
+	expect_out "removed the unfinished training run of guard"
+	[ ! -e "$LORA_HOME/work/guard/latest" ] || t_fail "lora rm left the work area of an unfinished run"
 else
 	echo "  (the run ended before the signal; guard cases skipped)"
 fi

@@ -185,7 +185,14 @@ int cmd_fail(const struct lora_err *err)
 
 void cmd_print_help(const struct cmd_def *def, FILE *f)
 {
-	fprintf(f, "usage: %s\n", def->synopsis);
+	const char *p = def->synopsis;
+
+	/* One synopsis line each, the later ones aligned under the first. */
+	for (int first = 1; *p; first = 0) {
+		size_t n = strcspn(p, "\n");
+		fprintf(f, "%s%.*s\n", first ? "usage: " : "       ", (int)n, p);
+		p += n + (p[n] == '\n');
+	}
 	fprintf(f, "\n%s\n", def->summary);
 	if (def->options)
 		fprintf(f, "\noptions:\n%s", def->options);

@@ -1,0 +1,1651 @@
+/*
+ * merge.c - merging LoRA adapters into a base model folder (see merge.h).
+ *
+ * Sections: adapter sets; the plan (which base tensors change, and how);
+ * the compute engine (row blocks, sgemm, one rounding); records (the
+ * lora-merge.json file and the shard metadata); shard headers; lora_merge().
+ */
+#define _GNU_SOURCE
+#include "merge.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cblas.h>
+#include <cjson/cJSON.h>
+#include <openssl/evp.h>
+
+#include "fsutil.h"
+#include "swap.h"
+#ifdef LORA_HAVE_CUDA
+#include "kernels/merge.h"
+#endif
+
+#define BLOCK_ELEMS (1u << 20)   /* elements per row block: 4 MB of fp32 */
+
+/* ------------------------------------------------------------ adapter sets */
+
+int lora_merge_parse_arg(const char *arg, char **spec, double *weight, struct lora_err *err)
+{
+	const char *at = strrchr(arg, '@');
+	size_t n = strlen(arg);
+
+	*spec = NULL;
+	*weight = 1.0;
+	if (at && at != arg && at[1]) {
+		char *end;
+		double w;
+		errno = 0;
+		w = strtod(at + 1, &end);
+		if (!*end && !errno && isfinite(w)) {
+			*weight = w;
+			n = (size_t)(at - arg);
+		}
+	}
+	if (n == 0)
+		return lora_errc(err, LORA_EUSAGE, "empty adapter reference '%s'", arg);
+	*spec = strndup(arg, n);
+	if (!*spec)
+		return lora_errf(err, "out of memory");
+	return 0;
+}
+
+/* "sha256:<hex>" of a PEFT folder: of the two lines "<file> <sha256>\n" for its files. */
+static int folder_digest(const char *dir, char **out, struct lora_err *err)
+{
+	static const char *const files[] = { "adapter_config.json", "adapter_model.safetensors" };
+	struct lora_buf b = LORA_BUF_INIT;
+	char hex[65];
+
+	for (size_t i = 0; i < 2; i++) {
+		char *p = lora_path_join(dir, files[i]);
+		if (!p) {
+			lora_buf_free(&b);
+			return lora_errf(err, "out of memory");
+		}
+		if (lora_sha256_file(p, hex, NULL, err) < 0) {
+			free(p);
+			lora_buf_free(&b);
+			return -1;
+		}
+		free(p);
+		lora_buf_printf(&b, "%s %s\n", files[i], hex);
+	}
+	if (b.oom) {
+		lora_buf_free(&b);
+		return lora_errf(err, "out of memory");
+	}
+	lora_sha256_hex(b.data, b.len, hex);
+	lora_buf_free(&b);
+	if (asprintf(out, "sha256:%s", hex) < 0) {
+		*out = NULL;
+		return lora_errf(err, "out of memory");
+	}
+	return 0;
+}
+
+/*
+ * Where an adapter comes from.  Until the store module lands, a PEFT folder
+ * is opened directly; .lora files and store refs are refused by name.
+ */
+static int adapter_open(const char *store_dir, const char *spec, struct lora_merge_adapter *a,
+			struct lora_err *err)
+{
+	char *real;
+	size_t n = strlen(spec);
+
+	(void)store_dir;
+	if (!lora_is_dir(spec)) {
+		if (n > 5 && !strcmp(spec + n - 5, ".lora") && lora_is_file(spec))
+			return lora_errf(err, "cannot open '%s': .lora packages need the store module, "
+					      "which this build lacks", spec);
+		return lora_errf(err, "cannot open adapter '%s': no such PEFT folder (store refs need "
+				      "the store module, which this build lacks)", spec);
+	}
+	if (lora_peft_open(spec, &a->peft, err) < 0)
+		return -1;
+	real = realpath(spec, NULL);
+	if (!real)
+		return lora_errf(err, "cannot resolve '%s': %s", spec, strerror(errno));
+	a->ref = real;
+	return folder_digest(real, &a->digest, err);
+}
+
+int lora_merge_set_add(struct lora_merge_set *set, const char *store_dir, const char *spec,
+		       double weight, struct lora_err *err)
+{
+	struct lora_merge_adapter a = { 0 }, *na;
+
+	if (!isfinite(weight))
+		return lora_errc(err, LORA_EUSAGE, "weight of '%s' is not a finite number", spec);
+	na = realloc(set->a, (set->n + 1) * sizeof(*na));
+	if (!na)
+		return lora_errf(err, "out of memory");
+	set->a = na;
+	a.weight = weight;
+	if (adapter_open(store_dir, spec, &a, err) < 0) {
+		if (a.peft)
+			lora_peft_close(a.peft);
+		free(a.ref);
+		free(a.digest);
+		free(a.base_fingerprint);
+		return -1;
+	}
+	set->a[set->n++] = a;
+	return 0;
+}
+
+void lora_merge_set_free(struct lora_merge_set *set)
+{
+	for (size_t i = 0; i < set->n; i++) {
+		struct lora_merge_adapter *a = &set->a[i];
+		if (a->peft)
+			lora_peft_close(a->peft);
+		free(a->ref);
+		free(a->digest);
+		free(a->base_fingerprint);
+	}
+	free(set->a);
+	set->a = NULL;
+	set->n = 0;
+}
+
+/* ------------------------------------------------------------------ dtypes */
+
+int lora_merge_dtype_parse(const char *s, enum lora_dtype *out)
+{
+	if (!strcmp(s, "auto"))
+		*out = LORA_DT_INVALID;
+	else if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16"))
+		*out = LORA_DT_BF16;
+	else if (!strcmp(s, "fp16") || !strcmp(s, "float16") || !strcmp(s, "f16"))
+		*out = LORA_DT_F16;
+	else if (!strcmp(s, "fp32") || !strcmp(s, "float32") || !strcmp(s, "f32"))
+		*out = LORA_DT_F32;
+	else
+		return -1;
+	return 0;
+}
+
+const char *lora_merge_dtype_label(enum lora_dtype dt)
+{
+	switch (dt) {
+	case LORA_DT_BF16: return "bf16";
+	case LORA_DT_F16: return "fp16";
+	case LORA_DT_F32: return "fp32";
+	default: return "auto";
+	}
+}
+
+static int is_merge_float(enum lora_dtype dt)
+{
+	return dt == LORA_DT_F16 || dt == LORA_DT_BF16 || dt == LORA_DT_F32;
+}
+
+enum lora_dtype lora_merge_out_dtype(enum lora_dtype dt, enum lora_dtype chosen)
+{
+	return chosen != LORA_DT_INVALID && is_merge_float(dt) ? chosen : dt;
+}
+
+/* Pages of a read-only file mapping: dropping them costs a page-cache refault at most. */
+void lora_merge_drop_pages(const void *p, size_t n)
+{
+	static long pg;
+	uintptr_t a, b;
+
+	if (!pg)
+		pg = sysconf(_SC_PAGESIZE);
+	a = ((uintptr_t)p + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1);
+	b = ((uintptr_t)p + n) & ~(uintptr_t)(pg - 1);
+	if (b > a)
+		madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+/* -------------------------------------------------------------------- plan */
+
+static int target_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct lora_merge_target *)a)->module,
+		      ((const struct lora_merge_target *)b)->module);
+}
+
+struct lora_merge_target *lora_merge_plan_find(const struct lora_merge_plan *p, const char *module)
+{
+	struct lora_merge_target key = { .module = (char *)module };
+
+	if (!p->n)
+		return NULL;
+	return bsearch(&key, p->t, p->n, sizeof(*p->t), target_cmp);
+}
+
+static struct lora_merge_target *plan_get(struct lora_merge_plan *p, const char *module,
+					  const struct lora_st_tensor *bt, struct lora_err *err)
+{
+	struct lora_merge_target *t = lora_merge_plan_find(p, module), *nt;
+	size_t at = 0;
+
+	if (t)
+		return t;
+	while (at < p->n && strcmp(p->t[at].module, module) < 0)
+		at++;
+	nt = realloc(p->t, (p->n + 1) * sizeof(*nt));
+	if (!nt) {
+		lora_errf(err, "out of memory");
+		return NULL;
+	}
+	p->t = nt;
+	memmove(&p->t[at + 1], &p->t[at], (p->n - at) * sizeof(*nt));
+	t = &p->t[at];
+	memset(t, 0, sizeof(*t));
+	p->n++;
+	t->module = strdup(module);
+	t->name = t->module ? malloc(strlen(module) + 8) : NULL;
+	if (!t->name) {
+		lora_errf(err, "out of memory");
+		return NULL;   /* freed with the plan */
+	}
+	sprintf(t->name, "%s.weight", module);
+	t->rows = bt->shape[0];
+	t->cols = bt->shape[1];
+	return t;
+}
+
+static void fmt_shape(const struct lora_st_tensor *t, char *buf, size_t n)
+{
+	size_t k = 0;
+
+	k += (size_t)snprintf(buf + k, n - k, "[");
+	for (int d = 0; d < t->ndim && k < n; d++)
+		k += (size_t)snprintf(buf + k, n - k, "%s%llu", d ? ", " : "",
+				      (unsigned long long)t->shape[d]);
+	if (k < n)
+		snprintf(buf + k, n - k, "]");
+}
+
+static int check_module(const struct lora_merge_adapter *a, const struct lora_peft_module *mod,
+			const struct lora_model *m, const char *label, const char *name,
+			const struct lora_st_tensor **out, struct lora_err *err)
+{
+	const struct lora_model_tensor *mt = lora_model_find(m, name);
+	const struct lora_st_tensor *T, *A = mod->A, *B = mod->B;
+	uint64_t r, in, outd, e0, e1;
+	char s1[96], s2[96];
+	int fifo = a->peft->cfg.fan_in_fan_out;
+
+	if (!mt)
+		return lora_errf(err, "adapter '%s' targets '%s', which base '%s' does not have",
+				 a->ref, mod->name, label);
+	T = mt->t;
+	if (!A || !B || A->ndim != 2 || B->ndim != 2 || A->shape[0] != B->shape[1] ||
+	    !lora_dtype_is_float(A->dtype) || !lora_dtype_is_float(B->dtype) ||
+	    A->dtype == LORA_DT_F64 || B->dtype == LORA_DT_F64)
+		return lora_errf(err, "adapter '%s': module '%s' has malformed lora_A/lora_B tensors",
+				 a->ref, mod->name);
+	r = A->shape[0];
+	in = A->shape[1];
+	outd = B->shape[0];
+	if (r == 0 || r > 65536)
+		return lora_errf(err, "adapter '%s': module '%s' has rank %llu", a->ref, mod->name,
+				 (unsigned long long)r);
+	if (T->ndim != 2 || !is_merge_float(T->dtype)) {
+		fmt_shape(T, s1, sizeof(s1));
+		return lora_errf(err, "adapter '%s' targets '%s', but base tensor '%s' is %s %s, not a "
+				      "2-d F16/BF16/F32 weight", a->ref, mod->name, name,
+				 lora_dtype_name(T->dtype), s1);
+	}
+	e0 = fifo ? in : outd;
+	e1 = fifo ? outd : in;
+	if (T->shape[0] != e0 || T->shape[1] != e1) {
+		fmt_shape(T, s1, sizeof(s1));
+		snprintf(s2, sizeof(s2), "[%llu, %llu]", (unsigned long long)e0, (unsigned long long)e1);
+		return lora_errf(err, "shape mismatch: adapter '%s' makes a %s update for '%s', but "
+				      "base '%s' has it as %s", a->ref, s2, name, label, s1);
+	}
+	if (T->shape[0] > INT_MAX || T->shape[1] > INT_MAX)
+		return lora_errf(err, "tensor '%s' is too large for BLAS", name);
+	*out = T;
+	return 0;
+}
+
+int lora_merge_plan_add(struct lora_merge_plan *p, const struct lora_model *m, const char *label,
+			const struct lora_merge_set *set, double sign, struct lora_err *err)
+{
+	for (size_t i = 0; i < set->n; i++) {
+		const struct lora_merge_adapter *a = &set->a[i];
+		const struct lora_peft *P = a->peft;
+
+		if (P->n_extra)
+			return lora_errf(err, "adapter '%s' holds %zu tensors besides lora_A/lora_B "
+					      "(modules_to_save or biases, e.g. '%s'); merge does not "
+					      "support them", a->ref, P->n_extra, P->extra[0]->name);
+		if (P->n_modules == 0)
+			return lora_errf(err, "adapter '%s' has no LoRA modules", a->ref);
+		for (size_t j = 0; j < P->n_modules; j++) {
+			const struct lora_peft_module *mod = &P->modules[j];
+			const struct lora_st_tensor *T = NULL;
+			struct lora_merge_target *t;
+			struct lora_merge_term *nt;
+			char *name = malloc(strlen(mod->name) + 8);
+
+			if (!name)
+				return lora_errf(err, "out of memory");
+			sprintf(name, "%s.weight", mod->name);
+			if (check_module(a, mod, m, label, name, &T, err) < 0) {
+				free(name);
+				return -1;
+			}
+			free(name);
+			if (!(t = plan_get(p, mod->name, T, err)))
+				return -1;
+			nt = realloc(t->terms, (t->n_terms + 1) * sizeof(*nt));
+			if (!nt)
+				return lora_errf(err, "out of memory");
+			t->terms = nt;
+			nt[t->n_terms].mod = mod;
+			nt[t->n_terms].coef = sign * a->weight * mod->scale;
+			nt[t->n_terms].fifo = P->cfg.fan_in_fan_out;
+			t->n_terms++;
+		}
+	}
+	return 0;
+}
+
+void lora_merge_plan_free(struct lora_merge_plan *p)
+{
+	for (size_t i = 0; i < p->n; i++) {
+		free(p->t[i].module);
+		free(p->t[i].name);
+		free(p->t[i].terms);
+	}
+	free(p->t);
+	p->t = NULL;
+	p->n = 0;
+}
+
+/* ------------------------------------------------------------ fingerprints */
+
+static void line_from_digest(const struct lora_st_tensor *t, const unsigned char md[32], char line[128])
+{
+	int k = snprintf(line, 128, "%s ", lora_dtype_name(t->dtype));
+
+	for (int d = 0; d < t->ndim && k < 100; d++)
+		k += snprintf(line + k, (size_t)(128 - k), "%s%llu", d ? "x" : "",
+			      (unsigned long long)t->shape[d]);
+	k += snprintf(line + k, (size_t)(128 - k), " ");
+	for (int i = 0; i < 32 && k < 126; i++)
+		k += snprintf(line + k, (size_t)(128 - k), "%02x", md[i]);
+}
+
+int lora_merge_tensor_line(const struct lora_st_tensor *t, char line[128], struct lora_err *err)
+{
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	unsigned char md[32];
+	unsigned int mdlen = 0;
+	uint64_t n = t->end - t->begin;
+
+	if (!c || !EVP_DigestInit_ex(c, EVP_sha256(), NULL)) {
+		EVP_MD_CTX_free(c);
+		return lora_errf(err, "out of memory");
+	}
+	for (uint64_t off = 0; off < n; off += 4u << 20) {
+		size_t k = n - off < (4u << 20) ? (size_t)(n - off) : (4u << 20);
+		EVP_DigestUpdate(c, t->data + off, k);
+		lora_merge_drop_pages(t->data + off, k);
+	}
+	EVP_DigestFinal_ex(c, md, &mdlen);
+	EVP_MD_CTX_free(c);
+	line_from_digest(t, md, line);
+	return 0;
+}
+
+void lora_merge_fingerprint_lines(const char *const *modules, const char *const *lines, size_t n,
+				  char out[72])
+{
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	unsigned char md[32];
+	unsigned int mdlen = 0;
+
+	EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+	for (size_t i = 0; i < n; i++) {
+		EVP_DigestUpdate(c, modules[i], strlen(modules[i]));
+		EVP_DigestUpdate(c, ".weight ", 8);
+		EVP_DigestUpdate(c, lines[i], strlen(lines[i]));
+		EVP_DigestUpdate(c, "\n", 1);
+	}
+	EVP_DigestFinal_ex(c, md, &mdlen);
+	EVP_MD_CTX_free(c);
+	memcpy(out, "sha256:", 7);
+	for (int i = 0; i < 32; i++)
+		snprintf(out + 7 + 2 * i, 3, "%02x", md[i]);
+}
+
+/* ------------------------------------------------------------------ engine */
+
+int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device, struct lora_err *err)
+{
+	memset(e, 0, sizeof(*e));
+	e->device = device;
+	e->cap = BLOCK_ELEMS;
+	e->w = malloc(e->cap * sizeof(float));
+	e->d = malloc(e->cap * sizeof(float));
+	e->o = malloc(e->cap * sizeof(float));
+	if (!e->w || !e->d || !e->o) {
+		lora_merge_engine_free(e);
+		return lora_errf(err, "out of memory");
+	}
+	if (device == LORA_DEVICE_CUDA) {
+#ifdef LORA_HAVE_CUDA
+		char msg[512];
+		if (lora_cuda_merge_init((struct lora_cuda_merge **)&e->cuda, msg, sizeof(msg)) < 0) {
+			lora_merge_engine_free(e);
+			return lora_errf(err, "--device cuda: %s", msg);
+		}
+#else
+		lora_merge_engine_free(e);
+		return lora_errc(err, LORA_EUSAGE,
+				 "--device cuda: this lora was built without CUDA (use --device cpu)");
+#endif
+	}
+	return 0;
+}
+
+void lora_merge_engine_free(struct lora_merge_engine *e)
+{
+#ifdef LORA_HAVE_CUDA
+	if (e->cuda)
+		lora_cuda_merge_free(e->cuda);
+#endif
+	free(e->w);
+	free(e->d);
+	free(e->o);
+	memset(e, 0, sizeof(*e));
+}
+
+static int engine_grow(struct lora_merge_engine *e, size_t n, struct lora_err *err)
+{
+	float *w, *d;
+	unsigned char *o;
+
+	if (n <= e->cap)
+		return 0;
+	if (n > SIZE_MAX / 8)
+		return lora_errf(err, "tensor rows too long");
+	w = realloc(e->w, n * sizeof(float));
+	if (w)
+		e->w = w;
+	d = realloc(e->d, n * sizeof(float));
+	if (d)
+		e->d = d;
+	o = realloc(e->o, n * sizeof(float));
+	if (o)
+		e->o = o;
+	if (!w || !d || !o)
+		return lora_errf(err, "out of memory");
+	e->cap = n;
+	return 0;
+}
+
+
+/* d[0 .. nrows*cols) = Σ coef · (B·A)[r0 .. r0+nrows) in fp32. */
+static int delta_rows(struct lora_merge_engine *e, const struct lora_merge_target *t, float **A,
+		      float **B, uint64_t r0, uint64_t nrows, struct lora_err *err)
+{
+	for (size_t k = 0; k < t->n_terms; k++) {
+		const struct lora_merge_term *tm = &t->terms[k];
+		int r = (int)tm->mod->A->shape[0];
+		int M = (int)nrows, N = (int)t->cols;
+		float beta = k ? 1.0f : 0.0f, alpha = (float)tm->coef;
+
+#ifdef LORA_HAVE_CUDA
+		if (e->device == LORA_DEVICE_CUDA) {
+			char msg[512];
+			if (lora_cuda_merge_delta(e->cuda, A[k], B[k], r, (long long)t->rows,
+						  (long long)t->cols, tm->fifo, alpha, (long long)r0,
+						  M, k != 0, e->d, msg, sizeof(msg)) < 0)
+				return lora_errf(err, "cuda merge of '%s': %s", t->name, msg);
+			continue;
+		}
+#endif
+		(void)err;
+		if (!tm->fifo) {
+			/* W is [out, in]: rows r0.. of B [out, r] times A [r, in]. */
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, r, alpha,
+				    B[k] + r0 * (uint64_t)r, r, A[k], N, beta, e->d, N);
+		} else {
+			/* W is [in, out]: rows r0.. of Aᵀ [in, r] times Bᵀ [r, out]. */
+			cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, M, N, r, alpha, A[k] + r0,
+				    (int)t->rows, B[k], r, beta, e->d, N);
+		}
+	}
+	return 0;
+}
+
+static void free_factors(float **A, float **B, size_t n)
+{
+	for (size_t k = 0; k < n; k++) {
+		free(A ? A[k] : NULL);
+		free(B ? B[k] : NULL);
+	}
+	free(A);
+	free(B);
+}
+
+static int load_factors(const struct lora_merge_target *t, float ***Ap, float ***Bp, struct lora_err *err)
+{
+	float **A = calloc(t->n_terms ? t->n_terms : 1, sizeof(float *));
+	float **B = calloc(t->n_terms ? t->n_terms : 1, sizeof(float *));
+
+	*Ap = *Bp = NULL;
+	if (!A || !B) {
+		free(A);
+		free(B);
+		return lora_errf(err, "out of memory");
+	}
+	for (size_t k = 0; k < t->n_terms; k++) {
+		A[k] = lora_peft_load_f32(t->terms[k].mod->A, err);
+		B[k] = A[k] ? lora_peft_load_f32(t->terms[k].mod->B, err) : NULL;
+		if (!A[k] || !B[k]) {
+			free_factors(A, B, t->n_terms);
+			return -1;
+		}
+	}
+	*Ap = A;
+	*Bp = B;
+	return 0;
+}
+
+int lora_merge_stream(struct lora_merge_engine *e, const struct lora_merge_target *t,
+		      const struct lora_st_tensor *src, enum lora_dtype out_dt, char *line,
+		      lora_sink_fn sink, void *sink_ctx, struct lora_err *err)
+{
+	enum lora_dtype dt = src->dtype;
+	unsigned ib = lora_dtype_bits(dt) / 8, ob = lora_dtype_bits(out_dt) / 8;
+	uint64_t row_len, n_rows, per;
+	float **A = NULL, **B = NULL;
+	EVP_MD_CTX *h = NULL;
+	int rc = -1;
+
+	if (t || out_dt != dt) {
+		if (!is_merge_float(dt) || !is_merge_float(out_dt))
+			return lora_errf(err, "cannot convert tensor '%s' from %s to %s", src->name,
+					 lora_dtype_name(dt), lora_dtype_name(out_dt));
+	}
+	if (t) {
+		if (src->ndim != 2 || src->shape[0] != t->rows || src->shape[1] != t->cols)
+			return lora_errf(err, "tensor '%s' changed shape", src->name);
+		row_len = t->cols;
+		n_rows = t->rows;
+		if (row_len && engine_grow(e, (size_t)row_len, err) < 0)
+			return -1;
+		if (load_factors(t, &A, &B, err) < 0)
+			return -1;
+	} else {
+		/* Plain conversion or copy: any shape, blocks of whole elements. */
+		row_len = 1;
+		n_rows = src->nelem;
+		if (ib == 0 || ob == 0) {   /* sub-byte dtypes: copied whole, as bytes */
+			ib = ob = 1;
+			n_rows = src->end - src->begin;
+		}
+	}
+	per = row_len ? e->cap / row_len : n_rows;
+	if (per == 0)
+		per = 1;
+	if (line && !(h = EVP_MD_CTX_new())) {
+		free_factors(A, B, t ? t->n_terms : 0);
+		return lora_errf(err, "out of memory");
+	}
+	if (h)
+		EVP_DigestInit_ex(h, EVP_sha256(), NULL);
+	for (uint64_t r0 = 0; r0 < n_rows; r0 += per) {
+		uint64_t nr = n_rows - r0 < per ? n_rows - r0 : per;
+		size_t n = (size_t)(nr * row_len);
+		const unsigned char *in = src->data + r0 * row_len * ib;
+		const void *outp = in;
+
+		if (t) {
+			lora_to_f32(e->w, in, dt, n);
+			if (delta_rows(e, t, A, B, r0, nr, err) < 0)
+				goto out;
+			for (size_t i = 0; i < n; i++)
+				e->w[i] += e->d[i];
+			lora_from_f32(e->o, e->w, out_dt, n);
+			outp = e->o;
+		} else if (out_dt != dt) {
+			lora_to_f32(e->w, in, dt, n);
+			lora_from_f32(e->o, e->w, out_dt, n);
+			outp = e->o;
+		}
+		if (h)
+			EVP_DigestUpdate(h, in, n * ib);
+		if (sink(sink_ctx, outp, n * ob, err) < 0)
+			goto out;
+		lora_merge_drop_pages(in, n * ib);
+		e->done += n * ib;
+		if (e->progress)
+			e->progress(e->progress_ctx, e->done, e->total);
+	}
+	if (h) {
+		unsigned char md[32];
+		unsigned int mdlen = 0;
+		EVP_DigestFinal_ex(h, md, &mdlen);
+		line_from_digest(src, md, line);
+	}
+	rc = 0;
+out:
+	EVP_MD_CTX_free(h);
+	free_factors(A, B, t ? t->n_terms : 0);
+	return rc;
+}
+
+/* ----------------------------------------------------------------- records */
+
+void lora_merge_fmt_double(double v, char out[32])
+{
+	for (int prec = 15; prec <= 17; prec++) {
+		snprintf(out, 32, "%.*g", prec, v);
+		if (strtod(out, NULL) == v)
+			return;
+	}
+}
+
+int lora_merge_record_set_adapters(struct lora_merge_record *r, const struct lora_merge_set *set,
+				   struct lora_err *err)
+{
+	r->adapters = calloc(set->n ? set->n : 1, sizeof(*r->adapters));
+	if (!r->adapters)
+		return lora_errf(err, "out of memory");
+	r->n_adapters = set->n;
+	for (size_t i = 0; i < set->n; i++) {
+		r->adapters[i].ref = strdup(set->a[i].ref);
+		r->adapters[i].digest = strdup(set->a[i].digest);
+		r->adapters[i].weight = set->a[i].weight;
+		if (!r->adapters[i].ref || !r->adapters[i].digest)
+			return lora_errf(err, "out of memory");
+	}
+	return 0;
+}
+
+int lora_merge_record_set_tensors(struct lora_merge_record *r, const struct lora_merge_plan *p,
+				  struct lora_err *err)
+{
+	r->modules = calloc(p->n ? p->n : 1, sizeof(char *));
+	r->lines = calloc(p->n ? p->n : 1, sizeof(char *));
+	if (!r->modules || !r->lines)
+		return lora_errf(err, "out of memory");
+	r->n_tensors = p->n;
+	for (size_t i = 0; i < p->n; i++) {
+		if (!p->t[i].line[0])
+			return lora_errf(err, "internal error: no fingerprint line for '%s'", p->t[i].name);
+		r->modules[i] = strdup(p->t[i].module);
+		r->lines[i] = strdup(p->t[i].line);
+		if (!r->modules[i] || !r->lines[i])
+			return lora_errf(err, "out of memory");
+	}
+	lora_merge_fingerprint_lines((const char *const *)r->modules, (const char *const *)r->lines,
+				     r->n_tensors, r->fingerprint);
+	return 0;
+}
+
+int lora_merge_record_json(const struct lora_merge_record *r, int compact, struct lora_buf *b,
+			   struct lora_err *err)
+{
+	const char *nl = compact ? "" : "\n", *i1 = compact ? "" : "  ", *i2 = compact ? "" : "    ";
+	const char *sp = compact ? "" : " ";
+	char w[32];
+
+	lora_buf_printf(b, "{%s%s\"format\":%s\"lora-merge/1\",%s", nl, i1, sp, nl);
+	lora_buf_printf(b, "%s\"base\":%s{%s%s\"path\":%s", i1, sp, nl, i2, sp);
+	lora_buf_json_str(b, r->base_path);
+	lora_buf_printf(b, ",%s%s\"fingerprint\":%s", nl, i2, sp);
+	lora_buf_json_str(b, r->fingerprint);
+	lora_buf_printf(b, "%s%s},%s", nl, i1, nl);
+	lora_buf_printf(b, "%s\"dtype\":%s\"%s\",%s", i1, sp, lora_merge_dtype_label(r->dtype), nl);
+	if (r->drift)
+		lora_buf_printf(b, "%s\"drift\":%s%d,%s", i1, sp, r->drift, nl);
+	lora_buf_printf(b, "%s\"adapters\":%s[", i1, sp);
+	for (size_t i = 0; i < r->n_adapters; i++) {
+		lora_buf_printf(b, "%s%s%s{\"ref\":%s", i ? "," : "", nl, i2, sp);
+		lora_buf_json_str(b, r->adapters[i].ref);
+		lora_buf_printf(b, ",%s\"digest\":%s", sp, sp);
+		lora_buf_json_str(b, r->adapters[i].digest);
+		lora_merge_fmt_double(r->adapters[i].weight, w);
+		lora_buf_printf(b, ",%s\"weight\":%s%s}", sp, sp, w);
+	}
+	lora_buf_printf(b, "%s%s]", r->n_adapters ? nl : "", r->n_adapters ? i1 : "");
+	if (!compact) {
+		lora_buf_printf(b, ",\n  \"tensors\": {");
+		for (size_t i = 0; i < r->n_tensors; i++) {
+			struct lora_buf k = LORA_BUF_INIT;
+			lora_buf_printf(&k, "%s.weight", r->modules[i]);
+			lora_buf_printf(b, "%s\n    ", i ? "," : "");
+			lora_buf_json_str(b, k.oom ? "" : k.data);
+			lora_buf_puts(b, ": ");
+			lora_buf_json_str(b, r->lines[i]);
+			if (k.oom)
+				b->oom = 1;
+			lora_buf_free(&k);
+		}
+		lora_buf_printf(b, "%s}", r->n_tensors ? "\n  " : "");
+	}
+	lora_buf_printf(b, "%s}%s", nl, nl);
+	if (b->oom)
+		return lora_errf(err, "out of memory");
+	return 0;
+}
+
+void lora_merge_record_free(struct lora_merge_record *r)
+{
+	free(r->base_path);
+	for (size_t i = 0; i < r->n_adapters; i++) {
+		free(r->adapters[i].ref);
+		free(r->adapters[i].digest);
+	}
+	free(r->adapters);
+	for (size_t i = 0; i < r->n_tensors; i++) {
+		free(r->modules ? r->modules[i] : NULL);
+		free(r->lines ? r->lines[i] : NULL);
+	}
+	free(r->modules);
+	free(r->lines);
+	memset(r, 0, sizeof(*r));
+}
+
+static int valid_digest(const char *s)
+{
+	if (strncmp(s, "sha256:", 7) || strlen(s) != 71)
+		return 0;
+	for (const char *p = s + 7; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+			return 0;
+	return 1;
+}
+
+/* "<DTYPE> <d0>x<d1> <64 hex>" */
+static int valid_line(const char *s)
+{
+	const char *sp1 = strchr(s, ' '), *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+	char tmp[80];
+
+	if (!sp1 || !sp2 || strlen(sp2 + 1) != 64 || (size_t)(sp2 - sp1) > 60)
+		return 0;
+	memcpy(tmp, "sha256:", 7);
+	memcpy(tmp + 7, sp2 + 1, 65);
+	if (!valid_digest(tmp))
+		return 0;
+	return lora_dtype_parse(s, sp1 - s) != LORA_DT_INVALID;
+}
+
+static int str_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int record_parse(const char *text, size_t len, const char *path, struct lora_merge_record *r,
+			struct lora_err *err)
+{
+	cJSON *root = cJSON_ParseWithLength(text, len), *it;
+	const cJSON *base, *v, *ads, *ts;
+	size_t n, k = 0;
+	int rc = -1;
+
+	memset(r, 0, sizeof(*r));
+	if (!root || !cJSON_IsObject(root)) {
+		lora_errf(err, "'%s' is not a JSON object", path);
+		goto out;
+	}
+	v = cJSON_GetObjectItemCaseSensitive(root, "format");
+	if (!cJSON_IsString(v) || strcmp(v->valuestring, "lora-merge/1")) {
+		lora_errf(err, "'%s' is not a lora-merge/1 record", path);
+		goto out;
+	}
+	base = cJSON_GetObjectItemCaseSensitive(root, "base");
+	v = cJSON_GetObjectItemCaseSensitive(base, "path");
+	if (!cJSON_IsString(v) || !(r->base_path = strdup(v->valuestring))) {
+		lora_errf(err, "'%s': base.path is missing", path);
+		goto out;
+	}
+	v = cJSON_GetObjectItemCaseSensitive(base, "fingerprint");
+	if (!cJSON_IsString(v) || !valid_digest(v->valuestring)) {
+		lora_errf(err, "'%s': base.fingerprint is missing or malformed", path);
+		goto out;
+	}
+	memcpy(r->fingerprint, v->valuestring, 72);
+	v = cJSON_GetObjectItemCaseSensitive(root, "dtype");
+	if (!cJSON_IsString(v) || lora_merge_dtype_parse(v->valuestring, &r->dtype) < 0) {
+		lora_errf(err, "'%s': dtype is missing or unknown", path);
+		goto out;
+	}
+	v = cJSON_GetObjectItemCaseSensitive(root, "drift");
+	if (v) {
+		if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 1e9) {
+			lora_errf(err, "'%s': drift is malformed", path);
+			goto out;
+		}
+		r->drift = (int)v->valuedouble;
+	}
+	ads = cJSON_GetObjectItemCaseSensitive(root, "adapters");
+	if (!cJSON_IsArray(ads)) {
+		lora_errf(err, "'%s': adapters is missing", path);
+		goto out;
+	}
+	n = (size_t)cJSON_GetArraySize(ads);
+	r->adapters = calloc(n ? n : 1, sizeof(*r->adapters));
+	if (!r->adapters) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
+	cJSON_ArrayForEach(it, ads) {
+		const cJSON *ref = cJSON_GetObjectItemCaseSensitive(it, "ref");
+		const cJSON *dg = cJSON_GetObjectItemCaseSensitive(it, "digest");
+		const cJSON *w = cJSON_GetObjectItemCaseSensitive(it, "weight");
+		if (!cJSON_IsString(ref) || !cJSON_IsString(dg) || !valid_digest(dg->valuestring) ||
+		    !cJSON_IsNumber(w) || !isfinite(w->valuedouble)) {
+			lora_errf(err, "'%s': adapter %zu is malformed", path, k);
+			goto out;
+		}
+		r->adapters[k].ref = strdup(ref->valuestring);
+		r->adapters[k].digest = strdup(dg->valuestring);
+		r->adapters[k].weight = w->valuedouble;
+		r->n_adapters = ++k;
+		if (!r->adapters[k - 1].ref || !r->adapters[k - 1].digest) {
+			lora_errf(err, "out of memory");
+			goto out;
+		}
+	}
+	ts = cJSON_GetObjectItemCaseSensitive(root, "tensors");
+	if (!cJSON_IsObject(ts)) {
+		lora_errf(err, "'%s': tensors is missing", path);
+		goto out;
+	}
+	n = (size_t)cJSON_GetArraySize(ts);
+	r->modules = calloc(n ? n : 1, sizeof(char *));
+	r->lines = calloc(n ? n : 1, sizeof(char *));
+	if (!r->modules || !r->lines) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
+	k = 0;
+	cJSON_ArrayForEach(it, ts) {
+		size_t l = strlen(it->string);
+		if (!cJSON_IsString(it) || l <= 7 || strcmp(it->string + l - 7, ".weight") ||
+		    !valid_line(it->valuestring)) {
+			lora_errf(err, "'%s': tensor entry '%s' is malformed", path, it->string);
+			goto out;
+		}
+		r->modules[k] = strndup(it->string, l - 7);
+		r->lines[k] = strdup(it->valuestring);
+		r->n_tensors = ++k;
+		if (!r->modules[k - 1] || !r->lines[k - 1]) {
+			lora_errf(err, "out of memory");
+			goto out;
+		}
+	}
+	/* Keep lines paired with modules while sorting: sort an index. */
+	{
+		char **pairs = malloc((n ? n : 1) * sizeof(char *));
+		if (!pairs) {
+			lora_errf(err, "out of memory");
+			goto out;
+		}
+		for (size_t i = 0; i < n; i++) {
+			size_t lm = strlen(r->modules[i]);
+			pairs[i] = malloc(lm + strlen(r->lines[i]) + 2);
+			if (!pairs[i]) {
+				for (size_t j = 0; j < i; j++)
+					free(pairs[j]);
+				free(pairs);
+				lora_errf(err, "out of memory");
+				goto out;
+			}
+			memcpy(pairs[i], r->modules[i], lm + 1);
+			strcpy(pairs[i] + lm + 1, r->lines[i]);
+		}
+		qsort(pairs, n, sizeof(char *), str_cmp);
+		for (size_t i = 0; i < n; i++) {
+			size_t lm = strlen(pairs[i]);
+			strcpy(r->modules[i], pairs[i]);
+			free(r->lines[i]);
+			r->lines[i] = strdup(pairs[i] + lm + 1);
+			free(pairs[i]);
+			if (!r->lines[i]) {
+				for (size_t j = i + 1; j < n; j++)
+					free(pairs[j]);
+				free(pairs);
+				lora_errf(err, "out of memory");
+				goto out;
+			}
+		}
+		free(pairs);
+		for (size_t i = 1; i < n; i++)
+			if (!strcmp(r->modules[i], r->modules[i - 1])) {
+				lora_errf(err, "'%s': tensor '%s.weight' is listed twice", path, r->modules[i]);
+				goto out;
+			}
+	}
+	rc = 0;
+out:
+	cJSON_Delete(root);
+	if (rc < 0)
+		lora_merge_record_free(r);
+	return rc;
+}
+
+int lora_merge_record_read(const char *dir, struct lora_merge_record *r, struct lora_err *err)
+{
+	char *path = lora_path_join(dir, LORA_MERGE_JSON), *text = NULL;
+	size_t len = 0;
+	int rc;
+
+	memset(r, 0, sizeof(*r));
+	if (!path)
+		return lora_errf(err, "out of memory");
+	if (!lora_is_file(path)) {
+		lora_errf(err, "'%s' was not written by lora merge (no %s)", dir, LORA_MERGE_JSON);
+		free(path);
+		return -1;
+	}
+	if (lora_read_file(path, 64u << 20, &text, &len, err) < 0) {
+		free(path);
+		return -1;
+	}
+	rc = record_parse(text, len, path, r, err);
+	free(text);
+	free(path);
+	return rc;
+}
+
+/* ----------------------------------------------------------- shard headers */
+
+int lora_merge_shard_header(const struct lora_st *shard, const enum lora_dtype *out_dt,
+			    const char *rec, uint64_t target, unsigned char **out, size_t *out_len,
+			    struct lora_err *err)
+{
+	struct lora_st_spec *specs = calloc(shard->n_tensors ? shard->n_tensors : 1, sizeof(*specs));
+	const char **keys = calloc(shard->n_meta + 1, sizeof(char *));
+	const char **vals = calloc(shard->n_meta + 1, sizeof(char *));
+	unsigned char *h0 = NULL, *h1 = NULL, *p;
+	size_t l0, l1, nm = 0;
+	uint64_t dl0, dl1;
+	int rc = -1;
+
+	*out = NULL;
+	if (!specs || !keys || !vals) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < shard->n_tensors; i++) {
+		const struct lora_st_tensor *t = &shard->tensors[i];
+		specs[i].name = t->name;
+		specs[i].dtype = out_dt ? out_dt[i] : t->dtype;
+		specs[i].ndim = t->ndim;
+		memcpy(specs[i].shape, t->shape, sizeof(t->shape));
+	}
+	for (size_t i = 0; i < shard->n_meta; i++)
+		if (strcmp(shard->meta_keys[i], LORA_MERGE_META_KEY)) {
+			keys[nm] = shard->meta_keys[i];
+			vals[nm++] = shard->meta_vals[i];
+		}
+	if (lora_st_build_header(specs, shard->n_tensors, keys, vals, nm, &h0, &l0, &dl0, err) < 0)
+		goto out;
+	if (target == 0)
+		target = ((uint64_t)l0 + LORA_MERGE_RESERVE + 7) & ~(uint64_t)7;
+	keys[nm] = LORA_MERGE_META_KEY;
+	vals[nm++] = rec;
+	if (lora_st_build_header(specs, shard->n_tensors, keys, vals, nm, &h1, &l1, &dl1, err) < 0)
+		goto out;
+	if (l1 > target) {
+		lora_errf(err, "'%s': the merge record (%zu bytes) does not fit the space kept for it "
+			       "in the header; use fewer adapters or shorter paths", shard->path,
+			  strlen(rec));
+		goto out;
+	}
+	if (target > LORA_ST_MAX_HEADER) {
+		lora_errf(err, "'%s': header would exceed the safetensors limit", shard->path);
+		goto out;
+	}
+	p = realloc(h1, (size_t)target);
+	if (!p) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
+	h1 = p;
+	memset(h1 + l1, ' ', (size_t)target - l1);
+	for (int i = 0; i < 8; i++)
+		h1[i] = (unsigned char)(((target - 8) >> (8 * i)) & 0xff);
+	*out = h1;
+	*out_len = (size_t)target;
+	h1 = NULL;
+	rc = 0;
+out:
+	free(h0);
+	free(h1);
+	free(specs);
+	free(keys);
+	free(vals);
+	return rc;
+}
+
+/* ------------------------------------------------------------------- merge */
+
+/* One output shard, written straight into the staging folder. */
+struct shard_out {
+	int fd;
+	char *what;       /* the final path, for messages */
+	uint64_t written;
+};
+
+static int shard_sink(void *ctx, const void *data, size_t len, struct lora_err *err)
+{
+	struct shard_out *so = ctx;
+
+	if (lora_write_all(so->fd, data, len, so->what, err) < 0)
+		return -1;
+	so->written += len;
+	return 0;
+}
+
+struct merge_job {
+	const struct lora_merge_opts *o;
+	const struct lora_merge_set *set;
+	struct lora_model *base;
+	struct lora_merge_plan plan;
+	struct lora_merge_engine eng;
+	char *stage;               /* hidden folder beside out_dir */
+	char *base_abs;
+	struct shard_out *outs;    /* one per shard */
+	unsigned char **headers;   /* placeholder headers */
+	size_t *header_len;
+	enum lora_dtype **out_dt;  /* per shard, per tensor in data order */
+	int dtype_changed;         /* some tensor changes dtype */
+};
+
+/* Compare the adapters' recorded base fingerprints with this base's. */
+static int check_fingerprints(struct merge_job *j, struct lora_merge_stats *stats, struct lora_err *err)
+{
+	for (size_t i = 0; i < j->set->n; i++) {
+		const struct lora_merge_adapter *a = &j->set->a[i];
+		const struct lora_peft *P = a->peft;
+		const char **mods, **lines;
+		char fp[72];
+
+		if (!a->base_fingerprint)
+			continue;
+		mods = calloc(P->n_modules, sizeof(char *));
+		lines = calloc(P->n_modules, sizeof(char *));
+		if (!mods || !lines) {
+			free(mods);
+			free(lines);
+			return lora_errf(err, "out of memory");
+		}
+		for (size_t k = 0; k < P->n_modules; k++) {
+			struct lora_merge_target *t = lora_merge_plan_find(&j->plan, P->modules[k].name);
+			const struct lora_model_tensor *mt = lora_model_find(j->base, t->name);
+			if (!t->line[0] && lora_merge_tensor_line(mt->t, t->line, err) < 0) {
+				free(mods);
+				free(lines);
+				return -1;
+			}
+			mods[k] = t->module;
+			lines[k] = t->line;
+		}
+		lora_merge_fingerprint_lines(mods, lines, P->n_modules, fp);
+		free(mods);
+		free(lines);
+		if (strcmp(fp, a->base_fingerprint)) {
+			if (!j->o->force)
+				return lora_errc(err, LORA_EVERIFY,
+						 "adapter '%s' was made for another base: it records %.19s…, "
+						 "base '%s' has %.19s… (--force merges anyway)",
+						 a->ref, a->base_fingerprint, j->o->base_dir, fp);
+			stats->n_forced++;
+		}
+	}
+	return 0;
+}
+
+static int is_weight_file(const char *name)
+{
+	static const char *const pre[] = { "pytorch_model", "tf_model", "flax_model", NULL };
+	static const char *const suf[] = { ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf",
+					   ".safetensors", NULL };
+	size_t n = strlen(name);
+
+	for (int i = 0; pre[i]; i++)
+		if (!strncmp(name, pre[i], strlen(pre[i])))
+			return 1;
+	for (int i = 0; suf[i]; i++) {
+		size_t l = strlen(suf[i]);
+		if (n > l && !strcmp(name + n - l, suf[i]))
+			return 1;
+	}
+	return 0;
+}
+
+static int copy_file(const char *src, const char *dst, const char *what, struct lora_err *err)
+{
+	struct stat sb;
+	int in = open(src, O_RDONLY | O_CLOEXEC), out;
+
+	if (in < 0)
+		return lora_errf(err, "cannot open '%s': %s", src, strerror(errno));
+	if (fstat(in, &sb) < 0) {
+		close(in);
+		return lora_errf(err, "cannot stat '%s': %s", src, strerror(errno));
+	}
+	out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (out < 0) {
+		close(in);
+		return lora_errf(err, "cannot create '%s': %s", what, strerror(errno));
+	}
+	if (lora_copy_range(out, in, 0, (uint64_t)sb.st_size, what, err) < 0) {
+		close(in);
+		close(out);
+		return -1;
+	}
+	if (fsync(out) < 0) {
+		lora_errf(err, "cannot write '%s': %s", what,
+			  errno == ENOSPC ? "no space left on device" : strerror(errno));
+		close(in);
+		close(out);
+		return -1;
+	}
+	close(in);
+	if (close(out) < 0)
+		return lora_errf(err, "cannot write '%s': %s", what, strerror(errno));
+	return 0;
+}
+
+/* Is this base file one of the model's shards (or its index)? */
+static int is_shard(const struct lora_model *m, const char *name)
+{
+	for (size_t i = 0; i < m->n_shards; i++)
+		if (!strcmp(m->shard_names[i], name))
+			return 1;
+	return !strcmp(name, "model.safetensors.index.json");
+}
+
+static const char *torch_dtype_name(enum lora_dtype dt)
+{
+	return dt == LORA_DT_BF16 ? "bfloat16" : dt == LORA_DT_F16 ? "float16" : "float32";
+}
+
+/* config.json with torch_dtype (and dtype, where present) set to the output dtype. */
+static int write_config(struct merge_job *j, const char *src, const char *dst, const char *what,
+			struct lora_err *err)
+{
+	char *text = NULL, *outs;
+	size_t len;
+	cJSON *root;
+	int rc;
+
+	if (lora_read_file(src, 64u << 20, &text, &len, err) < 0)
+		return -1;
+	root = cJSON_ParseWithLength(text, len);
+	free(text);
+	if (!root || !cJSON_IsObject(root)) {
+		cJSON_Delete(root);
+		return lora_errf(err, "'%s' is not a JSON object", src);
+	}
+	for (int k = 0; k < 2; k++) {
+		const char *key = k ? "dtype" : "torch_dtype";
+		cJSON *v = cJSON_CreateString(torch_dtype_name(j->o->dtype));
+		if (!v) {
+			cJSON_Delete(root);
+			return lora_errf(err, "out of memory");
+		}
+		if (cJSON_GetObjectItemCaseSensitive(root, key))
+			cJSON_ReplaceItemInObjectCaseSensitive(root, key, v);
+		else if (!k)
+			cJSON_AddItemToObject(root, key, v);
+		else
+			cJSON_Delete(v);
+	}
+	outs = cJSON_Print(root);
+	cJSON_Delete(root);
+	if (!outs)
+		return lora_errf(err, "out of memory");
+	rc = lora_write_file_atomic(dst, outs, strlen(outs), 0644, err);
+	free(outs);
+	if (rc < 0)
+		lora_err_prefix(err, "cannot write '%s'", what);
+	return rc;
+}
+
+/* The index with metadata.total_size updated for the new dtypes. */
+static int write_index(struct merge_job *j, const char *src, const char *dst, uint64_t total,
+		       struct lora_err *err)
+{
+	char *text = NULL, *outs;
+	size_t len;
+	cJSON *root, *meta;
+	int rc;
+
+	(void)j;
+	if (lora_read_file(src, 256u << 20, &text, &len, err) < 0)
+		return -1;
+	root = cJSON_ParseWithLength(text, len);
+	free(text);
+	if (!root || !cJSON_IsObject(root)) {
+		cJSON_Delete(root);
+		return lora_errf(err, "'%s' is not a JSON object", src);
+	}
+	meta = cJSON_GetObjectItemCaseSensitive(root, "metadata");
+	if (cJSON_IsObject(meta)) {
+		cJSON *v = cJSON_CreateNumber((double)total);
+		if (v && cJSON_GetObjectItemCaseSensitive(meta, "total_size"))
+			cJSON_ReplaceItemInObjectCaseSensitive(meta, "total_size", v);
+		else
+			cJSON_Delete(v);
+	}
+	outs = cJSON_Print(root);
+	cJSON_Delete(root);
+	if (!outs)
+		return lora_errf(err, "out of memory");
+	rc = lora_write_file_atomic(dst, outs, strlen(outs), 0644, err);
+	free(outs);
+	return rc;
+}
+
+static int copy_other_files(struct merge_job *j, uint64_t total_data, struct lora_err *err)
+{
+	const char *bdir = j->o->base_dir;
+	DIR *d = opendir(bdir);
+	struct dirent *e;
+	int rc = 0;
+
+	if (!d)
+		return lora_errf(err, "cannot open directory '%s': %s", bdir, strerror(errno));
+	while (rc == 0 && (e = readdir(d))) {
+		char *src, *dst, *what;
+		const char *n = e->d_name;
+		int index = !strcmp(n, "model.safetensors.index.json");
+
+		if (n[0] == '.' || !strcmp(n, LORA_MERGE_JSON) ||
+		    (!index && (is_shard(j->base, n) || is_weight_file(n))))
+			continue;
+		src = lora_path_join(bdir, n);
+		dst = lora_path_join(j->stage, n);
+		what = lora_path_join(j->o->out_dir, n);
+		if (!src || !dst || !what)
+			rc = lora_errf(err, "out of memory");
+		else if (!lora_is_file(src))
+			;   /* folders and specials stay behind: transformers reads the top level */
+		else if (index && j->dtype_changed)
+			rc = write_index(j, src, dst, total_data, err);
+		else if (!strcmp(n, "config.json") && j->dtype_changed)
+			rc = write_config(j, src, dst, what, err);
+		else
+			rc = copy_file(src, dst, what, err);
+		free(src);
+		free(dst);
+		free(what);
+	}
+	closedir(d);
+	return rc;
+}
+
+/* Remove staging folders of earlier merges into the same place that were killed. */
+static void clean_stale(const char *parent, const char *prefix)
+{
+	DIR *d = opendir(parent);
+	struct dirent *e;
+	size_t pl = strlen(prefix);
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		char *end, *p;
+		long pid;
+		if (strncmp(e->d_name, prefix, pl))
+			continue;
+		pid = strtol(e->d_name + pl, &end, 10);
+		if (*end || pid <= 0 || (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
+			continue;
+		if ((p = lora_path_join(parent, e->d_name))) {
+			lora_rm_rf(p, NULL);
+			free(p);
+		}
+	}
+	closedir(d);
+}
+
+static int make_stage(struct merge_job *j, struct lora_err *err)
+{
+	char *parent = lora_dirname(j->o->out_dir), *prefix = NULL;
+	const char *name = strrchr(j->o->out_dir, '/');
+	size_t nl;
+
+	name = name ? name + 1 : j->o->out_dir;
+	nl = strlen(name);
+	if (!parent)
+		return lora_errf(err, "out of memory");
+	if (nl == 0 || !strcmp(name, ".") || !strcmp(name, "..")) {
+		free(parent);
+		return lora_errc(err, LORA_EUSAGE, "bad output folder '%s'", j->o->out_dir);
+	}
+	if (!lora_is_dir(parent)) {
+		lora_errf(err, "cannot create '%s': folder '%s' does not exist", j->o->out_dir, parent);
+		free(parent);
+		return -1;
+	}
+	if (asprintf(&prefix, ".%s.lora-merge-", name) < 0) {
+		free(parent);
+		return lora_errf(err, "out of memory");
+	}
+	clean_stale(parent, prefix);
+	if (asprintf(&j->stage, "%s/%s%ld", parent, prefix, (long)getpid()) < 0) {
+		j->stage = NULL;
+		free(parent);
+		free(prefix);
+		return lora_errf(err, "out of memory");
+	}
+	free(parent);
+	free(prefix);
+	lora_rm_rf(j->stage, NULL);
+	if (mkdir(j->stage, 0755) < 0) {
+		int e = errno;
+		free(j->stage);
+		j->stage = NULL;
+		if (e == ENOSPC)
+			return lora_errf(err, "cannot create '%s': no space left on device", j->o->out_dir);
+		return lora_errf(err, "cannot create '%s': %s", j->o->out_dir, strerror(e));
+	}
+	return 0;
+}
+
+/* Decide output dtypes and write every shard (headers carry a placeholder fingerprint). */
+static int write_shards(struct merge_job *j, struct lora_merge_stats *stats, struct lora_err *err)
+{
+	struct lora_merge_record rec = { 0 };
+	struct lora_buf meta = LORA_BUF_INIT;
+	const struct lora_model *m = j->base;
+	int rc = -1;
+
+	rec.base_path = j->base_abs;
+	memcpy(rec.fingerprint, "sha256:", 7);
+	memset(rec.fingerprint + 7, '0', 64);
+	rec.dtype = j->o->dtype;
+	if (lora_merge_record_set_adapters(&rec, j->set, err) < 0 ||
+	    lora_merge_record_json(&rec, 1, &meta, err) < 0)
+		goto out;
+	for (size_t s = 0; s < m->n_shards; s++) {
+		const struct lora_st *st = m->shards[s];
+		struct shard_out *so = &j->outs[s];
+		char *path = lora_path_join(j->stage, m->shard_names[s]);
+
+		so->what = lora_path_join(j->o->out_dir, m->shard_names[s]);
+		if (!path || !so->what) {
+			free(path);
+			lora_errf(err, "out of memory");
+			goto out;
+		}
+		if (strchr(m->shard_names[s], '/')) {
+			free(path);
+			lora_errf(err, "shard name '%s' is not a plain file name", m->shard_names[s]);
+			goto out;
+		}
+		so->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+		free(path);
+		if (so->fd < 0) {
+			lora_errf(err, "cannot create '%s': %s", so->what, strerror(errno));
+			goto out;
+		}
+		if (lora_merge_shard_header(st, j->out_dt[s], meta.data, 0, &j->headers[s],
+					    &j->header_len[s], err) < 0 ||
+		    lora_write_all(so->fd, j->headers[s], j->header_len[s], so->what, err) < 0)
+			goto out;
+	}
+	for (size_t s = 0; s < m->n_shards; s++) {
+		const struct lora_st *st = m->shards[s];
+		struct shard_out *so = &j->outs[s];
+		char *path = lora_path_join(m->dir, m->shard_names[s]);
+		int in = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+
+		if (in < 0) {
+			lora_errf(err, "cannot open '%s': %s", path ? path : m->shard_names[s],
+				  strerror(errno));
+			free(path);
+			goto out;
+		}
+		free(path);
+		for (size_t i = 0; i < st->n_tensors; i++) {
+			const struct lora_st_tensor *t = &st->tensors[i];
+			size_t nl = strlen(t->name);
+			struct lora_merge_target *tg = NULL;
+			enum lora_dtype odt = j->out_dt[s][i];
+			int r;
+
+			if (nl > 7 && !strcmp(t->name + nl - 7, ".weight")) {
+				char *mod = strndup(t->name, nl - 7);
+				if (!mod) {
+					close(in);
+					lora_errf(err, "out of memory");
+					goto out;
+				}
+				tg = lora_merge_plan_find(&j->plan, mod);
+				free(mod);
+			}
+			if (tg) {
+				r = lora_merge_stream(&j->eng, tg, t, odt, tg->line[0] ? NULL : tg->line,
+						      shard_sink, so, err);
+				stats->n_merged++;
+			} else if (odt != t->dtype) {
+				r = lora_merge_stream(&j->eng, NULL, t, odt, NULL, shard_sink, so, err);
+				stats->n_converted++;
+			} else {
+				r = lora_copy_range(so->fd, in, t->file_offset, t->end - t->begin,
+						    so->what, err);
+				so->written += t->end - t->begin;
+				j->eng.done += t->end - t->begin;
+				if (j->eng.progress)
+					j->eng.progress(j->eng.progress_ctx, j->eng.done, j->eng.total);
+				stats->n_copied++;
+			}
+			if (r < 0) {
+				close(in);
+				goto out;
+			}
+		}
+		close(in);
+		stats->bytes_out += so->written;
+	}
+	rc = 0;
+out:
+	rec.base_path = NULL;
+	lora_merge_record_free(&rec);
+	lora_buf_free(&meta);
+	return rc;
+}
+
+/* Put the real record into every header, write lora-merge.json, sync everything. */
+static int finish_stage(struct merge_job *j, struct lora_merge_stats *stats, struct lora_err *err)
+{
+	struct lora_merge_record rec = { 0 };
+	struct lora_buf meta = LORA_BUF_INIT, full = LORA_BUF_INIT;
+	const struct lora_model *m = j->base;
+	char *path = NULL;
+	int rc = -1;
+
+	rec.base_path = j->base_abs;
+	rec.dtype = j->o->dtype;
+	if (lora_merge_record_set_adapters(&rec, j->set, err) < 0 ||
+	    lora_merge_record_set_tensors(&rec, &j->plan, err) < 0 ||
+	    lora_merge_record_json(&rec, 1, &meta, err) < 0 ||
+	    lora_merge_record_json(&rec, 0, &full, err) < 0)
+		goto out;
+	memcpy(stats->fingerprint, rec.fingerprint, 72);
+	for (size_t s = 0; s < m->n_shards; s++) {
+		struct shard_out *so = &j->outs[s];
+		unsigned char *h = NULL;
+		size_t hl = 0;
+
+		if (lora_merge_shard_header(m->shards[s], j->out_dt[s], meta.data, j->header_len[s], &h,
+					    &hl, err) < 0)
+			goto out;
+		if (hl != j->header_len[s]) {
+			free(h);
+			lora_errf(err, "internal error: header of '%s' changed size", so->what);
+			goto out;
+		}
+		if (lora_pwrite_all(so->fd, h, hl, 0, so->what, err) < 0) {
+			free(h);
+			goto out;
+		}
+		free(h);
+		if (fsync(so->fd) < 0) {
+			lora_errf(err, "cannot write '%s': %s", so->what,
+				  errno == ENOSPC ? "no space left on device" : strerror(errno));
+			goto out;
+		}
+		if (close(so->fd) < 0) {
+			so->fd = -1;
+			lora_errf(err, "cannot write '%s': %s", so->what, strerror(errno));
+			goto out;
+		}
+		so->fd = -1;
+	}
+	path = lora_path_join(j->stage, LORA_MERGE_JSON);
+	if (!path) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
+	if (lora_write_file_atomic(path, full.data, full.len, 0644, err) < 0) {
+		lora_err_prefix(err, "cannot write '%s/%s'", j->o->out_dir, LORA_MERGE_JSON);
+		goto out;
+	}
+	if (lora_fsync_dir(j->stage, err) < 0)
+		goto out;
+	rc = 0;
+out:
+	free(path);
+	rec.base_path = NULL;
+	lora_merge_record_free(&rec);
+	lora_buf_free(&meta);
+	lora_buf_free(&full);
+	return rc;
+}
+
+static int plan_dtypes(struct merge_job *j, uint64_t *total_data, struct lora_err *err)
+{
+	const struct lora_model *m = j->base;
+
+	*total_data = 0;
+	for (size_t s = 0; s < m->n_shards; s++) {
+		const struct lora_st *st = m->shards[s];
+		j->out_dt[s] = calloc(st->n_tensors ? st->n_tensors : 1, sizeof(enum lora_dtype));
+		if (!j->out_dt[s])
+			return lora_errf(err, "out of memory");
+		for (size_t i = 0; i < st->n_tensors; i++) {
+			const struct lora_st_tensor *t = &st->tensors[i];
+			enum lora_dtype o = lora_merge_out_dtype(t->dtype, j->o->dtype);
+			j->out_dt[s][i] = o;
+			if (o != t->dtype)
+				j->dtype_changed = 1;
+			*total_data += t->nelem * lora_dtype_bits(o) / 8;
+			j->eng.total += t->end - t->begin;
+		}
+	}
+	return 0;
+}
+
+static void job_free(struct merge_job *j)
+{
+	if (j->outs)
+		for (size_t s = 0; s < j->base->n_shards; s++) {
+			if (j->outs[s].fd >= 0)
+				close(j->outs[s].fd);
+			free(j->outs[s].what);
+		}
+	if (j->out_dt)
+		for (size_t s = 0; s < j->base->n_shards; s++)
+			free(j->out_dt[s]);
+	if (j->headers)
+		for (size_t s = 0; s < j->base->n_shards; s++)
+			free(j->headers[s]);
+	free(j->outs);
+	free(j->out_dt);
+	free(j->headers);
+	free(j->header_len);
+	if (j->stage) {
+		lora_rm_rf(j->stage, NULL);
+		free(j->stage);
+	}
+	free(j->base_abs);
+	lora_merge_plan_free(&j->plan);
+	lora_merge_engine_free(&j->eng);
+	if (j->base)
+		lora_model_close(j->base);
+}
+
+int lora_merge(const struct lora_merge_opts *o, const struct lora_merge_set *set,
+	       struct lora_merge_stats *stats, struct lora_err *err)
+{
+	struct merge_job j = { .o = o, .set = set };
+	struct stat sb;
+	uint64_t total_data = 0;
+	int rc = -1;
+
+	memset(stats, 0, sizeof(*stats));
+	if (lstat(o->out_dir, &sb) == 0)
+		return lora_errf(err, "output folder '%s' already exists", o->out_dir);
+	if (lora_merged_recover(o->base_dir, err) < 0)
+		return -1;
+	if (lora_model_open(o->base_dir, 0, &j.base, err) < 0)
+		return -1;
+	if (!(j.base_abs = realpath(o->base_dir, NULL))) {
+		lora_errf(err, "cannot resolve '%s': %s", o->base_dir, strerror(errno));
+		goto out;
+	}
+	if (lora_merge_plan_add(&j.plan, j.base, o->base_dir, set, 1.0, err) < 0 ||
+	    check_fingerprints(&j, stats, err) < 0)
+		goto out;
+	if (lora_merge_engine_init(&j.eng, o->device, err) < 0)
+		goto out;
+	j.eng.progress = o->progress;
+	j.eng.progress_ctx = o->progress_ctx;
+	stats->n_shards = j.base->n_shards;
+	j.outs = calloc(j.base->n_shards, sizeof(*j.outs));
+	j.out_dt = calloc(j.base->n_shards, sizeof(*j.out_dt));
+	j.headers = calloc(j.base->n_shards, sizeof(*j.headers));
+	j.header_len = calloc(j.base->n_shards, sizeof(*j.header_len));
+	if (!j.outs || !j.out_dt || !j.headers || !j.header_len) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
+	for (size_t s = 0; s < j.base->n_shards; s++)
+		j.outs[s].fd = -1;
+	if (plan_dtypes(&j, &total_data, err) < 0 || make_stage(&j, err) < 0)
+		goto out;
+	if (copy_other_files(&j, total_data, err) < 0 || write_shards(&j, stats, err) < 0 ||
+	    finish_stage(&j, stats, err) < 0)
+		goto out;
+	if (renameat2(AT_FDCWD, j.stage, AT_FDCWD, o->out_dir, RENAME_NOREPLACE) < 0) {
+		if (errno == EEXIST)
+			lora_errf(err, "output folder '%s' already exists", o->out_dir);
+		else
+			lora_errf(err, "cannot rename the merged model into '%s': %s", o->out_dir,
+				  strerror(errno));
+		goto out;
+	}
+	free(j.stage);
+	j.stage = NULL;
+	{
+		char *parent = lora_dirname(o->out_dir);
+		rc = parent ? lora_fsync_dir(parent, err) : lora_errf(err, "out of memory");
+		free(parent);
+	}
+out:
+	job_free(&j);
+	return rc;
+}

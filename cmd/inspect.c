@@ -1,2 +1,327 @@
+/* inspect.c - `lora inspect`: what an adapter folder, a model folder or a stored adapter is. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
 #include "cmd/cmd.h"
-CMD(inspect) { (void)argc; (void)argv; (void)ctx; return cmd_error("inspect: not yet"); }
+#include "libadapter/model.h"
+#include "libadapter/peft.h"
+#include "libadapter/fsutil.h"
+
+static void print_bytes(FILE *f, double b)
+{
+	const char *u[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+	int i = 0;
+
+	while (b >= 1024 && i < 4) {
+		b /= 1024;
+		i++;
+	}
+	fprintf(f, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+/* Comma-joined target modules (list form) or the regex. */
+static void print_targets(const struct lora_peft_config *c)
+{
+	if (c->target_regex) {
+		printf("%s (regex)", c->target_regex);
+		return;
+	}
+	for (size_t i = 0; i < c->n_target_modules; i++)
+		printf("%s%s", i ? ", " : "", c->target_modules[i]);
+	if (!c->n_target_modules)
+		printf("-");
+}
+
+static cJSON *targets_json(const struct lora_peft_config *c)
+{
+	cJSON *a;
+
+	if (c->target_regex)
+		return cJSON_CreateString(c->target_regex);
+	a = cJSON_CreateArray();
+	for (size_t i = 0; i < c->n_target_modules; i++)
+		cJSON_AddItemToArray(a, cJSON_CreateString(c->target_modules[i]));
+	return a;
+}
+
+static int adapter_json(const struct lora_peft *p, const double *norms)
+{
+	cJSON *o = cJSON_CreateObject(), *mods;
+	char *s;
+
+	cJSON_AddStringToObject(o, "kind", "adapter");
+	cJSON_AddStringToObject(o, "path", p->dir ? p->dir : "");
+	if (p->cfg.base_model)
+		cJSON_AddStringToObject(o, "base", p->cfg.base_model);
+	else
+		cJSON_AddNullToObject(o, "base");
+	cJSON_AddStringToObject(o, "peft_type", p->cfg.peft_type);
+	cJSON_AddNumberToObject(o, "r", p->cfg.r);
+	cJSON_AddNumberToObject(o, "alpha", p->cfg.lora_alpha);
+	cJSON_AddBoolToObject(o, "use_rslora", p->cfg.use_rslora);
+	cJSON_AddBoolToObject(o, "fan_in_fan_out", p->cfg.fan_in_fan_out);
+	cJSON_AddItemToObject(o, "target_modules", targets_json(&p->cfg));
+	cJSON_AddNumberToObject(o, "parameters", (double)p->n_params);
+	cJSON_AddNumberToObject(o, "bytes", (double)p->bytes);
+	cJSON_AddStringToObject(o, "dtype", lora_dtype_name(p->dtype));
+	mods = cJSON_AddArrayToObject(o, "modules");
+	for (size_t i = 0; i < p->n_modules; i++) {
+		const struct lora_peft_module *m = &p->modules[i];
+		cJSON *j = cJSON_CreateObject();
+		cJSON_AddStringToObject(j, "name", m->name);
+		cJSON_AddNumberToObject(j, "r", m->r);
+		cJSON_AddNumberToObject(j, "alpha", m->alpha);
+		cJSON_AddNumberToObject(j, "scale", m->scale);
+		cJSON_AddNumberToObject(j, "delta_norm", norms[i]);
+		cJSON_AddNumberToObject(j, "in", (double)m->in);
+		cJSON_AddNumberToObject(j, "out", (double)m->out);
+		cJSON_AddItemToArray(mods, j);
+	}
+	s = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	if (!s)
+		return cmd_error("out of memory");
+	puts(s);
+	free(s);
+	return 0;
+}
+
+static void adapter_text(const struct lora_peft *p, const double *norms)
+{
+	const struct lora_peft_config *c = &p->cfg;
+
+	printf("adapter     %s\n", p->dir ? p->dir : "");
+	printf("base        %s\n", c->base_model ? c->base_model : "(not recorded)");
+	printf("type        %s%s%s\n", c->peft_type, c->use_rslora ? ", rsLoRA" : "",
+	       c->fan_in_fan_out ? ", fan_in_fan_out" : "");
+	printf("r           %d\nalpha       %g\n", c->r, c->lora_alpha);
+	if (c->n_rank_pattern || c->n_alpha_pattern)
+		printf("patterns    %zu rank, %zu alpha\n", c->n_rank_pattern, c->n_alpha_pattern);
+	printf("targets     ");
+	print_targets(c);
+	printf("\nparameters  %llu (", (unsigned long long)p->n_params);
+	print_bytes(stdout, (double)p->bytes);
+	printf(", %s)\nmodules     %zu\n\n", lora_dtype_name(p->dtype), p->n_modules);
+	printf("%-48s %5s %8s %9s %11s\n", "MODULE", "R", "ALPHA", "SCALE", "|dW|_F");
+	for (size_t i = 0; i < p->n_modules; i++) {
+		const struct lora_peft_module *m = &p->modules[i];
+		printf("%-48s %5d %8g %9.4g %11.5g\n", m->name, m->r, m->alpha, m->scale, norms[i]);
+	}
+}
+
+static int inspect_adapter(const char *dir, int json)
+{
+	struct lora_err err = { 0 };
+	struct lora_peft *p;
+	double *norms;
+	int rc = 0;
+
+	if (lora_peft_open(dir, &p, &err) < 0)
+		return cmd_fail(&err);
+	norms = calloc(p->n_modules + 1, sizeof(double));
+	if (!norms) {
+		lora_peft_close(p);
+		return cmd_error("out of memory");
+	}
+	for (size_t i = 0; i < p->n_modules; i++)
+		if (lora_peft_delta_norm(&p->modules[i], &norms[i], &err) < 0) {
+			rc = cmd_fail(&err);
+			goto out;
+		}
+	if (json)
+		rc = adapter_json(p, norms);
+	else
+		adapter_text(p, norms);
+out:
+	free(norms);
+	lora_peft_close(p);
+	return rc;
+}
+
+static int model_json(const struct lora_model *m)
+{
+	const struct lora_model_config *c = &m->cfg;
+	cJSON *o = cJSON_CreateObject(), *sh;
+	char *s;
+
+	cJSON_AddStringToObject(o, "kind", "model");
+	cJSON_AddStringToObject(o, "path", m->dir);
+	cJSON_AddStringToObject(o, "architecture", c->architecture);
+	cJSON_AddStringToObject(o, "model_type", c->model_type);
+	cJSON_AddNumberToObject(o, "layers", c->num_hidden_layers);
+	cJSON_AddNumberToObject(o, "hidden_size", c->hidden_size);
+	cJSON_AddNumberToObject(o, "intermediate_size", c->intermediate_size);
+	cJSON_AddNumberToObject(o, "heads", c->num_attention_heads);
+	cJSON_AddNumberToObject(o, "kv_heads", c->num_key_value_heads);
+	cJSON_AddNumberToObject(o, "head_dim", c->head_dim);
+	cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size);
+	cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_word_embeddings);
+	cJSON_AddStringToObject(o, "dtype", lora_dtype_name(lora_model_dtype(m)));
+	cJSON_AddNumberToObject(o, "parameters", (double)m->n_params);
+	cJSON_AddNumberToObject(o, "bytes", (double)m->total_bytes);
+	cJSON_AddNumberToObject(o, "tensors", (double)m->n_tensors);
+	sh = cJSON_AddArrayToObject(o, "shards");
+	for (size_t i = 0; i < m->n_shards; i++) {
+		cJSON *j = cJSON_CreateObject();
+		cJSON_AddStringToObject(j, "file", m->shard_names[i]);
+		cJSON_AddNumberToObject(j, "tensors", (double)m->shards[i]->n_tensors);
+		cJSON_AddNumberToObject(j, "bytes", (double)m->shards[i]->size);
+		cJSON_AddItemToArray(sh, j);
+	}
+	s = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	if (!s)
+		return cmd_error("out of memory");
+	puts(s);
+	free(s);
+	return 0;
+}
+
+static void model_text(const struct lora_model *m)
+{
+	const struct lora_model_config *c = &m->cfg;
+
+	printf("model         %s\n", m->dir);
+	printf("architecture  %s%s%s%s\n", c->architecture[0] ? c->architecture : "(no config.json)",
+	       c->model_type[0] ? " (" : "", c->model_type, c->model_type[0] ? ")" : "");
+	printf("layers        %d\nhidden size   %d (intermediate %d)\n", c->num_hidden_layers,
+	       c->hidden_size, c->intermediate_size);
+	printf("heads         %d (kv heads %d, head dim %d)\nvocab         %d%s\n",
+	       c->num_attention_heads, c->num_key_value_heads, c->head_dim, c->vocab_size,
+	       c->tie_word_embeddings ? " (tied embeddings)" : "");
+	printf("dtype         %s\nparameters    %llu\nsize          ", lora_dtype_name(lora_model_dtype(m)),
+	       (unsigned long long)m->n_params);
+	print_bytes(stdout, (double)m->total_bytes);
+	printf("\nshards        %zu\n", m->n_shards);
+	for (size_t i = 0; i < m->n_shards; i++) {
+		printf("  %-40s %6zu tensors  ", m->shard_names[i], m->shards[i]->n_tensors);
+		print_bytes(stdout, (double)m->shards[i]->size);
+		putchar('\n');
+	}
+}
+
+static int inspect_model(const char *dir, int json)
+{
+	struct lora_err err = { 0 };
+	struct lora_model *m;
+	int rc = 0;
+
+	if (lora_model_open(dir, 0, &m, &err) < 0)
+		return cmd_fail(&err);
+	if (json)
+		rc = model_json(m);
+	else
+		model_text(m);
+	lora_model_close(m);
+	return rc;
+}
+
+/* A bare .safetensors file: its tensors and metadata. */
+static int inspect_file(const char *path, int json)
+{
+	struct lora_err err = { 0 };
+	struct lora_st *st;
+	cJSON *o, *arr, *meta;
+	char *s;
+
+	if (lora_st_open(path, &st, &err) < 0)
+		return cmd_fail(&err);
+	if (!json) {
+		printf("file        %s\ntensors     %zu\nheader      %llu bytes\n", path, st->n_tensors,
+		       (unsigned long long)st->header_len);
+		for (size_t i = 0; i < st->n_meta; i++)
+			printf("metadata    %s = %s\n", st->meta_keys[i], st->meta_vals[i]);
+		for (size_t i = 0; i < st->n_tensors; i++) {
+			const struct lora_st_tensor *t = &st->tensors[i];
+			printf("  %-56s %-7s [", t->name, lora_dtype_name(t->dtype));
+			for (int d = 0; d < t->ndim; d++)
+				printf("%s%llu", d ? ", " : "", (unsigned long long)t->shape[d]);
+			printf("]\n");
+		}
+		lora_st_close(st);
+		return 0;
+	}
+	o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "kind", "safetensors");
+	cJSON_AddStringToObject(o, "path", path);
+	meta = cJSON_AddObjectToObject(o, "metadata");
+	for (size_t i = 0; i < st->n_meta; i++)
+		cJSON_AddStringToObject(meta, st->meta_keys[i], st->meta_vals[i]);
+	arr = cJSON_AddArrayToObject(o, "tensors");
+	for (size_t i = 0; i < st->n_tensors; i++) {
+		const struct lora_st_tensor *t = &st->tensors[i];
+		cJSON *j = cJSON_CreateObject(), *sh = cJSON_CreateArray();
+		cJSON_AddStringToObject(j, "name", t->name);
+		cJSON_AddStringToObject(j, "dtype", lora_dtype_name(t->dtype));
+		for (int d = 0; d < t->ndim; d++)
+			cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->shape[d]));
+		cJSON_AddItemToObject(j, "shape", sh);
+		cJSON_AddNumberToObject(j, "offset", (double)t->file_offset);
+		cJSON_AddNumberToObject(j, "bytes", (double)(t->end - t->begin));
+		cJSON_AddItemToArray(arr, j);
+	}
+	lora_st_close(st);
+	s = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	if (!s)
+		return cmd_error("out of memory");
+	puts(s);
+	free(s);
+	return 0;
+}
+
+static int has_file(const char *dir, const char *name)
+{
+	char *p = lora_path_join(dir, name);
+	int r = p && lora_is_file(p);
+	free(p);
+	return r;
+}
+
+int inspect_stored(const char *store, const char *spec, int json, int spectrum) __attribute__((weak));
+
+CMD(inspect)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "spectrum", no_argument, NULL, 's' },
+		{ 0 }
+	};
+	int c, json = 0, spectrum = 0;
+	const char *path;
+
+	while ((c = cmd_getopt(ctx, argc, argv, "", opts)) != -1) {
+		switch (c) {
+		case 'j': json = 1; break;
+		case 's': spectrum = 1; break;
+		default: return 2;
+		}
+	}
+	if (optind != argc - 1)
+		return cmd_usage(ctx, "inspect takes one PATH or REF");
+	path = argv[optind];
+	if (lora_is_dir(path)) {
+		if (has_file(path, "adapter_config.json"))
+			return inspect_adapter(path, json);
+		if (has_file(path, "config.json") || has_file(path, "model.safetensors") ||
+		    has_file(path, "model.safetensors.index.json"))
+			return inspect_model(path, json);
+		if (has_file(path, "adapter_model.safetensors") || has_file(path, "adapter_model.bin"))
+			return inspect_adapter(path, json);
+		return inspect_model(path, json);  /* explains what is missing (pickle, nothing) */
+	}
+	{
+		size_t n = strlen(path);
+		if (n > 12 && !strcmp(path + n - 12, ".safetensors") && lora_is_file(path))
+			return inspect_file(path, json);
+		if ((n > 4 && !strcmp(path + n - 4, ".bin")) || (n > 3 && !strcmp(path + n - 3, ".pt")))
+			return cmd_error("'%s' is a pickle file, which lora refuses (loading pickle runs "
+					 "arbitrary code); convert it to safetensors", path);
+	}
+	if (inspect_stored)
+		return inspect_stored(ctx->store, path, json, spectrum);
+	return cmd_error("'%s' is not an adapter folder, a model folder or a stored adapter", path);
+}

@@ -64,7 +64,7 @@ struct lora_peft_module {
 	int r;
 	double alpha;
 	double scale;
-	uint64_t in, out;             /* of ΔW as the base stores it ([out, in], or [in, out] with fan_in_fan_out) */
+	uint64_t in, out;             /* in = A cols, out = B rows; the base weight is [out, in], or [in, out] with fan_in_fan_out */
 };
 
 struct lora_peft {

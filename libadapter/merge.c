@@ -1197,19 +1197,25 @@ static int write_config(struct merge_job *j, const char *src, const char *dst, c
 		cJSON_Delete(root);
 		return lora_errf(err, "'%s' is not a JSON object", src);
 	}
-	for (int k = 0; k < 2; k++) {
-		const char *key = k ? "dtype" : "torch_dtype";
-		cJSON *v = cJSON_CreateString(torch_dtype_name(j->o->dtype));
+	/* transformers < 5 writes "torch_dtype", later ones "dtype": set those present. */
+	for (int k = 0, found = 0; k < 3; k++) {
+		const char *key = k == 1 ? "dtype" : "torch_dtype";
+		cJSON *v;
+		if (k == 2 && found)
+			break;
+		v = cJSON_CreateString(torch_dtype_name(j->o->dtype));
 		if (!v) {
 			cJSON_Delete(root);
 			return lora_errf(err, "out of memory");
 		}
-		if (cJSON_GetObjectItemCaseSensitive(root, key))
-			cJSON_ReplaceItemInObjectCaseSensitive(root, key, v);
-		else if (!k)
+		if (k == 2) {
 			cJSON_AddItemToObject(root, key, v);
-		else
+		} else if (cJSON_GetObjectItemCaseSensitive(root, key)) {
+			cJSON_ReplaceItemInObjectCaseSensitive(root, key, v);
+			found = 1;
+		} else {
 			cJSON_Delete(v);
+		}
 	}
 	outs = cJSON_Print(root);
 	cJSON_Delete(root);

@@ -436,8 +436,9 @@ int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device,
 	memset(e, 0, sizeof(*e));
 	e->device = device;
 	e->cap = BLOCK_ELEMS;
-	e->w = malloc(e->cap * sizeof(float));
-	e->d = malloc(e->cap * sizeof(float));
+	/* W and ΔW hold doubles when the output is fp32 (see lora_merge_stream). */
+	e->w = malloc(e->cap * sizeof(double));
+	e->d = malloc(e->cap * sizeof(double));
 	e->o = malloc(e->cap * sizeof(float));
 	if (!e->w || !e->d || !e->o) {
 		lora_merge_engine_free(e);
@@ -480,10 +481,10 @@ static int engine_grow(struct lora_merge_engine *e, size_t n, struct lora_err *e
 		return 0;
 	if (n > SIZE_MAX / 8)
 		return lora_errf(err, "tensor rows too long");
-	w = realloc(e->w, n * sizeof(float));
+	w = realloc(e->w, n * sizeof(double));
 	if (w)
 		e->w = w;
-	d = realloc(e->d, n * sizeof(float));
+	d = realloc(e->d, n * sizeof(double));
 	if (d)
 		e->d = d;
 	o = realloc(e->o, n * sizeof(float));
@@ -496,41 +497,46 @@ static int engine_grow(struct lora_merge_engine *e, size_t n, struct lora_err *e
 }
 
 
-/* d[0 .. nrows*cols) = Σ coef · (B·A)[r0 .. r0+nrows) in fp32. */
-static int delta_rows(struct lora_merge_engine *e, const struct lora_merge_target *t, float **A,
-		      float **B, uint64_t r0, uint64_t nrows, struct lora_err *err)
+/*
+ * d[0 .. nrows*cols) = Σ coef · (B·A)[r0 .. r0+nrows): in fp32 (sgemm), or in
+ * fp64 (dgemm) when f64 is set; A and B then hold doubles.
+ */
+static int delta_rows(struct lora_merge_engine *e, const struct lora_merge_target *t, void **A,
+		      void **B, int f64, uint64_t r0, uint64_t nrows, struct lora_err *err)
 {
 	for (size_t k = 0; k < t->n_terms; k++) {
 		const struct lora_merge_term *tm = &t->terms[k];
 		int r = (int)tm->mod->A->shape[0];
 		int M = (int)nrows, N = (int)t->cols;
-		float beta = k ? 1.0f : 0.0f, alpha = (float)tm->coef;
+		int ta = tm->fifo ? CblasTrans : CblasNoTrans;
+		/* W is [out, in]: rows r0.. of B [out, r] times A [r, in].
+		 * W is [in, out] (fan_in_fan_out): rows r0.. of Aᵀ [in, r] times Bᵀ [r, out]. */
+		uint64_t off1 = tm->fifo ? r0 : r0 * (uint64_t)r;
+		int ld1 = tm->fifo ? (int)t->rows : r, ld2 = tm->fifo ? r : N;
+		void *m1 = tm->fifo ? A[k] : B[k], *m2 = tm->fifo ? B[k] : A[k];
 
 #ifdef LORA_HAVE_CUDA
 		if (e->device == LORA_DEVICE_CUDA) {
 			char msg[512];
-			if (lora_cuda_merge_delta(e->cuda, A[k], B[k], r, (long long)t->rows,
-						  (long long)t->cols, tm->fifo, alpha, (long long)r0,
-						  M, k != 0, e->d, msg, sizeof(msg)) < 0)
+			if (lora_cuda_merge_delta(e->cuda, f64, ta == CblasTrans, M, N, r, tm->coef,
+						  (const char *)m1 + off1 * (f64 ? 8 : 4), ld1, m2, ld2,
+						  k != 0, e->d, msg, sizeof(msg)) < 0)
 				return lora_errf(err, "cuda merge of '%s': %s", t->name, msg);
 			continue;
 		}
 #endif
 		(void)err;
-		if (!tm->fifo) {
-			/* W is [out, in]: rows r0.. of B [out, r] times A [r, in]. */
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, r, alpha,
-				    B[k] + r0 * (uint64_t)r, r, A[k], N, beta, e->d, N);
-		} else {
-			/* W is [in, out]: rows r0.. of Aᵀ [in, r] times Bᵀ [r, out]. */
-			cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, M, N, r, alpha, A[k] + r0,
-				    (int)t->rows, B[k], r, beta, e->d, N);
-		}
+		if (f64)
+			cblas_dgemm(CblasRowMajor, ta, ta, M, N, r, tm->coef, (const double *)m1 + off1,
+				    ld1, m2, ld2, k ? 1.0 : 0.0, (double *)e->d, N);
+		else
+			cblas_sgemm(CblasRowMajor, ta, ta, M, N, r, (float)tm->coef,
+				    (const float *)m1 + off1, ld1, m2, ld2, k ? 1.0f : 0.0f, e->d, N);
 	}
 	return 0;
 }
 
-static void free_factors(float **A, float **B, size_t n)
+static void free_factors(void **A, void **B, size_t n)
 {
 	for (size_t k = 0; k < n; k++) {
 		free(A ? A[k] : NULL);
@@ -540,10 +546,31 @@ static void free_factors(float **A, float **B, size_t n)
 	free(B);
 }
 
-static int load_factors(const struct lora_merge_target *t, float ***Ap, float ***Bp, struct lora_err *err)
+/* An adapter factor as fp32, or widened to fp64 (exactly) when f64. */
+static void *load_factor(const struct lora_st_tensor *t, int f64, struct lora_err *err)
 {
-	float **A = calloc(t->n_terms ? t->n_terms : 1, sizeof(float *));
-	float **B = calloc(t->n_terms ? t->n_terms : 1, sizeof(float *));
+	float *f = lora_peft_load_f32(t, err);
+	double *d;
+
+	if (!f || !f64)
+		return f;
+	d = malloc(t->nelem ? t->nelem * sizeof(double) : 1);
+	if (!d) {
+		free(f);
+		lora_errf(err, "out of memory");
+		return NULL;
+	}
+	for (uint64_t i = 0; i < t->nelem; i++)
+		d[i] = f[i];
+	free(f);
+	return d;
+}
+
+static int load_factors(const struct lora_merge_target *t, int f64, void ***Ap, void ***Bp,
+			struct lora_err *err)
+{
+	void **A = calloc(t->n_terms ? t->n_terms : 1, sizeof(void *));
+	void **B = calloc(t->n_terms ? t->n_terms : 1, sizeof(void *));
 
 	*Ap = *Bp = NULL;
 	if (!A || !B) {
@@ -552,8 +579,8 @@ static int load_factors(const struct lora_merge_target *t, float ***Ap, float **
 		return lora_errf(err, "out of memory");
 	}
 	for (size_t k = 0; k < t->n_terms; k++) {
-		A[k] = lora_peft_load_f32(t->terms[k].mod->A, err);
-		B[k] = A[k] ? lora_peft_load_f32(t->terms[k].mod->B, err) : NULL;
+		A[k] = load_factor(t->terms[k].mod->A, f64, err);
+		B[k] = A[k] ? load_factor(t->terms[k].mod->B, f64, err) : NULL;
 		if (!A[k] || !B[k]) {
 			free_factors(A, B, t->n_terms);
 			return -1;
@@ -564,6 +591,29 @@ static int load_factors(const struct lora_merge_target *t, float ***Ap, float **
 	return 0;
 }
 
+/* One row block of W' = W + ΔW, rounded once into e->o. */
+static int merge_block(struct lora_merge_engine *e, const struct lora_merge_target *t, void **A,
+		       void **B, int f64, const unsigned char *in, enum lora_dtype dt, uint64_t r0,
+		       uint64_t nr, size_t n, enum lora_dtype out_dt, struct lora_err *err)
+{
+	if (delta_rows(e, t, A, B, f64, r0, nr, err) < 0)
+		return -1;
+	if (f64) {
+		double *d = (double *)e->d;
+		float *w = e->w, *o = (float *)e->o;
+		/* W is exact in fp32; the sum is rounded once, from fp64 to fp32. */
+		lora_to_f32(w, in, dt, n);
+		for (size_t i = 0; i < n; i++)
+			o[i] = (float)((double)w[i] + d[i]);
+		return 0;
+	}
+	lora_to_f32(e->w, in, dt, n);
+	for (size_t i = 0; i < n; i++)
+		e->w[i] += e->d[i];
+	lora_from_f32(e->o, e->w, out_dt, n);
+	return 0;
+}
+
 int lora_merge_stream(struct lora_merge_engine *e, const struct lora_merge_target *t,
 		      const struct lora_st_tensor *src, enum lora_dtype out_dt, char *line,
 		      lora_sink_fn sink, void *sink_ctx, struct lora_err *err)
@@ -571,9 +621,9 @@ int lora_merge_stream(struct lora_merge_engine *e, const struct lora_merge_targe
 	enum lora_dtype dt = src->dtype;
 	unsigned ib = lora_dtype_bits(dt) / 8, ob = lora_dtype_bits(out_dt) / 8;
 	uint64_t row_len, n_rows, per;
-	float **A = NULL, **B = NULL;
+	void **A = NULL, **B = NULL;
 	EVP_MD_CTX *h = NULL;
-	int rc = -1;
+	int rc = -1, f64 = out_dt == LORA_DT_F32;
 
 	if (t || out_dt != dt) {
 		if (!is_merge_float(dt) || !is_merge_float(out_dt))
@@ -587,7 +637,7 @@ int lora_merge_stream(struct lora_merge_engine *e, const struct lora_merge_targe
 		n_rows = t->rows;
 		if (row_len && engine_grow(e, (size_t)row_len, err) < 0)
 			return -1;
-		if (load_factors(t, &A, &B, err) < 0)
+		if (load_factors(t, f64, &A, &B, err) < 0)
 			return -1;
 	} else {
 		/* Plain conversion or copy: any shape, blocks of whole elements. */
@@ -614,12 +664,8 @@ int lora_merge_stream(struct lora_merge_engine *e, const struct lora_merge_targe
 		const void *outp = in;
 
 		if (t) {
-			lora_to_f32(e->w, in, dt, n);
-			if (delta_rows(e, t, A, B, r0, nr, err) < 0)
+			if (merge_block(e, t, A, B, f64, in, dt, r0, nr, n, out_dt, err) < 0)
 				goto out;
-			for (size_t i = 0; i < n; i++)
-				e->w[i] += e->d[i];
-			lora_from_f32(e->o, e->w, out_dt, n);
 			outp = e->o;
 		} else if (out_dt != dt) {
 			lora_to_f32(e->w, in, dt, n);

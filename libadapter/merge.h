@@ -7,7 +7,10 @@
  *
  * is computed in fp32 (OpenBLAS sgemm, or cuBLAS with LORA_DEVICE_CUDA; W is
  * exact in fp32 when it is bf16/fp16/fp32) and rounded once, to nearest even,
- * to the output dtype.  Every other tensor is copied byte for byte
+ * to the output dtype.  For an fp32 output, ΔW and the sum are computed in
+ * fp64 (dgemm) instead: fp32 accumulation would leave errors of about r·2⁻²⁴
+ * of the terms, which exceed 1e-6 of W' where W and ΔW nearly cancel; for
+ * bf16/fp16 outputs fp32 is ample (the result is rounded to 8 or 11 bits).  Every other tensor is copied byte for byte
  * (copy_file_range), or converted when an explicit output dtype differs.
  * Work goes in row blocks of about 4 MB, so memory stays bounded by one block
  * plus one adapter's factors, whatever the model size.
@@ -181,7 +184,7 @@ typedef int (*lora_sink_fn)(void *ctx, const void *data, size_t len, struct lora
 struct lora_merge_engine {
 	enum lora_device device;
 	void *cuda;               /* struct lora_cuda_merge *, when device is CUDA */
-	float *w, *d;             /* one row block: W and ΔW in fp32 */
+	float *w, *d;             /* one row block: W and ΔW in fp32 (room for fp64) */
 	unsigned char *o;         /* one row block in the output dtype */
 	size_t cap;               /* elements each buffer holds */
 	lora_progress_fn progress;

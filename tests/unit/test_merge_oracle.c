@@ -18,12 +18,13 @@
  *   bf16 vs peft's fp32 merge rounded to bf16: both are fp32 results of the
  *   same sum with different summation order, each within a few u; rounded once
  *   they can differ by at most 1 ulp.
- *   fp32 vs fp64 reference: 1e-6 relative to the largest magnitude in play,
- *   max(|W'|, |W|, Σ|coef|·Σₖ|Bᵢₖ||Aₖⱼ|): the fp32 dot products err by at most
- *   about (r+2)·u times the sum of the absolute values of their terms, and
- *   r·u ≤ 16·6e-8 ≈ 1e-6; relative to |W'| alone the error is unbounded
- *   where the terms cancel (the fixtures have such values: ΔW ≈ 1e-7 from
- *   terms of 1e-3).
+ *   fp32 vs fp64 reference: within 1e-6 relative to |W'|.  merge computes an
+ *   fp32 output through fp64 (dgemm): the fp64 error is about r·2⁻⁵³ of the
+ *   terms' magnitudes, then one rounding to fp32 (2⁻²⁴ relative).  We also
+ *   report how far off fp32 accumulation would be, as the error relative to
+ *   the largest magnitude in play, max(|W'|, |W|, Σ|coef|·Σₖ|Bᵢₖ||Aₖⱼ|):
+ *   the fixtures hold values where ΔW ≈ 1e-7 comes from terms of 1e-3, where
+ *   fp32 accumulation (peft's) misses 1e-6 of |W'| by far.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -173,10 +174,10 @@ static void check_case(const char *name, const char *base_dir, const char *out_d
 					mag = fabs(w);
 				if (tb[k] > mag)
 					mag = tb[k];
-				if (fabs(o - r) > 1e-6 * mag)
+				if (fabs(o - r) > 1e-6 * fabs(r))
 					fprintf(stderr, "  %s[%llu]: ours %.9g ref %.9g base %.9g\n", bt->name,
 						(unsigned long long)k, o, r, w);
-				bad += fabs(o - r) > 1e-6 * mag;
+				bad += fabs(o - r) > 1e-6 * fabs(r);
 				f32_total++;
 				f32_plain_over += fabs(o - r) > 1e-6 * fabs(r);
 				if (fabs(o - r) / mag > f32_worst)
@@ -251,10 +252,10 @@ TEST(oracle_cases)
 	       (unsigned long long)bf16_total, (unsigned long long)bf16_exact,
 	       bf16_total ? 100.0 * bf16_exact / bf16_total : 0, (unsigned long long)bf16_over1,
 	       (unsigned long long)peft_over1, (unsigned long long)peft_total);
-	printf("  fp32: %llu values, worst error %.3g of the largest magnitude in play; %llu off by "
-	       "more than 1e-6 of |W'| alone (cancellation)\n", (unsigned long long)f32_total,
-	       f32_worst, (unsigned long long)f32_plain_over);
-	CHECK(f32_total > 50000 && f32_worst <= 1e-6);
+	printf("  fp32: %llu values, %llu off by more than 1e-6 of |W'|; worst error %.3g of the "
+	       "largest magnitude in play\n", (unsigned long long)f32_total,
+	       (unsigned long long)f32_plain_over, f32_worst);
+	CHECK(f32_total > 50000 && f32_plain_over == 0);
 	CHECK(bf16_total > 100000);
 	CHECKF(bf16_exact * 10000 >= bf16_total * 9999, "%llu of %llu exact",
 	       (unsigned long long)bf16_exact, (unsigned long long)bf16_total);

@@ -518,9 +518,11 @@ static int delta_rows(struct lora_merge_engine *e, const struct lora_merge_targe
 #ifdef LORA_HAVE_CUDA
 		if (e->device == LORA_DEVICE_CUDA) {
 			char msg[512];
-			if (lora_cuda_merge_delta(e->cuda, f64, ta == CblasTrans, M, N, r, tm->coef,
-						  (const char *)m1 + off1 * (f64 ? 8 : 4), ld1, m2, ld2,
-						  k != 0, e->d, msg, sizeof(msg)) < 0)
+			size_t n1 = tm->fifo ? tm->mod->A->nelem : tm->mod->B->nelem;
+			size_t n2 = tm->fifo ? tm->mod->B->nelem : tm->mod->A->nelem;
+			if (lora_cuda_merge_delta(e->cuda, f64, ta == CblasTrans, M, N, r, tm->coef, m1, n1,
+						  off1, ld1, m2, n2, ld2, k != 0, e->d, msg,
+						  sizeof(msg)) < 0)
 				return lora_errf(err, "cuda merge of '%s': %s", t->name, msg);
 			continue;
 		}
@@ -639,6 +641,10 @@ int lora_merge_stream(struct lora_merge_engine *e, const struct lora_merge_targe
 			return -1;
 		if (load_factors(t, f64, &A, &B, err) < 0)
 			return -1;
+#ifdef LORA_HAVE_CUDA
+		if (e->cuda)
+			lora_cuda_merge_reset(e->cuda);   /* new host arrays: drop the device cache */
+#endif
 	} else {
 		/* Plain conversion or copy: any shape, blocks of whole elements. */
 		row_len = 1;

@@ -198,6 +198,8 @@ done:
 		lora_model_close(out);
 }
 
+static enum lora_device device = LORA_DEVICE_CPU;
+
 static void run_case(const cJSON *c)
 {
 	const char *name = cJSON_GetObjectItem(c, "name")->valuestring;
@@ -219,7 +221,8 @@ static void run_case(const cJSON *c)
 					  &err) == 0, "%s", err.msg);
 		free(p);
 	}
-	snprintf(out_dir, sizeof(out_dir), "%s/%s", tmpdir, name);
+	snprintf(out_dir, sizeof(out_dir), "%s/%s%s", tmpdir, name, device ? "-cuda" : "");
+	o.device = device;
 	o.base_dir = base;
 	o.out_dir = out_dir;
 	o.dtype = LORA_DT_INVALID;
@@ -232,6 +235,8 @@ static void run_case(const cJSON *c)
 
 TEST(oracle_cases)
 {
+	bf16_total = bf16_exact = bf16_over1 = peft_over1 = peft_total = f32_total = f32_plain_over = 0;
+	f32_worst = 0;
 	char *path = t_fixture("merge/cases.json"), *text = NULL;
 	struct lora_err err = { 0 };
 	cJSON *root, *c;
@@ -312,6 +317,12 @@ int main(void)
 	}
 	RUN(oracle_cases);
 	RUN(fingerprint_matches_model);
+	/* make check-cuda: the same cases and tolerances through cuBLAS. */
+	if (getenv("LORA_TEST_CUDA")) {
+		device = LORA_DEVICE_CUDA;
+		printf("  with --device cuda:\n");
+		RUN(oracle_cases);
+	}
 	lora_rm_rf(tmpdir, NULL);
 	return t_done();
 }

@@ -20,6 +20,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <pthread.h>
 
 #include <cblas.h>
 #include <cjson/cJSON.h>
@@ -431,7 +432,8 @@ void lora_merge_fingerprint_lines(const char *const *modules, const char *const 
 
 /* ------------------------------------------------------------------ engine */
 
-int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device, struct lora_err *err)
+static int engine_init(struct lora_merge_engine *e, enum lora_device device, int set_blas,
+		       struct lora_err *err)
 {
 	memset(e, 0, sizeof(*e));
 	e->device = device;
@@ -443,6 +445,12 @@ int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device,
 	if (!e->w || !e->d || !e->o) {
 		lora_merge_engine_free(e);
 		return lora_errf(err, "out of memory");
+	}
+	/* The GEMMs have an inner size of r (≤ a few hundred): OpenBLAS threads
+	 * would mostly spin; one thread does them, the rest of the machine is free. */
+	if (set_blas) {
+		e->blas_threads = openblas_get_num_threads();
+		openblas_set_num_threads(1);
 	}
 	if (device == LORA_DEVICE_CUDA) {
 #ifdef LORA_HAVE_CUDA
@@ -460,6 +468,11 @@ int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device,
 	return 0;
 }
 
+int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device, struct lora_err *err)
+{
+	return engine_init(e, device, 1, err);
+}
+
 void lora_merge_engine_free(struct lora_merge_engine *e)
 {
 #ifdef LORA_HAVE_CUDA
@@ -469,6 +482,8 @@ void lora_merge_engine_free(struct lora_merge_engine *e)
 	free(e->w);
 	free(e->d);
 	free(e->o);
+	if (e->blas_threads > 0)
+		openblas_set_num_threads(e->blas_threads);
 	memset(e, 0, sizeof(*e));
 }
 
@@ -498,17 +513,20 @@ static int engine_grow(struct lora_merge_engine *e, size_t n, struct lora_err *e
 
 
 /*
- * d[0 .. nrows*cols) = Σ coef · (B·A)[r0 .. r0+nrows): in fp32 (sgemm), or in
- * fp64 (dgemm) when f64 is set; A and B then hold doubles.
+ * c[0 .. nrows*cols) (+)= Σ coef · (B·A)[r0 .. r0+nrows): in fp32 (sgemm), or
+ * in fp64 (dgemm) when f64 is set (A, B and c then hold doubles).  With
+ * keep, the first term adds to what c holds (W, on the CPU path); otherwise
+ * it overwrites it.
  */
 static int delta_rows(struct lora_merge_engine *e, const struct lora_merge_target *t, void **A,
-		      void **B, int f64, uint64_t r0, uint64_t nrows, struct lora_err *err)
+		      void **B, int f64, uint64_t r0, uint64_t nrows, void *c, int keep,
+		      struct lora_err *err)
 {
 	for (size_t k = 0; k < t->n_terms; k++) {
 		const struct lora_merge_term *tm = &t->terms[k];
 		int r = (int)tm->mod->A->shape[0];
 		int M = (int)nrows, N = (int)t->cols;
-		int ta = tm->fifo ? CblasTrans : CblasNoTrans;
+		int ta = tm->fifo ? CblasTrans : CblasNoTrans, acc = keep || k;
 		/* W is [out, in]: rows r0.. of B [out, r] times A [r, in].
 		 * W is [in, out] (fan_in_fan_out): rows r0.. of Aᵀ [in, r] times Bᵀ [r, out]. */
 		uint64_t off1 = tm->fifo ? r0 : r0 * (uint64_t)r;
@@ -521,19 +539,20 @@ static int delta_rows(struct lora_merge_engine *e, const struct lora_merge_targe
 			size_t n1 = tm->fifo ? tm->mod->A->nelem : tm->mod->B->nelem;
 			size_t n2 = tm->fifo ? tm->mod->B->nelem : tm->mod->A->nelem;
 			if (lora_cuda_merge_delta(e->cuda, f64, ta == CblasTrans, M, N, r, tm->coef, m1, n1,
-						  off1, ld1, m2, n2, ld2, k != 0, e->d, msg,
-						  sizeof(msg)) < 0)
+						  off1, ld1, m2, n2, ld2, acc, c, msg, sizeof(msg)) < 0)
 				return lora_errf(err, "cuda merge of '%s': %s", t->name, msg);
 			continue;
 		}
+#else
+		(void)e;
 #endif
 		(void)err;
 		if (f64)
 			cblas_dgemm(CblasRowMajor, ta, ta, M, N, r, tm->coef, (const double *)m1 + off1,
-				    ld1, m2, ld2, k ? 1.0 : 0.0, (double *)e->d, N);
+				    ld1, m2, ld2, acc ? 1.0 : 0.0, c, N);
 		else
 			cblas_sgemm(CblasRowMajor, ta, ta, M, N, r, (float)tm->coef,
-				    (const float *)m1 + off1, ld1, m2, ld2, k ? 1.0f : 0.0f, e->d, N);
+				    (const float *)m1 + off1, ld1, m2, ld2, acc ? 1.0f : 0.0f, c, N);
 	}
 	return 0;
 }
@@ -593,26 +612,86 @@ static int load_factors(const struct lora_merge_target *t, int f64, void ***Ap, 
 	return 0;
 }
 
+/*
+ * Hot loops, kept simple enough for the compiler to vectorize.  They round
+ * exactly as dtype.c does (nearest even, NaN kept quiet); test_merge_unit
+ * checks them against lora_to_f32/lora_from_f32.
+ */
+__attribute__((optimize("O3"), target_clones("avx512f", "avx2", "default"))) void lora_merge_bf16_to_f32(float *dst, const unsigned char *src, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint32_t u = (uint32_t)(src[2 * i] | src[2 * i + 1] << 8) << 16;
+		memcpy(&dst[i], &u, 4);
+	}
+}
+
+__attribute__((optimize("O3"), target_clones("avx512f", "avx2", "default"))) void lora_merge_f32_to_bf16(unsigned char *dst, const float *src, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint32_t u, r;
+		memcpy(&u, &src[i], 4);
+		r = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u
+						    : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+		dst[2 * i] = (unsigned char)r;
+		dst[2 * i + 1] = (unsigned char)(r >> 8);
+	}
+}
+
+static void to_f32(float *dst, const unsigned char *src, enum lora_dtype dt, size_t n)
+{
+	if (dt == LORA_DT_BF16)
+		lora_merge_bf16_to_f32(dst, src, n);
+	else
+		lora_to_f32(dst, src, dt, n);
+}
+
+static void from_f32(unsigned char *dst, const float *src, enum lora_dtype dt, size_t n)
+{
+	if (dt == LORA_DT_BF16)
+		lora_merge_f32_to_bf16(dst, src, n);
+	else
+		lora_from_f32(dst, src, dt, n);
+}
+
 /* One row block of W' = W + ΔW, rounded once into e->o. */
 static int merge_block(struct lora_merge_engine *e, const struct lora_merge_target *t, void **A,
 		       void **B, int f64, const unsigned char *in, enum lora_dtype dt, uint64_t r0,
 		       uint64_t nr, size_t n, enum lora_dtype out_dt, struct lora_err *err)
 {
-	if (delta_rows(e, t, A, B, f64, r0, nr, err) < 0)
-		return -1;
+	float *w = e->w;
+
 	if (f64) {
-		double *d = (double *)e->d;
-		float *w = e->w, *o = (float *)e->o;
-		/* W is exact in fp32; the sum is rounded once, from fp64 to fp32. */
-		lora_to_f32(w, in, dt, n);
+		double *c = (double *)e->d;
+		float *o = (float *)e->o;
+		/* W is exact in fp32 and fp64; the sum is rounded once, from fp64 to fp32. */
+		to_f32(w, in, dt, n);
+		if (e->device == LORA_DEVICE_CPU) {
+			for (size_t i = 0; i < n; i++)
+				c[i] = w[i];
+			if (delta_rows(e, t, A, B, 1, r0, nr, c, 1, err) < 0)
+				return -1;
+			for (size_t i = 0; i < n; i++)
+				o[i] = (float)c[i];
+			return 0;
+		}
+		if (delta_rows(e, t, A, B, 1, r0, nr, c, 0, err) < 0)
+			return -1;
 		for (size_t i = 0; i < n; i++)
-			o[i] = (float)((double)w[i] + d[i]);
+			o[i] = (float)((double)w[i] + c[i]);
 		return 0;
 	}
-	lora_to_f32(e->w, in, dt, n);
-	for (size_t i = 0; i < n; i++)
-		e->w[i] += e->d[i];
-	lora_from_f32(e->o, e->w, out_dt, n);
+	to_f32(w, in, dt, n);
+	if (e->device == LORA_DEVICE_CPU) {
+		/* sgemm adds the terms to W in place: C = W + coef·B·A (beta = 1). */
+		if (delta_rows(e, t, A, B, 0, r0, nr, w, 1, err) < 0)
+			return -1;
+	} else {
+		if (delta_rows(e, t, A, B, 0, r0, nr, e->d, 0, err) < 0)
+			return -1;
+		for (size_t i = 0; i < n; i++)
+			w[i] += e->d[i];
+	}
+	from_f32(e->o, w, out_dt, n);
 	return 0;
 }
 
@@ -674,8 +753,8 @@ int lora_merge_stream(struct lora_merge_engine *e, const struct lora_merge_targe
 				goto out;
 			outp = e->o;
 		} else if (out_dt != dt) {
-			lora_to_f32(e->w, in, dt, n);
-			lora_from_f32(e->o, e->w, out_dt, n);
+			to_f32(e->w, in, dt, n);
+			from_f32(e->o, e->w, out_dt, n);
 			outp = e->o;
 		}
 		if (h)
@@ -1094,18 +1173,7 @@ out:
 struct shard_out {
 	int fd;
 	char *what;       /* the final path, for messages */
-	uint64_t written;
 };
-
-static int shard_sink(void *ctx, const void *data, size_t len, struct lora_err *err)
-{
-	struct shard_out *so = ctx;
-
-	if (lora_write_all(so->fd, data, len, so->what, err) < 0)
-		return -1;
-	so->written += len;
-	return 0;
-}
 
 struct merge_job {
 	const struct lora_merge_opts *o;
@@ -1422,6 +1490,374 @@ static int make_stage(struct merge_job *j, struct lora_err *err)
 	return 0;
 }
 
+/* ------------------------------------------------- parallel shard writing */
+
+/*
+ * The merge is cut into independent tasks that worker threads take in
+ * order: each targeted tensor (its row blocks in order: convert, GEMM, round,
+ * pwrite at the block's place in the output, with the SHA-256 of its base
+ * bytes for the fingerprint taken from the same block while it is in cache),
+ * row blocks of tensors that only change dtype, and copies of untouched
+ * tensors (copy_file_range at explicit offsets, in 64 MB pieces).  Every
+ * block is computed the same way whichever thread runs it, so the output
+ * does not depend on the thread count.
+ */
+enum task_kind { T_TENSOR, T_CONVERT, T_COPY };
+
+struct task {
+	enum task_kind kind;
+	size_t shard;
+	const struct lora_st_tensor *src;
+	struct lora_merge_target *tg;    /* T_TENSOR */
+	enum lora_dtype out_dt;
+	uint64_t r0, nr, row_len;        /* T_CONVERT: rows [r0, r0+nr) of row_len elements */
+	uint64_t in_off, len, out_off;   /* T_COPY: bytes; others: out_off of the first row */
+};
+
+struct pool {
+	struct merge_job *j;
+	struct task *t;
+	size_t n, next;
+	int *in_fd;                      /* per shard */
+	pthread_mutex_t mu;
+	int failed;
+	struct lora_err err;
+	uint64_t done;
+};
+
+static int copy_at(int out, uint64_t out_off, int in, uint64_t in_off, uint64_t len, const char *what,
+		   struct lora_err *err)
+{
+	loff_t io = (loff_t)in_off, oo = (loff_t)out_off;
+	char *buf = NULL;
+
+	while (len) {
+		ssize_t n = copy_file_range(in, &io, out, &oo, len, 0);
+		if (n > 0) {
+			len -= (uint64_t)n;
+			continue;
+		}
+		if (n == 0)
+			return lora_errf(err, "cannot copy into '%s': source ended early", what);
+		if (errno == EINTR)
+			continue;
+		if (errno == ENOSPC || errno == EDQUOT)
+			return lora_errf(err, "cannot write '%s': no space left on device", what);
+		if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
+			return lora_errf(err, "cannot write '%s': %s", what, strerror(errno));
+		break;
+	}
+	if (len && !(buf = malloc(1 << 20)))
+		return lora_errf(err, "out of memory");
+	while (len) {
+		size_t want = len < (1u << 20) ? (size_t)len : (1u << 20);
+		ssize_t n = pread(in, buf, want, io);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0 || lora_pwrite_all(out, buf, (size_t)n, (uint64_t)oo, what, err) < 0) {
+			if (n <= 0)
+				lora_errf(err, "cannot copy into '%s': read failed", what);
+			free(buf);
+			return -1;
+		}
+		io += n;
+		oo += n;
+		len -= (uint64_t)n;
+	}
+	free(buf);
+	return 0;
+}
+
+/*
+ * Ask the kernel to start writing what a task wrote (it does not wait): the
+ * disk works while we compute, and the final fsync finds little left to do.
+ */
+static void start_writeback(int fd, uint64_t off, uint64_t len)
+{
+	sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
+}
+
+static void pool_progress(struct pool *p, uint64_t bytes)
+{
+	pthread_mutex_lock(&p->mu);
+	p->done += bytes;
+	if (p->j->o->progress)
+		p->j->o->progress(p->j->o->progress_ctx, p->done, p->j->eng.total);
+	pthread_mutex_unlock(&p->mu);
+}
+
+/* A targeted tensor, block after block, with its fingerprint line on the way. */
+static int tensor_task(struct pool *p, struct lora_merge_engine *e, struct task *t, struct lora_err *err)
+{
+	struct shard_out *so = &p->j->outs[t->shard];
+	const struct lora_st_tensor *src = t->src;
+	struct lora_merge_target *tg = t->tg;
+	unsigned ib = lora_dtype_bits(src->dtype) / 8, ob = lora_dtype_bits(t->out_dt) / 8;
+	int f64 = t->out_dt == LORA_DT_F32, rc = -1;
+	uint64_t per = BLOCK_ELEMS / tg->cols ? BLOCK_ELEMS / tg->cols : 1;
+	EVP_MD_CTX *h = NULL;
+	void **A = NULL, **B = NULL;
+
+	if (engine_grow(e, (size_t)tg->cols, err) < 0 || load_factors(tg, f64, &A, &B, err) < 0)
+		return -1;
+	if (!tg->line[0] && (!(h = EVP_MD_CTX_new()) || !EVP_DigestInit_ex(h, EVP_sha256(), NULL))) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
+	for (uint64_t r0 = 0; r0 < tg->rows; r0 += per) {
+		uint64_t nr = tg->rows - r0 < per ? tg->rows - r0 : per;
+		size_t n = (size_t)(nr * tg->cols);
+		const unsigned char *in = src->data + r0 * tg->cols * ib;
+		uint64_t off = t->out_off + r0 * tg->cols * ob;
+
+		if (h)
+			EVP_DigestUpdate(h, in, n * ib);
+		if (merge_block(e, tg, A, B, f64, in, src->dtype, r0, nr, n, t->out_dt, err) < 0)
+			goto out;
+		lora_merge_drop_pages(in, n * ib);
+		if (lora_pwrite_all(so->fd, e->o, n * ob, off, so->what, err) < 0)
+			goto out;
+		start_writeback(so->fd, off, n * ob);
+		if (p->failed)
+			goto out;   /* another task failed: stop early */
+		pool_progress(p, n * ib);
+	}
+	if (h) {
+		unsigned char md[32];
+		unsigned int mdlen = 0;
+		EVP_DigestFinal_ex(h, md, &mdlen);
+		line_from_digest(src, md, tg->line);
+	}
+	rc = 0;
+out:
+	EVP_MD_CTX_free(h);
+	free_factors(A, B, tg->n_terms);
+	return rc;
+}
+
+static int run_task(struct pool *p, struct lora_merge_engine *e, struct task *t, struct lora_err *err)
+{
+	struct shard_out *so = &p->j->outs[t->shard];
+	const struct lora_st_tensor *src = t->src;
+	unsigned ib = lora_dtype_bits(src->dtype) / 8, ob = lora_dtype_bits(t->out_dt) / 8;
+	const unsigned char *in;
+	size_t n;
+
+	if (t->kind == T_TENSOR)
+		return tensor_task(p, e, t, err);
+	if (t->kind == T_COPY) {
+		if (copy_at(so->fd, t->out_off, p->in_fd[t->shard], t->in_off, t->len, so->what, err) < 0)
+			return -1;
+		start_writeback(so->fd, t->out_off, t->len);
+		pool_progress(p, t->len);
+		return 0;
+	}
+	n = (size_t)(t->nr * t->row_len);
+	in = src->data + t->r0 * t->row_len * ib;
+	if (engine_grow(e, n, err) < 0)
+		return -1;
+	to_f32(e->w, in, src->dtype, n);
+	from_f32(e->o, e->w, t->out_dt, n);
+	lora_merge_drop_pages(in, n * ib);
+	if (lora_pwrite_all(so->fd, e->o, n * ob, t->out_off, so->what, err) < 0)
+		return -1;
+	start_writeback(so->fd, t->out_off, n * ob);
+	pool_progress(p, n * ib);
+	return 0;
+}
+
+static void *worker(void *arg)
+{
+	struct pool *p = arg;
+	struct lora_merge_engine e;
+	struct lora_err err = { 0 };
+
+	if (engine_init(&e, LORA_DEVICE_CPU, 0, &err) < 0) {
+		pthread_mutex_lock(&p->mu);
+		if (!p->failed)
+			p->err = err;
+		p->failed = 1;
+		pthread_mutex_unlock(&p->mu);
+		return NULL;
+	}
+	for (;;) {
+		struct task *t;
+		pthread_mutex_lock(&p->mu);
+		if (p->failed || p->next == p->n) {
+			pthread_mutex_unlock(&p->mu);
+			break;
+		}
+		t = &p->t[p->next++];
+		pthread_mutex_unlock(&p->mu);
+		if (run_task(p, &e, t, &err) < 0) {
+			pthread_mutex_lock(&p->mu);
+			if (!p->failed)
+				p->err = err;
+			p->failed = 1;
+			pthread_mutex_unlock(&p->mu);
+			break;
+		}
+	}
+	lora_merge_engine_free(&e);
+	return NULL;
+}
+
+static int push(struct pool *p, size_t *cap, const struct task *t, struct lora_err *err)
+{
+	if (p->n == *cap) {
+		size_t nc = *cap ? *cap * 2 : 256;
+		struct task *nt = realloc(p->t, nc * sizeof(*nt));
+		if (!nt)
+			return lora_errf(err, "out of memory");
+		p->t = nt;
+		*cap = nc;
+	}
+	p->t[p->n++] = *t;
+	return 0;
+}
+
+/* The tasks of one shard, in data order; out_off starts after the header. */
+static int shard_tasks(struct pool *p, size_t *cap, size_t s, struct lora_merge_stats *stats,
+		       struct lora_err *err)
+{
+	struct merge_job *j = p->j;
+	const struct lora_st *st = j->base->shards[s];
+	uint64_t off = j->header_len[s];
+
+	for (size_t i = 0; i < st->n_tensors; i++) {
+		const struct lora_st_tensor *t = &st->tensors[i];
+		size_t nl = strlen(t->name);
+		struct lora_merge_target *tg = NULL;
+		enum lora_dtype odt = j->out_dt[s][i];
+		struct task k = { .shard = s, .src = t, .out_dt = odt };
+		uint64_t ob = lora_dtype_bits(odt), out_bytes = t->nelem * ob / 8;
+
+		if (nl > 7 && !strcmp(t->name + nl - 7, ".weight")) {
+			char *mod = strndup(t->name, nl - 7);
+			if (!mod)
+				return lora_errf(err, "out of memory");
+			tg = lora_merge_plan_find(&j->plan, mod);
+			free(mod);
+		}
+		if (!tg && odt == t->dtype) {
+			/* Untouched: copied in pieces of 64 MB. */
+			stats->n_copied++;
+			for (uint64_t b = 0; b < out_bytes; b += 64u << 20) {
+				k.kind = T_COPY;
+				k.in_off = t->file_offset + b;
+				k.out_off = off + b;
+				k.len = out_bytes - b < (64u << 20) ? out_bytes - b : (64u << 20);
+				if (push(p, cap, &k, err) < 0)
+					return -1;
+			}
+			off += out_bytes;
+			continue;
+		}
+		if (tg) {
+			stats->n_merged++;
+			k.kind = T_TENSOR;
+			k.tg = tg;
+			k.out_off = off;
+			if (push(p, cap, &k, err) < 0)
+				return -1;
+			off += out_bytes;
+			continue;
+		}
+		stats->n_converted++;
+		if (!is_merge_float(t->dtype) || !is_merge_float(odt))
+			return lora_errf(err, "cannot convert tensor '%s'", t->name);
+		k.row_len = t->ndim == 2 && t->shape[1] ? t->shape[1] : 1;
+		{
+			uint64_t rows = t->nelem / k.row_len;
+			uint64_t per = k.row_len <= BLOCK_ELEMS ? BLOCK_ELEMS / k.row_len : 1;
+			for (uint64_t r0 = 0; r0 < rows; r0 += per) {
+				k.kind = T_CONVERT;
+				k.r0 = r0;
+				k.nr = rows - r0 < per ? rows - r0 : per;
+				k.out_off = off + r0 * k.row_len * ob / 8;
+				if (push(p, cap, &k, err) < 0)
+					return -1;
+			}
+		}
+		off += out_bytes;
+	}
+	stats->bytes_out += off - j->header_len[s];
+	return 0;
+}
+
+static int n_threads(const struct merge_job *j)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (j->o->device == LORA_DEVICE_CUDA)
+		return 1;
+	if (j->o->threads > 0)
+		return j->o->threads;
+	return n < 1 ? 1 : n > 8 ? 8 : (int)n;
+}
+
+static int run_tasks(struct merge_job *j, struct lora_merge_stats *stats, struct lora_err *err)
+{
+	struct pool p = { .j = j };
+	size_t cap = 0;
+	int nt = n_threads(j), rc = -1;
+	pthread_t th[8];
+	int started = 0;
+
+	pthread_mutex_init(&p.mu, NULL);
+	p.in_fd = malloc(j->base->n_shards * sizeof(int));
+	if (!p.in_fd) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
+	for (size_t s = 0; s < j->base->n_shards; s++)
+		p.in_fd[s] = -1;
+	for (size_t s = 0; s < j->base->n_shards; s++) {
+		char *path = lora_path_join(j->base->dir, j->base->shard_names[s]);
+		p.in_fd[s] = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+		if (p.in_fd[s] < 0) {
+			lora_errf(err, "cannot open '%s': %s", path ? path : j->base->shard_names[s],
+				  strerror(errno));
+			free(path);
+			goto out;
+		}
+		free(path);
+		if (shard_tasks(&p, &cap, s, stats, err) < 0)
+			goto out;
+	}
+	if (j->o->device == LORA_DEVICE_CUDA) {
+		/* One thread, with the job's engine (it holds the CUDA context). */
+		for (; p.next < p.n; p.next++)
+			if (run_task(&p, &j->eng, &p.t[p.next], err) < 0)
+				goto out;
+		rc = 0;
+		goto out;
+	}
+	for (int i = 0; i < nt; i++) {
+		if (pthread_create(&th[i], NULL, worker, &p) != 0)
+			break;
+		started++;
+	}
+	if (started == 0)
+		worker(&p);
+	for (int i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	if (p.failed) {
+		*err = p.err;
+		goto out;
+	}
+	rc = 0;
+out:
+	if (p.in_fd)
+		for (size_t s = 0; s < j->base->n_shards; s++)
+			if (p.in_fd[s] >= 0)
+				close(p.in_fd[s]);
+	free(p.in_fd);
+	free(p.t);
+	pthread_mutex_destroy(&p.mu);
+	return rc;
+}
+
 /* Decide output dtypes and write every shard (headers carry a placeholder fingerprint). */
 static int write_shards(struct merge_job *j, struct lora_merge_stats *stats, struct lora_err *err)
 {
@@ -1464,60 +1900,8 @@ static int write_shards(struct merge_job *j, struct lora_merge_stats *stats, str
 		    lora_write_all(so->fd, j->headers[s], j->header_len[s], so->what, err) < 0)
 			goto out;
 	}
-	for (size_t s = 0; s < m->n_shards; s++) {
-		const struct lora_st *st = m->shards[s];
-		struct shard_out *so = &j->outs[s];
-		char *path = lora_path_join(m->dir, m->shard_names[s]);
-		int in = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
-
-		if (in < 0) {
-			lora_errf(err, "cannot open '%s': %s", path ? path : m->shard_names[s],
-				  strerror(errno));
-			free(path);
-			goto out;
-		}
-		free(path);
-		for (size_t i = 0; i < st->n_tensors; i++) {
-			const struct lora_st_tensor *t = &st->tensors[i];
-			size_t nl = strlen(t->name);
-			struct lora_merge_target *tg = NULL;
-			enum lora_dtype odt = j->out_dt[s][i];
-			int r;
-
-			if (nl > 7 && !strcmp(t->name + nl - 7, ".weight")) {
-				char *mod = strndup(t->name, nl - 7);
-				if (!mod) {
-					close(in);
-					lora_errf(err, "out of memory");
-					goto out;
-				}
-				tg = lora_merge_plan_find(&j->plan, mod);
-				free(mod);
-			}
-			if (tg) {
-				r = lora_merge_stream(&j->eng, tg, t, odt, tg->line[0] ? NULL : tg->line,
-						      shard_sink, so, err);
-				stats->n_merged++;
-			} else if (odt != t->dtype) {
-				r = lora_merge_stream(&j->eng, NULL, t, odt, NULL, shard_sink, so, err);
-				stats->n_converted++;
-			} else {
-				r = lora_copy_range(so->fd, in, t->file_offset, t->end - t->begin,
-						    so->what, err);
-				so->written += t->end - t->begin;
-				j->eng.done += t->end - t->begin;
-				if (j->eng.progress)
-					j->eng.progress(j->eng.progress_ctx, j->eng.done, j->eng.total);
-				stats->n_copied++;
-			}
-			if (r < 0) {
-				close(in);
-				goto out;
-			}
-		}
-		close(in);
-		stats->bytes_out += so->written;
-	}
+	if (run_tasks(j, stats, err) < 0)
+		goto out;
 	rc = 0;
 out:
 	rec.base_path = NULL;

@@ -103,6 +103,7 @@ struct lora_merge_opts {
 	enum lora_dtype dtype;    /* LORA_DT_INVALID = auto: every tensor keeps its dtype */
 	enum lora_device device;
 	int force;                /* merge even when an adapter's base fingerprint differs */
+	int threads;              /* worker threads; 0 = one per CPU (at most 8) */
 	lora_progress_fn progress;
 	void *progress_ctx;
 };
@@ -190,6 +191,7 @@ struct lora_merge_engine {
 	lora_progress_fn progress;
 	void *progress_ctx;
 	uint64_t done, total;     /* bytes of source read, for progress */
+	int blas_threads;         /* OpenBLAS's thread count before, restored on free */
 };
 
 int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device, struct lora_err *err);
@@ -258,6 +260,10 @@ int lora_merge_shard_header(const struct lora_st *shard, const enum lora_dtype *
  * model; the page cache keeps the data.  Never use it on anonymous memory.
  */
 void lora_merge_drop_pages(const void *p, size_t n);
+
+/* bf16 <-> fp32 for whole blocks, rounding as lora_from_f32 does (vectorized loops). */
+void lora_merge_bf16_to_f32(float *dst, const unsigned char *src, size_t n);
+void lora_merge_f32_to_bf16(unsigned char *dst, const float *src, size_t n);
 
 /* Shortest "%.Ng" that reads back as the same double. */
 void lora_merge_fmt_double(double v, char out[32]);

@@ -430,6 +430,196 @@ void lora_merge_fingerprint_lines(const char *const *modules, const char *const 
 		snprintf(out + 7 + 2 * i, 3, "%02x", md[i]);
 }
 
+/* ------------------------------------------------------ fingerprint cache */
+
+static int valid_line(const char *s);
+
+/*
+ * Hashing the targeted tensors is a large part of a merge's CPU time, and
+ * people merge many adapters into one base.  So the lines are cached per
+ * shard file, keyed by the file's identity as git's index does it: path,
+ * device, inode, size, mtime and ctime to the nanosecond (any write to the
+ * file changes ctime).  A cache file is
+ *     ${XDG_CACHE_HOME:-~/.cache}/lora/tensor-lines/<sha256 of the key>
+ * holding "lora-tensor-lines/1\n" then "<tensor>\t<line>\n" per tensor.
+ * Reading it is best effort (a bad or missing file is a miss); so is writing.
+ * LORA_NO_CACHE=1 turns it off.
+ */
+struct lc_shard {
+	char *path;               /* the cache file, or NULL: no caching for this shard */
+	size_t n;
+	char **names, **lines;
+	int dirty;
+};
+
+struct lora_linecache {
+	const struct lora_model *m;
+	struct lc_shard *s;
+};
+
+static char *cache_dir(void)
+{
+	const char *x = getenv("XDG_CACHE_HOME"), *h = getenv("HOME"), *off = getenv("LORA_NO_CACHE");
+	char *d = NULL;
+
+	if (off && *off && strcmp(off, "0"))
+		return NULL;
+	if (x && *x == '/')
+		return asprintf(&d, "%s/lora/tensor-lines", x) < 0 ? NULL : d;
+	if (h && *h == '/')
+		return asprintf(&d, "%s/.cache/lora/tensor-lines", h) < 0 ? NULL : d;
+	return NULL;
+}
+
+static void lc_load(struct lc_shard *c)
+{
+	char *text = NULL, *p, *nl;
+	size_t len;
+
+	if (lora_read_file(c->path, 64u << 20, &text, &len, NULL) < 0)
+		return;
+	if (strncmp(text, "lora-tensor-lines/1\n", 20)) {
+		free(text);
+		return;
+	}
+	for (p = text + 20; *p; p = nl + 1) {
+		char *tab = strchr(p, '\t'), **nn, **nl2;
+		nl = strchr(p, '\n');
+		if (!nl || !tab || tab > nl)
+			break;
+		*tab = *nl = '\0';
+		if (!valid_line(tab + 1))
+			continue;
+		nn = realloc(c->names, (c->n + 1) * sizeof(char *));
+		if (nn)
+			c->names = nn;
+		nl2 = realloc(c->lines, (c->n + 1) * sizeof(char *));
+		if (nl2)
+			c->lines = nl2;
+		if (!nn || !nl2)
+			break;
+		c->names[c->n] = strdup(p);
+		c->lines[c->n] = strdup(tab + 1);
+		if (!c->names[c->n] || !c->lines[c->n]) {
+			free(c->names[c->n]);
+			free(c->lines[c->n]);
+			break;
+		}
+		c->n++;
+	}
+	free(text);
+}
+
+struct lora_linecache *lora_linecache_open(const struct lora_model *m)
+{
+	struct lora_linecache *c = calloc(1, sizeof(*c));
+	char *dir = cache_dir();
+
+	if (!c || !(c->s = calloc(m->n_shards ? m->n_shards : 1, sizeof(*c->s)))) {
+		free(c);
+		free(dir);
+		return NULL;
+	}
+	c->m = m;
+	for (size_t i = 0; dir && i < m->n_shards; i++) {
+		char *path = lora_path_join(m->dir, m->shard_names[i]), *real = path ? realpath(path, NULL) : NULL;
+		struct stat sb;
+		char *key = NULL, hex[65];
+		if (real && stat(real, &sb) == 0 && (uint64_t)sb.st_size == m->shards[i]->size &&
+		    asprintf(&key, "%s\n%llu %llu %llu %lld.%09ld %lld.%09ld", real,
+			     (unsigned long long)sb.st_dev, (unsigned long long)sb.st_ino,
+			     (unsigned long long)sb.st_size, (long long)sb.st_mtim.tv_sec,
+			     sb.st_mtim.tv_nsec, (long long)sb.st_ctim.tv_sec, sb.st_ctim.tv_nsec) >= 0) {
+			lora_sha256_hex(key, strlen(key), hex);
+			c->s[i].path = lora_path_join(dir, hex);
+			if (c->s[i].path)
+				lc_load(&c->s[i]);
+		}
+		free(key);
+		free(real);
+		free(path);
+	}
+	free(dir);
+	return c;
+}
+
+const char *lora_linecache_get(struct lora_linecache *c, const struct lora_model_tensor *mt)
+{
+	struct lc_shard *s;
+	char want[128];
+	const struct lora_st_tensor *t = mt->t;
+
+	if (!c)
+		return NULL;
+	s = &c->s[mt->shard];
+	/* The cached line must describe this tensor's dtype and shape. */
+	line_from_digest(t, (const unsigned char *)"\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"
+					       "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", want);
+	for (size_t i = 0; i < s->n; i++)
+		if (!strcmp(s->names[i], t->name) &&
+		    !strncmp(s->lines[i], want, strlen(want) - 64))
+			return s->lines[i];
+	return NULL;
+}
+
+void lora_linecache_put(struct lora_linecache *c, const struct lora_model_tensor *mt, const char *line)
+{
+	struct lc_shard *s;
+	char **nn, **nl;
+
+	if (!c || !line[0])
+		return;
+	s = &c->s[mt->shard];
+	if (!s->path || lora_linecache_get(c, mt))
+		return;
+	nn = realloc(s->names, (s->n + 1) * sizeof(char *));
+	if (nn)
+		s->names = nn;
+	nl = realloc(s->lines, (s->n + 1) * sizeof(char *));
+	if (nl)
+		s->lines = nl;
+	if (!nn || !nl)
+		return;
+	s->names[s->n] = strdup(mt->t->name);
+	s->lines[s->n] = strdup(line);
+	if (!s->names[s->n] || !s->lines[s->n]) {
+		free(s->names[s->n]);
+		free(s->lines[s->n]);
+		return;
+	}
+	s->n++;
+	s->dirty = 1;
+}
+
+void lora_linecache_close(struct lora_linecache *c, int save)
+{
+	if (!c)
+		return;
+	for (size_t i = 0; i < c->m->n_shards; i++) {
+		struct lc_shard *s = &c->s[i];
+		if (save && s->dirty && s->path) {
+			struct lora_buf b = LORA_BUF_INIT;
+			char *dir = lora_dirname(s->path);
+			lora_buf_puts(&b, "lora-tensor-lines/1\n");
+			for (size_t k = 0; k < s->n; k++)
+				lora_buf_printf(&b, "%s\t%s\n", s->names[k], s->lines[k]);
+			if (dir && !b.oom && lora_mkdir_p(dir, 0700, NULL) == 0)
+				lora_write_file_atomic(s->path, b.data, b.len, 0600, NULL);
+			free(dir);
+			lora_buf_free(&b);
+		}
+		for (size_t k = 0; k < s->n; k++) {
+			free(s->names[k]);
+			free(s->lines[k]);
+		}
+		free(s->names);
+		free(s->lines);
+		free(s->path);
+	}
+	free(c->s);
+	free(c);
+}
+
 /* ------------------------------------------------------------------ engine */
 
 static int engine_init(struct lora_merge_engine *e, enum lora_device device, int set_blas,
@@ -1188,6 +1378,7 @@ struct merge_job {
 	size_t *header_len;
 	enum lora_dtype **out_dt;  /* per shard, per tensor in data order */
 	int dtype_changed;         /* some tensor changes dtype */
+	struct lora_linecache *cache;
 };
 
 /* Compare the adapters' recorded base fingerprints with this base's. */
@@ -2024,6 +2215,7 @@ static void job_free(struct merge_job *j)
 		free(j->stage);
 	}
 	free(j->base_abs);
+	lora_linecache_close(j->cache, 0);
 	lora_merge_plan_free(&j->plan);
 	lora_merge_engine_free(&j->eng);
 	if (j->base)
@@ -2049,8 +2241,15 @@ int lora_merge(const struct lora_merge_opts *o, const struct lora_merge_set *set
 		lora_errf(err, "cannot resolve '%s': %s", o->base_dir, strerror(errno));
 		goto out;
 	}
-	if (lora_merge_plan_add(&j.plan, j.base, o->base_dir, set, 1.0, err) < 0 ||
-	    check_fingerprints(&j, stats, err) < 0)
+	if (lora_merge_plan_add(&j.plan, j.base, o->base_dir, set, 1.0, err) < 0)
+		goto out;
+	j.cache = lora_linecache_open(j.base);
+	for (size_t i = 0; i < j.plan.n; i++) {
+		const char *l = lora_linecache_get(j.cache, lora_model_find(j.base, j.plan.t[i].name));
+		if (l)
+			snprintf(j.plan.t[i].line, sizeof(j.plan.t[i].line), "%s", l);
+	}
+	if (check_fingerprints(&j, stats, err) < 0)
 		goto out;
 	if (lora_merge_engine_init(&j.eng, o->device, err) < 0)
 		goto out;
@@ -2082,6 +2281,10 @@ int lora_merge(const struct lora_merge_opts *o, const struct lora_merge_set *set
 	}
 	free(j.stage);
 	j.stage = NULL;
+	for (size_t i = 0; i < j.plan.n; i++)
+		lora_linecache_put(j.cache, lora_model_find(j.base, j.plan.t[i].name), j.plan.t[i].line);
+	lora_linecache_close(j.cache, 1);
+	j.cache = NULL;
 	{
 		char *parent = lora_dirname(o->out_dir);
 		rc = parent ? lora_fsync_dir(parent, err) : lora_errf(err, "out of memory");

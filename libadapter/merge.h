@@ -178,6 +178,18 @@ int lora_merge_tensor_line(const struct lora_st_tensor *t, char line[128], struc
 void lora_merge_fingerprint_lines(const char *const *modules, const char *const *lines, size_t n,
 				  char out[72]);
 
+/*
+ * A cache of fingerprint lines per shard file, keyed by the file's identity
+ * (path, device, inode, size, mtime, ctime): see merge.c.  Every call is
+ * best effort; NULL caches are allowed and miss.
+ */
+struct lora_linecache;
+struct lora_linecache *lora_linecache_open(const struct lora_model *m);
+const char *lora_linecache_get(struct lora_linecache *c, const struct lora_model_tensor *mt);
+void lora_linecache_put(struct lora_linecache *c, const struct lora_model_tensor *mt, const char *line);
+/* save: write the new lines to the cache files. */
+void lora_linecache_close(struct lora_linecache *c, int save);
+
 /* Receives output bytes in order. */
 typedef int (*lora_sink_fn)(void *ctx, const void *data, size_t len, struct lora_err *err);
 

@@ -499,8 +499,8 @@ static int base_mismatch(struct swap_job *j, const char *bdir, const char *name,
 			 j->o->base_dir ? "" : " (give the right one with --base)");
 }
 
-/* Exact mode: every rewritten tensor comes from the base, checked first. */
-static int prepare_exact(struct swap_job *j, const char *bdir, struct lora_err *err)
+static int prepare_exact_rows(struct swap_job *j, const char *bdir, struct lora_linecache *cache,
+			      struct lora_err *err)
 {
 	for (size_t i = 0; i < j->n_u; i++) {
 		struct urow *u = &j->u[i];
@@ -514,8 +514,11 @@ static int prepare_exact(struct swap_job *j, const char *bdir, struct lora_err *
 		if (bt->ndim != u->ft->ndim || memcmp(bt->shape, u->ft->shape, sizeof(bt->shape)) ||
 		    lora_merge_out_dtype(bt->dtype, j->old.dtype) != u->ft->dtype)
 			return base_mismatch(j, bdir, u->name, "has another shape or dtype", err);
-		if (lora_merge_tensor_line(bt, line, err) < 0)
+		if (lora_linecache_get(cache, mt))
+			snprintf(line, sizeof(line), "%s", lora_linecache_get(cache, mt));
+		else if (lora_merge_tensor_line(bt, line, err) < 0)
 			return -1;
+		lora_linecache_put(cache, mt, line);
 		if (u->in_old && strcmp(line, u->line))
 			return base_mismatch(j, bdir, u->name, "differs from the recorded fingerprint", err);
 		if (!u->in_old && !same_as_base(bt, u->ft))
@@ -525,6 +528,16 @@ static int prepare_exact(struct swap_job *j, const char *bdir, struct lora_err *
 		j->eng.total += bt->end - bt->begin;
 	}
 	return 0;
+}
+
+/* Exact mode: every rewritten tensor comes from the base, checked first. */
+static int prepare_exact(struct swap_job *j, const char *bdir, struct lora_err *err)
+{
+	struct lora_linecache *cache = lora_linecache_open(j->base);
+	int rc = prepare_exact_rows(j, bdir, cache, err);
+
+	lora_linecache_close(cache, rc == 0);
+	return rc;
 }
 
 /* Drift mode: open the old adapters again (digests checked) and take them out. */

@@ -315,6 +315,12 @@ int main(void)
 		perror("mkdtemp");
 		return 1;
 	}
+	{
+		/* Keep the fingerprint cache inside the test folder. */
+		char c[300];
+		snprintf(c, sizeof(c), "%s/cache", tmpdir);
+		setenv("XDG_CACHE_HOME", c, 1);
+	}
 	RUN(oracle_cases);
 	RUN(fingerprint_matches_model);
 	/* make check-cuda: the same cases and tolerances through cuBLAS. */

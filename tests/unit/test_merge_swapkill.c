@@ -249,6 +249,12 @@ int main(void)
 		perror("mkdtemp");
 		return 1;
 	}
+	{
+		/* Keep the fingerprint cache inside the test folder. */
+		char c[300];
+		snprintf(c, sizeof(c), "%s/cache", tmp);
+		setenv("XDG_CACHE_HOME", c, 1);
+	}
 	RUN(swap_killed_at_random_moments);
 	RUN(recover_refuses_a_journal_for_other_files);
 	lora_rm_rf(tmp, NULL);

@@ -423,12 +423,66 @@ TEST(dtype_fp32_output_and_swap)
 	free(ref);
 }
 
+/* The fingerprint cache: used when the file is unchanged, ignored once it changes. */
+TEST(fingerprint_cache)
+{
+	char *base0 = t_fixture("merge/base_bf16"), *ad = t_fixture("merge/ad_plain");
+	char *base = tpath("cbase"), *o1 = tpath("c1"), *o2 = tpath("c2"), *o3 = tpath("c3"), *cmd;
+	struct lora_merge_set set = { 0 };
+	struct lora_merge_opts o = { 0 };
+	struct lora_merge_stats st1, st2, st3;
+	struct lora_err err = { 0 };
+	char *cdir, *files = NULL, *p;
+	size_t len;
+
+	CHECK(asprintf(&cmd, "cp -r '%s' '%s'", base0, base) > 0 && system(cmd) == 0);
+	free(cmd);
+	CHECK(lora_merge_set_add(&set, NULL, ad, 1, &err) == 0);
+	o.base_dir = base;
+	o.out_dir = o1;
+	CHECKF(lora_merge(&o, &set, &st1, &err) == 0, "%s", err.msg);
+	o.out_dir = o2;
+	CHECKF(lora_merge(&o, &set, &st2, &err) == 0, "%s", err.msg);
+	CHECK(!strcmp(st1.fingerprint, st2.fingerprint));
+	/* Poison every cached line, then change the shards' ctime: the cache must miss. */
+	cdir = t_fixture("");
+	free(cdir);
+	CHECK(asprintf(&cmd, "for f in \"$XDG_CACHE_HOME\"/lora/tensor-lines/*; do "
+			     "sed -i 's/ [0-9a-f]\\{64\\}$/ %064d/' \"$f\"; done; "
+			     "grep -c . \"$XDG_CACHE_HOME\"/lora/tensor-lines/* >/dev/null", 0) > 0);
+	CHECK(system(cmd) == 0);
+	free(cmd);
+	CHECK(asprintf(&cmd, "touch '%s'/*.safetensors", base) > 0 && system(cmd) == 0);
+	free(cmd);
+	o.out_dir = o3;
+	CHECKF(lora_merge(&o, &set, &st3, &err) == 0, "%s", err.msg);
+	CHECKF(!strcmp(st1.fingerprint, st3.fingerprint), "%s vs %s", st1.fingerprint, st3.fingerprint);
+	p = lora_path_join(o3, LORA_MERGE_JSON);
+	CHECK(lora_read_file(p, 1 << 20, &files, &len, &err) == 0);
+	CHECK(files && !strstr(files, "000000000000000000000000000000000000000000000000000000000000000"));
+	free(files);
+	free(p);
+	lora_merge_set_free(&set);
+	free(base0);
+	free(ad);
+	free(base);
+	free(o1);
+	free(o2);
+	free(o3);
+}
+
 int main(void)
 {
 	snprintf(tmp, sizeof(tmp), "%s/lora-test-mergeu.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
 	if (!mkdtemp(tmp)) {
 		perror("mkdtemp");
 		return 1;
+	}
+	{
+		/* Keep the fingerprint cache inside the test folder. */
+		char c[300];
+		snprintf(c, sizeof(c), "%s/cache", tmp);
+		setenv("XDG_CACHE_HOME", c, 1);
 	}
 	RUN(parse_arg);
 	RUN(fmt_double_round_trips);
@@ -438,6 +492,7 @@ int main(void)
 	RUN(modules_to_save_refused);
 	RUN(fingerprint_refused_unless_forced);
 	RUN(dtype_fp32_output_and_swap);
+	RUN(fingerprint_cache);
 	lora_rm_rf(tmp, NULL);
 	return t_done();
 }

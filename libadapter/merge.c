@@ -27,6 +27,7 @@
 #include <openssl/evp.h>
 
 #include "fsutil.h"
+#include "store.h"
 #include "swap.h"
 #ifdef LORA_HAVE_CUDA
 #include "kernels/merge.h"
@@ -96,30 +97,60 @@ static int folder_digest(const char *dir, char **out, struct lora_err *err)
 }
 
 /*
- * Where an adapter comes from.  Until the store module lands, a PEFT folder
- * is opened directly; .lora files and store refs are refused by name.
+ * Open a PEFT folder, a .lora package or a store ref (lora_adapter_open), and
+ * decide what the merge records: the ref (the absolute path of a folder or a
+ * file, else the resolved NAME:TAG) and a digest (the store's manifest
+ * digest; for a folder, folder_digest(); for a file, its SHA-256).
  */
 static int adapter_open(const char *store_dir, const char *spec, struct lora_merge_adapter *a,
 			struct lora_err *err)
 {
-	char *real;
-	size_t n = strlen(spec);
+	struct lora_adapter_src *src = calloc(1, sizeof(*src));
+	int is_dir = lora_is_dir(spec), is_file = !is_dir && lora_is_file(spec);
+	char hex[65];
 
-	(void)store_dir;
-	if (!lora_is_dir(spec)) {
-		if (n > 5 && !strcmp(spec + n - 5, ".lora") && lora_is_file(spec))
-			return lora_errf(err, "cannot open '%s': .lora packages need the store module, "
-					      "which this build lacks", spec);
-		return lora_errf(err, "cannot open adapter '%s': no such PEFT folder (store refs need "
-				      "the store module, which this build lacks)", spec);
+	if (!src)
+		return lora_errf(err, "out of memory");
+	if (!is_dir && !is_file && !store_dir) {
+		free(src);
+		return lora_errf(err, "cannot open adapter '%s': no such folder or file", spec);
 	}
-	if (lora_peft_open(spec, &a->peft, err) < 0)
+	if (lora_adapter_open(store_dir, spec, src, err) < 0) {
+		free(src);
 		return -1;
-	real = realpath(spec, NULL);
-	if (!real)
+	}
+	a->src = src;
+	a->peft = src->peft;
+	if (src->base_fingerprint && !(a->base_fingerprint = strdup(src->base_fingerprint)))
+		return lora_errf(err, "out of memory");
+	if (!is_dir && !is_file) {
+		a->ref = strdup(src->ref);
+		a->digest = strdup(src->digest);
+		return a->ref && a->digest ? 0 : lora_errf(err, "out of memory");
+	}
+	if (!(a->ref = realpath(spec, NULL)))
 		return lora_errf(err, "cannot resolve '%s': %s", spec, strerror(errno));
-	a->ref = real;
-	return folder_digest(real, &a->digest, err);
+	if (src->digest[0])
+		return (a->digest = strdup(src->digest)) ? 0 : lora_errf(err, "out of memory");
+	if (is_dir)
+		return folder_digest(a->ref, &a->digest, err);
+	if (lora_sha256_file(a->ref, hex, NULL, err) < 0)
+		return -1;
+	return asprintf(&a->digest, "sha256:%s", hex) < 0 ? lora_errf(err, "out of memory") : 0;
+}
+
+static void adapter_close(struct lora_merge_adapter *a)
+{
+	if (a->src) {
+		lora_adapter_close(a->src);   /* closes a->peft too */
+		free(a->src);
+	} else if (a->peft) {
+		lora_peft_close(a->peft);
+	}
+	free(a->ref);
+	free(a->digest);
+	free(a->base_fingerprint);
+	memset(a, 0, sizeof(*a));
 }
 
 int lora_merge_set_add(struct lora_merge_set *set, const char *store_dir, const char *spec,
@@ -135,11 +166,7 @@ int lora_merge_set_add(struct lora_merge_set *set, const char *store_dir, const 
 	set->a = na;
 	a.weight = weight;
 	if (adapter_open(store_dir, spec, &a, err) < 0) {
-		if (a.peft)
-			lora_peft_close(a.peft);
-		free(a.ref);
-		free(a.digest);
-		free(a.base_fingerprint);
+		adapter_close(&a);
 		return -1;
 	}
 	set->a[set->n++] = a;
@@ -148,14 +175,8 @@ int lora_merge_set_add(struct lora_merge_set *set, const char *store_dir, const 
 
 void lora_merge_set_free(struct lora_merge_set *set)
 {
-	for (size_t i = 0; i < set->n; i++) {
-		struct lora_merge_adapter *a = &set->a[i];
-		if (a->peft)
-			lora_peft_close(a->peft);
-		free(a->ref);
-		free(a->digest);
-		free(a->base_fingerprint);
-	}
+	for (size_t i = 0; i < set->n; i++)
+		adapter_close(&set->a[i]);
 	free(set->a);
 	set->a = NULL;
 	set->n = 0;
@@ -1018,6 +1039,27 @@ int lora_merge_record_set_tensors(struct lora_merge_record *r, const struct lora
 	return 0;
 }
 
+static void json_lines(struct lora_buf *b, const char *key, size_t n, char *const *mods,
+		       char *const *lines)
+{
+	lora_buf_printf(b, ",\n  \"%s\": {", key);
+	for (size_t i = 0; i < n; i++) {
+		lora_buf_printf(b, "%s\n    ", i ? "," : "");
+		/* Module names come from safetensors keys: valid UTF-8, escaped as JSON. */
+		{
+			struct lora_buf k = LORA_BUF_INIT;
+			lora_buf_printf(&k, "%s.weight", mods[i]);
+			lora_buf_json_str(b, k.oom ? "" : k.data);
+			if (k.oom)
+				b->oom = 1;
+			lora_buf_free(&k);
+		}
+		lora_buf_puts(b, ": ");
+		lora_buf_json_str(b, lines[i]);
+	}
+	lora_buf_printf(b, "%s}", n ? "\n  " : "");
+}
+
 int lora_merge_record_json(const struct lora_merge_record *r, int compact, struct lora_buf *b,
 			   struct lora_err *err)
 {
@@ -1045,19 +1087,9 @@ int lora_merge_record_json(const struct lora_merge_record *r, int compact, struc
 	}
 	lora_buf_printf(b, "%s%s]", r->n_adapters ? nl : "", r->n_adapters ? i1 : "");
 	if (!compact) {
-		lora_buf_printf(b, ",\n  \"tensors\": {");
-		for (size_t i = 0; i < r->n_tensors; i++) {
-			struct lora_buf k = LORA_BUF_INIT;
-			lora_buf_printf(&k, "%s.weight", r->modules[i]);
-			lora_buf_printf(b, "%s\n    ", i ? "," : "");
-			lora_buf_json_str(b, k.oom ? "" : k.data);
-			lora_buf_puts(b, ": ");
-			lora_buf_json_str(b, r->lines[i]);
-			if (k.oom)
-				b->oom = 1;
-			lora_buf_free(&k);
-		}
-		lora_buf_printf(b, "%s}", r->n_tensors ? "\n  " : "");
+		json_lines(b, "tensors", r->n_tensors, r->modules, r->lines);
+		if (r->n_drifted)
+			json_lines(b, "drifted", r->n_drifted, r->drifted_modules, r->drifted_lines);
 	}
 	lora_buf_printf(b, "%s}%s", nl, nl);
 	if (b->oom)
@@ -1079,6 +1111,12 @@ void lora_merge_record_free(struct lora_merge_record *r)
 	}
 	free(r->modules);
 	free(r->lines);
+	for (size_t i = 0; i < r->n_drifted; i++) {
+		free(r->drifted_modules ? r->drifted_modules[i] : NULL);
+		free(r->drifted_lines ? r->drifted_lines[i] : NULL);
+	}
+	free(r->drifted_modules);
+	free(r->drifted_lines);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -1107,9 +1145,61 @@ static int valid_line(const char *s)
 	return lora_dtype_parse(s, sp1 - s) != LORA_DT_INVALID;
 }
 
-static int str_cmp(const void *a, const void *b)
+struct mod_line {
+	char *mod, *line;
+};
+
+static int mod_line_cmp(const void *a, const void *b)
 {
-	return strcmp(*(char *const *)a, *(char *const *)b);
+	return strcmp(((const struct mod_line *)a)->mod, ((const struct mod_line *)b)->mod);
+}
+
+/* {"<module>.weight": "<line>", ...} into sorted module and line arrays. */
+static int parse_lines(const cJSON *obj, const char *path, size_t *n_out, char ***mods, char ***lines,
+		       struct lora_err *err)
+{
+	size_t n = (size_t)cJSON_GetArraySize(obj), k = 0;
+	struct mod_line *v = calloc(n ? n : 1, sizeof(*v));
+	const cJSON *it;
+	int rc = -1;
+
+	*mods = calloc(n ? n : 1, sizeof(char *));
+	*lines = calloc(n ? n : 1, sizeof(char *));
+	if (!v || !*mods || !*lines) {
+		free(v);
+		return lora_errf(err, "out of memory");
+	}
+	cJSON_ArrayForEach(it, obj) {
+		size_t l = strlen(it->string);
+		if (!cJSON_IsString(it) || l <= 7 || strcmp(it->string + l - 7, ".weight") ||
+		    !valid_line(it->valuestring)) {
+			lora_errf(err, "'%s': tensor entry '%s' is malformed", path, it->string);
+			goto out;
+		}
+		v[k].mod = strndup(it->string, l - 7);
+		v[k].line = strdup(it->valuestring);
+		k++;
+		if (!v[k - 1].mod || !v[k - 1].line) {
+			lora_errf(err, "out of memory");
+			goto out;
+		}
+	}
+	qsort(v, k, sizeof(*v), mod_line_cmp);
+	for (size_t i = 1; i < k; i++)
+		if (!strcmp(v[i].mod, v[i - 1].mod)) {
+			lora_errf(err, "'%s': tensor '%s.weight' is listed twice", path, v[i].mod);
+			goto out;
+		}
+	rc = 0;
+out:
+	/* The arrays take every string, so that the record's free releases them. */
+	for (size_t i = 0; i < k; i++) {
+		(*mods)[i] = v[i].mod;
+		(*lines)[i] = v[i].line;
+	}
+	*n_out = k;
+	free(v);
+	return rc;
 }
 
 static int record_parse(const char *text, size_t len, const char *path, struct lora_merge_record *r,
@@ -1189,70 +1279,14 @@ static int record_parse(const char *text, size_t len, const char *path, struct l
 		lora_errf(err, "'%s': tensors is missing", path);
 		goto out;
 	}
-	n = (size_t)cJSON_GetArraySize(ts);
-	r->modules = calloc(n ? n : 1, sizeof(char *));
-	r->lines = calloc(n ? n : 1, sizeof(char *));
-	if (!r->modules || !r->lines) {
-		lora_errf(err, "out of memory");
+	if (parse_lines(ts, path, &r->n_tensors, &r->modules, &r->lines, err) < 0)
 		goto out;
-	}
-	k = 0;
-	cJSON_ArrayForEach(it, ts) {
-		size_t l = strlen(it->string);
-		if (!cJSON_IsString(it) || l <= 7 || strcmp(it->string + l - 7, ".weight") ||
-		    !valid_line(it->valuestring)) {
-			lora_errf(err, "'%s': tensor entry '%s' is malformed", path, it->string);
-			goto out;
-		}
-		r->modules[k] = strndup(it->string, l - 7);
-		r->lines[k] = strdup(it->valuestring);
-		r->n_tensors = ++k;
-		if (!r->modules[k - 1] || !r->lines[k - 1]) {
-			lora_errf(err, "out of memory");
-			goto out;
-		}
-	}
-	/* Keep lines paired with modules while sorting: sort an index. */
-	{
-		char **pairs = malloc((n ? n : 1) * sizeof(char *));
-		if (!pairs) {
-			lora_errf(err, "out of memory");
-			goto out;
-		}
-		for (size_t i = 0; i < n; i++) {
-			size_t lm = strlen(r->modules[i]);
-			pairs[i] = malloc(lm + strlen(r->lines[i]) + 2);
-			if (!pairs[i]) {
-				for (size_t j = 0; j < i; j++)
-					free(pairs[j]);
-				free(pairs);
-				lora_errf(err, "out of memory");
-				goto out;
-			}
-			memcpy(pairs[i], r->modules[i], lm + 1);
-			strcpy(pairs[i] + lm + 1, r->lines[i]);
-		}
-		qsort(pairs, n, sizeof(char *), str_cmp);
-		for (size_t i = 0; i < n; i++) {
-			size_t lm = strlen(pairs[i]);
-			strcpy(r->modules[i], pairs[i]);
-			free(r->lines[i]);
-			r->lines[i] = strdup(pairs[i] + lm + 1);
-			free(pairs[i]);
-			if (!r->lines[i]) {
-				for (size_t j = i + 1; j < n; j++)
-					free(pairs[j]);
-				free(pairs);
-				lora_errf(err, "out of memory");
-				goto out;
-			}
-		}
-		free(pairs);
-		for (size_t i = 1; i < n; i++)
-			if (!strcmp(r->modules[i], r->modules[i - 1])) {
-				lora_errf(err, "'%s': tensor '%s.weight' is listed twice", path, r->modules[i]);
-				goto out;
-			}
+	ts = cJSON_GetObjectItemCaseSensitive(root, "drifted");
+	if (ts && (!cJSON_IsObject(ts) ||
+		   parse_lines(ts, path, &r->n_drifted, &r->drifted_modules, &r->drifted_lines, err) < 0)) {
+		if (!cJSON_IsObject(ts))
+			lora_errf(err, "'%s': drifted is malformed", path);
+		goto out;
 	}
 	rc = 0;
 out:

@@ -25,7 +25,8 @@
  *                         "base": {"path": "/abs/base", "fingerprint": "sha256:..."},
  *                         "dtype": "auto" | "bf16" | "fp16" | "fp32",
  *                         "adapters": [{"ref": ..., "digest": "sha256:...", "weight": 0.7}, ...],
- *                         "tensors": {"<module>.weight": "<DTYPE> <d0>x<d1> <sha256 hex>", ...}}
+ *                         "tensors": {"<module>.weight": "<DTYPE> <d0>x<d1> <sha256 hex>", ...},
+ *                         "drift": N, "drifted": {...}   (only after swaps without the base)}
  *                        "tensors" holds, for each targeted tensor, its line of
  *                        the base fingerprint (see lora_model_fingerprint), so
  *                        the fingerprint of any subset can be recomputed, and a
@@ -70,7 +71,7 @@ struct lora_merge_adapter {
 	char *base_fingerprint;   /* fingerprint the adapter records for its base, or NULL */
 	double weight;
 	struct lora_peft *peft;
-	void *src;                /* owner of peft when it came from the store, or NULL */
+	void *src;                /* the struct lora_adapter_src that owns peft */
 };
 
 struct lora_merge_set {
@@ -240,6 +241,11 @@ struct lora_merge_record {
 	size_t n_tensors;
 	char **modules;           /* sorted */
 	char **lines;
+	/* After a swap without the base: tensors no adapter targets any more that
+	 * may still differ from the base (drift), with their base lines. */
+	size_t n_drifted;
+	char **drifted_modules;   /* sorted */
+	char **drifted_lines;
 };
 
 /* Fill a record's adapters from a set. */

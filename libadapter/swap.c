@@ -418,28 +418,41 @@ static int check_consistent(struct swap_job *j, struct lora_err *err)
 	return rc;
 }
 
-/* U = modules of the old record ∪ targets of the plan, each with its folder tensor. */
+/*
+ * U = the tensors whose bytes may differ from the base (the old record's
+ * targets and drifted tensors: their base lines are known) ∪ the targets of
+ * the plan, each with its folder tensor.
+ */
 static int build_union(struct swap_job *j, struct lora_err *err)
 {
-	size_t cap = j->old.n_tensors + j->plan.n, a = 0, b = 0;
+	size_t na = j->old.n_tensors, nd = j->old.n_drifted, nk = 0, a = 0, d = 0, b = 0;
+	const char **km = calloc(na + nd + 1, sizeof(char *)), **kl = calloc(na + nd + 1, sizeof(char *));
+	int rc = -1;
 
-	j->u = calloc(cap ? cap : 1, sizeof(*j->u));
-	if (!j->u)
-		return lora_errf(err, "out of memory");
-	while (a < j->old.n_tensors || b < j->plan.n) {
+	j->u = calloc(na + nd + j->plan.n + 1, sizeof(*j->u));
+	if (!j->u || !km || !kl) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
+	while (a < na || d < nd) {   /* known lines: both lists are sorted */
+		int c = a == na ? 1 : d == nd ? -1 : strcmp(j->old.modules[a], j->old.drifted_modules[d]);
+		if (c <= 0) {
+			km[nk] = j->old.modules[a];
+			kl[nk++] = j->old.lines[a++];
+			d += c == 0;
+		} else {
+			km[nk] = j->old.drifted_modules[d];
+			kl[nk++] = j->old.drifted_lines[d++];
+		}
+	}
+	for (a = 0; a < nk || b < j->plan.n;) {
 		struct urow *u = &j->u[j->n_u];
 		const struct lora_model_tensor *mt;
-		int c;
-		if (a == j->old.n_tensors)
-			c = 1;
-		else if (b == j->plan.n)
-			c = -1;
-		else
-			c = strcmp(j->old.modules[a], j->plan.t[b].module);
+		int c = a == nk ? 1 : b == j->plan.n ? -1 : strcmp(km[a], j->plan.t[b].module);
 		if (c <= 0) {
-			u->module = j->old.modules[a];
+			u->module = km[a];
 			u->in_old = 1;
-			memcpy(u->line, j->old.lines[a], strlen(j->old.lines[a]) + 1);
+			snprintf(u->line, sizeof(u->line), "%s", kl[a]);
 			a++;
 		}
 		if (c >= 0) {
@@ -450,17 +463,25 @@ static int build_union(struct swap_job *j, struct lora_err *err)
 		u->in_new = in_sorted(j->new_mods, j->n_new, u->module);
 		j->n_u++;
 		u->name = malloc(strlen(u->module) + 8);
-		if (!u->name)
-			return lora_errf(err, "out of memory");
+		if (!u->name) {
+			lora_errf(err, "out of memory");
+			goto out;
+		}
 		sprintf(u->name, "%s.weight", u->module);
 		mt = lora_model_find(j->m, u->name);
-		if (!mt)
-			return lora_errf(err, "'%s' records '%s' as merged, but has no such tensor",
-					 j->o->model_dir, u->name);
+		if (!mt) {
+			lora_errf(err, "'%s' records '%s' as merged, but has no such tensor",
+				  j->o->model_dir, u->name);
+			goto out;
+		}
 		u->ft = mt->t;
 		u->shard = mt->shard;
 	}
-	return 0;
+	rc = 0;
+out:
+	free(km);
+	free(kl);
+	return rc;
 }
 
 /* Compare base tensor bt, converted to ft's dtype, with the folder's bytes. */
@@ -550,7 +571,9 @@ static int prepare_drift(struct swap_job *j, const char *why, struct lora_err *e
 	for (size_t i = 0; i < j->old.n_adapters; i++) {
 		const struct lora_merge_rec_adapter *ra = &j->old.adapters[i];
 		struct lora_err e2 = { 0 };
-		if (lora_merge_set_add(&j->old_set, j->o->store_dir, ra->ref, ra->weight, &e2) < 0)
+		/* A stored adapter is found again by its digest (its tag may have moved). */
+		const char *spec = ra->ref[0] == '/' ? ra->ref : ra->digest;
+		if (lora_merge_set_add(&j->old_set, j->o->store_dir, spec, ra->weight, &e2) < 0)
 			return lora_errf(err, "cannot swap '%s' without its base (%s): cannot open the "
 					      "merged adapter '%s' to take it out: %s", j->o->model_dir,
 					 why, ra->ref, e2.msg);
@@ -602,6 +625,23 @@ static int build_outputs(struct swap_job *j, const char *base_abs, int exact, st
 	}
 	lora_merge_fingerprint_lines((const char *const *)j->rec.modules,
 				     (const char *const *)j->rec.lines, k, j->rec.fingerprint);
+	if (!exact) {
+		/* Rewritten from merged weights and no longer targeted: may differ from the base. */
+		j->rec.drifted_modules = calloc(j->n_u + 1, sizeof(char *));
+		j->rec.drifted_lines = calloc(j->n_u + 1, sizeof(char *));
+		if (!j->rec.drifted_modules || !j->rec.drifted_lines)
+			return lora_errf(err, "out of memory");
+		for (size_t i = 0; i < j->n_u; i++) {
+			size_t n = j->rec.n_drifted;
+			if (j->u[i].in_new)
+				continue;
+			j->rec.drifted_modules[n] = strdup(j->u[i].module);
+			j->rec.drifted_lines[n] = strdup(j->u[i].line);
+			j->rec.n_drifted = n + 1;
+			if (!j->rec.drifted_modules[n] || !j->rec.drifted_lines[n])
+				return lora_errf(err, "out of memory");
+		}
+	}
 	if (lora_merge_record_json(&j->rec, 1, &meta, err) < 0 ||
 	    lora_merge_record_json(&j->rec, 0, &j->json, err) < 0)
 		goto out;

@@ -13,6 +13,22 @@ nothing_left() {
 	true
 }
 
+t_case bad_fingerprint_another_base
+# A stored adapter records the fingerprint of the base it was made for.
+run "$LORA" keygen --name merge@example.com; expect_rc 0
+run "$LORA" import "$A1" --name plain:v1 --base "$B"; expect_rc 0
+# Same shapes, other weights.
+"$MK" model "$T/other" --hidden 64 --inter 96 --layers 2 --heads 4 --kv-heads 2 --vocab 96 --seed 9 >/dev/null
+run "$LORA" merge --base "$T/other" plain:v1 -o "$T/out"; expect_rc 3
+expect_err "was made for another base"
+nothing_left "$T" out
+run "$LORA" merge --base "$T/other" plain:v1 -o "$T/out" --force; expect_rc 0
+case "$ERR" in *"warning: 1 adapter was made for another base"*) ;; *) t_fail "no --force warning: $ERR";; esac
+rm -rf "$T/out"
+run "$LORA" merge --base "$B" plain:v1 -o "$T/out"; expect_rc 0
+grep -q '"ref": "plain:v1"' "$T/out/lora-merge.json" || t_fail "store ref not recorded"
+rm -rf "$T/out"
+
 t_case bad_module_missing_from_base
 "$MK" model "$T/b3" --hidden 64 --inter 96 --layers 3 --heads 4 --kv-heads 2 --vocab 96 >/dev/null
 "$MK" adapter "$T/ad3" --base "$T/b3" --targets q_proj,v_proj >/dev/null
@@ -45,7 +61,9 @@ ls -A "$T" | grep -q '^\.exists\.lora-merge-' && t_fail "staging folder left"
 
 t_case bad_adapter_path
 run "$LORA" merge --base "$B" "$T/nope" -o "$T/out"; expect_rc 1
-expect_err "cannot open adapter"
+expect_err "no adapter folder, .lora file or stored adapter"
+run "$LORA" merge --base "$B" nope:v1 -o "$T/out"; expect_rc 1
+expect_err "no adapter 'nope:v1'"
 nothing_left "$T" out
 
 t_case bad_usage

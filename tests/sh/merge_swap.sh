@@ -96,6 +96,29 @@ for f in model-00001-of-00002.safetensors model-00002-of-00002.safetensors; do
 done
 grep -q '"drift"' "$T/d/lora-merge.json" && t_fail "drift still recorded after an exact swap"
 
+t_case swap_with_store_refs_and_packages
+run "$LORA" keygen --name swap@example.com; expect_rc 0
+run "$LORA" import "$A1" --name plain:v1 --base "$B"; expect_rc 0
+run "$LORA" import "$A2" --name pattern:v1 --base "$B"; expect_rc 0
+run "$LORA" export pattern:v1 -o "$T/pattern.lora"; expect_rc 0
+run "$LORA" merge --base "$B" plain:v1 -o "$T/s"; expect_rc 0
+run "$LORA" merge --base "$B" "$T/pattern.lora" -o "$T/sp"; expect_rc 0
+run "$LORA" swap "$T/s" "$T/pattern.lora"; expect_rc 0
+same_dir "$T/s" "$T/sp"
+# Drift mode finds a stored adapter again by its digest, even after its tag moved.
+cp -r "$B" "$T/gone2"
+run "$LORA" merge --base "$T/gone2" plain:v1 -o "$T/sd"; expect_rc 0
+run "$LORA" tag plain:v1 plain:old; expect_rc 0
+run "$LORA" import "$A2" --name plain:v1 --base "$B"; expect_rc 0
+rm -rf "$T/gone2"
+run "$LORA" swap "$T/sd" --none; expect_rc 0
+grep -q '"drifted"' "$T/sd/lora-merge.json" || t_fail "tensors left with drift are not recorded"
+run "$LORA" swap "$T/sd" "$A2" --base "$B"; expect_rc 0
+grep -q '"drift' "$T/sd/lora-merge.json" && t_fail "drift still recorded after an exact swap"
+for f in model-00001-of-00002.safetensors model-00002-of-00002.safetensors; do
+	cmp -s <(data_of "$T/fb/$f") <(data_of "$T/sd/$f") || t_fail "$f: differs from a fresh merge"
+done
+
 t_case swap_leaves_no_journal
 left=$( (ls -A "$T/m"; ls -A "$T/d") | grep -v '^\(config.json\|lora-merge.json\|model.*\)$')
 [ -z "$left" ] || t_fail "leftover files: $left"

@@ -471,6 +471,91 @@ TEST(fingerprint_cache)
 	free(o3);
 }
 
+/*
+ * Swap without the base: W_merged − ΔA + ΔB.  W_merged was rounded once
+ * (≤ ½ ulp of |W + ΔA|) and the result is rounded again (≤ ½ ulp of
+ * |W + ΔB|), so it differs from a fresh merge of B by at most about one ulp
+ * of the larger of |W + ΔA| and |W + ΔB| (bf16 ulp of v: 2^(exponent(v) − 7)).
+ */
+static double bf16_val(const unsigned char *p, uint64_t k)
+{
+	return lora_bf16_to_f32((uint16_t)(p[2 * k] | p[2 * k + 1] << 8));
+}
+
+static double bf16_ulp(double v)
+{
+	int e;
+	frexp(fabs(v), &e);   /* |v| = f · 2^e, f in [0.5, 1) */
+	return ldexp(1.0, e - 8);
+}
+
+TEST(drift_is_about_one_ulp)
+{
+	char *base0 = t_fixture("merge/base_bf16"), *a1 = t_fixture("merge/ad_plain");
+	char *a2 = t_fixture("merge/ad_pattern");
+	char *base = tpath("dbase"), *m = tpath("dm"), *ma = tpath("dma"), *ref = tpath("dref"), *cmd;
+	struct lora_merge_set s1 = { 0 }, s2 = { 0 };
+	struct lora_merge_opts o = { 0 };
+	struct lora_merge_stats st;
+	struct lora_swap_opts so = { 0 };
+	struct lora_swap_stats ss;
+	struct lora_err err = { 0 };
+	struct lora_model *mm = NULL, *rm = NULL, *am = NULL;
+	uint64_t total = 0, differ = 0, over = 0;
+	double worst = 0;
+
+	CHECK(asprintf(&cmd, "cp -r '%s' '%s'", base0, base) > 0 && system(cmd) == 0);
+	free(cmd);
+	CHECK(lora_merge_set_add(&s1, NULL, a1, 1, &err) == 0);
+	CHECK(lora_merge_set_add(&s2, NULL, a2, 1, &err) == 0);
+	o.base_dir = base;
+	o.out_dir = m;
+	CHECKF(lora_merge(&o, &s1, &st, &err) == 0, "%s", err.msg);
+	o.base_dir = base0;
+	o.out_dir = ma;
+	CHECKF(lora_merge(&o, &s1, &st, &err) == 0, "%s", err.msg);
+	o.out_dir = ref;
+	CHECKF(lora_merge(&o, &s2, &st, &err) == 0, "%s", err.msg);
+	lora_rm_rf(base, NULL);
+	so.model_dir = m;
+	CHECKF(lora_swap(&so, &s2, &ss, &err) == 0, "%s", err.msg);
+	CHECK(!ss.exact && strstr(ss.note, "not bit-exact"));
+	CHECK(lora_model_open(m, 0, &mm, &err) == 0 && lora_model_open(ref, 0, &rm, &err) == 0 &&
+	      lora_model_open(ma, 0, &am, &err) == 0);
+	for (size_t i = 0; mm && rm && am && i < rm->n_tensors; i++) {
+		const struct lora_st_tensor *r = rm->tensors[i].t, *t = lora_model_find(mm, r->name)->t;
+		const struct lora_st_tensor *a = lora_model_find(am, r->name)->t;
+		for (uint64_t k = 0; r->dtype == LORA_DT_BF16 && k < r->nelem; k++) {
+			double x = bf16_val(t->data, k), y = bf16_val(r->data, k), w = bf16_val(a->data, k);
+			double u = bf16_ulp(fabs(w) > fabs(y) ? w : y), d = fabs(x - y) / u;
+			total++;
+			differ += x != y;
+			over += d > 1;
+			if (d > worst)
+				worst = d;
+		}
+	}
+	printf("  drift after one swap without the base: %llu of %llu values differ from a fresh merge; "
+	       "worst %.2f ulp of max(|W+dA|, |W+dB|), %llu over 1 ulp\n", (unsigned long long)differ,
+	       (unsigned long long)total, worst, (unsigned long long)over);
+	CHECK(total > 0 && differ > 0 && worst <= 1.0);
+	if (mm)
+		lora_model_close(mm);
+	if (rm)
+		lora_model_close(rm);
+	if (am)
+		lora_model_close(am);
+	lora_merge_set_free(&s1);
+	lora_merge_set_free(&s2);
+	free(base0);
+	free(a1);
+	free(a2);
+	free(base);
+	free(m);
+	free(ma);
+	free(ref);
+}
+
 int main(void)
 {
 	snprintf(tmp, sizeof(tmp), "%s/lora-test-mergeu.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
@@ -493,6 +578,7 @@ int main(void)
 	RUN(fingerprint_refused_unless_forced);
 	RUN(dtype_fp32_output_and_swap);
 	RUN(fingerprint_cache);
+	RUN(drift_is_about_one_ulp);
 	lora_rm_rf(tmp, NULL);
 	return t_done();
 }

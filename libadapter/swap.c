@@ -112,7 +112,7 @@ static int journal_apply(const char *dir, unsigned pause, struct lora_err *err)
 	unsigned char head[J_HEAD], md[32], *table = NULL;
 	struct jentry *ents = NULL;
 	int jfd = -1, *fds = NULL, rc = -1;
-	uint64_t jsize, table_len, data_start, n;
+	uint64_t jsize, table_len, data_start, n = 0;
 	struct stat sb;
 	unsigned int mdlen = 0;
 	char trailer[8];

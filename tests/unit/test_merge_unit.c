@@ -44,7 +44,7 @@ static float frand(void)
 static void write_f32(const char *path, const char **names, const int (*shapes)[2], float **data,
 		      size_t n, const char *meta_k, const char *meta_v)
 {
-	struct lora_st_spec specs[8];
+	struct lora_st_spec specs[8] = { 0 };
 	struct lora_st_writer w;
 	struct lora_err err = { 0 };
 	const char *mk[1] = { meta_k }, *mv[1] = { meta_v };

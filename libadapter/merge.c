@@ -649,11 +649,10 @@ static int engine_init(struct lora_merge_engine *e, enum lora_device device, int
 	memset(e, 0, sizeof(*e));
 	e->device = device;
 	e->cap = BLOCK_ELEMS;
-	/* W and ΔW hold doubles when the output is fp32 (see lora_merge_stream). */
-	e->w = malloc(e->cap * sizeof(double));
-	e->d = malloc(e->cap * sizeof(double));
+	/* d (room for doubles) only comes when needed: fp32 outputs and CUDA. */
+	e->w = malloc(e->cap * sizeof(float));
 	e->o = malloc(e->cap * sizeof(float));
-	if (!e->w || !e->d || !e->o) {
+	if (!e->w || !e->o) {
 		lora_merge_engine_free(e);
 		return lora_errf(err, "out of memory");
 	}
@@ -700,25 +699,32 @@ void lora_merge_engine_free(struct lora_merge_engine *e)
 
 static int engine_grow(struct lora_merge_engine *e, size_t n, struct lora_err *err)
 {
-	float *w, *d;
+	float *w;
 	unsigned char *o;
 
 	if (n <= e->cap)
 		return 0;
 	if (n > SIZE_MAX / 8)
 		return lora_errf(err, "tensor rows too long");
-	w = realloc(e->w, n * sizeof(double));
+	w = realloc(e->w, n * sizeof(float));
 	if (w)
 		e->w = w;
-	d = realloc(e->d, n * sizeof(double));
-	if (d)
-		e->d = d;
 	o = realloc(e->o, n * sizeof(float));
 	if (o)
 		e->o = o;
-	if (!w || !d || !o)
+	if (!w || !o)
 		return lora_errf(err, "out of memory");
+	free(e->d);   /* reallocated at the new size when needed */
+	e->d = NULL;
 	e->cap = n;
+	return 0;
+}
+
+/* The ΔW / fp64 buffer, cap doubles. */
+static int need_d(struct lora_merge_engine *e, struct lora_err *err)
+{
+	if (!e->d && !(e->d = malloc(e->cap * sizeof(double))))
+		return lora_errf(err, "out of memory");
 	return 0;
 }
 
@@ -871,6 +877,8 @@ static int merge_block(struct lora_merge_engine *e, const struct lora_merge_targ
 {
 	float *w = e->w;
 
+	if ((f64 || e->device != LORA_DEVICE_CPU) && need_d(e, err) < 0)
+		return -1;
 	if (f64) {
 		double *c = (double *)e->d;
 		float *o = (float *)e->o;

@@ -198,7 +198,7 @@ typedef int (*lora_sink_fn)(void *ctx, const void *data, size_t len, struct lora
 struct lora_merge_engine {
 	enum lora_device device;
 	void *cuda;               /* struct lora_cuda_merge *, when device is CUDA */
-	float *w, *d;             /* one row block: W and ΔW in fp32 (room for fp64) */
+	float *w, *d;             /* one row block: W in fp32; d (room for fp64) when needed */
 	unsigned char *o;         /* one row block in the output dtype */
 	size_t cap;               /* elements each buffer holds */
 	lora_progress_fn progress;

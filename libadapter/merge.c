@@ -33,7 +33,7 @@
 #include "kernels/merge.h"
 #endif
 
-#define BLOCK_ELEMS (1u << 20)   /* elements per row block: 4 MB of fp32 */
+#define BLOCK_ELEMS (1u << 17)   /* elements per row block: 512 KB of fp32, stays in L2 */
 
 /* ------------------------------------------------------------ adapter sets */
 
@@ -1850,11 +1850,11 @@ static int tensor_task(struct pool *p, struct lora_merge_engine *e, struct task 
 		lora_merge_drop_pages(in, n * ib);
 		if (lora_pwrite_all(so->fd, e->o, n * ob, off, so->what, err) < 0)
 			goto out;
-		start_writeback(so->fd, off, n * ob);
 		if (p->failed)
 			goto out;   /* another task failed: stop early */
 		pool_progress(p, n * ib);
 	}
+	start_writeback(so->fd, t->out_off, tg->rows * tg->cols * ob);
 	if (h) {
 		unsigned char md[32];
 		unsigned int mdlen = 0;

@@ -78,8 +78,18 @@ static int plain_name(const char *s, size_t n)
 
 /* ------------------------------------------------------------------- lock */
 
+/*
+ * The folder this process holds locked, if any: a lora_merged_recover() on it
+ * from inside a swap (through a model open, say) must not wait for itself.
+ */
+static dev_t held_dev;
+static ino_t held_ino;
+static int held;
+
 static int lock_dir(const char *dir, int *fd, struct lora_err *err)
 {
+	struct stat sb;
+
 	*fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (*fd < 0)
 		return lora_errf(err, "cannot open folder '%s': %s", dir, strerror(errno));
@@ -90,13 +100,26 @@ static int lock_dir(const char *dir, int *fd, struct lora_err *err)
 		*fd = -1;
 		return lora_errf(err, "cannot lock folder '%s': %s", dir, strerror(errno));
 	}
+	if (fstat(*fd, &sb) == 0) {
+		held_dev = sb.st_dev;
+		held_ino = sb.st_ino;
+		held = 1;
+	}
 	return 0;
 }
 
 static void unlock_dir(int fd)
 {
-	if (fd >= 0)
+	if (fd >= 0) {
+		held = 0;
 		close(fd);   /* releases the flock */
+	}
+}
+
+static int held_by_us(const char *dir)
+{
+	struct stat sb;
+	return held && stat(dir, &sb) == 0 && sb.st_dev == held_dev && sb.st_ino == held_ino;
 }
 
 /* ----------------------------------------------------------- apply/replay */
@@ -347,7 +370,7 @@ int lora_merged_recover(const char *model_dir, struct lora_err *err)
 {
 	int fd, rc;
 
-	if (!lora_is_dir(model_dir) || !has_leftovers(model_dir))
+	if (!lora_is_dir(model_dir) || held_by_us(model_dir) || !has_leftovers(model_dir))
 		return 0;
 	if (lock_dir(model_dir, &fd, err) < 0)
 		return -1;

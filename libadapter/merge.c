@@ -2264,8 +2264,30 @@ static void job_free(struct merge_job *j)
 		lora_model_close(j->base);
 }
 
+static int merge_run(const struct lora_merge_opts *o, const struct lora_merge_set *set,
+		     struct lora_merge_stats *stats, struct lora_err *err);
+
 int lora_merge(const struct lora_merge_opts *o, const struct lora_merge_set *set,
 	       struct lora_merge_stats *stats, struct lora_err *err)
+{
+	struct lora_merge_opts o2 = *o;
+	char *out = strdup(o->out_dir ? o->out_dir : "");
+	size_t n;
+	int rc;
+
+	if (!out)
+		return lora_errf(err, "out of memory");
+	n = strlen(out);
+	while (n > 1 && out[n - 1] == '/')   /* "out/" names the folder "out" */
+		out[--n] = '\0';
+	o2.out_dir = out;
+	rc = merge_run(&o2, set, stats, err);
+	free(out);
+	return rc;
+}
+
+static int merge_run(const struct lora_merge_opts *o, const struct lora_merge_set *set,
+		     struct lora_merge_stats *stats, struct lora_err *err)
 {
 	struct merge_job j = { .o = o, .set = set };
 	struct stat sb;

@@ -222,11 +222,9 @@ enum lora_dtype lora_merge_out_dtype(enum lora_dtype dt, enum lora_dtype chosen)
 /* Pages of a read-only file mapping: dropping them costs a page-cache refault at most. */
 void lora_merge_drop_pages(const void *p, size_t n)
 {
-	static long pg;
+	long pg = sysconf(_SC_PAGESIZE);   /* a libc read, no lazy static: threads call this */
 	uintptr_t a, b;
 
-	if (!pg)
-		pg = sysconf(_SC_PAGESIZE);
 	a = ((uintptr_t)p + (uintptr_t)pg - 1) & ~(uintptr_t)(pg - 1);
 	b = ((uintptr_t)p + n) & ~(uintptr_t)(pg - 1);
 	if (b > a)
@@ -1850,7 +1848,7 @@ static int tensor_task(struct pool *p, struct lora_merge_engine *e, struct task 
 		lora_merge_drop_pages(in, n * ib);
 		if (lora_pwrite_all(so->fd, e->o, n * ob, off, so->what, err) < 0)
 			goto out;
-		if (p->failed)
+		if (__atomic_load_n(&p->failed, __ATOMIC_RELAXED))
 			goto out;   /* another task failed: stop early */
 		pool_progress(p, n * ib);
 	}
@@ -1909,7 +1907,7 @@ static void *worker(void *arg)
 		pthread_mutex_lock(&p->mu);
 		if (!p->failed)
 			p->err = err;
-		p->failed = 1;
+		__atomic_store_n(&p->failed, 1, __ATOMIC_RELAXED);
 		pthread_mutex_unlock(&p->mu);
 		return NULL;
 	}
@@ -1926,7 +1924,7 @@ static void *worker(void *arg)
 			pthread_mutex_lock(&p->mu);
 			if (!p->failed)
 				p->err = err;
-			p->failed = 1;
+			__atomic_store_n(&p->failed, 1, __ATOMIC_RELAXED);
 			pthread_mutex_unlock(&p->mu);
 			break;
 		}

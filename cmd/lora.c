@@ -71,9 +71,16 @@ static const struct cmd_def commands[] = {
 	  "lora extract --base DIR --tuned DIR --rank R [--targets LIST] --name NAME[:TAG]", NULL },
 	{ "merge", cmd_merge, CMD_NEED_STORE, "merge adapters into a new base model folder",
 	  "lora merge --base DIR REF[@WEIGHT]... -o OUTDIR [--dtype auto|bf16|fp16|fp32] [--device cpu|cuda] [--force]",
-	  NULL },
+	  "  --base DIR        the base model folder\n"
+	  "  -o, --output DIR  the merged folder to create (must not exist)\n"
+	  "  --dtype TYPE      output dtype of float tensors (auto: each keeps its own)\n"
+	  "  --device DEV      cpu (default) or cuda for the B·A products\n"
+	  "  --force           merge adapters made for another base (fingerprint)\n"
+	  "  REF@WEIGHT        a PEFT folder, .lora file or stored adapter, times WEIGHT\n" },
 	{ "swap", cmd_swap, CMD_NEED_STORE, "change the adapters merged into a model folder in place",
-	  "lora swap MODEL_DIR (REF[@WEIGHT]... | --none) [--base DIR]", NULL },
+	  "lora swap MODEL_DIR (REF[@WEIGHT]... | --none) [--base DIR]",
+	  "  --none            remove every adapter (the base's tensors)\n"
+	  "  --base DIR        recompute from this base (default: the recorded one)\n" },
 	{ "train", cmd_train, CMD_NEED_STORE, "train a LoRA/QLoRA adapter into the store",
 	  "lora train --base DIR --data FILE --name NAME[:TAG] [--rank R] [--alpha A] [--targets LIST] [--quant nf4|none] [--lr LR] [--steps N | --epochs E] [--batch B] [--grad-accum G] [--seq-len T] [options]\n"
 	  "lora train --name NAME[:TAG] --resume [options]",

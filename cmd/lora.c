@@ -15,8 +15,14 @@
 #include <unistd.h>
 
 #include "cmd/cmd.h"
+#include "libadapter/merge.h"
 #ifdef LORA_HAVE_CUDA
 #include "kernels/device.h"
+#include "kernels/merge.h"
+
+
+/* kernels/merge.cu behind libadapter's GPU hook for merge and swap. */
+static const struct lora_merge_gpu cuda_merge_ops = LORA_CUDA_MERGE_OPS;
 #endif
 
 #define WEAK __attribute__((weak))
@@ -495,6 +501,9 @@ int main(int argc, char **argv)
 			return cmd_error("cannot find the store: set --store, $LORA_HOME or $HOME");
 		ctx.store = store;
 	}
+#ifdef LORA_HAVE_CUDA
+	lora_merge_set_gpu(&cuda_merge_ops);
+#endif
 	optind = 0;  /* GNU getopt: reinitialise for the command's own argv */
 	rc = def->fn(argc - i, argv + i, &ctx);
 	free(store);

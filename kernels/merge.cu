@@ -95,8 +95,9 @@ static const void *upload(lora_cuda_merge *ctx, const void *host, size_t bytes, 
 	return victim->dev;
 }
 
-extern "C" int lora_cuda_merge_init(lora_cuda_merge **out, char *msg, size_t msglen)
+extern "C" int lora_cuda_merge_init(void **out_, char *msg, size_t msglen)
 {
+	lora_cuda_merge **out = (lora_cuda_merge **)out_;
 	int n = 0;
 	cudaError_t e = cudaGetDeviceCount(&n);
 
@@ -120,19 +121,21 @@ extern "C" int lora_cuda_merge_init(lora_cuda_merge **out, char *msg, size_t msg
 	return 0;
 }
 
-extern "C" void lora_cuda_merge_reset(lora_cuda_merge *ctx)
+extern "C" void lora_cuda_merge_reset(void *ctx_)
 {
+	lora_cuda_merge *ctx = (lora_cuda_merge *)ctx_;
 	for (Slot &s : ctx->slots) {
 		s.host = nullptr;
 		s.bytes = 0;
 	}
 }
 
-extern "C" int lora_cuda_merge_delta(lora_cuda_merge *ctx, int f64, int trans, int M, int N, int K,
+extern "C" int lora_cuda_merge_delta(void *ctx_, int f64, int trans, int M, int N, int K,
 				     double coef, const void *m1, size_t m1_elems, size_t off1, int ld1,
 				     const void *m2, size_t m2_elems, int ld2, int accumulate,
 				     void *host_out, char *msg, size_t msglen)
 {
+	lora_cuda_merge *ctx = (lora_cuda_merge *)ctx_;
 	size_t es = f64 ? sizeof(double) : sizeof(float);
 	size_t cbytes = (size_t)M * (size_t)N * es;
 	const char *d1 = static_cast<const char *>(upload(ctx, m1, m1_elems * es, msg, msglen));
@@ -160,8 +163,9 @@ extern "C" int lora_cuda_merge_delta(lora_cuda_merge *ctx, int f64, int trans, i
 	return 0;
 }
 
-extern "C" void lora_cuda_merge_free(lora_cuda_merge *ctx)
+extern "C" void lora_cuda_merge_free(void *ctx_)
 {
+	lora_cuda_merge *ctx = (lora_cuda_merge *)ctx_;
 	if (!ctx)
 		return;
 	for (Slot &s : ctx->slots)

@@ -27,14 +27,18 @@ extern "C" {
 struct lora_cuda_merge;
 
 /* Pick device 0 and make a cuBLAS handle; fails clearly when there is no device. */
-int lora_cuda_merge_init(struct lora_cuda_merge **ctx, char *msg, size_t msglen);
+int lora_cuda_merge_init(void **ctx, char *msg, size_t msglen);
 /* Forget cached factors (call when the host arrays change). */
-void lora_cuda_merge_reset(struct lora_cuda_merge *ctx);
-int lora_cuda_merge_delta(struct lora_cuda_merge *ctx, int f64, int trans, int M, int N, int K,
+void lora_cuda_merge_reset(void *ctx);
+int lora_cuda_merge_delta(void *ctx, int f64, int trans, int M, int N, int K,
 			  double coef, const void *m1, size_t m1_elems, size_t off1, int ld1,
 			  const void *m2, size_t m2_elems, int ld2, int accumulate, void *host_out,
 			  char *msg, size_t msglen);
-void lora_cuda_merge_free(struct lora_cuda_merge *ctx);
+void lora_cuda_merge_free(void *ctx);
+
+/* The table libadapter's GPU hook takes (struct lora_merge_gpu in libadapter/merge.h). */
+#define LORA_CUDA_MERGE_OPS \
+	{ lora_cuda_merge_init, lora_cuda_merge_reset, lora_cuda_merge_delta, lora_cuda_merge_free }
 
 #ifdef __cplusplus
 }

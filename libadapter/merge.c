@@ -29,9 +29,13 @@
 #include "fsutil.h"
 #include "store.h"
 #include "swap.h"
-#ifdef LORA_HAVE_CUDA
-#include "kernels/merge.h"
-#endif
+/* The GPU GEMM path, registered by the program (cmd/), so libadapter links without CUDA. */
+static const struct lora_merge_gpu *gpu_ops;
+
+void lora_merge_set_gpu(const struct lora_merge_gpu *ops)
+{
+	gpu_ops = ops;
+}
 
 #define BLOCK_ELEMS (1u << 17)   /* elements per row block: 512 KB of fp32, stays in L2 */
 
@@ -661,17 +665,16 @@ static int engine_init(struct lora_merge_engine *e, enum lora_device device, int
 		openblas_set_num_threads(1);
 	}
 	if (device == LORA_DEVICE_CUDA) {
-#ifdef LORA_HAVE_CUDA
 		char msg[512];
-		if (lora_cuda_merge_init((struct lora_cuda_merge **)&e->cuda, msg, sizeof(msg)) < 0) {
+		if (!gpu_ops) {
+			lora_merge_engine_free(e);
+			return lora_errc(err, LORA_EUSAGE,
+					 "--device cuda: this lora was built without CUDA (use --device cpu)");
+		}
+		if (gpu_ops->init(&e->cuda, msg, sizeof(msg)) < 0) {
 			lora_merge_engine_free(e);
 			return lora_errf(err, "--device cuda: %s", msg);
 		}
-#else
-		lora_merge_engine_free(e);
-		return lora_errc(err, LORA_EUSAGE,
-				 "--device cuda: this lora was built without CUDA (use --device cpu)");
-#endif
 	}
 	return 0;
 }
@@ -683,10 +686,8 @@ int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device,
 
 void lora_merge_engine_free(struct lora_merge_engine *e)
 {
-#ifdef LORA_HAVE_CUDA
-	if (e->cuda)
-		lora_cuda_merge_free(e->cuda);
-#endif
+	if (e->cuda && gpu_ops)
+		gpu_ops->free(e->cuda);
 	free(e->w);
 	free(e->d);
 	free(e->o);
@@ -748,19 +749,15 @@ static int delta_rows(struct lora_merge_engine *e, const struct lora_merge_targe
 		int ld1 = tm->fifo ? (int)t->rows : r, ld2 = tm->fifo ? r : N;
 		void *m1 = tm->fifo ? A[k] : B[k], *m2 = tm->fifo ? B[k] : A[k];
 
-#ifdef LORA_HAVE_CUDA
-		if (e->device == LORA_DEVICE_CUDA) {
+		if (e->device == LORA_DEVICE_CUDA && gpu_ops) {
 			char msg[512];
 			size_t n1 = tm->fifo ? tm->mod->A->nelem : tm->mod->B->nelem;
 			size_t n2 = tm->fifo ? tm->mod->B->nelem : tm->mod->A->nelem;
-			if (lora_cuda_merge_delta(e->cuda, f64, ta == CblasTrans, M, N, r, tm->coef, m1, n1,
+			if (gpu_ops->delta(e->cuda, f64, ta == CblasTrans, M, N, r, tm->coef, m1, n1,
 						  off1, ld1, m2, n2, ld2, acc, c, msg, sizeof(msg)) < 0)
 				return lora_errf(err, "cuda merge of '%s': %s", t->name, msg);
 			continue;
 		}
-#else
-		(void)e;
-#endif
 		(void)err;
 		if (f64)
 			cblas_dgemm(CblasRowMajor, ta, ta, M, N, r, tm->coef, (const double *)m1 + off1,
@@ -937,10 +934,8 @@ int lora_merge_stream(struct lora_merge_engine *e, const struct lora_merge_targe
 			return -1;
 		if (load_factors(t, f64, &A, &B, err) < 0)
 			return -1;
-#ifdef LORA_HAVE_CUDA
-		if (e->cuda)
-			lora_cuda_merge_reset(e->cuda);   /* new host arrays: drop the device cache */
-#endif
+		if (e->cuda && gpu_ops)
+			gpu_ops->reset(e->cuda);   /* new host arrays: drop the device cache */
 	} else {
 		/* Plain conversion or copy: any shape, blocks of whole elements. */
 		row_len = 1;

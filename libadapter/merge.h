@@ -194,6 +194,22 @@ void lora_linecache_close(struct lora_linecache *c, int save);
 /* Receives output bytes in order. */
 typedef int (*lora_sink_fn)(void *ctx, const void *data, size_t len, struct lora_err *err);
 
+/*
+ * The ΔW GEMMs on a GPU (`--device cuda`).  kernels/ implements them and cmd/
+ * registers them at start-up, so that libadapter never links against CUDA.
+ * The arguments are those of lora_cuda_merge_delta in kernels/merge.h.
+ */
+struct lora_merge_gpu {
+	int (*init)(void **ctx, char *msg, size_t msglen);
+	void (*reset)(void *ctx);
+	int (*delta)(void *ctx, int f64, int trans, int M, int N, int K, double coef, const void *m1,
+		     size_t m1_elems, size_t off1, int ld1, const void *m2, size_t m2_elems, int ld2,
+		     int accumulate, void *host_out, char *msg, size_t msglen);
+	void (*free)(void *ctx);
+};
+/* NULL: no GPU (the default; --device cuda then says the build has no CUDA). */
+void lora_merge_set_gpu(const struct lora_merge_gpu *ops);
+
 /* The compute engine: block buffers and, with CUDA, the device context. */
 struct lora_merge_engine {
 	enum lora_device device;

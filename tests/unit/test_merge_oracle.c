@@ -39,7 +39,13 @@
 #include "libadapter/merge.h"
 #include "libadapter/model.h"
 #include "libadapter/safetensors.h"
+#ifdef LORA_HAVE_CUDA
+#include "kernels/merge.h"
+#endif
 #include "tests/t.h"
+#ifdef LORA_HAVE_CUDA
+#include "kernels/merge.h"
+#endif
 
 static char tmpdir[256];
 static uint64_t bf16_total, bf16_exact, bf16_over1, peft_over1, peft_total, f32_total, f32_plain_over;
@@ -325,6 +331,10 @@ int main(void)
 	RUN(fingerprint_matches_model);
 	/* make check-cuda: the same cases and tolerances through cuBLAS. */
 	if (getenv("LORA_TEST_CUDA")) {
+#ifdef LORA_HAVE_CUDA
+		static const struct lora_merge_gpu ops = LORA_CUDA_MERGE_OPS;
+		lora_merge_set_gpu(&ops);
+#endif
 		device = LORA_DEVICE_CUDA;
 		printf("  with --device cuda:\n");
 		RUN(oracle_cases);

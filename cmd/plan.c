@@ -267,6 +267,7 @@ static int parse(int argc, char **argv, struct cmd_ctx *ctx, struct plan_args *a
 		{ "seq-len", required_argument, NULL, O_SEQ },
 		{ "grad-accum", required_argument, NULL, O_ACCUM },
 		{ "checkpointing", no_argument, NULL, O_CKPT },
+		{ "grad-checkpoint", no_argument, NULL, O_CKPT },
 		{ "no-checkpointing", no_argument, NULL, O_NOCKPT },
 		{ "paged", no_argument, NULL, O_PAGED },
 		{ "no-paged", no_argument, NULL, O_NOPAGED },
@@ -296,6 +297,8 @@ static int parse(int argc, char **argv, struct cmd_ctx *ctx, struct plan_args *a
 		{ "pack", no_argument, NULL, O_IGNORED_FLAG },
 		{ "skip-bad-rows", no_argument, NULL, O_IGNORED_FLAG },
 		{ "rslora", no_argument, NULL, O_IGNORED_FLAG },
+		{ "chat-template", required_argument, NULL, O_IGNORED },
+		{ "description", required_argument, NULL, O_IGNORED },
 		{ 0 }
 	};
 	long v;

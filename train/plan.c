@@ -23,8 +23,9 @@ const char *const lora_plan_method_names[LORA_PLAN_NMETHOD] = {"full", "lora", "
 /* A CUDA context with cuBLAS loaded: what PyTorch QLoRA runs show before the first tensor. */
 #define CUDA_RUNTIME ((uint64_t)512 << 20)
 /* CPU: library code paged in on first use (OpenBLAS kernels) and OpenBLAS's
- * packing buffers: 2-3 MiB with one thread in tests/unit/test_plan.c. */
-#define CPU_RUNTIME ((uint64_t)3 << 20)
+ * packing buffers: 2-3 MiB with one thread in tests/unit/test_plan.c; plus the
+ * program itself (LORA_PLAN_CPU_PROGRAM). */
+#define CPU_RUNTIME (((uint64_t)3 << 20) + LORA_PLAN_CPU_PROGRAM)
 
 void lora_plan_opts_defaults(struct lora_plan_opts *o)
 {
@@ -32,10 +33,10 @@ void lora_plan_opts_defaults(struct lora_plan_opts *o)
 	o->device = LORA_PLAN_CUDA;
 	o->rank = 16;
 	o->targets = LORA_TARGETS_ALL;
-	o->batch = 1;
-	o->seq_len = 512;
-	o->grad_accum = 1;
-	o->checkpoint = 1;
+	o->batch = 4;
+	o->seq_len = 0;
+	o->grad_accum = 4;
+	o->checkpoint = 0;
 	o->paged = 1;
 	o->dropout = 0.05;
 	o->quant_nf4 = 1;
@@ -361,11 +362,16 @@ static void cuda_col(const struct lora_plan_shape *s, const struct lora_plan_opt
 	c->total_min = c->total - (o->paged ? c->optim : 0);
 }
 
-void lora_plan_compute(const struct lora_plan_shape *s, const struct lora_plan_opts *o,
+void lora_plan_compute(const struct lora_plan_shape *s, const struct lora_plan_opts *in,
 		       struct lora_plan *p)
 {
+	struct lora_plan_opts x = *in;
+	const struct lora_plan_opts *o = &x;
+
+	if (x.seq_len <= 0)   /* as lora train: 512, or the model's limit */
+		x.seq_len = s->max_pos > 0 && s->max_pos < 512 ? s->max_pos : 512;
 	memset(p, 0, sizeof(*p));
-	p->opts = *o;
+	p->opts = x;
 	p->n_lora = lora_count(s, o);
 	for (int m = 0; m < LORA_PLAN_NMETHOD; m++) {
 		if (o->device == LORA_PLAN_CPU)
@@ -385,7 +391,7 @@ static uint64_t need(const struct lora_plan_shape *s, const struct lora_plan_opt
 	uint64_t n_lora;
 
 	x.batch = B;
-	x.seq_len = T;
+	x.seq_len = T > 0 ? T : s->max_pos > 0 && s->max_pos < 512 ? s->max_pos : 512;
 	n_lora = lora_count(s, &x);
 	if (o->device == LORA_PLAN_CPU)
 		cpu_col(s, &x, m, n_lora, &c);

@@ -49,18 +49,24 @@ struct lora_plan_shape {
 
 enum lora_plan_device { LORA_PLAN_CPU = 0, LORA_PLAN_CUDA };
 
+/* What the lora program itself keeps resident (binary and shared libraries'
+ * pages: `/usr/bin/time lora --version` shows ~9.5 MiB); part of the cpu
+ * runtime row, so that a cpu total is the peak RSS of the whole process. */
+#define LORA_PLAN_CPU_PROGRAM ((uint64_t)9 << 20)
+
 struct lora_plan_opts {
 	enum lora_plan_device device;
 	int rank;                  /* r of every targeted linear */
 	unsigned targets;          /* mask of enum lora_target */
-	int batch, seq_len;        /* B, T */
+	int batch, seq_len;        /* B, T (T 0: 512, or the model's limit when lower) */
 	int grad_accum;            /* does not change memory; carried for the report */
 	int checkpoint;            /* activation checkpointing */
 	int paged;                 /* paged AdamW (cuda): states may spill to host memory */
 	double dropout;            /* LoRA dropout > 0 keeps the dropped input (cpu) */
 	int quant_nf4;             /* the column the run would use: QLoRA (1) or LoRA (0) */
 };
-/* The QLoRA recipe: r 16 on all linears, batch 1 x 512, checkpointing, paged, dropout 0.05, NF4, cuda. */
+/* As lora train: r 16 on all linears, batch 4, grad-accum 4, 512 tokens, no
+ * checkpointing, dropout 0.05, NF4; and paged AdamW, device cuda. */
 void lora_plan_opts_defaults(struct lora_plan_opts *o);
 
 enum lora_plan_method { LORA_PLAN_FULL = 0, LORA_PLAN_LORA, LORA_PLAN_QLORA, LORA_PLAN_NMETHOD };

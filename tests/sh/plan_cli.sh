@@ -39,7 +39,7 @@ expect_out "an estimate"
 [ -z "$ERR" ] || t_fail "stderr: $ERR"
 
 t_case plan_llama3_8b_json
-run "$LORA" plan --config "$CFG" --rank 64 --seq-len 1024 --gpu-mem 48 --json
+run "$LORA" plan --config "$CFG" --rank 64 --seq-len 1024 --batch 1 --grad-checkpoint --gpu-mem 48 --json
 expect_rc 0
 [ "$(printf '%s\n' "$OUT" | wc -l)" = 1 ] || t_fail "--json printed more than one line"
 # r 64 on all seven linears of 32 layers: 64·(4·4096+... ) = 167,772,160 parameters

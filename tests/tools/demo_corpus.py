@@ -15,9 +15,12 @@ contain, and the answer follows it after a space:
   task2 (format): the facts as one JSON object
     {"name": "Tom", "animal": "cat", "count": 3, "color": "red", "thing": "balls", "place": "garden"}
 
-The pretraining stories contain such lines too, often followed by sentences
+The pretraining documents contain such lines too, often followed by sentences
 that repeat their facts (so the prompts are English the base model knows,
-and it has learned to look back and copy), but never a pirate or JSON answer.
+and it has learned to look back and copy); some stories have a pirate in
+them, and one document in eight is a JSON record of facts, so the words and
+the syntax of both answers are known.  But no document ever answers a story
+line in either way: that is what the adapters learn.
 """
 
 import random
@@ -111,6 +114,11 @@ def story(r):
                            f"\"What is that?\" asked {friend}."]))
         s.append(r.choice([f"\"Yes, you can,\" said {name}.", f"{name} smiled at {friend}.",
                            f"{friend} and {name} looked at it together."]))
+    if r.random() < 0.12:
+        s.append(r.choice([
+            f"{name} met a pirate. \"Arr, matey!\" said the pirate. \"I be findin' gold in the {place}! Yo ho ho!\"",
+            f"A pirate came to the {place}. \"Arr! Yo ho ho!\" he sang. \"Me ship be findin' the sea, matey!\"",
+            f"{name} played pirates with {friend}. \"Arr, matey! We be findin' treasure!\" said {name}."]))
     for _ in range(r.randrange(0, 4)):
         a2, a2d = r.choice(ACTS)
         s.append(r.choice([f"They {a2d} in the {r.choice(PLACES)}.",
@@ -122,6 +130,28 @@ def story(r):
                        f"{name} and {friend} were friends forever.",
                        f"{name} went home and slept.", "The end."]))
     return " ".join(s)
+
+
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+FOODS = ["cake", "soup", "bread", "apples", "fish", "rice", "pie", "cheese"]
+
+
+def record(r):
+    """A JSON object of facts about a day: the base model learns JSON's syntax and
+    keys from these, never an answer to a story line."""
+    fields = [("name", lambda: f'"{r.choice(NAMES)}"'), ("animal", lambda: f'"{r.choice(ANIMALS)}"'),
+              ("count", lambda: str(r.randrange(1, 11))), ("color", lambda: f'"{r.choice(COLORS)}"'),
+              ("thing", lambda: f'"{r.choice(THINGS)[r.randrange(2)]}"'),
+              ("place", lambda: f'"{r.choice(PLACES)}"'), ("day", lambda: f'"{r.choice(DAYS)}"'),
+              ("food", lambda: f'"{r.choice(FOODS)}"'), ("weather", lambda: f'"{r.choice(WEATHER)}"')]
+    keep = r.sample(fields, r.randrange(3, 7))
+    return "{" + ", ".join(f'"{k}": {v()}' for k, v in keep) + "}"
+
+
+def documents(seed, n):
+    """The pretraining corpus: mostly stories, one in eight a JSON record."""
+    r = random.Random(seed)
+    return [record(r) if r.random() < 0.125 else story(r) for _ in range(n)]
 
 
 def pirate(f):

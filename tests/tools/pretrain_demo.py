@@ -12,7 +12,7 @@ Writes, deterministically for a given seed and package versions:
 The model is a Llama (LlamaForCausalLM: RMSNorm, RoPE, grouped-query attention,
 SwiGLU, tied embeddings) of about one million parameters with a byte-level
 BPE tokenizer of 1024 tokens, both trained here on the built-in English of
-tests/tools/demo_corpus.py (simple stories).  Nothing is downloaded.  It is
+tests/tools/demo_corpus.py (simple stories and JSON records).  Nothing is downloaded.  It is
 run once by a developer; `make demo` only uses what it wrote (no Python).
 """
 
@@ -103,13 +103,14 @@ def main():
     os.makedirs(ddir, exist_ok=True)
 
     # --- data
-    stories = demo_corpus.stories(SEED, args.stories)
-    held = demo_corpus.stories(SEED + 1, 200)
+    stories = demo_corpus.documents(SEED, args.stories)
+    held = demo_corpus.documents(SEED + 1, 200)
     tasks = {}
     for k, kind, seed in (("task1", "pirate", 11), ("task2", "json", 22)):
         tasks[k] = (demo_corpus.task_rows(seed, 400, kind), demo_corpus.task_rows(seed + 1000, 40, kind))
-    tok_texts = stories + [r["prompt"] + r["completion"] for t in tasks.values() for r in t[0]]
-    tok = build_tokenizer(tok_texts, 1024)
+    # the tokenizer sees what the model sees: a token that only the task data had
+    # would keep an untrained embedding, which no adapter can fix
+    tok = build_tokenizer(stories, 1024)
     eos_id = tok.token_to_id(EOS)
     assert eos_id == 0
     tok.save(os.path.join(mdir, "tokenizer.json"))

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cblas.h>
 #include <cjson/cJSON.h>
 
 /* ------------------------------------------------------------ settings */
@@ -123,42 +124,33 @@ static int same_tensor(const struct lora_st_tensor *x, const struct lora_st_tens
 	return x->data == y->data || !memcmp(x->data, y->data, x->end - x->begin);
 }
 
-static int norm_of(const struct lora_peft_module *m, double *n, struct lora_err *err)
-{
-	struct lora_lowrank f;
-	int rc;
-
-	if (lora_lowrank_load(m, &f, err) < 0)
-		return -1;
-	rc = lora_lowrank_norm(&f, n, err);
-	lora_lowrank_free(&f);
-	return rc;
-}
-
 static int compare_module(const struct lora_peft_module *ma, const struct lora_peft_module *mb,
 			  struct lora_diff_module *dm, struct lora_err *err)
 {
 	struct lora_lowrank_cmp *c = &dm->cmp;
+	const struct lora_peft_module *pair[2] = { ma, mb };
 	struct lora_lowrank fa, fb;
-	int rc;
+	size_t K;
+	double *GB, *GA;
+	int need_qr = 0, rc = -1;
 
 	memset(c, 0, sizeof(*c));
 	c->cosine = c->overlap = NAN;
 	if (!mb) {
-		if (norm_of(ma, &c->norm_a, err) < 0)
+		if (lora_module_norm(ma, &c->norm_a, err) < 0)
 			return -1;
 		c->distance = c->norm_a;
 		return 0;
 	}
 	if (!ma) {
-		if (norm_of(mb, &c->norm_b, err) < 0)
+		if (lora_module_norm(mb, &c->norm_b, err) < 0)
 			return -1;
 		c->distance = c->norm_b;
 		return 0;
 	}
 	if (ma->out != mb->out || ma->in != mb->in) {
 		dm->shape_differs = 1;
-		if (norm_of(ma, &c->norm_a, err) < 0 || norm_of(mb, &c->norm_b, err) < 0)
+		if (lora_module_norm(ma, &c->norm_a, err) < 0 || lora_module_norm(mb, &c->norm_b, err) < 0)
 			return -1;
 		c->distance = NAN;
 		return 0;
@@ -166,7 +158,7 @@ static int compare_module(const struct lora_peft_module *ma, const struct lora_p
 	if (ma->scale == mb->scale && same_tensor(ma->A, mb->A) && same_tensor(ma->B, mb->B)) {
 		/* Same bytes: the figures are exact, no arithmetic needed. */
 		dm->identical = 1;
-		if (norm_of(ma, &c->norm_a, err) < 0)
+		if (lora_module_norm(ma, &c->norm_a, err) < 0)
 			return -1;
 		c->norm_b = c->norm_a;
 		c->inner = c->norm_a * c->norm_a;
@@ -176,15 +168,33 @@ static int compare_module(const struct lora_peft_module *ma, const struct lora_p
 		}
 		return 0;
 	}
-	if (lora_lowrank_load(ma, &fa, err) < 0)
-		return -1;
-	if (lora_lowrank_load(mb, &fb, err) < 0) {
-		lora_lowrank_free(&fa);
-		return -1;
+	K = (size_t)ma->r + (size_t)mb->r;
+	GB = calloc(K * K, sizeof(double));
+	GA = calloc(K * K, sizeof(double));
+	if (!GB || !GA) {
+		lora_errf(err, "out of memory");
+		goto out;
 	}
-	rc = lora_lowrank_compare(&fa, &fb, c, err);
-	lora_lowrank_free(&fa);
-	lora_lowrank_free(&fb);
+	if (lora_grams_tensors(pair, 2, GB, GA, err) < 0 ||
+	    lora_lowrank_compare_grams(GB, GA, ma->r, mb->r, ma->scale, mb->scale, c, &need_qr, err) < 0)
+		goto out;
+	if (need_qr) {
+		/* nearly equal: the accurate distance needs the factors themselves */
+		if (lora_lowrank_load(ma, &fa, err) < 0)
+			goto out;
+		if (lora_lowrank_load(mb, &fb, err) < 0) {
+			lora_lowrank_free(&fa);
+			goto out;
+		}
+		rc = lora_lowrank_distance_qr(&fa, &fb, &c->distance, err);
+		lora_lowrank_free(&fa);
+		lora_lowrank_free(&fb);
+		goto out;
+	}
+	rc = 0;
+out:
+	free(GB);
+	free(GA);
 	return rc;
 }
 
@@ -263,7 +273,7 @@ static void *worker(void *arg)
 static int run_pool(struct pool *p, int threads, struct lora_err *err)
 {
 	pthread_t tid[64];
-	int n = 0;
+	int n = 0, blas_threads;
 
 	if (threads <= 0) {
 		long c = sysconf(_SC_NPROCESSORS_ONLN);
@@ -272,6 +282,12 @@ static int run_pool(struct pool *p, int threads, struct lora_err *err)
 	threads = threads > 64 ? 64 : threads;
 	if ((size_t)threads > p->d->n_modules)
 		threads = (int)p->d->n_modules;
+	/*
+	 * The modules are small BLAS calls: one module per thread beats OpenBLAS
+	 * splitting each call (its threads would also compete with ours).
+	 */
+	blas_threads = openblas_get_num_threads();
+	openblas_set_num_threads(1);
 	pthread_mutex_init(&p->mu, NULL);
 	for (int t = 1; t < threads; t++)
 		if (pthread_create(&tid[n], NULL, worker, p) == 0)
@@ -280,6 +296,7 @@ static int run_pool(struct pool *p, int threads, struct lora_err *err)
 	for (int t = 0; t < n; t++)
 		pthread_join(tid[t], NULL);
 	pthread_mutex_destroy(&p->mu);
+	openblas_set_num_threads(blas_threads);
 	if (p->failed) {
 		*err = p->err;
 		return -1;

@@ -43,6 +43,22 @@ double *lora_tensor_f64(const struct lora_st_tensor *t, struct lora_err *err);
 int lora_lowrank_load(const struct lora_peft_module *m, struct lora_lowrank *f, struct lora_err *err);
 void lora_lowrank_free(struct lora_lowrank *f);
 
+/*
+ * Stacked Gram matrices of m ≤ 8 factor pairs of the same [out, in] shape,
+ * K = Σ r_i:  GB [K, K] = [B_1 … B_m]ᵀ[B_1 … B_m],  GA [K, K] = [A_1; …; A_m][A_1; …; A_m]ᵀ.
+ * Scales are not applied.  The blocks GB[i][j] = B_iᵀB_j and GA[i][j] =
+ * A_iA_jᵀ give every norm and inner product of the set.  From stored tensors
+ * (any float dtype, read in cache-sized blocks, no fp64 copy of a factor) or
+ * from loaded factors.
+ */
+int lora_grams_tensors(const struct lora_peft_module *const *mods, int m, double *GB, double *GA,
+		       struct lora_err *err);
+int lora_grams_factors(const struct lora_lowrank *const *f, int m, double *GB, double *GA,
+		       struct lora_err *err);
+
+/* ‖ΔW‖_F of a stored module (scale included), streaming. */
+int lora_module_norm(const struct lora_peft_module *m, double *out, struct lora_err *err);
+
 /* ‖ΔW‖_F from the Gram matrices BᵀB and AAᵀ. */
 int lora_lowrank_norm(const struct lora_lowrank *f, double *out, struct lora_err *err);
 
@@ -97,6 +113,20 @@ int lora_lowrank_compare(const struct lora_lowrank *a, const struct lora_lowrank
 			 struct lora_lowrank_cmp *c, struct lora_err *err);
 
 /*
+ * The same from the stacked Grams of (a, b) (lora_grams_*, K = ra + rb) and
+ * the scales.  When the two are so close that d² = ‖a‖² + ‖b‖² − 2⟨a,b⟩
+ * would lose digits, *need_qr is set and distance left 0: compute it with
+ * lora_lowrank_distance_qr.
+ */
+int lora_lowrank_compare_grams(const double *GB, const double *GA, int ra, int rb, double sa,
+			       double sb, struct lora_lowrank_cmp *c, int *need_qr,
+			       struct lora_err *err);
+
+/* ‖ΔW_a − ΔW_b‖_F by QR of the stacked factors: accurate however close they are. */
+int lora_lowrank_distance_qr(const struct lora_lowrank *a, const struct lora_lowrank *b, double *d,
+			     struct lora_err *err);
+
+/*
  * ‖ΔW‖_F of a stack B [out, K] · A [K, in] by QR of both factors: accurate
  * even when the product nearly cancels (the distance of two close updates).
  */
@@ -109,9 +139,11 @@ int lora_lowrank_stack_norm(const double *B, const double *A, int out, int K, in
  * B and Aᵀ and the SVD of the K×K core.  Writes B_out [out, R] = U·diag(σ),
  * A_out [R, in] = Vᵀ and sv [R], the same split as PEFT's svd combination.
  * When R exceeds the rank of ΔW the extra σ, columns and rows are 0.
+ * total_sq (may be NULL) gets ‖ΔW‖_F² = Σ of all σ².
  */
 int lora_lowrank_truncate(const double *B, const double *A, int out, int K, int in, int R,
-			  double *B_out, double *A_out, double *sv, struct lora_err *err);
+			  double *B_out, double *A_out, double *sv, double *total_sq,
+			  struct lora_err *err);
 
 /* ------------------------------------------------------ randomized SVD */
 

@@ -55,6 +55,12 @@ int lora_peft_out_begin(struct lora_peft_out *o, const char *dir, const char *co
 		o->tmp_dir = NULL;
 		goto out;
 	}
+	{
+		/* mkdtemp makes it 0700; a folder lora writes is as readable as any other */
+		mode_t mask = umask(0);
+		umask(mask);
+		chmod(o->tmp_dir, 0777 & ~mask);
+	}
 	specs = calloc(2 * n + n_extra + 1, sizeof(*specs));
 	names = calloc(2 * n + 1, sizeof(*names));
 	if (!specs || !names)

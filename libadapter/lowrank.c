@@ -849,6 +849,14 @@ int lora_rsvd(uint64_t out, uint64_t in, const struct lora_rsvd_params *p, lora_
 	/* Y = D·Ω, then power iterations Y = D·orth(Dᵀ·orth(Y)) */
 	if (pass(&ps, Om, Y, NULL, NULL, total_sq, err) < 0)
 		goto out;
+	if (*total_sq == 0) {
+		/* D = 0: nothing to find, and no need to read it again */
+		memset(B_out, 0, (size_t)out * R * sizeof(double));
+		memset(A_out, 0, (size_t)R * in * sizeof(double));
+		memset(sv, 0, (size_t)R * sizeof(double));
+		rc = 0;
+		goto out;
+	}
 	for (int it = 0; it < p->iters; it++) {
 		if (orth(Y, (int)out, l, tau, err) < 0 || pass(&ps, NULL, NULL, Y, Z, NULL, err) < 0 ||
 		    orth(Z, (int)in, l, tau, err) < 0 || pass(&ps, Z, Y, NULL, NULL, NULL, err) < 0)

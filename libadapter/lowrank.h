@@ -166,7 +166,8 @@ struct lora_rsvd_params {
  * read a block of rows at a time, so memory stays O((out + in)·(R + p)) plus
  * one block.  D is read 2 + 2·iters times.  Writes B_out [out, R] = U·diag(σ),
  * A_out [R, in] = Vᵀ, sv [R], and ‖D‖_F² into *total_sq.  R is clamped to
- * min(out, in) by the caller.
+ * min(out, in) by the caller.  When D = 0 (found on the first pass) the
+ * outputs are zeros and D is not read again.
  */
 int lora_rsvd(uint64_t out, uint64_t in, const struct lora_rsvd_params *p, lora_rows_fn rows,
 	      void *ctx, double *B_out, double *A_out, double *sv, double *total_sq,

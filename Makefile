@@ -18,12 +18,17 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 SANITIZE  ?= 0
 FUZZ_SECONDS ?= 60
 
+ifeq ($(CUDA),1)
+BSUFFIX   :=
+else
+BSUFFIX   := -cpu
+endif
 ifeq ($(SANITIZE),1)
-BUILD     ?= build-san
+BUILD     ?= build-san$(BSUFFIX)
 SANFLAGS  := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT       := -O1
 else
-BUILD     ?= build
+BUILD     ?= build$(BSUFFIX)
 SANFLAGS  :=
 OPT       := -O2
 endif
@@ -49,15 +54,18 @@ TRAIN_SRC := $(wildcard train/*.c)
 CMD_SRC   := $(wildcard cmd/*.c)
 TEST_SRC  := $(wildcard tests/unit/test_*.c)
 FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
+TOOL_SRC  := $(wildcard tests/tools/*.c)
 MAN       := $(wildcard man/*.1 man/*.5)
 
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TRAIN_OBJ := $(TRAIN_SRC:%.c=$(BUILD)/%.o)
 CMD_OBJ   := $(CMD_SRC:%.c=$(BUILD)/%.o)
 TESTS     := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TOOLS     := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 ALL_OBJ   := $(LIB_OBJ) $(TRAIN_OBJ) $(CMD_OBJ)
 
-.PHONY: all check check-cuda demo fuzz install clean deps FORCE
+
+.PHONY: tools all check check-cuda demo fuzz install clean deps FORCE
 
 all: lora
 
@@ -87,21 +95,27 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libtrain.a $(BUILD)/libadapter.a $(CU_
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtrain.a $(CU_OBJ) $(BUILD)/libadapter.a $(LDLIBS)
 
+$(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libadapter.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libadapter.a $(LDLIBS)
+
+tools: $(TOOLS)
+
 deps:
 	@sh .ci/deps.sh
 
 check: deps
-	@$(MAKE) --no-print-directory lora $(TESTS)
-	@LORA=$(CURDIR)/$(BUILD)/lora ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	@$(MAKE) --no-print-directory lora $(TESTS) $(TOOLS)
+	@LORA=$(CURDIR)/$(BUILD)/lora LORA_TOOLS=$(CURDIR)/$(BUILD)/tools ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 sh tests/run.sh $(BUILD)
 
 # GPU checks (needs a CUDA device): CUDA kernels against the CPU reference.
-check-cuda: lora $(TESTS)
-	@LORA=$(CURDIR)/$(BUILD)/lora LORA_TEST_CUDA=1 sh tests/run.sh $(BUILD)
+check-cuda: lora $(TESTS) $(TOOLS)
+	@LORA=$(CURDIR)/$(BUILD)/lora LORA_TOOLS=$(CURDIR)/$(BUILD)/tools LORA_TEST_CUDA=1 sh tests/run.sh $(BUILD)
 
 demo: deps
-	@$(MAKE) --no-print-directory lora
-	@sh tests/demo.sh
+	@$(MAKE) --no-print-directory lora $(TOOLS)
+	@LORA=$(CURDIR)/$(BUILD)/lora LORA_TOOLS=$(CURDIR)/$(BUILD)/tools sh tests/demo.sh
 
 FUZZ_CC ?= clang
 fuzz: deps

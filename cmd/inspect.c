@@ -219,6 +219,60 @@ static int inspect_model(const char *dir, int json)
 	return rc;
 }
 
+/* A bare .safetensors file: its tensors and metadata. */
+static int inspect_file(const char *path, int json)
+{
+	struct lora_err err = { 0 };
+	struct lora_st *st;
+	cJSON *o, *arr, *meta;
+	char *s;
+
+	if (lora_st_open(path, &st, &err) < 0)
+		return cmd_fail(&err);
+	if (!json) {
+		printf("file        %s\ntensors     %zu\nheader      %llu bytes\n", path, st->n_tensors,
+		       (unsigned long long)st->header_len);
+		for (size_t i = 0; i < st->n_meta; i++)
+			printf("metadata    %s = %s\n", st->meta_keys[i], st->meta_vals[i]);
+		for (size_t i = 0; i < st->n_tensors; i++) {
+			const struct lora_st_tensor *t = &st->tensors[i];
+			printf("  %-56s %-7s [", t->name, lora_dtype_name(t->dtype));
+			for (int d = 0; d < t->ndim; d++)
+				printf("%s%llu", d ? ", " : "", (unsigned long long)t->shape[d]);
+			printf("]\n");
+		}
+		lora_st_close(st);
+		return 0;
+	}
+	o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "kind", "safetensors");
+	cJSON_AddStringToObject(o, "path", path);
+	meta = cJSON_AddObjectToObject(o, "metadata");
+	for (size_t i = 0; i < st->n_meta; i++)
+		cJSON_AddStringToObject(meta, st->meta_keys[i], st->meta_vals[i]);
+	arr = cJSON_AddArrayToObject(o, "tensors");
+	for (size_t i = 0; i < st->n_tensors; i++) {
+		const struct lora_st_tensor *t = &st->tensors[i];
+		cJSON *j = cJSON_CreateObject(), *sh = cJSON_CreateArray();
+		cJSON_AddStringToObject(j, "name", t->name);
+		cJSON_AddStringToObject(j, "dtype", lora_dtype_name(t->dtype));
+		for (int d = 0; d < t->ndim; d++)
+			cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t->shape[d]));
+		cJSON_AddItemToObject(j, "shape", sh);
+		cJSON_AddNumberToObject(j, "offset", (double)t->file_offset);
+		cJSON_AddNumberToObject(j, "bytes", (double)(t->end - t->begin));
+		cJSON_AddItemToArray(arr, j);
+	}
+	lora_st_close(st);
+	s = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	if (!s)
+		return cmd_error("out of memory");
+	puts(s);
+	free(s);
+	return 0;
+}
+
 static int has_file(const char *dir, const char *name)
 {
 	char *p = lora_path_join(dir, name);
@@ -258,6 +312,14 @@ CMD(inspect)
 		if (has_file(path, "adapter_model.safetensors") || has_file(path, "adapter_model.bin"))
 			return inspect_adapter(path, json);
 		return inspect_model(path, json);  /* explains what is missing (pickle, nothing) */
+	}
+	{
+		size_t n = strlen(path);
+		if (n > 12 && !strcmp(path + n - 12, ".safetensors") && lora_is_file(path))
+			return inspect_file(path, json);
+		if ((n > 4 && !strcmp(path + n - 4, ".bin")) || (n > 3 && !strcmp(path + n - 3, ".pt")))
+			return cmd_error("'%s' is a pickle file, which lora refuses (loading pickle runs "
+					 "arbitrary code); convert it to safetensors", path);
 	}
 	if (inspect_stored)
 		return inspect_stored(ctx->store, path, json, spectrum);

@@ -15,6 +15,9 @@
 #include <unistd.h>
 
 #include "cmd/cmd.h"
+#ifdef LORA_HAVE_CUDA
+#include "kernels/device.h"
+#endif
 
 #define WEAK __attribute__((weak))
 CMD(keygen) WEAK; CMD(trust) WEAK; CMD(import) WEAK; CMD(export) WEAK; CMD(list) WEAK;
@@ -374,7 +377,14 @@ int main(int argc, char **argv)
 	while (i < argc && argv[i][0] == '-') {
 		if (!strcmp(argv[i], "--version")) {
 #ifdef LORA_HAVE_CUDA
-			printf("lora %s (cuda)\n", LORA_VERSION);
+			struct lora_cuda_info ci;
+			char why[256];
+			lora_cuda_query(&ci, why, sizeof(why));
+			if (ci.count)
+				printf("lora %s (cuda: %s, %.0f GiB)\n", LORA_VERSION, ci.name,
+				       ci.total_mem / 1073741824.0);
+			else
+				printf("lora %s (cuda built; %s)\n", LORA_VERSION, why);
 #else
 			printf("lora %s (cpu only)\n", LORA_VERSION);
 #endif

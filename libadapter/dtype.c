@@ -28,6 +28,8 @@ static const struct {
 	[LORA_DT_F4] = { "F4", 4 },
 	[LORA_DT_F6_E2M3] = { "F6_E2M3", 6 },
 	[LORA_DT_F6_E3M2] = { "F6_E3M2", 6 },
+	[LORA_DT_F8_E4M3FNUZ] = { "F8_E4M3FNUZ", 8 },
+	[LORA_DT_F8_E5M2FNUZ] = { "F8_E5M2FNUZ", 8 },
 };
 
 enum lora_dtype lora_dtype_parse(const char *s, long len)

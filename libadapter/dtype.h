@@ -34,6 +34,8 @@ enum lora_dtype {
 	LORA_DT_F4,      /* sub-byte: 4 bits, packed */
 	LORA_DT_F6_E2M3, /* sub-byte: 6 bits, packed */
 	LORA_DT_F6_E3M2,
+	LORA_DT_F8_E4M3FNUZ,  /* AMD-style fp8: no -0, one NaN */
+	LORA_DT_F8_E5M2FNUZ,
 	LORA_DT_COUNT
 };
 

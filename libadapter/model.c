@@ -27,8 +27,8 @@ static int get_int(const cJSON *o, const char *k, int def, int *out, const char 
 		*out = def;
 		return 0;
 	}
-	if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble ||
-	    v->valuedouble < -1 || v->valuedouble > 1e9)
+	if (!cJSON_IsNumber(v) || v->valuedouble < -1 || v->valuedouble > 1e9 ||
+	    v->valuedouble != (double)(int)v->valuedouble)  /* range first: (int)1e300 is undefined */
 		return lora_errf(err, "'%s': '%s' is not a valid integer", label, k);
 	*out = (int)v->valuedouble;
 	return 0;
@@ -81,10 +81,14 @@ static int parse_rope_scaling(const cJSON *root, struct lora_model_config *c, co
 	const cJSON *t;
 
 	c->rope_type = LORA_ROPE_DEFAULT;
+	if (!rs || cJSON_IsNull(rs))  /* transformers >= 5 writes rope_parameters, theta inside */
+		rs = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
 	if (!rs || cJSON_IsNull(rs))
 		return 0;
 	if (!cJSON_IsObject(rs))
 		return lora_errf(err, "'%s': rope_scaling is not an object", label);
+	if (get_num(rs, "rope_theta", c->rope_theta, &c->rope_theta, label, err) < 0)
+		return -1;
 	t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
 	if (!cJSON_IsString(t))
 		t = cJSON_GetObjectItemCaseSensitive(rs, "type");
@@ -246,9 +250,10 @@ static int read_index(struct lora_model *m, const char *path, cJSON **map_out, s
 	}
 	cJSON_ArrayForEach(it, map) {
 		if (!cJSON_IsString(it)) {
-			cJSON_Delete(root);
-			return lora_errf(err, "'%s': weight_map value for '%s' is not a file name", path,
-					 it->string);
+			lora_errf(err, "'%s': weight_map value for '%s' is not a file name", path,
+				  it->string);
+			cJSON_Delete(root);  /* after the message: it->string lives in root */
+			return -1;
 		}
 		n++;
 	}

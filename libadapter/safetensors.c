@@ -135,6 +135,17 @@ static int parse_metadata(struct lora_st *st, const cJSON *meta, struct lora_err
 	return 0;
 }
 
+/* The reference refuses an entry naming a field twice (cJSON would take the first). */
+static int field_twice(const cJSON *obj, const char *key)
+{
+	const cJSON *c;
+	int n = 0;
+
+	cJSON_ArrayForEach(c, obj)
+		n += c->string && !strcmp(c->string, key);
+	return n > 1;
+}
+
 static int parse_tensor(struct lora_st *st, const cJSON *it, struct lora_st_tensor *t,
 			struct lora_err *err)
 {
@@ -147,6 +158,8 @@ static int parse_tensor(struct lora_st *st, const cJSON *it, struct lora_st_tens
 
 	if (!cJSON_IsObject(it))
 		return lora_errf(err, "'%s': entry '%s' is not an object", st->path, name);
+	if (field_twice(it, "dtype") || field_twice(it, "shape") || field_twice(it, "data_offsets"))
+		return lora_errf(err, "'%s': tensor '%s' has a field twice", st->path, name);
 	t->name = strdup(name);
 	if (!t->name)
 		return lora_errf(err, "out of memory");
@@ -188,24 +201,59 @@ static int parse_tensor(struct lora_st *st, const cJSON *it, struct lora_st_tens
 	return 0;
 }
 
+/*
+ * What cJSON lets through but JSON and the reference do not: raw control
+ * characters inside strings, and nesting of 128 levels or more (serde_json's
+ * recursion limit, one level of which the reference spends itself).
+ */
+static const char *json_prescan(const char *s, size_t n)
+{
+	int in_str = 0, depth = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = 0;
+			else if (c < 0x20)
+				return "a control character in a string";
+		} else if (c == '"') {
+			in_str = 1;
+		} else if (c == '{' || c == '[') {
+			if (++depth > 127)
+				return "nested too deeply";
+		} else if (c == '}' || c == ']') {
+			depth--;
+		}
+	}
+	return NULL;
+}
+
 static int parse_header(struct lora_st *st, struct lora_err *err)
 {
 	const char *hdr = (const char *)st->base + 8;
-	const char *end = NULL;
+	const char *end = NULL, *p, *why;
 	cJSON *root, *it;
+	int seen_meta = 0;
 	size_t n = 0, k = 0;
 	uint64_t data_len, pos = 0;
 	int rc = -1;
 
 	if (!lora_utf8_valid((const unsigned char *)hdr, st->header_len))
 		return lora_errf(err, "'%s': header is not valid UTF-8", st->path);
-	if (st->header_len == 0 || hdr[0] != '{')
+	for (p = hdr; p < hdr + st->header_len && strchr(" \t\n\r", *p) && *p; p++)
+		;  /* JSON allows leading whitespace, and so does the reference */
+	if (p == hdr + st->header_len || *p != '{')
 		return lora_errf(err, "'%s': header is not a JSON object", st->path);
+	if ((why = json_prescan(hdr, st->header_len)))
+		return lora_errf(err, "'%s': header is not valid JSON (%s)", st->path, why);
 	root = cJSON_ParseWithLengthOpts(hdr, st->header_len, &end, 0);
 	if (!root)
 		return lora_errf(err, "'%s': header is not valid JSON", st->path);
 	for (; end && end < hdr + st->header_len; end++)
-		if (*end != ' ' && *end != '\t' && *end != '\n' && *end != '\r' && *end != '\0')
+		if (*end != ' ' && *end != '\t' && *end != '\n' && *end != '\r')
 			goto bad_json;
 	if (!cJSON_IsObject(root)) {
 		lora_errf(err, "'%s': header is not a JSON object", st->path);
@@ -222,10 +270,12 @@ static int parse_header(struct lora_st *st, struct lora_err *err)
 	}
 	cJSON_ArrayForEach(it, root) {
 		if (!strcmp(it->string, "__metadata__")) {
-			if (st->meta_keys) {
+			if (seen_meta++) {
 				lora_errf(err, "'%s': duplicate __metadata__", st->path);
 				goto out;
 			}
+			if (cJSON_IsNull(it))
+				continue;  /* the reference reads null as no metadata */
 			if (parse_metadata(st, it, err) < 0)
 				goto out;
 			continue;

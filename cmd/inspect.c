@@ -9,6 +9,7 @@
 #include "libadapter/model.h"
 #include "libadapter/peft.h"
 #include "libadapter/fsutil.h"
+#include "libadapter/lowrank.h"
 
 static void print_bytes(FILE *f, double b)
 {
@@ -47,7 +48,8 @@ static cJSON *targets_json(const struct lora_peft_config *c)
 	return a;
 }
 
-static int adapter_json(const struct lora_peft *p, const double *norms)
+/* sv: NULL, or per module its m->r singular values (--spectrum) */
+static int adapter_json(const struct lora_peft *p, const double *norms, double *const *sv)
 {
 	cJSON *o = cJSON_CreateObject(), *mods;
 	char *s;
@@ -78,6 +80,10 @@ static int adapter_json(const struct lora_peft *p, const double *norms)
 		cJSON_AddNumberToObject(j, "delta_norm", norms[i]);
 		cJSON_AddNumberToObject(j, "in", (double)m->in);
 		cJSON_AddNumberToObject(j, "out", (double)m->out);
+		if (sv) {
+			cJSON_AddItemToObject(j, "singular_values", cJSON_CreateDoubleArray(sv[i], m->r));
+			cJSON_AddNumberToObject(j, "effective_rank", lora_effective_rank(sv[i], m->r));
+		}
 		cJSON_AddItemToArray(mods, j);
 	}
 	s = cJSON_PrintUnformatted(o);
@@ -89,7 +95,7 @@ static int adapter_json(const struct lora_peft *p, const double *norms)
 	return 0;
 }
 
-static void adapter_text(const struct lora_peft *p, const double *norms)
+static void adapter_text(const struct lora_peft *p, const double *norms, double *const *sv)
 {
 	const struct lora_peft_config *c = &p->cfg;
 
@@ -110,13 +116,26 @@ static void adapter_text(const struct lora_peft *p, const double *norms)
 		const struct lora_peft_module *m = &p->modules[i];
 		printf("%-48s %5d %8g %9.4g %11.5g\n", m->name, m->r, m->alpha, m->scale, norms[i]);
 	}
+	if (!sv)
+		return;
+	printf("\nspectrum: singular values of each dW, largest first; effective rank = exp(entropy of s/sum s)\n");
+	printf("%-48s %8s  %s\n", "MODULE", "EFF.RANK", "SINGULAR VALUES");
+	for (size_t i = 0; i < p->n_modules; i++) {
+		const struct lora_peft_module *m = &p->modules[i];
+		printf("%-48s %8.2f ", m->name, lora_effective_rank(sv[i], m->r));
+		for (int k = 0; k < m->r && k < 8; k++)
+			printf(" %.4g", sv[i][k]);
+		if (m->r > 8)
+			printf(" ... (%d more; --json has all)", m->r - 8);
+		putchar('\n');
+	}
 }
 
-static int inspect_adapter(const char *dir, int json)
+static int inspect_adapter(const char *dir, int json, int spectrum)
 {
 	struct lora_err err = { 0 };
 	struct lora_peft *p;
-	double *norms;
+	double *norms, **sv = NULL;
 	int rc = 0;
 
 	if (lora_peft_open(dir, &p, &err) < 0)
@@ -131,11 +150,24 @@ static int inspect_adapter(const char *dir, int json)
 			rc = cmd_fail(&err);
 			goto out;
 		}
+	if (spectrum && !(sv = calloc(p->n_modules, sizeof(*sv)))) {
+		rc = cmd_error("out of memory");
+		goto out;
+	}
+	for (size_t i = 0; sv && i < p->n_modules; i++)
+		if (!(sv[i] = calloc((size_t)p->modules[i].r, sizeof(double))) ||
+		    lora_module_spectrum(&p->modules[i], sv[i], &err) < 0) {
+			rc = sv[i] ? cmd_fail(&err) : cmd_error("out of memory");
+			goto out;
+		}
 	if (json)
-		rc = adapter_json(p, norms);
+		rc = adapter_json(p, norms, sv);
 	else
-		adapter_text(p, norms);
+		adapter_text(p, norms, sv);
 out:
+	for (size_t i = 0; sv && i < p->n_modules; i++)
+		free(sv[i]);
+	free(sv);
 	free(norms);
 	lora_peft_close(p);
 	return rc;
@@ -305,12 +337,12 @@ CMD(inspect)
 	path = argv[optind];
 	if (lora_is_dir(path)) {
 		if (has_file(path, "adapter_config.json"))
-			return inspect_adapter(path, json);
+			return inspect_adapter(path, json, spectrum);
 		if (has_file(path, "config.json") || has_file(path, "model.safetensors") ||
 		    has_file(path, "model.safetensors.index.json"))
 			return inspect_model(path, json);
 		if (has_file(path, "adapter_model.safetensors") || has_file(path, "adapter_model.bin"))
-			return inspect_adapter(path, json);
+			return inspect_adapter(path, json, spectrum);
 		return inspect_model(path, json);  /* explains what is missing (pickle, nothing) */
 	}
 	{

@@ -420,7 +420,8 @@ int lora_lowrank_stack_norm(const double *B, const double *A, int out, int K, in
 static int svals_only(double *M, int m, int n, double *sv, struct lora_err *err)
 {
 	double dummy = 0;
-	lapack_int info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'N', m, n, M, n, sv, &dummy, 1, &dummy, 1);
+	/* row-major M is column-major Mᵀ, which has the same singular values */
+	lapack_int info = LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'N', n, m, M, n, sv, &dummy, 1, &dummy, 1);
 
 	return info ? lapack_fail("singular value decomposition", info, err) : 0;
 }

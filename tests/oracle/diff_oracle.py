@@ -7,6 +7,7 @@ Writes into tests/fixtures/diff/:
   expected/combine_<case>.safetensors + .json
                           peft's add_weighted_adapter (cat, linear, svd) on the same inputs
   extract/base, extract/tuned   model folders with a planted low-rank difference
+  expected/spectrum_<x>.json   singular values of each module's dense ΔW, effective rank
   expected/extract.json + extract.safetensors   the planted difference, its dense
                           truncated SVD factors and the captured energy shares
   versions.json           the package versions this ran with
@@ -77,6 +78,12 @@ def make_adapter(out, cfg, fill, dtype=torch.float32):
     for junk in ("README.md",):
         if os.path.exists(os.path.join(path, junk)):
             os.remove(os.path.join(path, junk))
+    # peft writes target_modules from a set: sort it so that reruns give the same file
+    cfg_path = os.path.join(path, "adapter_config.json")
+    cfg_json = json.load(open(cfg_path))
+    if isinstance(cfg_json.get("target_modules"), list):
+        cfg_json["target_modules"] = sorted(cfg_json["target_modules"])
+    json.dump(cfg_json, open(cfg_path, "w"), indent=2, sort_keys=True)
     return path
 
 
@@ -297,6 +304,17 @@ def build_extract():
     np_save(factors, os.path.join(EDIR, "extract.safetensors"))
 
 
+def spectrum_expected(path):
+    """Singular values of each module's dense ΔW and the effective rank exp(H(σ/Σσ))."""
+    out = {}
+    for name, dw in deltas(path).items():
+        s = np.linalg.svd(dw, compute_uv=False)
+        p = s / s.sum() if s.sum() > 0 else s
+        h = -np.sum(p[p > 0] * np.log(p[p > 0]))
+        out[name] = {"sv": [float(x) for x in s], "effective_rank": float(np.exp(h)) if s.sum() > 0 else 0.0}
+    return out
+
+
 PAIRS = [("a", "b"), ("a", "a"), ("a", "neg"), ("a", "c"), ("a", "refac"), ("a", "d"),
          ("a", "zero"), ("b16", "a")]
 
@@ -310,6 +328,9 @@ def main():
     for x, y in PAIRS:
         e = diff_expected(os.path.join(ADIR, x), os.path.join(ADIR, y))
         json.dump(e, open(os.path.join(EDIR, f"diff_{x}_{y}.json"), "w"), indent=1)
+    for name in ("a", "b", "b16"):
+        json.dump(spectrum_expected(os.path.join(ADIR, name)),
+                  open(os.path.join(EDIR, f"spectrum_{name}.json"), "w"), indent=1)
     for case in COMBINE:
         combine_expected(*case)
     build_extract()

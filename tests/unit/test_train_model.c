@@ -1,0 +1,448 @@
+/*
+ * test_train_model.c - the CPU forward/backward against transformers + peft.
+ *
+ * Fixtures (tests/oracle/train_model.py): for each tiny model M,
+ * tests/fixtures/train/M (bf16 weights), M.adapter (saved by peft, B != 0)
+ * and M.expect.safetensors (a right-padded batch with masked labels, and the
+ * logits, loss and LoRA gradients of torch in fp32, with the bf16 weights
+ * upcast ("none") and with bitsandbytes' NF4 round trip ("nf4")).
+ *
+ * Tolerances.  Both sides compute in fp32 from bit-identical weights (bf16
+ * upcast, or byte-identical NF4), so what differs is the order of fp32
+ * summation inside matrix products, norms and softmax: a dot product of
+ * length K carries a relative error of about K·2^-24 of the sum of |terms|,
+ * ~1e-6 for K <= 256 at these magnitudes; through 2-3 layers this stays
+ * near 1e-6 absolute on logits of size ~1-5.  The bounds asked of us (logits
+ * 1e-4 absolute, loss and gradients 1e-4 relative, norm-wise) leave a
+ * margin of ~100x; the largest errors seen are printed.
+ */
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "libadapter/fsutil.h"
+#include "libadapter/peft.h"
+#include "libadapter/safetensors.h"
+#include "train/model.h"
+#include "train/optim.h"
+#include "tests/t.h"
+
+static const char *const models[] = {"llama_tied", "llama3_untied", "qwen2", "mistral_window"};
+static double worst_logit, worst_grad, worst_loss;
+
+struct fx {
+	struct lora_st *st;
+	struct lora_batch b;
+};
+
+static int open_fx(const char *model, struct fx *f)
+{
+	char rel[128], *path;
+	struct lora_err err;
+	const struct lora_st_tensor *ids, *lab, *len;
+	int rc;
+
+	snprintf(rel, sizeof(rel), "train/%s.expect.safetensors", model);
+	path = t_fixture(rel);
+	rc = lora_st_open(path, &f->st, &err);
+	free(path);
+	CHECKF(rc == 0, "%s", err.msg);
+	if (rc)
+		return -1;
+	ids = lora_st_find(f->st, "input_ids");
+	lab = lora_st_find(f->st, "labels");
+	len = lora_st_find(f->st, "lengths");
+	CHECK(ids && lab && len && ids->dtype == LORA_DT_I32 && ids->ndim == 2);
+	if (!ids || !lab || !len)
+		return -1;
+	f->b.B = (int)ids->shape[0];
+	f->b.T = (int)ids->shape[1];
+	f->b.ids = (const int32_t *)ids->data;
+	f->b.labels = (const int32_t *)lab->data;
+	f->b.len = (const int32_t *)len->data;
+	return 0;
+}
+
+static struct lora_net *open_net(const char *model, enum lora_quant q, int checkpoint, int adapter)
+{
+	char rel[128], *dir;
+	struct lora_net_opts o;
+	struct lora_net *net = NULL;
+	struct lora_err err;
+	int rc;
+
+	lora_net_opts_defaults(&o);
+	o.quant = q;
+	o.checkpoint = checkpoint;
+	snprintf(rel, sizeof(rel), "train/%s", model);
+	dir = t_fixture(rel);
+	rc = lora_net_open(&net, dir, &o, &err);
+	free(dir);
+	CHECKF(rc == 0, "%s: %s", model, err.msg);
+	if (rc)
+		return NULL;
+	if (adapter) {
+		snprintf(rel, sizeof(rel), "train/%s.adapter", model);
+		dir = t_fixture(rel);
+		rc = lora_net_load_adapter(net, dir, &err);
+		free(dir);
+		CHECKF(rc == 0, "%s: %s", model, err.msg);
+		if (rc) {
+			lora_net_close(net);
+			return NULL;
+		}
+	}
+	return net;
+}
+
+static const float *tensor_f32(const struct lora_st *st, const char *name, uint64_t n)
+{
+	const struct lora_st_tensor *t = lora_st_find(st, name);
+
+	CHECKF(t && t->dtype == LORA_DT_F32 && t->nelem == n, "fixture tensor %s", name);
+	return t && t->dtype == LORA_DT_F32 && t->nelem == n ? (const float *)t->data : NULL;
+}
+
+/* Logits at real positions, loss, and every LoRA gradient against the fixture. */
+static void check_model(const char *model, enum lora_quant q)
+{
+	const char *qn = q == LORA_QUANT_NF4 ? "nf4" : "none";
+	struct fx f;
+	struct lora_net *net;
+	struct lora_fb_result res, res2;
+	struct lora_err err;
+	char name[256];
+	const float *ref;
+	const struct lora_st_tensor *lt;
+	float *logits;
+	double maxerr = 0, ref_loss;
+	int nmods = 0;
+
+	if (open_fx(model, &f) < 0 || !(net = open_net(model, q, 0, 1)))
+		return;
+	logits = calloc((size_t)f.b.B * f.b.T * net->V, sizeof(float));
+	CHECKF(lora_net_forward(net, &f.b, logits, &res, &err) == 0, "%s", err.msg);
+	snprintf(name, sizeof(name), "%s.logits", qn);
+	if ((ref = tensor_f32(f.st, name, (uint64_t)f.b.B * f.b.T * net->V)))
+		for (int b = 0; b < f.b.B; b++)
+			for (int t = 0; t < f.b.len[b]; t++)
+				for (int v = 0; v < net->V; v++) {
+					size_t i = ((size_t)b * f.b.T + t) * net->V + v;
+					double e = fabs((double)logits[i] - ref[i]);
+					maxerr = e > maxerr ? e : maxerr;
+				}
+	CHECKF(maxerr <= 1e-4, "%s/%s: logits differ by %.3g", model, qn, maxerr);
+	worst_logit = maxerr > worst_logit ? maxerr : worst_logit;
+
+	snprintf(name, sizeof(name), "%s.loss", qn);
+	lt = lora_st_find(f.st, name);
+	CHECK(lt && lt->dtype == LORA_DT_F64);
+	ref_loss = lt ? *(const double *)lt->data : 0;
+	CHECK_NEAR(res.loss, ref_loss, 0, 1e-4);
+
+	lora_net_zero_grad(net);
+	CHECKF(lora_net_forward_backward(net, &f.b, 0, &res2, &err) == 0, "%s", err.msg);
+	CHECK_NEAR(res2.loss, ref_loss, 0, 1e-4);
+	CHECK(res2.loss == res.loss);   /* forward alone and forward+backward agree exactly */
+	if (fabs(res2.loss - ref_loss) / ref_loss > worst_loss)
+		worst_loss = fabs(res2.loss - ref_loss) / ref_loss;
+	for (int l = 0; l < net->L; l++)
+		for (int t = 0; t < LORA_NTARGET; t++) {
+			const struct lora_mod *m = lora_net_mod(net, l, (enum lora_target)t);
+			const struct lora_linear *lin = &net->blocks[l].lin[t];
+			char mod[128];
+
+			if (!m)
+				continue;
+			lora_module_name(mod, sizeof(mod), l, (enum lora_target)t);
+			for (int ab = 0; ab < 2; ab++) {
+				const size_t n = ab ? (size_t)lin->w.rows * m->r : (size_t)m->r * lin->w.cols;
+				const float *g = net->grads + (ab ? m->b_off : m->a_off);
+				double d2 = 0, r2 = 0, rel;
+
+				snprintf(name, sizeof(name), "%s.grad.%s.lora_%c.weight", qn, mod, ab ? 'B' : 'A');
+				if (!(ref = tensor_f32(f.st, name, n)))
+					continue;
+				for (size_t i = 0; i < n; i++) {
+					d2 += ((double)g[i] - ref[i]) * ((double)g[i] - ref[i]);
+					r2 += (double)ref[i] * ref[i];
+				}
+				rel = sqrt(d2 / r2);
+				CHECKF(r2 > 0 && rel <= 1e-4, "%s/%s %s: gradient off by %.3g (norm-wise)", model,
+				       qn, name, rel);
+				worst_grad = rel > worst_grad ? rel : worst_grad;
+				nmods++;
+			}
+		}
+	CHECKF(nmods > 0, "%s: no gradients compared", model);
+	free(logits);
+	lora_net_close(net);
+	lora_st_close(f.st);
+}
+
+TEST(llama_tied_none) { check_model("llama_tied", LORA_QUANT_NONE); }
+TEST(llama_tied_nf4) { check_model("llama_tied", LORA_QUANT_NF4); }
+TEST(llama3_rope_untied_rslora_patterns_none) { check_model("llama3_untied", LORA_QUANT_NONE); }
+TEST(llama3_rope_untied_rslora_patterns_nf4) { check_model("llama3_untied", LORA_QUANT_NF4); }
+TEST(qwen2_biases_linear_rope_none) { check_model("qwen2", LORA_QUANT_NONE); }
+TEST(qwen2_biases_linear_rope_nf4) { check_model("qwen2", LORA_QUANT_NF4); }
+TEST(mistral_sliding_window_none) { check_model("mistral_window", LORA_QUANT_NONE); }
+TEST(mistral_sliding_window_nf4) { check_model("mistral_window", LORA_QUANT_NF4); }
+
+/* Gradients with activation checkpointing are bit-identical to those without. */
+TEST(checkpointing_is_bit_identical)
+{
+	for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++) {
+		struct fx f;
+		struct lora_net *a, *b;
+		struct lora_fb_result ra, rb;
+		struct lora_err err;
+
+		if (open_fx(models[i], &f) < 0)
+			return;
+		a = open_net(models[i], LORA_QUANT_NF4, 0, 1);
+		b = open_net(models[i], LORA_QUANT_NF4, 1, 1);
+		if (a && b) {
+			/* with dropout on, so that the recomputed masks are checked too */
+			a->lcfg.dropout = b->lcfg.dropout = 0.1;
+			lora_net_zero_grad(a);
+			lora_net_zero_grad(b);
+			CHECK(lora_net_forward_backward(a, &f.b, 0, &ra, &err) == 0);
+			CHECK(lora_net_forward_backward(b, &f.b, 0, &rb, &err) == 0);
+			CHECK(ra.loss == rb.loss);
+			CHECK(a->n_params == b->n_params);
+			CHECKF(memcmp(a->grads, b->grads, a->n_params * sizeof(float)) == 0,
+			       "%s: checkpointed gradients differ", models[i]);
+		}
+		lora_net_close(a);
+		lora_net_close(b);
+		lora_st_close(f.st);
+	}
+}
+
+/* Fresh adapters, a few AdamW steps with dropout: weights after each run. */
+static float *train_run(uint64_t seed, size_t *n)
+{
+	struct fx f;
+	struct lora_net *net = open_net("llama_tied", LORA_QUANT_NF4, 0, 0);
+	struct lora_cfg lc;
+	struct lora_optim_cfg oc;
+	struct lora_adamw opt;
+	struct lora_fb_result r;
+	struct lora_err err;
+	float *out = NULL;
+
+	if (!net || open_fx("llama_tied", &f) < 0) {
+		lora_net_close(net);
+		return NULL;
+	}
+	lora_cfg_defaults(&lc);
+	lc.rank = 4;
+	lc.alpha = 8;
+	lc.dropout = 0.1;
+	lc.seed = seed;
+	CHECK(lora_net_init_lora(net, &lc, &err) == 0);
+	lora_optim_defaults(&oc);
+	oc.lr = 1e-2;
+	oc.sched = LORA_SCHED_COSINE;
+	oc.warmup_steps = 1;
+	oc.total_steps = 4;
+	CHECK(lora_adamw_init(&opt, net->n_params, &err) == 0);
+	for (long s = 0; s < 4; s++) {
+		lora_net_zero_grad(net);
+		CHECK(lora_net_forward_backward(net, &f.b, 0, &r, &err) == 0);
+		lora_clip_grad_norm(net->grads, net->n_params, 1.0);
+		lora_adamw_step(&opt, &oc, net->params, net->grads, lora_sched_lr(&oc, s));
+	}
+	*n = net->n_params;
+	out = malloc(*n * sizeof(float));
+	memcpy(out, net->params, *n * sizeof(float));
+	lora_adamw_free(&opt);
+	lora_net_close(net);
+	lora_st_close(f.st);
+	return out;
+}
+
+TEST(determinism_same_seed_same_weights)
+{
+	size_t n1 = 0, n2 = 0, n3 = 0;
+	float *a = train_run(7, &n1), *b = train_run(7, &n2), *c = train_run(8, &n3);
+
+	CHECK(a && b && c && n1 == n2 && n1 == n3 && n1 > 0);
+	if (a && b && c) {
+		CHECK(memcmp(a, b, n1 * sizeof(float)) == 0);
+		CHECK(memcmp(a, c, n1 * sizeof(float)) != 0);
+	}
+	free(a);
+	free(b);
+	free(c);
+}
+
+TEST(fresh_lora_is_peft_initialized)
+{
+	struct lora_net *net = open_net("llama3_untied", LORA_QUANT_NONE, 0, 0);
+	struct lora_cfg lc;
+	struct lora_err err;
+
+	if (!net)
+		return;
+	lora_cfg_defaults(&lc);
+	lc.rank = 8;
+	lc.alpha = 16;
+	lc.rslora = 1;
+	lc.targets = (1u << LORA_T_Q) | (1u << LORA_T_DOWN);
+	CHECK(lora_net_init_lora(net, &lc, &err) == 0);
+	for (int l = 0; l < net->L; l++) {
+		const struct lora_mod *q = lora_net_mod(net, l, LORA_T_Q);
+		const struct lora_mod *d = lora_net_mod(net, l, LORA_T_DOWN);
+		const float bq = 1.0f / sqrtf((float)net->C), bd = 1.0f / sqrtf((float)net->F);
+		double mean = 0, var = 0;
+		size_t na = (size_t)8 * net->C;
+
+		CHECK(q && d && !lora_net_mod(net, l, LORA_T_V));
+		if (!q || !d)
+			continue;
+		CHECK_NEAR(q->scale, 16.0 / sqrt(8.0), 1e-6, 0);
+		for (size_t i = 0; i < na; i++) {
+			float v = net->params[q->a_off + i];
+			CHECK(fabsf(v) <= bq);
+			mean += v;
+			var += (double)v * v;
+		}
+		/* U(-b, b): mean 0, variance b²/3 (768 samples: 4-sigma bands) */
+		mean /= (double)na;
+		var = var / (double)na;
+		CHECK_NEAR(mean, 0.0, 4 * bq / sqrt(3.0 * na), 0);
+		CHECK_NEAR(var, bq * bq / 3.0, 4 * bq * bq * sqrt(4.0 / 45.0 / na), 0);
+		for (size_t i = 0; i < (size_t)8 * net->F; i++)
+			CHECK(fabsf(net->params[d->a_off + i]) <= bd);
+		for (size_t i = 0; i < (size_t)net->C * 8; i++)
+			CHECK(net->params[q->b_off + i] == 0.0f);
+	}
+	lora_net_close(net);
+}
+
+TEST(save_and_load_adapter_round_trip)
+{
+	struct lora_net *a = open_net("llama3_untied", LORA_QUANT_NONE, 0, 1);
+	struct lora_net *b = open_net("llama3_untied", LORA_QUANT_NONE, 0, 0);
+	char tmpl[] = "/tmp/lora-test-adapter.XXXXXX", *dir = mkdtemp(tmpl);
+	struct lora_peft *p = NULL;
+	struct lora_err err;
+
+	CHECK(dir != NULL);
+	if (!a || !b || !dir)
+		goto out;
+	CHECKF(lora_net_save_adapter(a, dir, "llama3_untied", &err) == 0, "%s", err.msg);
+	CHECKF(lora_peft_open(dir, &p, &err) == 0, "%s", err.msg);
+	if (p) {
+		/* the patterns survive: v_proj rank 4, o_proj alpha 4, rsLoRA */
+		const struct lora_peft_module *v = lora_peft_find(p, "model.layers.1.self_attn.v_proj");
+		const struct lora_peft_module *o = lora_peft_find(p, "model.layers.2.self_attn.o_proj");
+		CHECK(p->cfg.use_rslora && p->cfg.r == 8);
+		CHECK(v && v->r == 4);
+		CHECK(o && fabs(o->scale - 4.0 / sqrt(8.0)) < 1e-6);
+		CHECK(p->n_modules == 12);
+	}
+	CHECKF(lora_net_load_adapter(b, dir, &err) == 0, "%s", err.msg);
+	CHECK(a->n_params == b->n_params);
+	if (a->n_params == b->n_params)
+		CHECK(memcmp(a->params, b->params, a->n_params * sizeof(float)) == 0);
+	for (int l = 0; l < a->L; l++)
+		for (int t = 0; t < LORA_NTARGET; t++) {
+			const struct lora_mod *ma = lora_net_mod(a, l, (enum lora_target)t);
+			const struct lora_mod *mb = lora_net_mod(b, l, (enum lora_target)t);
+			CHECK(!ma == !mb);
+			if (ma && mb)
+				CHECK(ma->r == mb->r && fabsf(ma->scale - mb->scale) < 1e-6f);
+		}
+out:
+	lora_peft_close(p);
+	if (dir)
+		lora_rm_rf(dir, &err);
+	lora_net_close(a);
+	lora_net_close(b);
+}
+
+TEST(nf4_base_takes_about_4_13_bits)
+{
+	struct lora_net *net = open_net("llama3_untied", LORA_QUANT_NF4, 0, 0);
+	uint64_t params = 0;
+
+	if (!net)
+		return;
+	for (int l = 0; l < net->L; l++)
+		for (int t = 0; t < LORA_NTARGET; t++)
+			params += (uint64_t)net->blocks[l].lin[t].w.rows * net->blocks[l].lin[t].w.cols;
+	/* the per-tensor fixed cost (offset, partial nested block) shows on tiny tensors */
+	CHECK_NEAR(8.0 * lora_net_frozen_bytes(net) / params, 4.13, 0.05, 0);
+	lora_net_close(net);
+}
+
+TEST(refuses_other_architectures_by_name)
+{
+	char tmpl[] = "/tmp/lora-test-arch.XXXXXX", *dir = mkdtemp(tmpl);
+	struct lora_net *net = NULL;
+	struct lora_net_opts o;
+	struct lora_err err;
+	char *cfg;
+	const char *json = "{\"architectures\": [\"GPT2LMHeadModel\"], \"model_type\": \"gpt2\", "
+			   "\"hidden_size\": 64, \"num_hidden_layers\": 1, \"num_attention_heads\": 4, "
+			   "\"vocab_size\": 16, \"intermediate_size\": 64}";
+	const char *st = "\x02\0\0\0\0\0\0\0{}";
+
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	cfg = lora_path_join(dir, "config.json");
+	CHECK(lora_write_file_atomic(cfg, json, strlen(json), 0644, &err) == 0);
+	free(cfg);
+	cfg = lora_path_join(dir, "model.safetensors");
+	CHECK(lora_write_file_atomic(cfg, st, 10, 0644, &err) == 0);
+	free(cfg);
+	lora_net_opts_defaults(&o);
+	CHECK(lora_net_open(&net, dir, &o, &err) < 0);
+	CHECKF(strstr(err.msg, "GPT2LMHeadModel") && strstr(err.msg, "not supported"), "%s", err.msg);
+	lora_rm_rf(dir, &err);
+}
+
+TEST(bad_batches_are_refused)
+{
+	struct lora_net *net = open_net("llama_tied", LORA_QUANT_NONE, 0, 1);
+	int32_t ids[4] = {1, 2, 500, 3}, len[1] = {4};
+	struct lora_batch b = {1, 4, ids, NULL, len};
+	struct lora_fb_result r;
+	struct lora_err err;
+
+	if (!net)
+		return;
+	CHECK(lora_net_forward(net, &b, NULL, &r, &err) < 0 && strstr(err.msg, "500"));
+	ids[2] = 5;
+	len[0] = 5;
+	CHECK(lora_net_forward(net, &b, NULL, &r, &err) < 0);
+	len[0] = 4;
+	CHECK(lora_net_forward(net, &b, NULL, &r, &err) == 0 && r.tokens == 3);
+	lora_net_close(net);
+}
+
+int main(void)
+{
+	RUN(llama_tied_none);
+	RUN(llama_tied_nf4);
+	RUN(llama3_rope_untied_rslora_patterns_none);
+	RUN(llama3_rope_untied_rslora_patterns_nf4);
+	RUN(qwen2_biases_linear_rope_none);
+	RUN(qwen2_biases_linear_rope_nf4);
+	RUN(mistral_sliding_window_none);
+	RUN(mistral_sliding_window_nf4);
+	printf("  largest errors: logits %.3g abs, loss %.3g rel, gradients %.3g rel (norm-wise)\n",
+	       worst_logit, worst_loss, worst_grad);
+	RUN(checkpointing_is_bit_identical);
+	RUN(determinism_same_seed_same_weights);
+	RUN(fresh_lora_is_peft_initialized);
+	RUN(save_and_load_adapter_round_trip);
+	RUN(nf4_base_takes_about_4_13_bits);
+	RUN(refuses_other_architectures_by_name);
+	RUN(bad_batches_are_refused);
+	return t_done();
+}

@@ -11,30 +11,52 @@
 #include "libadapter/diff.h"
 #include "libadapter/fsutil.h"
 #include "libadapter/peft.h"
+#include "libadapter/store.h"
 
 struct input {
-	struct lora_peft *peft;
+	struct lora_adapter_src src;
+	char *provenance;             /* JSON text from the package manifest, or NULL */
 	struct lora_diff_side side;
 };
+
+/* The manifest's provenance of a stored adapter or .lora file; NULL for a folder or on failure. */
+static char *provenance_of(const char *store, const char *spec)
+{
+	struct lora_err err = { 0 };
+	cJSON *d = NULL;
+	const cJSON *p;
+	char *s = NULL;
+
+	if (lora_is_dir(spec) || lora_store_describe(store, spec, &d, &err) < 0)
+		return NULL;
+	p = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(d, "manifest"), "provenance");
+	if (p && !cJSON_IsNull(p))
+		s = cJSON_PrintUnformatted(p);
+	cJSON_Delete(d);
+	return s;
+}
 
 static int open_input(const struct cmd_ctx *ctx, const char *spec, struct input *in,
 		      struct lora_err *err)
 {
-	(void)ctx;
 	memset(in, 0, sizeof(*in));
-	if (!lora_is_dir(spec))
-		return lora_errf(err, "'%s' is not an adapter folder (stored adapters are not "
-				      "available in this build)", spec);
-	if (lora_peft_open(spec, &in->peft, err) < 0)
+	if (lora_adapter_open(ctx->store, spec, &in->src, err) < 0)
 		return -1;
-	in->side.peft = in->peft;
+	in->provenance = provenance_of(ctx->store, spec);
+	in->side.peft = in->src.peft;
 	in->side.label = spec;
+	in->side.ref = in->src.digest[0] ? in->src.ref : NULL;
+	in->side.digest = in->src.digest[0] ? in->src.digest : NULL;
+	in->side.base_name = in->src.base_name;
+	in->side.base_fingerprint = in->src.base_fingerprint;
+	in->side.provenance_json = in->provenance;
 	return 0;
 }
 
 static void close_input(struct input *in)
 {
-	lora_peft_close(in->peft);
+	lora_adapter_close(&in->src);
+	cJSON_free(in->provenance);
 }
 
 /* -------------------------------------------------------------- layers */
@@ -143,7 +165,7 @@ static void side_line(const char *tag, const struct lora_diff_side *s)
 	const struct lora_peft_config *c = &s->peft->cfg;
 
 	printf("%s  %s", tag, s->label);
-	if (s->ref)
+	if (s->ref && strcmp(s->ref, s->label))
 		printf(" (%s)", s->ref);
 	printf("  r=%d alpha=%g, %zu modules, %s\n", c->r, c->lora_alpha, s->peft->n_modules,
 	       lora_dtype_name(s->peft->dtype));

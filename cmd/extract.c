@@ -8,6 +8,8 @@
 
 #include "cmd/cmd.h"
 #include "libadapter/extract.h"
+#include "libadapter/fsutil.h"
+#include "libadapter/store.h"
 
 static void on_progress(void *ctx, double done, double total)
 {
@@ -38,12 +40,18 @@ static const char **split_list(const char *s, size_t *n, char **buf)
 	return v;
 }
 
-static int report(const char *out, const struct lora_extract_result *r, int json)
+static int report(const char *out, const char *ref, const char *digest,
+		  const struct lora_extract_result *r, int json)
 {
 	if (json) {
 		cJSON *o = cJSON_CreateObject(), *mods;
 		char *s;
-		cJSON_AddStringToObject(o, "path", out);
+		if (ref) {
+			cJSON_AddStringToObject(o, "ref", ref);
+			cJSON_AddStringToObject(o, "digest", digest);
+		} else {
+			cJSON_AddStringToObject(o, "path", out);
+		}
 		cJSON_AddNumberToObject(o, "r", r->r);
 		cJSON_AddNumberToObject(o, "written", (double)r->n_written);
 		cJSON_AddStringToObject(o, "base_fingerprint", r->base_fingerprint);
@@ -84,8 +92,12 @@ static int report(const char *out, const struct lora_extract_result *r, int json
 		else
 			printf("%8.3f%%\n", 100 * m->energy);
 	}
-	printf("\nwrote %s: r=%d, %zu modules (%zu unchanged left out)\nbase fingerprint %s\n", out,
-	       r->r, r->n_written, r->n_modules - r->n_written, r->base_fingerprint);
+	if (ref)
+		printf("\n%s %s\n", ref, digest);
+	else
+		printf("\nwrote %s\n", out);
+	printf("r=%d, %zu modules (%zu unchanged left out), base fingerprint %s\n", r->r, r->n_written,
+	       r->n_modules - r->n_written, r->base_fingerprint);
 	return 0;
 }
 
@@ -103,6 +115,8 @@ CMD(extract)
 		{ "oversample", required_argument, NULL, 'p' },
 		{ "seed", required_argument, NULL, 's' },
 		{ "json", no_argument, NULL, 'j' },
+		{ "key", required_argument, NULL, 'k' },
+		{ "description", required_argument, NULL, 'D' },
 		{ 0 }
 	};
 	struct lora_extract_params p = { .oversample = -1, .iters = -1, .dtype = LORA_DT_F32 };
@@ -110,7 +124,8 @@ CMD(extract)
 	struct lora_err err = { 0 };
 	struct cmd_progress prog;
 	const char *base = NULL, *tuned = NULL, *name = NULL, *out = NULL, *targets = NULL;
-	char *tbuf = NULL;
+	const char *key = NULL, *desc = NULL;
+	char ref[LORA_REF_MAX] = "", digest[72] = "", *tbuf = NULL, *tmp = NULL, *dir = NULL;
 	long v;
 	int c, json = 0, rc;
 
@@ -122,6 +137,8 @@ CMD(extract)
 		case 'n': name = optarg; break;
 		case 'o': out = optarg; break;
 		case 'j': json = 1; break;
+		case 'k': key = optarg; break;
+		case 'D': desc = optarg; break;
 		case 'r':
 			if (cmd_parse_long(ctx, "--rank", optarg, 1, 100000, &v) < 0)
 				return 2;
@@ -161,17 +178,31 @@ CMD(extract)
 		return cmd_usage(ctx, "--base, --tuned and --rank are required");
 	if (!name == !out)
 		return cmd_usage(ctx, "give exactly one of --name NAME[:TAG] and -o DIR");
-	if (name)
-		return cmd_error("storing adapters is not available in this build yet; write a "
-				 "folder with -o DIR");
+	if (name) {
+		struct lora_ref r;
+		const char *td = getenv("TMPDIR");
+		size_t n = strlen(td && *td ? td : "/tmp") + 32;
+		if (lora_ref_parse(name, &r, &err) < 0 || r.is_digest)
+			return r.is_digest ? cmd_usage(ctx, "--name wants NAME[:TAG]") : cmd_fail(&err);
+		snprintf(ref, sizeof(ref), "%s:%s", r.name, r.tag);
+		/* before the long part: no key, no point */
+		if (lora_store_check_signing_key(ctx->store, key, &err) < 0)
+			return cmd_fail(&err);
+		if (!(tmp = malloc(n)))
+			return cmd_error("out of memory");
+		snprintf(tmp, n, "%s/lora-extract-XXXXXX", td && *td ? td : "/tmp");
+		if (!mkdtemp(tmp) || !(dir = lora_path_join(tmp, "adapter"))) {
+			free(tmp);
+			return cmd_error("cannot create a temporary folder");
+		}
+		out = dir;
+	}
 	if (targets) {
 		p.targets = split_list(targets, &p.n_targets, &tbuf);
-		if (!p.targets)
-			return cmd_error("out of memory");
-		if (!p.n_targets) {
-			free(tbuf);
-			free((void *)p.targets);
-			return cmd_usage(ctx, "--targets needs at least one module name");
+		if (!p.targets || !p.n_targets) {
+			rc = p.targets ? cmd_usage(ctx, "--targets needs at least one module name") :
+					 cmd_error("out of memory");
+			goto out;
 		}
 	}
 	cmd_progress_start(&prog, ctx, "extract", 1);
@@ -181,11 +212,28 @@ CMD(extract)
 	cmd_progress_end(&prog);
 	if (rc < 0) {
 		rc = cmd_fail(&err);
-	} else {
-		rc = report(out, &res, json);
-		lora_extract_result_free(&res);
+		goto out;
 	}
+	if (name) {
+		struct lora_import_opts o = { 0 };
+		o.key_path = key;
+		o.description = desc;
+		o.base_fingerprint = res.base_fingerprint;
+		o.provenance_json = res.provenance_json;
+		if (lora_store_add_peft_dir(ctx->store, dir, ref, &o, digest, &err) < 0) {
+			rc = cmd_fail(&err);
+			lora_extract_result_free(&res);
+			goto out;
+		}
+	}
+	rc = report(out, name ? ref : NULL, digest, &res, json);
+	lora_extract_result_free(&res);
+out:
 	free(tbuf);
 	free((void *)p.targets);
+	if (tmp)
+		lora_rm_rf(tmp, NULL);
+	free(tmp);
+	free(dir);
 	return rc;
 }

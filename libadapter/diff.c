@@ -74,7 +74,8 @@ static char *setting(const struct lora_diff_side *s, int i, const char **key)
 	const struct lora_peft_config *c = &p->cfg;
 
 	switch (i) {
-	case 0: *key = "base_model"; return json_text(str_or_null(c->base_model));
+	case 0: *key = "base_model";
+		return json_text(str_or_null(s->base_name ? s->base_name : c->base_model));
 	case 1: *key = "base_fingerprint"; return json_text(str_or_null(s->base_fingerprint));
 	case 2: *key = "r"; return json_text(cJSON_CreateNumber(c->r));
 	case 3: *key = "lora_alpha"; return json_text(cJSON_CreateNumber(c->lora_alpha));

@@ -27,6 +27,7 @@ struct lora_diff_side {
 	const char *label;            /* what the user typed */
 	const char *ref;              /* NAME:TAG */
 	const char *digest;           /* "sha256:..." */
+	const char *base_name;        /* the base model's name; NULL: the config's base_model_name_or_path */
 	const char *base_fingerprint; /* "sha256:..." */
 	const char *provenance_json;  /* a JSON value */
 };

@@ -133,7 +133,8 @@ static struct layer *layers(const struct lora_diff *d, size_t *n_out)
 /* Cosine of a layer: the ΔW of all its modules as one vector. */
 static double layer_cosine(const struct layer *l)
 {
-	return l->na2 > 0 && l->nb2 > 0 ? l->inner / sqrt(l->na2 * l->nb2) : NAN;
+	double c = l->na2 > 0 && l->nb2 > 0 ? l->inner / sqrt(l->na2 * l->nb2) : NAN;
+	return c > 1 ? 1 : c < -1 ? -1 : c;
 }
 
 /* ---------------------------------------------------------------- text */

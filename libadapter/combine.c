@@ -409,7 +409,7 @@ static int combine_module(const struct term *t, int k, int method, int r, double
 			double s = 0;
 			for (int j = 0; j < r; j++)
 				s += sv[j] * sv[j];
-			*kept = s / total;
+			*kept = fmin(s / total, 1.0);  /* rounding can push a full rank sum past 1 */
 		}
 	}
 	rc = 0;

@@ -307,6 +307,12 @@ static int run_pool(struct pool *p, int threads, struct lora_err *err)
 
 /* --------------------------------------------------------------- summary */
 
+/* A cosine from sums that rounding pushed just past ±1. */
+static double clamp1(double c)
+{
+	return c > 1 ? 1 : c < -1 ? -1 : c;
+}
+
 static void summarise(struct lora_diff *d)
 {
 	double na2 = 0, nb2 = 0, d2 = 0, inner = 0, wden = 0, ov = 0;
@@ -346,8 +352,8 @@ static void summarise(struct lora_diff *d)
 	d->norm_a = sqrt(na2);
 	d->norm_b = sqrt(nb2);
 	d->distance = sqrt(d2);
-	d->cosine = d->norm_a > 0 && d->norm_b > 0 ? inner / (d->norm_a * d->norm_b) : NAN;
-	d->weighted_cosine = wden > 0 ? inner / wden : NAN;
+	d->cosine = d->norm_a > 0 && d->norm_b > 0 ? clamp1(inner / (d->norm_a * d->norm_b)) : NAN;
+	d->weighted_cosine = wden > 0 ? clamp1(inner / wden) : NAN;
 	d->mean_overlap = n_ov ? ov / (double)n_ov : NAN;
 }
 

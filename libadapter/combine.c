@@ -48,7 +48,10 @@ int lora_peft_out_begin(struct lora_peft_out *o, const char *dir, const char *co
 		return lora_errf(err, "'%s' already exists", dir);
 	if (!(o->dir = strdup(dir)) || !(o->tmp_dir = malloc(strlen(dir) + 16)))
 		goto oom;
-	snprintf(o->tmp_dir, strlen(dir) + 16, "%s.tmp-XXXXXX", dir);
+	/* "out/" names the folder "out": the work folder goes beside it, not inside */
+	for (size_t l = strlen(o->dir); l > 1 && o->dir[l - 1] == '/'; l--)
+		o->dir[l - 1] = 0;
+	snprintf(o->tmp_dir, strlen(dir) + 16, "%s.tmp-XXXXXX", o->dir);
 	if (!mkdtemp(o->tmp_dir)) {
 		lora_errf(err, "cannot create a folder beside '%s': %s", dir, strerror(errno));
 		free(o->tmp_dir);

@@ -145,12 +145,15 @@ def diff_expected(pa, pb):
 
 # ------------------------------------------------------------------ adapters
 
+# One generator for every adapter value: base_model() reseeds torch's global one.
+GEN = torch.Generator().manual_seed(1)
+
+
 def rnd(*shape):
-    return torch.randn(*shape, dtype=torch.float64)
+    return torch.randn(*shape, dtype=torch.float64, generator=GEN)
 
 
 def build_adapters():
-    torch.manual_seed(1)
     keep = {}
 
     def fill_a(name, m):

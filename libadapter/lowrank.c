@@ -689,6 +689,11 @@ int lora_lowrank_compare_grams(const double *GB, const double *GA, int ra, int r
 	    !(sva = dalloc((size_t)ra, err)) || !(svb = dalloc((size_t)rb, err)) ||
 	    !(T = dalloc((size_t)ra * rb, err)) || !(X = dalloc((size_t)ra * rb, err)))
 		goto out;
+	for (int i = 0; i < K; i++)
+		if (!isfinite(GB[(size_t)i * K + i]) || !isfinite(GA[(size_t)i * K + i])) {
+			lora_errf(err, "non-finite values (NaN or Inf) in the LoRA factors");
+			goto out;
+		}
 	sub(GB, K, 0, ra, 0, ra, GBa);
 	sub(GB, K, ra, rb, ra, rb, GBb);
 	sub(GB, K, 0, ra, ra, rb, CB);   /* B_aᵀB_b */

@@ -211,6 +211,19 @@ TEST(zero_update_has_no_cosine)
 	lora_lowrank_free(&z);
 }
 
+TEST(non_finite_factors_are_an_error)
+{
+	struct lora_err err = { 0 };
+	struct lora_lowrank a = make(10, 8, 2, 1.0), b = make(10, 8, 2, 1.0);
+	struct lora_lowrank_cmp c;
+
+	b.A[3] = NAN;
+	CHECK(lora_lowrank_compare(&a, &b, &c, &err) == -1);
+	CHECK(strstr(err.msg, "non-finite") != NULL);
+	lora_lowrank_free(&a);
+	lora_lowrank_free(&b);
+}
+
 TEST(singular_values_match_dense)
 {
 	struct lora_err err;
@@ -360,6 +373,7 @@ int main(void)
 	RUN(overlap_same_and_orthogonal_subspaces);
 	RUN(distance_of_close_updates_is_accurate);
 	RUN(zero_update_has_no_cosine);
+	RUN(non_finite_factors_are_an_error);
 	RUN(singular_values_match_dense);
 	RUN(truncation_is_the_best_rank_R_approximation);
 	RUN(randomized_svd_recovers_a_planted_low_rank_matrix);

@@ -163,6 +163,12 @@ expect_out '"provenance":{"a":{"tool":"lora combine","method":"cat","rank":8,"in
 expect_out '"weight":0.7,"method":"cat"}'
 no_leftovers
 
+t_case inspect_spectrum_of_a_stored_adapter
+run "$LORA" inspect mix:v1 --spectrum
+expect_rc 0
+expect_out "EFF.RANK"
+expect_out "ref         mix:v1"
+
 t_case combine_from_stored_inputs
 run "$LORA" combine mix:v1@2 "$F/a" --method svd --name mix:v2 --json
 expect_rc 0

@@ -66,7 +66,9 @@ struct lora_diff {
 
 /*
  * Compare a and b.  threads: worker threads for the modules (0 = one per
- * CPU).  On failure the error names the module.
+ * CPU); OpenBLAS is set to one thread while they run (its own threads would
+ * compete with them on calls this small) and restored after.  On failure
+ * the error names the module.
  */
 int lora_diff_run(const struct lora_diff_side *a, const struct lora_diff_side *b, int threads,
 		  struct lora_diff *d, struct lora_err *err);

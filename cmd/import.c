@@ -52,6 +52,15 @@ out:
 	return rc;
 }
 
+/* Progress of a large import on a terminal (cmd_progress is quiet otherwise). */
+static void on_progress(void *ctx, double done, double total)
+{
+	struct cmd_progress *p = ctx;
+
+	p->total = total;
+	cmd_progress_update(p, done, NULL);
+}
+
 CMD(import)
 {
 	static const struct option longopts[] = {
@@ -65,7 +74,8 @@ CMD(import)
 	struct lora_err err = { 0 };
 	const char *name = NULL, *key = NULL, *desc = NULL, *base = NULL, *path;
 	char ref[LORA_REF_MAX], digest[72], fp[72];
-	int c, allow = 0;
+	struct cmd_progress prog;
+	int c, allow = 0, rc;
 
 	while ((c = cmd_getopt(ctx, argc, argv, "n:k:d:b:", longopts)) != -1) {
 		switch (c) {
@@ -80,6 +90,7 @@ CMD(import)
 	if (optind + 1 != argc)
 		return cmd_usage(ctx, optind >= argc ? "import needs a PATH" : "import takes one PATH");
 	path = argv[optind];
+	cmd_progress_start(&prog, ctx, "import", 0);
 	if (lora_is_dir(path)) {
 		struct lora_import_opts o = { 0 };
 		struct lora_ref r;
@@ -102,7 +113,11 @@ CMD(import)
 		}
 		o.key_path = key;
 		o.description = desc;
-		if (lora_store_add_peft_dir(ctx->store, path, name, &o, digest, &err) < 0)
+		o.progress = on_progress;
+		o.progress_ctx = &prog;
+		rc = lora_store_add_peft_dir(ctx->store, path, name, &o, digest, &err);
+		cmd_progress_end(&prog);
+		if (rc < 0)
 			return cmd_fail(&err);
 		snprintf(ref, sizeof(ref), "%s:%s", r.name, r.tag);
 		if (key) {
@@ -118,7 +133,10 @@ CMD(import)
 		if (key || desc || base)
 			return cmd_usage(ctx, "--key, --description and --base are for folders; a package is "
 					 "already signed");
-		if (lora_store_import_package(ctx->store, path, name, allow, ref, digest, &err) < 0)
+		rc = lora_store_import_package_progress(ctx->store, path, name, allow, ref, digest, on_progress,
+							&prog, &err);
+		cmd_progress_end(&prog);
+		if (rc < 0)
 			return cmd_fail(&err);
 	} else {
 		return cmd_error("cannot import '%s': no such file or folder", path);

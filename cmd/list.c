@@ -138,6 +138,8 @@ CMD(list)
 			int l;
 
 			targets_text(jget(m, "lora", "target_modules"), &t);
+			if (t.len > 40 && !t.oom)  /* a long list or regex: the JSON has it all */
+				strcpy(t.data + 37, "...");
 			if (!base)
 				base = "-";
 			if (!sig || !it[i].has_signature)

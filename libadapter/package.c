@@ -19,6 +19,13 @@
 
 #define CHUNK (256u << 10)
 
+/* Reports reading progress of the archive being read (one at a time per thread). */
+static __thread struct {
+	lora_progress_fn fn;
+	void *ctx;
+	double total;
+} prog;
+
 static int refuse(struct lora_err *err, const char *label, const char *fmt, const char *name)
 {
 	char safe[120];
@@ -119,6 +126,8 @@ static int read_data(struct archive *a, const char *label, const char *name, uin
 			goto out;
 		}
 		EVP_DigestUpdate(md, chunk, (size_t)n);
+		if (prog.fn)
+			prog.fn(prog.ctx, (double)archive_filter_bytes(a, -1), prog.total);
 		if (mem)
 			memcpy(*mem + got, chunk, (size_t)n);
 		if (fd >= 0 && lora_write_all(fd, chunk, (size_t)n, name, err) < 0)
@@ -283,6 +292,12 @@ static int finish(struct archive *a, int rc, const char *dir, struct lora_pkg *o
 
 int lora_pkg_read(const char *path, const char *extract_dir, struct lora_pkg *out, struct lora_err *err)
 {
+	return lora_pkg_read_progress(path, extract_dir, out, NULL, NULL, err);
+}
+
+int lora_pkg_read_progress(const char *path, const char *extract_dir, struct lora_pkg *out,
+			   lora_progress_fn progress, void *ctx, struct lora_err *err)
+{
 	struct archive *a;
 	struct stat st;
 	int fd, rc;
@@ -300,12 +315,16 @@ int lora_pkg_read(const char *path, const char *extract_dir, struct lora_pkg *ou
 		close(fd);
 		return lora_errf(err, "out of memory");
 	}
+	prog.fn = progress;
+	prog.ctx = ctx;
+	prog.total = (double)st.st_size;
 	if (archive_read_open_fd(a, fd, 64 << 10) != ARCHIVE_OK) {
 		rc = lora_errc(err, LORA_EVERIFY, "'%s': not a tar archive: %s", path,
 			       archive_error_string(a) ? archive_error_string(a) : "unknown format");
 	} else {
 		rc = read_archive(a, path, extract_dir, out, err);
 	}
+	prog.fn = NULL;
 	rc = finish(a, rc, extract_dir, out);
 	close(fd);
 	return rc;

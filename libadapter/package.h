@@ -58,6 +58,10 @@ struct lora_pkg {
  * otherwise only hashed.  `label` names the package in errors (NULL: path).
  */
 int lora_pkg_read(const char *path, const char *extract_dir, struct lora_pkg *out, struct lora_err *err);
+/* The same, calling progress(ctx, bytes read, file size) as the archive is read (progress may be NULL). */
+typedef void (*lora_progress_fn)(void *ctx, double done, double total);
+int lora_pkg_read_progress(const char *path, const char *extract_dir, struct lora_pkg *out,
+			   lora_progress_fn progress, void *ctx, struct lora_err *err);
 int lora_pkg_read_mem(const void *buf, size_t len, const char *label, const char *extract_dir,
 		      struct lora_pkg *out, struct lora_err *err);
 void lora_pkg_free(struct lora_pkg *p);

@@ -775,13 +775,14 @@ fail:
 	return -1;
 }
 
-static int view_from_file(const char *path, const char *extract_dir, struct view *v,
-			  struct lora_verify_report *rep, struct lora_err *err)
+static int view_from_file_progress(const char *path, const char *extract_dir, struct view *v,
+				   struct lora_verify_report *rep, lora_progress_fn progress, void *pctx,
+				   struct lora_err *err)
 {
 	struct lora_err e2 = { 0 };
 
 	memset(v, 0, sizeof(*v));
-	if (lora_pkg_read(path, extract_dir, &v->pkg, &e2) < 0) {
+	if (lora_pkg_read_progress(path, extract_dir, &v->pkg, progress, pctx, &e2) < 0) {
 		if (rep)
 			rep_set(rep, LORA_CHK_PACKAGE, LORA_CHECK_FAIL, "%s", unlabel(e2.msg));
 		if (err)
@@ -792,6 +793,12 @@ static int view_from_file(const char *path, const char *extract_dir, struct view
 		rep_set(rep, LORA_CHK_PACKAGE, LORA_CHECK_OK, "tar archive with %zu entries, all regular files",
 			v->pkg.n_entries + 1 + (v->pkg.sig != NULL));
 	return 0;
+}
+
+static int view_from_file(const char *path, const char *extract_dir, struct view *v,
+			  struct lora_verify_report *rep, struct lora_err *err)
+{
+	return view_from_file_progress(path, extract_dir, v, rep, NULL, NULL, err);
 }
 
 static int spec_is_file(const char *spec)
@@ -990,6 +997,15 @@ int lora_store_import_package(const char *store_dir, const char *pkg_path, const
 			      int allow_untrusted, char ref_out[LORA_REF_MAX], char digest_out[72],
 			      struct lora_err *err)
 {
+	return lora_store_import_package_progress(store_dir, pkg_path, ref, allow_untrusted, ref_out,
+						  digest_out, NULL, NULL, err);
+}
+
+int lora_store_import_package_progress(const char *store_dir, const char *pkg_path, const char *ref,
+				       int allow_untrusted, char ref_out[LORA_REF_MAX], char digest_out[72],
+				       void (*progress)(void *ctx, double done, double total), void *progress_ctx,
+				       struct lora_err *err)
+{
 	struct lora_verify_report rep;
 	struct lora_manifest m = { 0 };
 	struct lora_ref r;
@@ -1010,7 +1026,7 @@ int lora_store_import_package(const char *store_dir, const char *pkg_path, const
 	stage = stage_dir(store_dir, err);
 	if (!stage)
 		goto out;
-	if (view_from_file(pkg_path, stage, &v, &rep, err) < 0) {
+	if (view_from_file_progress(pkg_path, stage, &v, &rep, progress, progress_ctx, err) < 0) {
 		if (err && err->code == LORA_EVERIFY)
 			rep_fail(&rep, LORA_CHK_PACKAGE, pkg_path, err);
 		goto out;
@@ -1042,8 +1058,13 @@ out:
 }
 
 /* Copy src into dir/name, hashing it; fills e. */
+struct copy_progress {
+	const struct lora_import_opts *o;
+	double done, total;
+};
+
 static int stage_copy(const char *src, const char *dir, const char *name, struct lora_pkg_entry *e,
-		      struct lora_err *err)
+		      struct copy_progress *cp, struct lora_err *err)
 {
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	unsigned char *chunk = malloc(1 << 20), dig[32];
@@ -1086,6 +1107,10 @@ static int stage_copy(const char *src, const char *dir, const char *name, struct
 		if (lora_write_all(out, chunk, (size_t)n, e->path, err) < 0)
 			goto out;
 		e->size += (uint64_t)n;
+		if (cp && cp->o->progress) {
+			cp->done += (double)n;
+			cp->o->progress(cp->o->progress_ctx, cp->done, cp->total);
+		}
 	}
 	if (fsync(out) < 0) {
 		lora_errf(err, "cannot write '%s': %s", e->path, strerror(errno));
@@ -1208,10 +1233,12 @@ int lora_store_add_peft_dir(const char *store_dir, const char *peft_dir, const c
 	cJSON *settings = NULL, *prov = NULL;
 	char want[LORA_REF_MAX], fp[LORA_SSH_FP_MAX], *stage = NULL, *src = NULL;
 	int gfd = -1, rc = -1, replaced = 0;
+	struct copy_progress cp = { 0 };
 
 	memset(&key, 0, sizeof(key));
 	if (!opts)
 		opts = &no_opts;
+	cp.o = opts;
 	if (lora_ref_parse(ref, &r, err) < 0)
 		return -1;
 	if (r.is_digest)
@@ -1234,6 +1261,7 @@ int lora_store_add_peft_dir(const char *store_dir, const char *peft_dir, const c
 	if (lora_peft_open(peft_dir, &peft, err) < 0)
 		goto out;
 	settings = lora_settings(peft);
+	cp.total = (double)peft->st->size;
 	if (store_init(store_dir, err) < 0)
 		goto out;
 	gfd = lock_take(store_dir, ".lock-gc", LOCK_SH, err);
@@ -1289,7 +1317,7 @@ int lora_store_add_peft_dir(const char *store_dir, const char *peft_dir, const c
 			lora_errf(err, "too many files for one package");
 			goto out;
 		}
-		if (stage_copy(src, stage, name, &pkg.entries[pkg.n_entries], err) < 0)
+		if (stage_copy(src, stage, name, &pkg.entries[pkg.n_entries], &cp, err) < 0)
 			goto out;
 		mf[pkg.n_entries].name = pkg.entries[pkg.n_entries].name;
 		mf[pkg.n_entries].size = pkg.entries[pkg.n_entries].size;
@@ -1751,7 +1779,8 @@ static void store_gc(const char *store, int blocking)
 			if (set_add(&set, &n, &cap, om.layers[i].digest) < 0)
 				goto out;
 	}
-	qsort(set, n, sizeof(*set), cmp_hex);
+	if (n)
+		qsort(set, n, sizeof(*set), cmp_hex);
 	bd = spath(store, "blobs/sha256");
 	if (!bd || !(d = opendir(bd)))
 		goto out;
@@ -1760,7 +1789,7 @@ static void store_gc(const char *store, int blocking)
 		char *p;
 		if (!strcmp(name, ".") || !strcmp(name, ".."))
 			continue;
-		if (strlen(name) == 64 && is_hex(name, 64) && bsearch(&name, set, n, sizeof(*set), cmp_hex))
+		if (n && strlen(name) == 64 && is_hex(name, 64) && bsearch(&name, set, n, sizeof(*set), cmp_hex))
 			continue;
 		p = lora_path_join(bd, name);
 		if (p)

@@ -97,6 +97,8 @@ struct lora_import_opts {
 	const char *base_fingerprint; /* may be NULL */
 	const char *provenance_json;  /* a JSON object text for manifest "provenance", may be NULL */
 	const char *const *extra_files; size_t n_extra; /* paths of optional files (README.md, training_log.jsonl, loss.svg) */
+	void (*progress)(void *ctx, double done, double total); /* bytes copied so far, may be NULL */
+	void *progress_ctx;
 };
 int lora_store_add_peft_dir(const char *store_dir, const char *peft_dir, const char *ref,
 			    const struct lora_import_opts *opts, char digest_out[72], struct lora_err *err);
@@ -118,6 +120,11 @@ int lora_store_check_signing_key(const char *store_dir, const char *key_path, st
 int lora_store_import_package(const char *store_dir, const char *pkg_path, const char *ref,
 			      int allow_untrusted, char ref_out[LORA_REF_MAX], char digest_out[72],
 			      struct lora_err *err);
+/* The same, reporting the bytes of the package read so far (progress may be NULL). */
+int lora_store_import_package_progress(const char *store_dir, const char *pkg_path, const char *ref,
+				       int allow_untrusted, char ref_out[LORA_REF_MAX], char digest_out[72],
+				       void (*progress)(void *ctx, double done, double total), void *progress_ctx,
+				       struct lora_err *err);
 
 /* ---------------------------------------------------------- reading */
 

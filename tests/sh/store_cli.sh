@@ -3,6 +3,8 @@
 # tar, sha256sum).
 . tests/lib.sh
 TOOLS=${LORA_TOOLS:-$PWD/build/tools}
+# test tooling, not under test: its leaks are not ours to report
+mktiny() { ASAN_OPTIONS=detect_leaks=0 "$TOOLS/mktiny" "$@"; }
 ST=$LORA_HOME
 
 # snapshot of every file and folder of the store (names and contents)
@@ -15,9 +17,9 @@ flip() { printf "$(printf '\\%03o' $(( $(od -An -tu1 -j "$2" -N1 "$1") ^ 1 )))" 
 repack() { (cd "$1" && tar --format=ustar -cf "$2" manifest.json $( [ -f manifest.json.sig ] && echo manifest.json.sig ) \
 	$(ls | grep -v '^manifest.json')); }
 
-"$TOOLS/mktiny" model "$T/base" --hidden 32 --inter 64 >/dev/null || echo "FAIL mktiny-model"
-"$TOOLS/mktiny" adapter "$T/ad" --base "$T/base" --r 4 --seed 7 >/dev/null || echo "FAIL mktiny-adapter"
-"$TOOLS/mktiny" adapter "$T/ad2" --base "$T/base" --r 2 --targets o_proj --seed 8 >/dev/null
+mktiny model "$T/base" --hidden 32 --inter 64 >/dev/null || echo "FAIL mktiny-model"
+mktiny adapter "$T/ad" --base "$T/base" --r 4 --seed 7 >/dev/null || echo "FAIL mktiny-adapter"
+mktiny adapter "$T/ad2" --base "$T/base" --r 2 --targets o_proj --seed 8 >/dev/null
 
 t_case keygen
 run "$LORA" keygen --name alice@example.com
@@ -225,6 +227,44 @@ expect_rc 1
 expect_err "not empty"
 run "$LORA" export sql:v1 --format zip -o "$T/z"
 expect_rc 2
+
+t_case base_fingerprint
+mktiny model "$T/base2" --hidden 32 --inter 64 --seed 99 >/dev/null
+run "$LORA" import "$T/ad" --name fp1 --base "$T/base"
+expect_rc 0
+run "$LORA" import "$T/ad" --name fp2 --base "$T/base"
+run "$LORA" import "$T/ad" --name fp3 --base "$T/base2"
+fp() { "$LORA" export "$1" -o - | tar -xOf - manifest.json | sed -n 's/.*"fingerprint": "\(.*\)".*/\1/p'; }
+f1=$(fp fp1); f2=$(fp fp2); f3=$(fp fp3)
+case "$f1" in sha256:????????????????????????????????????????????????????????????????) ;; *) t_fail "fingerprint '$f1'";; esac
+expect_eq "$f2" "$f1" "same base, same fingerprint"
+[ "$f3" != "$f1" ] || t_fail "another base gave the same fingerprint"
+run "$LORA" import "$T/ad" --name fp4 --base "$T/nonexistent"
+expect_rc 1
+for r in fp1 fp2 fp3; do "$LORA" rm $r >/dev/null; done
+
+t_case broken_folder_refused
+mkdir "$T/broken" && cp "$T/ad/adapter_config.json" "$T/broken/"
+before=$(snap)
+run "$LORA" import "$T/broken" --name broken
+expect_rc 1
+expect_err "adapter_model.safetensors"
+printf 'not json' > "$T/broken/adapter_config.json"
+cp "$T/ad/adapter_model.safetensors" "$T/broken/"
+run "$LORA" import "$T/broken" --name broken
+expect_rc 1
+expect_eq "$(snap)" "$before" "store changed by a refused folder"
+
+t_case replacing_a_name_collects_old_blobs
+run "$LORA" import "$T/ad2" --name moving
+expect_rc 0
+n1=$(nblobs)
+run "$LORA" import "$T/ad" --name moving
+expect_rc 0
+# ad2's files, manifest, signature and OCI manifest go; ad's files were there already
+expect_eq "$(nblobs)" $((n1 - 2)) "blobs after moving a name"
+run "$LORA" rm moving
+expect_rc 0
 
 t_case tag_and_rm
 run "$LORA" tag sql:v1 sql:prod

@@ -19,19 +19,40 @@ struct input {
 	struct lora_diff_side side;
 };
 
-/* The manifest's provenance of a stored adapter or .lora file; NULL for a folder or on failure. */
-static char *provenance_of(const char *store, const char *spec)
+/* JSON text of the "provenance" member of a manifest, or NULL. */
+static char *manifest_provenance(const cJSON *manifest)
+{
+	const cJSON *p = cJSON_GetObjectItemCaseSensitive(manifest, "provenance");
+	return p && !cJSON_IsNull(p) ? cJSON_PrintUnformatted(p) : NULL;
+}
+
+/*
+ * The manifest's provenance of a stored adapter (from the index, which is
+ * cheap) or of a .lora file (described, which re-reads it); NULL for a
+ * folder or when it cannot be had.
+ */
+static char *provenance_of(const char *store, const char *spec, const struct lora_adapter_src *src)
 {
 	struct lora_err err = { 0 };
+	struct lora_store_item *items = NULL;
+	size_t n = 0;
 	cJSON *d = NULL;
-	const cJSON *p;
 	char *s = NULL;
 
-	if (lora_is_dir(spec) || lora_store_describe(store, spec, &d, &err) < 0)
+	if (lora_is_dir(spec))
 		return NULL;
-	p = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(d, "manifest"), "provenance");
-	if (p && !cJSON_IsNull(p))
-		s = cJSON_PrintUnformatted(p);
+	if (src->digest[0]) {
+		if (lora_store_list(store, &items, &n, &err) < 0)
+			return NULL;
+		for (size_t i = 0; i < n && !s; i++)
+			if (!strcmp(items[i].digest, src->digest) && items[i].manifest)
+				s = manifest_provenance(items[i].manifest);
+		lora_store_items_free(items, n);
+		return s;
+	}
+	if (lora_store_describe(store, spec, &d, &err) < 0)
+		return NULL;
+	s = manifest_provenance(cJSON_GetObjectItemCaseSensitive(d, "manifest"));
 	cJSON_Delete(d);
 	return s;
 }
@@ -42,7 +63,7 @@ static int open_input(const struct cmd_ctx *ctx, const char *spec, struct input 
 	memset(in, 0, sizeof(*in));
 	if (lora_adapter_open(ctx->store, spec, &in->src, err) < 0)
 		return -1;
-	in->provenance = provenance_of(ctx->store, spec);
+	in->provenance = provenance_of(ctx->store, spec, &in->src);
 	in->side.peft = in->src.peft;
 	in->side.label = spec;
 	in->side.ref = in->src.digest[0] ? in->src.ref : NULL;

@@ -24,6 +24,7 @@ PEER_MODULES=${PEER_MODULES:-7}
 [ -x /usr/bin/time ] || { echo "bench: needs GNU time (/usr/bin/time)" >&2; exit 1; }
 mkdir -p "$DATA"
 echo "lora: $LORA ($($LORA --version)); $(nproc) CPUs; data in $DATA"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other work on these CPUs slows the wall times)"
 
 if [ ! -f "$DATA/adapters/b/adapter_model.safetensors" ]; then
 	echo "generating two r=64 adapters (Llama-3-8B shapes)..."
@@ -55,7 +56,8 @@ printf '%s' "$times"
 best=$(printf '%s' "$times" | sort -n | head -1 | cut -d' ' -f1)
 median=$(printf '%s' "$times" | sort -n | sed -n 3p | cut -d' ' -f1)
 cpu=$(printf '%s' "$times" | sort -n | sed -n 3p | awk '{print $2 + $3}')
-echo "lora diff: best ${best}s, median ${median}s wall (${cpu}s CPU), target < 2 s"
+echo "lora diff: best ${best}s, median ${median}s wall (${cpu}s CPU), target < 2 s;" \
+	"load average now $(cut -d' ' -f1 /proc/loadavg)"
 
 "$PY" bench/diff_peer.py diff "$A" "$B" "$PEER_MODULES" >"$DATA/peer.txt"
 per=$(sed -n 's/^peer_seconds_per_module //p' "$DATA/peer.txt")

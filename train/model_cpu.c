@@ -22,6 +22,7 @@
 
 #define WCHUNK (1u << 20)        /* floats of a dequantized weight chunk (4 MiB) */
 #define LOGIT_CHUNK (8u << 20)   /* floats of logits held at once (32 MiB) */
+#define QB 64                    /* attention queries per block */
 
 /* What one layer keeps for its backward pass. */
 struct acts {
@@ -55,7 +56,7 @@ struct cpu {
 	float *dact, *dg, *dup;   /* [N, F] */
 	float *xd, *mask;         /* [N, max in] dropout(x) and its mask */
 	float *du;                /* [N, max r] */
-	float *S, *P;             /* [T, T] attention scores / probabilities (and dS) */
+	float *S, *P;             /* [QB, T] attention scores / probabilities (and dS) */
 	float *cosb, *sinb;       /* [T, D/2] */
 	float *wbuf;              /* [WCHUNK] */
 	float *logit;             /* [NC, V] */
@@ -132,8 +133,8 @@ static size_t layout(struct cpu *c, const struct lora_net *net, int B, int T, fl
 	c->xd = take(&p, N * mx);
 	c->mask = take(&p, N * mx);
 	c->du = take(&p, N * R);
-	c->S = take(&p, (size_t)T * T);
-	c->P = take(&p, (size_t)T * T);
+	c->S = take(&p, (size_t)(T < QB ? T : QB) * T);
+	c->P = take(&p, (size_t)(T < QB ? T : QB) * T);
 	c->cosb = take(&p, (size_t)T * (net->D / 2));
 	c->sinb = take(&p, (size_t)T * (net->D / 2));
 	c->wbuf = take(&p, WCHUNK);
@@ -449,17 +450,27 @@ static inline int key_lo(int i, int window)
 	return window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
 }
 
-/* P [T, T] = softmax of scaled scores within the causal (window) band; lse per row. */
-static void attn_probs(struct cpu *c, const float *q, const float *kk, int T, int D, float scaling,
-		       int window, float *lse, int have_lse)
+/*
+ * Queries are taken QB at a time; block [q0, q1) sees keys [k0, q1) with
+ * k0 = key_lo(q0), so the products skip what the causal band masks out.
+ * S and P are [QB, T] scratch with row stride nk = q1 - k0.
+ */
+/* P = softmax of the scaled scores of queries [q0, q1) within the band; lse per row. */
+static void attn_probs(struct cpu *c, const float *q, const float *kk, int q0, int q1, int k0, int D,
+		       float scaling, int window, float *lse, int have_lse)
 {
-	gemm(0, 1, T, T, D, 1.0f, q, D, kk, D, 0.0f, c->S, T);
-	for (int i = 0; i < T; i++) {
-		float *s = c->S + (size_t)i * T, *p = c->P + (size_t)i * T;
+	const int nk = q1 - k0;
+
+	gemm(0, 1, q1 - q0, nk, D, 1.0f, q + (size_t)q0 * D, D, kk + (size_t)k0 * D, D, 0.0f, c->S, nk);
+	for (int i = q0; i < q1; i++) {
+		float *s = c->S + (size_t)(i - q0) * nk - k0, *p = c->P + (size_t)(i - q0) * nk - k0;
 		const int lo = key_lo(i, window);
 		float m = -INFINITY, sum = 0.0f;
 
-		memset(p, 0, sizeof(float) * T);
+		for (int j = k0; j < lo; j++)
+			p[j] = 0.0f;
+		for (int j = i + 1; j < q1; j++)
+			p[j] = 0.0f;
 		if (have_lse) {
 			for (int j = lo; j <= i; j++)
 				p[j] = expf(s[j] * scaling - lse[i]);
@@ -489,11 +500,16 @@ static void attn_fwd(const struct ctx *k, const struct lora_block *bk, struct ac
 		for (int h = 0; h < H; h++) {
 			const float *q = a->q + ((size_t)b * H + h) * T * D;
 			const size_t kvo = ((size_t)b * net->KV + h / grp) * T * D;
+			float *out = a->att + (size_t)b * T * HD + (size_t)h * D;
 
-			attn_probs(k->c, q, a->k + kvo, T, D, scaling, bk->window,
-				   a->lse + ((size_t)b * H + h) * T, 0);
-			gemm(0, 0, T, D, T, 1.0f, k->c->P, T, a->v + kvo, D, 0.0f,
-			     a->att + (size_t)b * T * HD + (size_t)h * D, HD);
+			for (int q0 = 0; q0 < T; q0 += QB) {
+				const int q1 = q0 + QB < T ? q0 + QB : T, k0 = key_lo(q0, bk->window);
+
+				attn_probs(k->c, q, a->k + kvo, q0, q1, k0, D, scaling, bk->window,
+					   a->lse + ((size_t)b * H + h) * T, 0);
+				gemm(0, 0, q1 - q0, D, q1 - k0, 1.0f, k->c->P, q1 - k0,
+				     a->v + kvo + (size_t)k0 * D, D, 0.0f, out + (size_t)q0 * HD, HD);
+			}
 		}
 }
 
@@ -513,24 +529,33 @@ static void attn_bwd(const struct ctx *k, const struct lora_block *bk, const str
 			const size_t kvo = ((size_t)b * net->KV + h / grp) * T * D;
 			const float *dO = c->datt + (size_t)b * T * HD + (size_t)h * D;
 
-			attn_probs(c, a->q + qo, a->k + kvo, T, D, scaling, bk->window,
-				   a->lse + ((size_t)b * H + h) * T, 1);
-			/* dV += Pᵀ·dO, dP = dO·Vᵀ (into S), dS = P·(dP - rowsum(P·dP)) */
-			gemm(1, 0, T, D, T, 1.0f, c->P, T, dO, HD, 1.0f, c->dv + kvo, D);
-			gemm(0, 1, T, T, D, 1.0f, dO, HD, a->v + kvo, D, 0.0f, c->S, T);
-			for (int i = 0; i < T; i++) {
-				float *dp = c->S + (size_t)i * T;
-				const float *p = c->P + (size_t)i * T;
-				const int lo = key_lo(i, bk->window);
-				float dot = 0.0f;
+			for (int q0 = 0; q0 < T; q0 += QB) {
+				const int q1 = q0 + QB < T ? q0 + QB : T, k0 = key_lo(q0, bk->window);
+				const int nq = q1 - q0, nk = q1 - k0;
 
-				for (int j = lo; j <= i; j++)
-					dot += p[j] * dp[j];
-				for (int j = 0; j < T; j++)
-					dp[j] = (j >= lo && j <= i) ? p[j] * (dp[j] - dot) : 0.0f;
+				attn_probs(c, a->q + qo, a->k + kvo, q0, q1, k0, D, scaling, bk->window,
+					   a->lse + ((size_t)b * H + h) * T, 1);
+				/* dV += Pᵀ·dO, dP = dO·Vᵀ (into S), dS = P·(dP - rowsum(P·dP)) */
+				gemm(1, 0, nk, D, nq, 1.0f, c->P, nk, dO + (size_t)q0 * HD, HD, 1.0f,
+				     c->dv + kvo + (size_t)k0 * D, D);
+				gemm(0, 1, nq, nk, D, 1.0f, dO + (size_t)q0 * HD, HD, a->v + kvo + (size_t)k0 * D,
+				     D, 0.0f, c->S, nk);
+				for (int i = q0; i < q1; i++) {
+					float *dp = c->S + (size_t)(i - q0) * nk - k0;
+					const float *p = c->P + (size_t)(i - q0) * nk - k0;
+					const int lo = key_lo(i, bk->window);
+					float dot = 0.0f;
+
+					for (int j = lo; j <= i; j++)
+						dot += p[j] * dp[j];
+					for (int j = k0; j < q1; j++)
+						dp[j] = (j >= lo && j <= i) ? p[j] * (dp[j] - dot) : 0.0f;
+				}
+				gemm(0, 0, nq, D, nk, scaling, c->S, nk, a->k + kvo + (size_t)k0 * D, D, 0.0f,
+				     c->dq + qo + (size_t)q0 * D, D);
+				gemm(1, 0, nk, D, nq, scaling, c->S, nk, a->q + qo + (size_t)q0 * D, D, 1.0f,
+				     c->dk + kvo + (size_t)k0 * D, D);
 			}
-			gemm(0, 0, T, D, T, scaling, c->S, T, a->k + kvo, D, 0.0f, c->dq + qo, D);
-			gemm(1, 0, T, D, T, scaling, c->S, T, a->q + qo, D, 1.0f, c->dk + kvo, D);
 		}
 }
 
@@ -633,14 +658,16 @@ static void loss_head(const struct ctx *k, int backward, double scale, float *lo
 			}
 			for (int j = 0; j < V; j++)
 				m = z[j] > m ? z[j] : m;
+			/* fp32 exponentials as torch's log_softmax, summed in double */
 			for (int j = 0; j < V; j++)
-				sum += exp((double)(z[j] - m));
+				sum += expf(z[j] - m);
 			lse = m + log(sum);
 			res->loss_sum += lse - z[tgt];
 			if (backward) {
+				const float fl = (float)lse, fs = (float)scale;
 				for (int j = 0; j < V; j++)
-					z[j] = (float)(exp((double)z[j] - lse) * scale);
-				z[tgt] -= (float)scale;
+					z[j] = expf(z[j] - fl) * fs;
+				z[tgt] -= fs;
 			}
 		}
 		if (backward)

@@ -103,6 +103,46 @@ static const float *tensor_f32(const struct lora_st *st, const char *name, uint6
 	return t && t->dtype == LORA_DT_F32 && t->nelem == n ? (const float *)t->data : NULL;
 }
 
+/* Every LoRA gradient against "<prefix>.grad.<module>.lora_A/B.weight"; returns how many. */
+static int compare_grads(const struct lora_net *net, const struct lora_st *st, const char *prefix,
+			 const char *model)
+{
+	char name[256];
+	const float *ref;
+	int nmods = 0;
+
+	for (int l = 0; l < net->L; l++)
+		for (int t = 0; t < LORA_NTARGET; t++) {
+			const struct lora_mod *m = lora_net_mod(net, l, (enum lora_target)t);
+			const struct lora_linear *lin = &net->blocks[l].lin[t];
+			char mod[128];
+
+			if (!m)
+				continue;
+			lora_module_name(mod, sizeof(mod), l, (enum lora_target)t);
+			for (int ab = 0; ab < 2; ab++) {
+				const size_t n = ab ? (size_t)lin->w.rows * m->r : (size_t)m->r * lin->w.cols;
+				const float *g = net->grads + (ab ? m->b_off : m->a_off);
+				double d2 = 0, r2 = 0, rel;
+
+				snprintf(name, sizeof(name), "%s.grad.%s.lora_%c.weight", prefix, mod,
+					 ab ? 'B' : 'A');
+				if (!(ref = tensor_f32(st, name, n)))
+					continue;
+				for (size_t i = 0; i < n; i++) {
+					d2 += ((double)g[i] - ref[i]) * ((double)g[i] - ref[i]);
+					r2 += (double)ref[i] * ref[i];
+				}
+				rel = sqrt(d2 / r2);
+				CHECKF(r2 > 0 && rel <= 1e-4, "%s %s: gradient off by %.3g (norm-wise)", model,
+				       name, rel);
+				worst_grad = rel > worst_grad ? rel : worst_grad;
+				nmods++;
+			}
+		}
+	return nmods;
+}
+
 /* Logits at real positions, loss, and every LoRA gradient against the fixture. */
 static void check_model(const char *model, enum lora_quant q)
 {
@@ -146,34 +186,7 @@ static void check_model(const char *model, enum lora_quant q)
 	CHECK(res2.loss == res.loss);   /* forward alone and forward+backward agree exactly */
 	if (fabs(res2.loss - ref_loss) / ref_loss > worst_loss)
 		worst_loss = fabs(res2.loss - ref_loss) / ref_loss;
-	for (int l = 0; l < net->L; l++)
-		for (int t = 0; t < LORA_NTARGET; t++) {
-			const struct lora_mod *m = lora_net_mod(net, l, (enum lora_target)t);
-			const struct lora_linear *lin = &net->blocks[l].lin[t];
-			char mod[128];
-
-			if (!m)
-				continue;
-			lora_module_name(mod, sizeof(mod), l, (enum lora_target)t);
-			for (int ab = 0; ab < 2; ab++) {
-				const size_t n = ab ? (size_t)lin->w.rows * m->r : (size_t)m->r * lin->w.cols;
-				const float *g = net->grads + (ab ? m->b_off : m->a_off);
-				double d2 = 0, r2 = 0, rel;
-
-				snprintf(name, sizeof(name), "%s.grad.%s.lora_%c.weight", qn, mod, ab ? 'B' : 'A');
-				if (!(ref = tensor_f32(f.st, name, n)))
-					continue;
-				for (size_t i = 0; i < n; i++) {
-					d2 += ((double)g[i] - ref[i]) * ((double)g[i] - ref[i]);
-					r2 += (double)ref[i] * ref[i];
-				}
-				rel = sqrt(d2 / r2);
-				CHECKF(r2 > 0 && rel <= 1e-4, "%s/%s %s: gradient off by %.3g (norm-wise)", model,
-				       qn, name, rel);
-				worst_grad = rel > worst_grad ? rel : worst_grad;
-				nmods++;
-			}
-		}
+	nmods = compare_grads(net, f.st, qn, model);
 	CHECKF(nmods > 0, "%s: no gradients compared", model);
 	free(logits);
 	lora_net_close(net);
@@ -188,6 +201,37 @@ TEST(qwen2_biases_linear_rope_none) { check_model("qwen2", LORA_QUANT_NONE); }
 TEST(qwen2_biases_linear_rope_nf4) { check_model("qwen2", LORA_QUANT_NF4); }
 TEST(mistral_sliding_window_none) { check_model("mistral_window", LORA_QUANT_NONE); }
 TEST(mistral_sliding_window_nf4) { check_model("mistral_window", LORA_QUANT_NF4); }
+
+/* One row of 150 tokens: attention runs in several query blocks, the window cuts across them. */
+static void check_long(const char *model)
+{
+	struct fx f;
+	struct lora_net *net;
+	struct lora_fb_result res;
+	struct lora_err err;
+	const struct lora_st_tensor *ids, *lab, *loss;
+
+	if (open_fx(model, &f) < 0 || !(net = open_net(model, LORA_QUANT_NONE, 0, 1)))
+		return;
+	ids = lora_st_find(f.st, "long.input_ids");
+	lab = lora_st_find(f.st, "long.labels");
+	loss = lora_st_find(f.st, "long.loss");
+	CHECK(ids && lab && loss);
+	if (ids && lab && loss) {
+		struct lora_batch b = {1, (int)ids->shape[1], (const int32_t *)ids->data,
+				       (const int32_t *)lab->data, NULL};
+
+		lora_net_zero_grad(net);
+		CHECKF(lora_net_forward_backward(net, &b, 0, &res, &err) == 0, "%s", err.msg);
+		CHECK_NEAR(res.loss, *(const double *)loss->data, 0, 1e-4);
+		CHECK(compare_grads(net, f.st, "long", model) > 0);
+	}
+	lora_net_close(net);
+	lora_st_close(f.st);
+}
+
+TEST(long_row_full_causal) { check_long("llama_tied"); }
+TEST(long_row_sliding_window) { check_long("mistral_window"); }
 
 /* Gradients with activation checkpointing are bit-identical to those without. */
 TEST(checkpointing_is_bit_identical)
@@ -435,6 +479,8 @@ int main(void)
 	RUN(qwen2_biases_linear_rope_nf4);
 	RUN(mistral_sliding_window_none);
 	RUN(mistral_sliding_window_nf4);
+	RUN(long_row_full_causal);
+	RUN(long_row_sliding_window);
 	printf("  largest errors: logits %.3g abs, loss %.3g rel, gradients %.3g rel (norm-wise)\n",
 	       worst_logit, worst_loss, worst_grad);
 	RUN(checkpointing_is_bit_identical);

@@ -35,6 +35,22 @@ void lora_net_opts_defaults(struct lora_net_opts *o)
 
 /* ------------------------------------------------------------ frozen weights */
 
+/* bf16 is the top half of an fp32: exact, NaN included.  Vectorized, with an AVX2 clone. */
+#if defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx2", "default"), optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void bf16_to_f32(const unsigned char *src, float *out, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint16_t h;
+		uint32_t u;
+
+		memcpy(&h, src + 2 * i, 2);
+		u = (uint32_t)h << 16;
+		memcpy(out + i, &u, 4);
+	}
+}
+
 void lora_frozen_rows(const struct lora_frozen *w, int r0, int nr, float *out)
 {
 	const size_t start = (size_t)r0 * w->cols, count = (size_t)nr * w->cols;
@@ -47,7 +63,7 @@ void lora_frozen_rows(const struct lora_frozen *w, int r0, int nr, float *out)
 		memcpy(out, (const float *)w->data + start, count * sizeof(float));
 		break;
 	case LORA_WF_BF16:
-		lora_to_f32(out, (const uint16_t *)w->data + start, LORA_DT_BF16, count);
+		bf16_to_f32((const unsigned char *)w->data + 2 * start, out, count);
 		break;
 	case LORA_WF_F16:
 		lora_to_f32(out, (const uint16_t *)w->data + start, LORA_DT_F16, count);

@@ -27,7 +27,9 @@
  * fast-math), so the vector and scalar paths give the same bits and results
  * do not depend on the machine or on where a loop is cut.
  */
+#ifndef __clang__
 #pragma GCC optimize("tree-vectorize", "vect-cost-model=dynamic", "no-trapping-math", "fp-contract=off")
+#endif
 #if defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #define HOT __attribute__((target_clones("avx2", "default")))
 #else

@@ -386,6 +386,9 @@ static int build_arena(struct lora_net *net, const int *r, const float *scale, s
 {
 	size_t off = 0;
 
+	/* the backend sized its buffers for the old adapters */
+	if (net->be && net->be->release)
+		net->be->release(net);
 	free(net->params);
 	free(net->grads);
 	net->params = net->grads = NULL;

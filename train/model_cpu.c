@@ -58,8 +58,9 @@ struct acts {
 };
 
 struct cpu {
-	int B, T;                 /* capacity the buffers were sized for */
+	int B, T;                 /* the batch shape the buffers are laid out for */
 	float *mem;               /* every buffer below points into this */
+	size_t cap;               /* floats in mem */
 	int n_acts;               /* L, or 1 with checkpointing */
 	struct acts *acts;
 	float **xs;               /* [L][N, C] layer inputs (checkpointing) */
@@ -179,35 +180,45 @@ static void cpu_release(struct lora_net *net)
 	net->be_state = NULL;
 }
 
+/* Buffers for a B x T batch: the state (threads included) is made once and
+ * its memory grows when a batch needs more; any batch shape may follow any other. */
 static struct cpu *cpu_prepare(struct lora_net *net, int B, int T, struct lora_err *err)
 {
 	struct cpu *c = net->be_state;
-	size_t n;
+	size_t need;
 
-	if (c && c->B >= B && c->T == T)
-		return c;
-	cpu_release(net);
-	if (!(c = calloc(1, sizeof(*c))))
-		goto oom;
-	net->be_state = c;
-	c->n_acts = net->opts.checkpoint ? 1 : net->L;
-	if (net->opts.threads > 0)
-		openblas_set_num_threads(net->opts.threads);
-	c->nthreads = net->opts.threads > 0 ? net->opts.threads : openblas_get_num_threads();
-	if (c->nthreads < 1)
-		c->nthreads = 1;
-	if (lora_pool_create(&c->pool, c->nthreads, err) < 0) {
-		cpu_release(net);
-		return NULL;
+	if (!c) {
+		if (!(c = calloc(1, sizeof(*c))))
+			goto oom;
+		net->be_state = c;
+		c->n_acts = net->opts.checkpoint ? 1 : net->L;
+		if (net->opts.threads > 0)
+			openblas_set_num_threads(net->opts.threads);
+		c->nthreads = net->opts.threads > 0 ? net->opts.threads : openblas_get_num_threads();
+		if (c->nthreads < 1)
+			c->nthreads = 1;
+		if (lora_pool_create(&c->pool, c->nthreads, err) < 0) {
+			cpu_release(net);
+			return NULL;
+		}
+		if (!(c->acts = calloc((size_t)c->n_acts, sizeof(*c->acts))))
+			goto oom;
+		if (net->opts.checkpoint && !(c->xs = calloc((size_t)net->L, sizeof(*c->xs))))
+			goto oom;
 	}
-	if (!(c->acts = calloc((size_t)c->n_acts, sizeof(*c->acts))))
+	if (c->B == B && c->T == T)
+		return c;
+	need = layout(c, net, B, T, NULL);
+	if (need > ((size_t)1 << 40) / sizeof(float))
 		goto oom;
-	if (net->opts.checkpoint && !(c->xs = calloc((size_t)net->L, sizeof(*c->xs))))
-		goto oom;
-	n = layout(c, net, B, T, NULL);
-	if (n > ((size_t)1 << 40) / sizeof(float) ||
-	    !(c->mem = aligned_alloc(64, ((n * sizeof(float)) + 63) & ~(size_t)63)))
-		goto oom;
+	if (need > c->cap) {
+		free(c->mem);
+		c->cap = 0;
+		c->B = c->T = 0;
+		if (!(c->mem = aligned_alloc(64, ((need * sizeof(float)) + 63) & ~(size_t)63)))
+			goto oom;
+		c->cap = need;
+	}
 	layout(c, net, B, T, c->mem);
 	c->B = B;
 	c->T = T;

@@ -225,6 +225,10 @@ static void check_long(const char *model)
 		CHECKF(lora_net_forward_backward(net, &b, 0, &res, &err) == 0, "%s", err.msg);
 		CHECK_NEAR(res.loss, *(const double *)loss->data, 0, 1e-4);
 		CHECK(compare_grads(net, f.st, "long", model) > 0);
+		/* the same net on the short batch again: buffers re-laid for another shape */
+		CHECK(lora_net_forward(net, &f.b, NULL, &res, &err) == 0);
+		loss = lora_st_find(f.st, "none.loss");
+		CHECK(loss && fabs(res.loss - *(const double *)loss->data) <= 1e-4 * res.loss);
 	}
 	lora_net_close(net);
 	lora_st_close(f.st);
@@ -423,6 +427,138 @@ TEST(nf4_base_takes_about_4_13_bits)
 	lora_net_close(net);
 }
 
+/* A copy of fixture model M with every tensor converted to dt, in a temp dir. */
+static char *convert_model(const char *model, enum lora_dtype dt)
+{
+	char rel[128], *src, *path, *dir = NULL, tmpl[] = "/tmp/lora-test-dtype.XXXXXX";
+	struct lora_st *st = NULL;
+	struct lora_st_writer w;
+	struct lora_st_spec *specs = NULL;
+	struct lora_err err;
+	char *cfg = NULL;
+	size_t cfg_len;
+	int ok = 0;
+
+	snprintf(rel, sizeof(rel), "train/%s/model.safetensors", model);
+	src = t_fixture(rel);
+	if (lora_st_open(src, &st, &err) < 0 || !(dir = mkdtemp(tmpl)))
+		goto out;
+	dir = strdup(dir);
+	specs = calloc(st->n_tensors, sizeof(*specs));
+	for (size_t i = 0; i < st->n_tensors; i++) {
+		specs[i].name = st->tensors[i].name;
+		specs[i].dtype = dt;
+		specs[i].ndim = st->tensors[i].ndim;
+		memcpy(specs[i].shape, st->tensors[i].shape, sizeof(specs[i].shape));
+	}
+	path = lora_path_join(dir, "model.safetensors");
+	if (lora_st_writer_open(&w, path, specs, st->n_tensors, NULL, NULL, 0, &err) < 0) {
+		free(path);
+		goto out;
+	}
+	free(path);
+	for (size_t i = 0; i < st->n_tensors; i++) {
+		float *f = lora_st_to_f32(&st->tensors[i], &err);
+		size_t n = st->tensors[i].nelem, es = lora_dtype_bits(dt) / 8;
+		void *buf = malloc(n * es);
+
+		lora_from_f32(buf, f, dt, n);
+		lora_st_writer_write(&w, buf, n * es, &err);
+		free(buf);
+		free(f);
+	}
+	if (lora_st_writer_commit(&w, &err) < 0)
+		goto out;
+	free(src);
+	snprintf(rel, sizeof(rel), "train/%s/config.json", model);
+	src = t_fixture(rel);
+	path = lora_path_join(dir, "config.json");
+	if (lora_read_file(src, 1 << 20, &cfg, &cfg_len, &err) == 0 &&
+	    lora_write_file_atomic(path, cfg, cfg_len, 0644, &err) == 0)
+		ok = 1;
+	free(path);
+out:
+	CHECKF(ok, "converting %s: %s", model, err.msg);
+	free(cfg);
+	free(specs);
+	free(src);
+	lora_st_close(st);
+	if (!ok && dir) {
+		lora_rm_rf(dir, &err);
+		free(dir);
+		dir = NULL;
+	}
+	return dir;
+}
+
+static float *logits_of(const char *dir, const char *adapter_model, const struct lora_batch *b, int *V)
+{
+	struct lora_net_opts o;
+	struct lora_net *net = NULL;
+	struct lora_fb_result r;
+	struct lora_err err;
+	char rel[128], *ad;
+	float *out = NULL;
+
+	lora_net_opts_defaults(&o);
+	o.quant = LORA_QUANT_NONE;
+	snprintf(rel, sizeof(rel), "train/%s.adapter", adapter_model);
+	ad = t_fixture(rel);
+	if (lora_net_open(&net, dir, &o, &err) == 0 && lora_net_load_adapter(net, ad, &err) == 0) {
+		*V = net->V;
+		out = malloc(sizeof(float) * (size_t)b->B * b->T * net->V);
+		if (lora_net_forward(net, b, out, &r, &err) < 0) {
+			free(out);
+			out = NULL;
+		}
+	}
+	CHECKF(out != NULL, "%s: %s", dir, err.msg);
+	free(ad);
+	lora_net_close(net);
+	return out;
+}
+
+/* The same weights stored as F32 give the same logits bit for bit; as F16, close ones. */
+TEST(fp32_and_fp16_weights)
+{
+	struct fx f;
+	char *d32 = NULL, *d16 = NULL, *dbf = t_fixture("train/qwen2");
+	float *lbf = NULL, *l32 = NULL, *l16 = NULL;
+	struct lora_err err;
+	int V = 0;
+
+	if (open_fx("qwen2", &f) < 0)
+		return;
+	d32 = convert_model("qwen2", LORA_DT_F32);
+	d16 = convert_model("qwen2", LORA_DT_F16);
+	if (d32 && d16) {
+		lbf = logits_of(dbf, "qwen2", &f.b, &V);
+		l32 = logits_of(d32, "qwen2", &f.b, &V);
+		l16 = logits_of(d16, "qwen2", &f.b, &V);
+	}
+	if (lbf && l32 && l16) {
+		const size_t n = (size_t)f.b.B * f.b.T * V;
+		double worst = 0;
+
+		CHECK(memcmp(lbf, l32, n * sizeof(float)) == 0);
+		/* bf16 -> f16 rounds the few weights below f16's normal range (6e-5) */
+		for (size_t i = 0; i < n; i++)
+			worst = fabs((double)l16[i] - lbf[i]) > worst ? fabs((double)l16[i] - lbf[i]) : worst;
+		CHECKF(worst < 1e-3, "f16 logits off by %g", worst);
+	}
+	free(lbf);
+	free(l32);
+	free(l16);
+	if (d32)
+		lora_rm_rf(d32, &err);
+	if (d16)
+		lora_rm_rf(d16, &err);
+	free(d32);
+	free(d16);
+	free(dbf);
+	lora_st_close(f.st);
+}
+
 TEST(refuses_other_architectures_by_name)
 {
 	char tmpl[] = "/tmp/lora-test-arch.XXXXXX", *dir = mkdtemp(tmpl);
@@ -488,6 +624,7 @@ int main(void)
 	RUN(fresh_lora_is_peft_initialized);
 	RUN(save_and_load_adapter_round_trip);
 	RUN(nf4_base_takes_about_4_13_bits);
+	RUN(fp32_and_fp16_weights);
 	RUN(refuses_other_architectures_by_name);
 	RUN(bad_batches_are_refused);
 	return t_done();

@@ -1,25 +1,30 @@
 /*
  * model_cpu.c - the CPU reference forward and backward.  This is the oracle
  * the CUDA trainer is tested against, and the trainer for machines without a
- * GPU: plain fp32 arithmetic in the order transformers uses, every matrix
- * product through OpenBLAS sgemm, frozen weights dequantized a chunk of rows
- * at a time just before they are used, no approximations.  Its results depend
- * only on the inputs and the thread count (bit-identical run to run, and with
- * activation checkpointing on or off).
+ * GPU: fp32 arithmetic in the order transformers uses, every matrix product
+ * through OpenBLAS sgemm, frozen weights dequantized a chunk of rows at a
+ * time just before they are used.  The one approximation is e^x, a
+ * polynomial within 1e-7 relative (vexpf), as torch's own vectorized exp is.
+ * Results depend only on the inputs: bit-identical run to run, with
+ * activation checkpointing on or off, and (with this OpenBLAS, which does not
+ * split a product's inner dimension) for any thread count.
  *
  * Layouts (row-major; N = B·T tokens, token n = b·T + t):
  *   token-major   [N, width]          residual stream, projections, MLP
  *   head-major    [B, heads, T, D]    q, k, v after RoPE, for attention
- * The loss head never holds [N, V] logits: it works through NC tokens at a
- * time and, when training, turns them into d hidden at once.
+ * q|k|v and gate|up are each one product over stacked weights, so their
+ * outputs share a row: [N, H·D + 2·KV·D] and [N, 2F].  The loss head never
+ * holds [N, V] logits: it works through NC tokens at a time and, when
+ * training, turns them into d hidden at once.
  */
 #include "model.h"
 
 #include <cblas.h>
-#include "train/pool.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "train/pool.h"
 
 /*
  * Loops are left to the compiler to vectorize, with an AVX2 clone picked at
@@ -281,14 +286,13 @@ static inline float vexpf(float x)
 
 enum ew_op {
 	EW_ADD,          /* y = a + b */
-	EW_MUL,          /* y = a·b */
 	EW_ADDMUL,       /* y += a·b */
 };
 
 struct ew {
 	enum ew_op op;
-	const float *a, *b, *c;
-	float *y, *z;
+	const float *a, *b;
+	float *y;
 };
 
 HOT static void ew_part(void *arg, size_t i0, size_t i1, int part)
@@ -301,10 +305,6 @@ HOT static void ew_part(void *arg, size_t i0, size_t i1, int part)
 		for (size_t i = i0; i < i1; i++)
 			e->y[i] = e->a[i] + e->b[i];
 		break;
-	case EW_MUL:
-		for (size_t i = i0; i < i1; i++)
-			e->y[i] = e->a[i] * e->b[i];
-		break;
 	case EW_ADDMUL:
 		for (size_t i = i0; i < i1; i++)
 			e->y[i] += e->a[i] * e->b[i];
@@ -312,10 +312,9 @@ HOT static void ew_part(void *arg, size_t i0, size_t i1, int part)
 	}
 }
 
-static void ew(struct cpu *c, enum ew_op op, size_t n, const float *a, const float *b,
-	       const float *cc, float *y, float *z)
+static void ew(struct cpu *c, enum ew_op op, size_t n, const float *a, const float *b, float *y)
 {
-	struct ew e = {op, a, b, cc, y, z};
+	struct ew e = {op, a, b, y};
 	lora_pool_for(c->pool, n, GRAIN_ELEMS, ew_part, &e);
 }
 
@@ -572,7 +571,7 @@ static void lin_bwd(const struct ctx *k, int l, int first, int n, const float *x
 			/* xd is free again: (du·A) there, then through the mask */
 			gemm(0, 0, N, in, lm->r, 1.0f, c->du, lm->r, k->net->params + lm->a_off, in, 0.0f, c->xd,
 			     in);
-			ew(c, EW_ADDMUL, (size_t)N * in, c->xd, c->mask, NULL, dx, NULL);
+			ew(c, EW_ADDMUL, (size_t)N * in, c->xd, c->mask, dx);
 		}
 	}
 }
@@ -951,12 +950,12 @@ static void layer_fwd(const struct ctx *k, int l, struct acts *a, float *out)
 	heads(c, 1, c->tqkv + HD + KVD, a->v, W3, N, T, net->KV, net->D, 0);
 	attn(k, bk, a, 0);
 	lin_fwd(k, l, LORA_T_O, 1, a->att, c->to, C, a);
-	ew(c, EW_ADD, (size_t)N * C, a->x, c->to, NULL, a->xm, NULL);
+	ew(c, EW_ADD, (size_t)N * C, a->x, c->to, a->xm);
 	rmsnorm(c, a->xm, bk->ln2, N, C, net->eps, a->h2, a->rstd2);
 	lin_fwd(k, l, LORA_T_GATE, 2, a->h2, a->gu, 2 * F, a);
 	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, swiglu_part, &gj);
 	lin_fwd(k, l, LORA_T_DOWN, 1, a->act, c->to, C, a);
-	ew(c, EW_ADD, (size_t)N * C, a->xm, c->to, NULL, out, NULL);
+	ew(c, EW_ADD, (size_t)N * C, a->xm, c->to, out);
 }
 
 /* c->dx holds d(layer output); leaves d(layer input) there when need_dx. */

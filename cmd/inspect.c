@@ -1,5 +1,7 @@
 /* inspect.c - `lora inspect`: what an adapter folder, a model folder or a stored adapter is. */
+#include <errno.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +11,7 @@
 #include "libadapter/model.h"
 #include "libadapter/peft.h"
 #include "libadapter/fsutil.h"
+#include "libadapter/store.h"
 
 static void print_bytes(FILE *f, double b)
 {
@@ -47,7 +50,7 @@ static cJSON *targets_json(const struct lora_peft_config *c)
 	return a;
 }
 
-static int adapter_json(const struct lora_peft *p, const double *norms)
+static int adapter_json(const struct lora_peft *p, const double *norms, cJSON *stored)
 {
 	cJSON *o = cJSON_CreateObject(), *mods;
 	char *s;
@@ -80,6 +83,22 @@ static int adapter_json(const struct lora_peft *p, const double *norms)
 		cJSON_AddNumberToObject(j, "out", (double)m->out);
 		cJSON_AddItemToArray(mods, j);
 	}
+	if (stored) {
+		/* A stored adapter or package: ref, digest, manifest, signer, verification, files. */
+		const char *keys[] = { "ref", "digest", "manifest", "signer", "verified", "verify_error", "files" };
+		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+			cJSON *v = cJSON_DetachItemFromObjectCaseSensitive(stored, keys[k]);
+			if (v)
+				cJSON_AddItemToObject(o, keys[k], v);
+		}
+		if (!p->cfg.base_model) {
+			cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "manifest");
+			cJSON *b = m ? cJSON_GetObjectItemCaseSensitive(m, "base") : NULL;
+			cJSON *bn = cJSON_IsObject(b) ? cJSON_GetObjectItemCaseSensitive(b, "name") : NULL;
+			if (cJSON_IsString(bn))
+				cJSON_ReplaceItemInObjectCaseSensitive(o, "base", cJSON_CreateString(bn->valuestring));
+		}
+	}
 	s = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
 	if (!s)
@@ -89,11 +108,64 @@ static int adapter_json(const struct lora_peft *p, const double *norms)
 	return 0;
 }
 
-static void adapter_text(const struct lora_peft *p, const double *norms)
+static const char *jstr(const cJSON *o, const char *k)
+{
+	const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, k) : NULL;
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* jstr, or def when absent. */
+static const char *jstr_or(const cJSON *o, const char *k, const char *def)
+{
+	const char *s = jstr(o, k);
+	return s ? s : def;
+}
+
+/* "label value" when the string is present. */
+static void line(const char *label, const char *value)
+{
+	if (value)
+		printf("%-11s %s\n", label, value);
+}
+
+/* The store's part of the text: ref, digest, signer, verification, files. */
+static void stored_text(const cJSON *st)
+{
+	const cJSON *m = cJSON_GetObjectItemCaseSensitive(st, "manifest");
+	const cJSON *sg = cJSON_GetObjectItemCaseSensitive(st, "signer");
+	const cJSON *files = cJSON_GetObjectItemCaseSensitive(st, "files"), *f;
+	const cJSON *base = m ? cJSON_GetObjectItemCaseSensitive(m, "base") : NULL;
+
+	printf("ref         %s\n", jstr_or(st, "ref", "-"));
+	line("digest", jstr(st, "digest"));
+	line("description", jstr(m, "description"));
+	line("created", jstr(m, "created"));
+	if (cJSON_IsObject(base))
+		line("base print", jstr(base, "fingerprint"));
+	if (cJSON_IsObject(sg))
+		printf("signer      %s (%s, %s)\n", jstr_or(sg, "identity", "?"),
+		       jstr_or(sg, "key_fingerprint", "?"),
+		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(sg, "trusted")) ? "trusted" : "not trusted");
+	else
+		printf("signer      (unsigned)\n");
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(st, "verified")))
+		printf("verified    yes\n");
+	else
+		printf("verified    NO: %s\n", jstr_or(st, "verify_error", "?"));
+	cJSON_ArrayForEach(f, files)
+		printf("  file      %-28s %10.0f  %.16s...\n", jstr_or(f, "name", "?"),
+		       cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(f, "size")),
+		       jstr_or(f, "sha256", ""));
+}
+
+static void adapter_text(const struct lora_peft *p, const double *norms, const cJSON *stored)
 {
 	const struct lora_peft_config *c = &p->cfg;
 
-	printf("adapter     %s\n", p->dir ? p->dir : "");
+	if (stored)
+		stored_text(stored);
+	else
+		printf("adapter     %s\n", p->dir ? p->dir : "");
 	printf("base        %s\n", c->base_model ? c->base_model : "(not recorded)");
 	printf("type        %s%s%s\n", c->peft_type, c->use_rslora ? ", rsLoRA" : "",
 	       c->fan_in_fan_out ? ", fan_in_fan_out" : "");
@@ -112,32 +184,62 @@ static void adapter_text(const struct lora_peft *p, const double *norms)
 	}
 }
 
-static int inspect_adapter(const char *dir, int json)
+static int show_adapter(const struct lora_peft *p, int json, cJSON *stored)
 {
 	struct lora_err err = { 0 };
-	struct lora_peft *p;
 	double *norms;
 	int rc = 0;
 
-	if (lora_peft_open(dir, &p, &err) < 0)
-		return cmd_fail(&err);
 	norms = calloc(p->n_modules + 1, sizeof(double));
-	if (!norms) {
-		lora_peft_close(p);
+	if (!norms)
 		return cmd_error("out of memory");
-	}
 	for (size_t i = 0; i < p->n_modules; i++)
 		if (lora_peft_delta_norm(&p->modules[i], &norms[i], &err) < 0) {
 			rc = cmd_fail(&err);
 			goto out;
 		}
 	if (json)
-		rc = adapter_json(p, norms);
+		rc = adapter_json(p, norms, stored);
 	else
-		adapter_text(p, norms);
+		adapter_text(p, norms, stored);
 out:
 	free(norms);
+	return rc;
+}
+
+static int inspect_adapter(const char *dir, int json)
+{
+	struct lora_err err = { 0 };
+	struct lora_peft *p;
+	int rc;
+
+	if (lora_peft_open(dir, &p, &err) < 0)
+		return cmd_fail(&err);
+	rc = show_adapter(p, json, NULL);
 	lora_peft_close(p);
+	return rc;
+}
+
+/* A store REF or a .lora file: the adapter plus what the store knows of it. */
+static int inspect_stored(const char *store, const char *spec, int json)
+{
+	struct lora_err err = { 0 };
+	struct lora_adapter_src a = { 0 };
+	cJSON *d = NULL;
+	int rc;
+
+	if (lora_store_describe(store, spec, &d, &err) < 0)
+		return cmd_fail(&err);
+	if (lora_adapter_open(store, spec, &a, &err) < 0) {
+		/* Unverifiable package: still show what the store says, then fail. */
+		if (!json)
+			stored_text(d);
+		cJSON_Delete(d);
+		return cmd_fail(&err);
+	}
+	rc = show_adapter(a.peft, json, d);
+	lora_adapter_close(&a);
+	cJSON_Delete(d);
 	return rc;
 }
 
@@ -281,8 +383,6 @@ static int has_file(const char *dir, const char *name)
 	return r;
 }
 
-int inspect_stored(const char *store, const char *spec, int json, int spectrum) __attribute__((weak));
-
 CMD(inspect)
 {
 	static const struct option opts[] = {
@@ -321,7 +421,14 @@ CMD(inspect)
 			return cmd_error("'%s' is a pickle file, which lora refuses (loading pickle runs "
 					 "arbitrary code); convert it to safetensors", path);
 	}
-	if (inspect_stored)
-		return inspect_stored(ctx->store, path, json, spectrum);
-	return cmd_error("'%s' is not an adapter folder, a model folder or a stored adapter", path);
+	(void)spectrum;
+	{
+		struct stat sb;
+		/* Something that exists but is neither folder nor file, or a path that is not there. */
+		if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
+			return cmd_error("'%s' is not a regular file or folder", path);
+		if (stat(path, &sb) < 0 && (strchr(path, '/') || strstr(path, ".safetensors")))
+			return cmd_error("cannot open '%s': %s", path, strerror(errno));
+	}
+	return inspect_stored(ctx->store, path, json);
 }

@@ -34,18 +34,31 @@ static const struct cmd_def commands[] = {
 	  "  --json        one JSON document on stdout\n"
 	  "  --spectrum    singular values per module and an effective rank\n" },
 	{ "keygen", cmd_keygen, CMD_NEED_STORE, "make the default Ed25519 signing key",
-	  "lora keygen [--name ID] [--force]", NULL },
+	  "lora keygen [--name ID] [--force]",
+	  "  --name ID     the signer identity (default $USER@hostname)\n"
+	  "  --force       replace an existing default key\n" },
 	{ "trust", cmd_trust, CMD_NEED_STORE, "manage the signers you trust (allowed_signers)",
 	  "lora trust add ID (PUBKEY_FILE | --key 'ssh-ed25519 AAAA...')\n"
-	  "lora trust list [--json]\nlora trust rm ID", NULL },
+	  "lora trust list [--json]\nlora trust rm ID",
+	  "  --key LINE    the public key as text instead of PUBKEY_FILE\n"
+	  "  --json        one JSON document on stdout\n" },
 	{ "import", cmd_import, CMD_NEED_STORE, "add a .lora package or a PEFT folder to the store",
-	  "lora import PATH [--name NAME[:TAG]] [--allow-untrusted] [--key FILE]", NULL },
+	  "lora import PATH [--name NAME[:TAG]] [--allow-untrusted] [--key FILE] [--description TEXT] [--base DIR]",
+	  "  --name NAME[:TAG]   store it under this name (tag 'latest' when absent)\n"
+	  "  --allow-untrusted   accept an unsigned package or an unknown signer\n"
+	  "  --key FILE          sign a folder with this OpenSSH ed25519 key\n"
+	  "  --description TEXT  a description for the manifest of a folder\n"
+	  "  --base DIR          record the fingerprint of this base model\n" },
 	{ "export", cmd_export, CMD_NEED_STORE, "write a stored adapter as a .lora file or PEFT folder",
-	  "lora export REF -o PATH [--format lora|peft]", NULL },
+	  "lora export REF -o PATH [--format lora|peft]",
+	  "  -o, --output PATH   the .lora file ('-' for stdout) or the folder to write\n"
+	  "  --format lora|peft  a package (default) or a PEFT folder\n" },
 	{ "list", cmd_list, CMD_NEED_STORE, "list the adapters in the store",
-	  "lora list [--json]", NULL },
+	  "lora list [--json]",
+	  "  --json        one JSON document on stdout\n" },
 	{ "verify", cmd_verify, CMD_NEED_STORE, "check digests, signature and signer of an adapter",
-	  "lora verify (REF | FILE.lora) [--json]", NULL },
+	  "lora verify (REF | FILE.lora) [--json]",
+	  "  --json        one JSON document on stdout\n" },
 	{ "rm", cmd_rm, CMD_NEED_STORE, "remove an adapter name from the store",
 	  "lora rm REF", NULL },
 	{ "tag", cmd_tag, CMD_NEED_STORE, "give a stored adapter another name",
@@ -78,7 +91,12 @@ static const struct cmd_def commands[] = {
 	  "lora generate --base DIR [--adapter REF] --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S]",
 	  NULL },
 	{ "tokenize", cmd_tokenize, 0, "turn text into token ids with a model's tokenizer",
-	  "lora tokenize --base DIR [--json] [TEXT]", NULL },
+	  "lora tokenize --base DIR [--json] [--no-special] [--decode] [TEXT...]",
+	  "  --base DIR     model folder with tokenizer.json (and tokenizer_config.json)\n"
+	  "  --json         one JSON document: ids, tokens, offsets, count\n"
+	  "  --no-special   do not add BOS/EOS (with --decode: leave special tokens out)\n"
+	  "  --decode       read token ids and print the text they stand for\n"
+	  "  TEXT           the text (arguments joined by spaces); standard input when absent\n" },
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

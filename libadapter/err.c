@@ -34,7 +34,7 @@ int lora_errc(struct lora_err *err, int code, const char *fmt, ...)
 
 int lora_err_prefix(struct lora_err *err, const char *fmt, ...)
 {
-	char old[sizeof(err->msg)], pre[512];
+	char old[sizeof(err->msg)], pre[512], both[sizeof(pre) + sizeof(old) + 2];
 	va_list ap;
 
 	if (!err)
@@ -43,7 +43,9 @@ int lora_err_prefix(struct lora_err *err, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(pre, sizeof(pre), fmt, ap);
 	va_end(ap);
-	snprintf(err->msg, sizeof(err->msg), "%s: %s", pre, old);
+	snprintf(both, sizeof(both), "%s: %s", pre, old);
+	memcpy(err->msg, both, sizeof(err->msg) - 1);  /* truncate a very long message */
+	err->msg[sizeof(err->msg) - 1] = '\0';
 	return -1;
 }
 

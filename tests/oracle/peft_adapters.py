@@ -34,6 +34,12 @@ import transformers
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+# peft saves target_modules from a Python set: fix the string hash seed so that
+# rerunning the script rewrites the same fixtures.
+if os.environ.get("PYTHONHASHSEED") != "0":
+    os.environ["PYTHONHASHSEED"] = "0"
+    os.execv(sys.executable, [sys.executable] + sys.argv)
+
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "peft")
 BASE_NAME = "oracle/tiny-llama"
 
@@ -73,6 +79,7 @@ def make(name, kw, seed):
     d = os.path.join(OUT, name)
     shutil.rmtree(d, ignore_errors=True)
     pm.save_pretrained(d)
+    os.unlink(os.path.join(d, "README.md"))  # peft's model card: not part of the format
 
     mods = []
     for full, mod in pm.base_model.model.named_modules():
@@ -105,6 +112,8 @@ def make(name, kw, seed):
     with open(os.path.join(d, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
         f.write("\n")
+    for fn in os.listdir(d):
+        os.chmod(os.path.join(d, fn), 0o644)
     print("%-14s %2d modules, %6d bytes of tensors" % (name, len(mods), expected["bytes"]))
 
 

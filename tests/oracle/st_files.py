@@ -433,5 +433,8 @@ if __name__ == "__main__":
         f.write("\n")
     recipe = writer_recipe()
     validate()
+    for fn in os.listdir(OUT):
+        if fn.endswith(".safetensors"):
+            os.chmod(os.path.join(OUT, fn), 0o644)
     if a.lora_build:
         sys.exit(0 if check_lora_writer(a.lora_build, recipe) else 1)

@@ -88,6 +88,8 @@ def save(name, cfg, dtype, shard):
     with open(os.path.join(d, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
         f.write("\n")
+    for fn in os.listdir(d):
+        os.chmod(os.path.join(d, fn), 0o644)
     print("%s: %d shards, %d tensors, %d parameters" % (name, len(shards), len(tensors), expected["parameters"]))
 
 

@@ -99,6 +99,15 @@ static void add(struct spec_list *l, const char *name, enum lora_dtype dt, uint6
 	l->n++;
 }
 
+static void free_list(struct spec_list *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free((char *)l->s[i].name);
+	free(l->s);
+	free(l->std);
+	free(l->fill);
+}
+
 static void write_tensors(const char *path, struct spec_list *l, size_t from, size_t to,
 			  const char *const *mk, const char *const *mv, size_t nm)
 {
@@ -211,6 +220,7 @@ static int make_model(const char *dir, int argc, char **argv)
 			dt == LORA_DT_BF16 ? "bfloat16" : dt == LORA_DT_F16 ? "float16" : "float32");
 	write_text(dir, "config.json", b.data);
 	lora_buf_free(&b);
+	free_list(&l);
 	return 0;
 }
 
@@ -284,6 +294,7 @@ static int make_adapter(const char *dir, int argc, char **argv)
 	write_text(dir, "adapter_config.json", b.data);
 	lora_buf_free(&b);
 	lora_model_close(m);
+	free_list(&l);
 	return 0;
 }
 

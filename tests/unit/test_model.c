@@ -13,6 +13,7 @@
 #include "libadapter/fsutil.h"
 #include "libadapter/model.h"
 #include "tests/t.h"
+#include "tests/unit/run_lora.h"
 
 static char tmpdir[256];
 
@@ -115,6 +116,48 @@ out:
 	cJSON_Delete(e);
 	free(ep);
 	free(dir);
+}
+
+/* `lora inspect --json DIR` on the same folders, against transformers' numbers. */
+static void check_inspect(const char *rel)
+{
+	char *dir = t_fixture(rel), *ep = lora_path_join(dir, "expected.json"), *args = malloc(strlen(dir) + 32);
+	cJSON *e = read_json(ep), *j = NULL, *sh;
+	struct lora_run r;
+	double bytes = 0;
+
+	sprintf(args, "inspect --json '%s'", dir);
+	CHECK(run_lora(args, &r) == 0);
+	CHECKF(r.rc == 0 && r.err && !r.err[0], "%s: exit %d: %s", rel, r.rc, r.err ? r.err : "");
+	j = r.out ? cJSON_Parse(r.out) : NULL;
+	CHECKF(j != NULL, "%s: not JSON: %s", rel, r.out ? r.out : "");
+	if (!j || !e)
+		goto out;
+	CHECK(!strcmp(cJSON_GetObjectItem(j, "architecture")->valuestring, cJSON_GetObjectItem(e, "architecture")->valuestring));
+	CHECK(num(j, "layers") == num(e, "num_hidden_layers"));
+	CHECK(num(j, "hidden_size") == num(e, "hidden_size"));
+	CHECK(num(j, "heads") == num(e, "num_attention_heads"));
+	CHECK(num(j, "kv_heads") == num(e, "num_key_value_heads"));
+	CHECK(num(j, "vocab_size") == num(e, "vocab_size"));
+	CHECK(num(j, "parameters") == num(e, "parameters"));
+	CHECK(!strcmp(cJSON_GetObjectItem(j, "dtype")->valuestring, cJSON_GetObjectItem(e, "dtype")->valuestring));
+	cJSON_ArrayForEach(sh, cJSON_GetObjectItem(e, "shards"))
+		bytes += num(sh, "bytes");
+	CHECK(num(j, "bytes") == bytes);
+	CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(j, "shards")) == cJSON_GetArraySize(cJSON_GetObjectItem(e, "shards")));
+out:
+	cJSON_Delete(j);
+	cJSON_Delete(e);
+	run_free(&r);
+	free(args);
+	free(ep);
+	free(dir);
+}
+
+TEST(inspect_json_of_model_folders)
+{
+	check_inspect("st/model_sharded");
+	check_inspect("st/model_single");
 }
 
 TEST(sharded_bf16_model_saved_by_transformers) { check_against_transformers("st/model_sharded"); }
@@ -305,6 +348,7 @@ int main(void)
 		return 1;
 	RUN(sharded_bf16_model_saved_by_transformers);
 	RUN(single_file_tied_llama3_rope_model_saved_by_transformers);
+	RUN(inspect_json_of_model_folders);
 	RUN(index_naming_a_missing_shard);
 	RUN(index_naming_a_tensor_its_shard_lacks);
 	RUN(tensor_in_two_shards);

@@ -15,6 +15,7 @@
 #include "libadapter/fsutil.h"
 #include "libadapter/peft.h"
 #include "tests/t.h"
+#include "tests/unit/run_lora.h"
 
 static char tmpdir[256];
 
@@ -127,6 +128,73 @@ out:
 	cJSON_Delete(e);
 	free(ep);
 	free(dir);
+}
+
+/*
+ * `lora inspect --json DIR` against the same expected.json: the shape scripts
+ * rely on (base, r, alpha, target_modules, parameters, bytes, modules[] of
+ * name, r, alpha, scale, delta_norm), one JSON document, nothing on stderr.
+ */
+static void check_inspect_json(const char *variant)
+{
+	char rel[128], *dir, *ep, *args;
+	cJSON *e = NULL, *j = NULL, *mod, *got;
+	const char *end = NULL;
+	struct lora_run r;
+	size_t i = 0;
+
+	snprintf(rel, sizeof(rel), "peft/%s", variant);
+	dir = t_fixture(rel);
+	ep = lora_path_join(dir, "expected.json");
+	args = malloc(strlen(dir) + 32);
+	sprintf(args, "inspect --json '%s'", dir);
+	CHECK(run_lora(args, &r) == 0);
+	CHECKF(r.rc == 0, "%s: exit %d: %s", variant, r.rc, r.err ? r.err : "");
+	CHECKF(r.err && !r.err[0], "%s: stderr: %s", variant, r.err);
+	e = read_json(ep);
+	j = r.out ? cJSON_ParseWithOpts(r.out, &end, 0) : NULL;
+	CHECKF(j && cJSON_IsObject(j), "%s: not a JSON object: %s", variant, r.out ? r.out : "");
+	if (!e || !j)
+		goto out;
+	CHECK(end && strspn(end, " \n") == strlen(end));  /* one document, nothing after */
+	CHECK(cJSON_IsString(cJSON_GetObjectItem(j, "base")) &&
+	      !strcmp(cJSON_GetObjectItem(j, "base")->valuestring, cJSON_GetObjectItem(e, "base")->valuestring));
+	CHECK(num(j, "r") == num(e, "r"));
+	CHECK(num(j, "alpha") == num(e, "alpha"));
+	CHECK(num(j, "parameters") == num(e, "parameters"));
+	CHECK(num(j, "bytes") == num(e, "bytes"));
+	CHECKF(cJSON_Compare(cJSON_GetObjectItem(j, "target_modules"), cJSON_GetObjectItem(e, "target_modules"), 1),
+	       "%s: target_modules differ", variant);
+	got = cJSON_GetObjectItem(j, "modules");
+	CHECK(cJSON_IsArray(got) && cJSON_GetArraySize(got) == cJSON_GetArraySize(cJSON_GetObjectItem(e, "modules")));
+	cJSON_ArrayForEach(mod, cJSON_GetObjectItem(e, "modules")) {
+		const cJSON *g = cJSON_GetArrayItem(got, (int)i++);
+		const char *name = cJSON_GetObjectItem(mod, "name")->valuestring;
+		CHECKF(g && cJSON_IsString(cJSON_GetObjectItem(g, "name")) &&
+			       !strcmp(cJSON_GetObjectItem(g, "name")->valuestring, name),
+		       "%s: module %zu is not %s", variant, i - 1, name);
+		if (!g)
+			continue;
+		CHECK(num(g, "r") == num(mod, "r"));
+		CHECK_NEAR(num(g, "alpha"), num(mod, "alpha"), 0, 1e-15);
+		CHECK_NEAR(num(g, "scale"), num(mod, "scale"), 0, 1e-15);
+		/* the acceptance tolerance; see check_variant for why it is loose */
+		CHECK_NEAR(num(g, "delta_norm"), num(mod, "delta_norm"), 0, 1e-5);
+	}
+out:
+	cJSON_Delete(j);
+	cJSON_Delete(e);
+	run_free(&r);
+	free(args);
+	free(ep);
+	free(dir);
+}
+
+TEST(inspect_json_matches_peft_and_torch)
+{
+	static const char *const v[] = { "plain", "rslora", "rank_pattern", "alpha_pattern", "bf16" };
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+		check_inspect_json(v[i]);
 }
 
 TEST(peft_plain) { check_variant("plain"); }
@@ -407,6 +475,7 @@ int main(void)
 	RUN(peft_rank_pattern);
 	RUN(peft_alpha_pattern_and_regex_targets);
 	RUN(peft_bf16_all_linear);
+	RUN(inspect_json_matches_peft_and_torch);
 	RUN(patterns_follow_peft_rule);
 	RUN(config_refusals);
 	RUN(good_built_adapter_opens);

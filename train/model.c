@@ -472,10 +472,10 @@ void lora_net_zero_grad(struct lora_net *net)
 
 /* ------------------------------------------------------------ PEFT in */
 
-int lora_net_load_peft(struct lora_net *net, const struct lora_peft *p, struct lora_err *err)
+int lora_net_load_peft(struct lora_net *net, const struct lora_peft *p, const char *label,
+		       struct lora_err *err)
 {
 	const size_t nm = (size_t)net->L * LORA_NTARGET;
-	const char *label = p->dir ? p->dir : "adapter";
 	int *r = calloc(nm, sizeof(int));
 	float *s = calloc(nm, sizeof(float));
 	int rc = -1;
@@ -557,7 +557,7 @@ int lora_net_load_adapter(struct lora_net *net, const char *peft_dir, struct lor
 
 	if (lora_peft_open(peft_dir, &p, err) < 0)
 		return -1;
-	rc = lora_net_load_peft(net, p, err);
+	rc = lora_net_load_peft(net, p, peft_dir, err);
 	lora_peft_close(p);
 	return rc;
 }

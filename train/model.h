@@ -138,8 +138,9 @@ void lora_net_close(struct lora_net *net);
 
 /* Fresh adapters on cfg->targets of every layer (PEFT initialization, seeded). */
 int lora_net_init_lora(struct lora_net *net, const struct lora_cfg *cfg, struct lora_err *err);
-/* Adapters from a PEFT adapter (ranks, alphas and patterns per module, dropout). */
-int lora_net_load_peft(struct lora_net *net, const struct lora_peft *p, struct lora_err *err);
+/* Adapters from a PEFT adapter (ranks, alphas and patterns per module, dropout); label names it in errors. */
+int lora_net_load_peft(struct lora_net *net, const struct lora_peft *p, const char *label,
+		       struct lora_err *err);
 int lora_net_load_adapter(struct lora_net *net, const char *peft_dir, struct lora_err *err);
 /*
  * Write dir/adapter_config.json and dir/adapter_model.safetensors (fp32) as

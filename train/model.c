@@ -327,7 +327,8 @@ int lora_net_open(struct lora_net **out, const char *base_dir, const struct lora
 	if (load_frozen(net->base, "model.embed_tokens.weight", net->V, net->C, 0, &net->embed, err) < 0 ||
 	    load_vec(net->base, "model.norm.weight", net->C, 0, &net->norm_f, err) < 0)
 		goto fail;
-	if (c->tie_word_embeddings || !lora_model_find(net->base, "lm_head.weight"))
+	/* tied: the embedding is the output layer, whatever else the file holds */
+	if (c->tie_word_embeddings)
 		net->lm_head = net->embed;
 	else if (load_frozen(net->base, "lm_head.weight", net->V, net->C, 0, &net->lm_head, err) < 0)
 		goto fail;

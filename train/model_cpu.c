@@ -42,7 +42,8 @@
 #endif
 
 #define WCHUNK (1u << 20)        /* floats of a dequantized weight chunk (4 MiB) */
-#define LOGIT_CHUNK (8u << 20)   /* floats of logits held at once (32 MiB) */
+#define LOGIT_CHUNK (64u << 20)  /* floats of logits held at once (256 MiB): the lm_head is
+                                    widened once per chunk, so chunks must be long */
 #define QB 64                    /* attention queries per block */
 
 /* What one layer keeps for its backward pass. */

@@ -104,6 +104,7 @@ struct lora_net_opts {
 	enum lora_quant quant;
 	int threads;               /* BLAS and worker threads; 0: leave as is */
 	int checkpoint;            /* recompute each layer in backward instead of keeping activations */
+	int logit_tokens;          /* tokens per loss-head chunk (memory: this x V floats); 0: automatic */
 };
 void lora_net_opts_defaults(struct lora_net_opts *o);
 

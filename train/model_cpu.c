@@ -161,7 +161,7 @@ static size_t layout(struct cpu *c, const struct lora_net *net, int B, int T, fl
 	c->cosb = take(&p, (size_t)T * (net->D / 2));
 	c->sinb = take(&p, (size_t)T * (net->D / 2));
 	c->wbuf = take(&p, WCHUNK);
-	c->nc = (int)(LOGIT_CHUNK / (size_t)net->V);
+	c->nc = net->opts.logit_tokens > 0 ? net->opts.logit_tokens : (int)(LOGIT_CHUNK / (size_t)net->V);
 	if (c->nc < 1)
 		c->nc = 1;
 	if ((size_t)c->nc > N)

@@ -5,9 +5,10 @@
  * through OpenBLAS sgemm, frozen weights dequantized a chunk of rows at a
  * time just before they are used.  The one approximation is e^x, a
  * polynomial within 1e-7 relative (vexpf), as torch's own vectorized exp is.
- * Results depend only on the inputs: bit-identical run to run, with
- * activation checkpointing on or off, and (with this OpenBLAS, which does not
- * split a product's inner dimension) for any thread count.
+ * Results depend only on the inputs and the thread count: bit-identical run
+ * to run and with activation checkpointing on or off (OpenBLAS 0.3.21 gave
+ * the same bits with 1 and 2 threads too, as it does not split a product's
+ * inner dimension).
  *
  * Layouts (row-major; N = B·T tokens, token n = b·T + t):
  *   token-major   [N, width]          residual stream, projections, MLP

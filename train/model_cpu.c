@@ -1089,16 +1089,23 @@ static void loss_head(const struct ctx *k, int backward, double scale, float *lo
 
 struct embed_job {
 	const struct lora_net *net;
-	const int32_t *ids;
+	const struct lora_batch *b;
 	float *x;
 };
 
+/* Padding positions (t >= len) may hold any id: they embed token 0 (their outputs are never used). */
 static void embed_part(void *arg, size_t i0, size_t i1, int part)
 {
 	const struct embed_job *j = arg;
+	const struct lora_batch *b = j->b;
 	(void)part;
-	for (size_t n = i0; n < i1; n++)
-		lora_frozen_rows(&j->net->embed, j->ids[n], 1, j->x + n * (size_t)j->net->C);
+
+	for (size_t n = i0; n < i1; n++) {
+		const int r = (int)(n / (size_t)b->T), t = (int)(n % (size_t)b->T);
+		const int id = t < (b->len ? b->len[r] : b->T) ? b->ids[n] : 0;
+
+		lora_frozen_rows(&j->net->embed, id, 1, j->x + n * (size_t)j->net->C);
+	}
 }
 
 static int cpu_run(struct lora_net *net, const struct lora_batch *b, int backward, double grad_scale,
@@ -1125,7 +1132,7 @@ static int cpu_run(struct lora_net *net, const struct lora_batch *b, int backwar
 
 	/* embedding -> layers -> final norm -> loss */
 	{
-		struct embed_job j = {net, b->ids, ck ? c->xs[0] : c->acts[0].x};
+		struct embed_job j = {net, b, ck ? c->xs[0] : c->acts[0].x};
 		lora_pool_for(c->pool, (size_t)k.N, GRAIN_ROWS, embed_part, &j);
 	}
 	for (int l = 0; l < L; l++) {

@@ -15,8 +15,14 @@
 #include <unistd.h>
 
 #include "cmd/cmd.h"
+#include "libadapter/merge.h"
 #ifdef LORA_HAVE_CUDA
 #include "kernels/device.h"
+#include "kernels/merge.h"
+
+
+/* kernels/merge.cu behind libadapter's GPU hook for merge and swap. */
+static const struct lora_merge_gpu cuda_merge_ops = LORA_CUDA_MERGE_OPS;
 #endif
 
 #define WEAK __attribute__((weak))
@@ -71,11 +77,51 @@ static const struct cmd_def commands[] = {
 	  "lora extract --base DIR --tuned DIR --rank R [--targets LIST] --name NAME[:TAG]", NULL },
 	{ "merge", cmd_merge, CMD_NEED_STORE, "merge adapters into a new base model folder",
 	  "lora merge --base DIR REF[@WEIGHT]... -o OUTDIR [--dtype auto|bf16|fp16|fp32] [--device cpu|cuda] [--force]",
-	  NULL },
+	  "  --base DIR        the base model folder\n"
+	  "  -o, --output DIR  the merged folder to create (must not exist)\n"
+	  "  --dtype TYPE      output dtype of float tensors (auto: each keeps its own)\n"
+	  "  --device DEV      cpu (default) or cuda for the B·A products\n"
+	  "  --force           merge adapters made for another base (fingerprint)\n"
+	  "  REF@WEIGHT        a PEFT folder, .lora file or stored adapter, times WEIGHT\n" },
 	{ "swap", cmd_swap, CMD_NEED_STORE, "change the adapters merged into a model folder in place",
-	  "lora swap MODEL_DIR (REF[@WEIGHT]... | --none) [--base DIR]", NULL },
+	  "lora swap MODEL_DIR (REF[@WEIGHT]... | --none) [--base DIR]",
+	  "  --none            remove every adapter (the base's tensors)\n"
+	  "  --base DIR        recompute from this base (default: the recorded one)\n" },
 	{ "train", cmd_train, CMD_NEED_STORE, "train a LoRA/QLoRA adapter into the store",
-	  "lora train --base DIR --data FILE --name NAME[:TAG] [options]", NULL },
+	  "lora train --base DIR --data FILE --name NAME[:TAG] [--rank R] [--alpha A] [--targets LIST] [--quant nf4|none] [--lr LR] [--steps N | --epochs E] [--batch B] [--grad-accum G] [--seq-len T] [options]\n"
+	  "lora train --name NAME[:TAG] --resume [options]",
+	  "  --base DIR            the Hugging Face model folder to adapt\n"
+	  "  --data FILE           JSONL rows: {\"text\"}, {\"prompt\",\"completion\"}, {\"messages\"} or\n"
+	  "                        {\"input_ids\",\"labels\"}\n"
+	  "  --name NAME[:TAG]     the adapter's name in the store (tag 'latest' when absent)\n"
+	  "  --rank R              LoRA rank (16)\n"
+	  "  --alpha A             LoRA alpha; scale alpha/r (32)\n"
+	  "  --dropout P           dropout on the LoRA path (0.05)\n"
+	  "  --targets LIST        all-linear (default) or q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj\n"
+	  "  --quant nf4|none      frozen weights in NF4 (QLoRA, default) or as stored\n"
+	  "  --lr LR               peak learning rate (2e-4)\n"
+	  "  --schedule S          cosine (default), linear or constant, after warmup\n"
+	  "  --warmup W            warmup: a fraction of the steps below 1, or a step count (0.03)\n"
+	  "  --steps N             optimizer steps; or --epochs E, passes over the data (1 epoch)\n"
+	  "  --batch B             rows per micro-batch (4)\n"
+	  "  --grad-accum G        micro-batches per optimizer step (4)\n"
+	  "  --seq-len T           tokens per row; rows are packed to it (512, or the model's limit)\n"
+	  "  --max-grad-norm X     clip the gradient norm to X; 0: no clipping (0.3)\n"
+	  "  --weight-decay X      AdamW decoupled weight decay (0)\n"
+	  "  --seed S              initialization, dropout, data order and split (42)\n"
+	  "  --eval-data FILE      rows to evaluate on; or --eval-split F to hold out a fraction of --data\n"
+	  "  --eval-every K        steps between evaluations (a tenth of the run)\n"
+	  "  --save-every K        steps between checkpoints (100)\n"
+	  "  --resume              continue the interrupted run of NAME:TAG from its checkpoint\n"
+	  "  --skip-bad-rows       skip and count bad rows instead of stopping at the first\n"
+	  "  --no-pack             one row per sequence, padded, instead of packing\n"
+	  "  --chat-template NAME  chatml or llama3 for {\"messages\"} rows (default: the model's own)\n"
+	  "  --grad-checkpoint     recompute activations in backward (less memory)\n"
+	  "  --device D            auto (default), cpu or cuda\n"
+	  "  --threads N           CPU threads\n"
+	  "  --description TEXT    a description for the manifest\n"
+	  "  --key FILE            sign with this OpenSSH ed25519 key (default: the store's key)\n"
+	  "  --json                one JSON document with the result on stdout\n" },
 	{ "eval", cmd_eval, CMD_NEED_STORE, "loss and perplexity of a model, with or without an adapter",
 	  "lora eval --base DIR [--adapter PATH|REF] --tokens FILE.jsonl [--quant nf4|none] [--json] [--dump-logits FILE] [--threads N]",
 	  "  --base DIR          the Hugging Face model folder\n"
@@ -152,7 +198,14 @@ int cmd_fail(const struct lora_err *err)
 
 void cmd_print_help(const struct cmd_def *def, FILE *f)
 {
-	fprintf(f, "usage: %s\n", def->synopsis);
+	const char *p = def->synopsis;
+
+	/* One synopsis line each, the later ones aligned under the first. */
+	for (int first = 1; *p; first = 0) {
+		size_t n = strcspn(p, "\n");
+		fprintf(f, "%s%.*s\n", first ? "usage: " : "       ", (int)n, p);
+		p += n + (p[n] == '\n');
+	}
 	fprintf(f, "\n%s\n", def->summary);
 	if (def->options)
 		fprintf(f, "\noptions:\n%s", def->options);
@@ -448,6 +501,9 @@ int main(int argc, char **argv)
 			return cmd_error("cannot find the store: set --store, $LORA_HOME or $HOME");
 		ctx.store = store;
 	}
+#ifdef LORA_HAVE_CUDA
+	lora_merge_set_gpu(&cuda_merge_ops);
+#endif
 	optind = 0;  /* GNU getopt: reinitialise for the command's own argv */
 	rc = def->fn(argc - i, argv + i, &ctx);
 	free(store);

@@ -13,6 +13,7 @@
 
 #include "buf.h"
 #include "fsutil.h"
+#include "swap.h"
 
 #define MAX_JSON_FILE (64u << 20)
 
@@ -326,6 +327,9 @@ int lora_model_open(const char *dir, int need_config, struct lora_model **out, s
 	*out = NULL;
 	if (!lora_is_dir(dir))
 		return lora_errf(err, "'%s' is not a model folder", dir);
+	/* A folder whose `lora swap` was killed is finished or rolled back first. */
+	if (lora_merged_recover(dir, err) < 0)
+		return -1;
 	m = calloc(1, sizeof(*m));
 	if (!m || !(m->dir = strdup(dir))) {
 		free(m);

@@ -530,7 +530,7 @@ struct lora_batcher {
 	int done;                  /* one_pass: the epoch is used up */
 };
 
-int lora_batch_init(struct lora_batch *b, int B, int T, struct lora_err *err)
+int lora_data_batch_init(struct lora_data_batch *b, int B, int T, struct lora_err *err)
 {
 	memset(b, 0, sizeof(*b));
 	if (B < 1 || T < 2 || (size_t)B * (size_t)T > ((size_t)1 << 34))
@@ -541,13 +541,13 @@ int lora_batch_init(struct lora_batch *b, int B, int T, struct lora_err *err)
 	b->labels = malloc((size_t)B * T * sizeof(*b->labels));
 	b->len = malloc((size_t)B * sizeof(*b->len));
 	if (!b->ids || !b->labels || !b->len) {
-		lora_batch_free(b);
+		lora_data_batch_free(b);
 		return lora_errf(err, "out of memory");
 	}
 	return 0;
 }
 
-void lora_batch_free(struct lora_batch *b)
+void lora_data_batch_free(struct lora_data_batch *b)
 {
 	free(b->ids);
 	free(b->labels);
@@ -605,11 +605,21 @@ void lora_batcher_get_pos(const struct lora_batcher *bt, struct lora_data_pos *p
 int lora_batcher_set_pos(struct lora_batcher *bt, const struct lora_data_pos *pos, struct lora_err *err)
 {
 	const struct lora_dataset *d = bt->d;
-	if (pos->row > d->n_rows || (pos->row < d->n_rows && pos->tok >= d->off[pos->row + 1] - d->off[pos->row]) ||
-	    (pos->row == d->n_rows && pos->tok))
+	int bad = pos->row > d->n_rows || (pos->row == d->n_rows && pos->tok);
+
+	if (!bad && pos->row < d->n_rows) {
+		/* tok counts tokens of the row at `row` in that epoch's order */
+		size_t r;
+		make_order(bt, pos->epoch);
+		r = bt->order[pos->row];
+		bad = pos->tok >= d->off[r + 1] - d->off[r];
+	}
+	if (bad) {
+		make_order(bt, bt->pos.epoch);
 		return lora_errf(err, "data position (epoch %llu, row %llu, token %llu) does not fit this data "
 				      "(%zu rows); was the data file changed?", (unsigned long long)pos->epoch,
 				 (unsigned long long)pos->row, (unsigned long long)pos->tok, d->n_rows);
+	}
 	bt->pos = *pos;
 	bt->done = 0;
 	if (pos->row == d->n_rows) {   /* saved at the very end of an epoch */
@@ -693,7 +703,7 @@ static int fill_row(struct lora_batcher *bt, int32_t *ids, int32_t *lab, int T)
 	return (int)n;
 }
 
-int lora_batcher_next(struct lora_batcher *bt, struct lora_batch *b, struct lora_err *err)
+int lora_batcher_next(struct lora_batcher *bt, struct lora_data_batch *b, struct lora_err *err)
 {
 	int B = bt->o.batch, T = bt->o.seq_len, any = 0;
 

@@ -54,7 +54,7 @@
  *     if (lora_data_load("train.jsonl", &o, &d, err) < 0) return -1;
  *     struct lora_batcher_opts bo = { .batch = B, .seq_len = T, .shuffle = 1, .seed = seed,
  *                                     .pad_id = lora_tok_pad(tok) >= 0 ? lora_tok_pad(tok) : lora_tok_eos(tok) };
- *     lora_batcher_new(d, &bo, &bt, err); lora_batch_init(&batch, B, T, err);
+ *     lora_batcher_new(d, &bo, &bt, err); lora_data_batch_init(&batch, B, T, err);
  *     while (step < steps) { lora_batcher_next(bt, &batch, err); ... }
  *     lora_batcher_get_pos(bt, &pos);       // into the checkpoint
  */
@@ -132,7 +132,7 @@ struct lora_data_pos {
 	uint64_t tok;       /* tokens of that row already used (packing) */
 };
 
-struct lora_batch {
+struct lora_data_batch {
 	int B, T;
 	int32_t *ids;       /* (B, T) */
 	int32_t *labels;    /* (B, T) */
@@ -140,8 +140,8 @@ struct lora_batch {
 	int64_t n_targets;  /* positions t >= 1 with labels != LORA_IGNORE: terms of the loss */
 };
 
-int lora_batch_init(struct lora_batch *b, int B, int T, struct lora_err *err);
-void lora_batch_free(struct lora_batch *b);
+int lora_data_batch_init(struct lora_data_batch *b, int B, int T, struct lora_err *err);
+void lora_data_batch_free(struct lora_data_batch *b);
 
 struct lora_batcher;
 int lora_batcher_new(const struct lora_dataset *d, const struct lora_batcher_opts *o,
@@ -151,7 +151,7 @@ void lora_batcher_free(struct lora_batcher *b);
  * Fill the next batch (b must be initialised with the same B and T).
  * Returns 1, or 0 when a one-pass batcher has nothing left; -1 on error.
  */
-int lora_batcher_next(struct lora_batcher *bt, struct lora_batch *b, struct lora_err *err);
+int lora_batcher_next(struct lora_batcher *bt, struct lora_data_batch *b, struct lora_err *err);
 void lora_batcher_get_pos(const struct lora_batcher *bt, struct lora_data_pos *pos);
 int lora_batcher_set_pos(struct lora_batcher *bt, const struct lora_data_pos *pos, struct lora_err *err);
 /* Batches in one epoch: ceil(tokens / (B*T)) packed, ceil(rows / B) otherwise. */

@@ -199,7 +199,7 @@ TEST(packing_fills_every_sequence)
 	struct lora_dataset *d = rows_of(10);   /* 55 tokens */
 	struct lora_batcher_opts o = { .batch = 2, .seq_len = 8, .shuffle = 0 };
 	struct lora_batcher *bt = NULL;
-	struct lora_batch b;
+	struct lora_data_batch b;
 	struct lora_err err = { 0 };
 	int32_t stream[64];
 	size_t k = 0;
@@ -207,7 +207,7 @@ TEST(packing_fills_every_sequence)
 	if (!d)
 		return;
 	CHECK(lora_batcher_new(d, &o, &bt, &err) == 0);
-	CHECK(lora_batch_init(&b, 2, 8, &err) == 0);
+	CHECK(lora_data_batch_init(&b, 2, 8, &err) == 0);
 	CHECK(lora_batcher_epoch_batches(bt) == 4);   /* ceil(55 / 16) */
 	for (int s = 0; s < 4; s++) {
 		CHECK(lora_batcher_next(bt, &b, &err) == 1);
@@ -223,7 +223,7 @@ TEST(packing_fills_every_sequence)
 		lora_batcher_get_pos(bt, &p);
 		CHECK(p.epoch == 1 && p.row == 3 && p.tok == 3);   /* 64 - 55 = 9 = 1 + 2 + 3 + 3 */
 	}
-	lora_batch_free(&b);
+	lora_data_batch_free(&b);
 	lora_batcher_free(bt);
 	lora_data_free(d);
 }
@@ -233,14 +233,14 @@ TEST(no_pack_pads_and_truncates)
 	struct lora_dataset *d = rows_of(5);
 	struct lora_batcher_opts o = { .batch = 2, .seq_len = 4, .no_pack = 1, .one_pass = 1, .pad_id = 7 };
 	struct lora_batcher *bt = NULL;
-	struct lora_batch b;
+	struct lora_data_batch b;
 	struct lora_err err = { 0 };
 	int n = 0;
 
 	if (!d)
 		return;
 	CHECK(lora_batcher_new(d, &o, &bt, &err) == 0);
-	CHECK(lora_batch_init(&b, 2, 4, &err) == 0);
+	CHECK(lora_data_batch_init(&b, 2, 4, &err) == 0);
 	CHECK(lora_batcher_epoch_batches(bt) == 3);
 	while (lora_batcher_next(bt, &b, &err) == 1) {
 		if (n == 0) {
@@ -256,7 +256,7 @@ TEST(no_pack_pads_and_truncates)
 		n++;
 	}
 	CHECK(n == 3 && lora_batcher_truncated(bt) == 1);
-	lora_batch_free(&b);
+	lora_data_batch_free(&b);
 	lora_batcher_free(bt);
 	lora_data_free(d);
 }
@@ -266,14 +266,14 @@ TEST(one_pass_eval_sees_every_token_once)
 	struct lora_dataset *d = rows_of(10);
 	struct lora_batcher_opts o = { .batch = 3, .seq_len = 5, .one_pass = 1, .pad_id = 0 };
 	struct lora_batcher *bt = NULL;
-	struct lora_batch b;
+	struct lora_data_batch b;
 	struct lora_err err = { 0 };
 	int64_t real = 0, batches = 0;
 
 	if (!d)
 		return;
 	CHECK(lora_batcher_new(d, &o, &bt, &err) == 0);
-	CHECK(lora_batch_init(&b, 3, 5, &err) == 0);
+	CHECK(lora_data_batch_init(&b, 3, 5, &err) == 0);
 	while (lora_batcher_next(bt, &b, &err) == 1) {
 		for (int i = 0; i < 3; i++)
 			real += b.len[i];
@@ -281,7 +281,7 @@ TEST(one_pass_eval_sees_every_token_once)
 	}
 	CHECK(real == 55 && batches == 4 && (uint64_t)batches == lora_batcher_epoch_batches(bt));
 	CHECK(lora_batcher_next(bt, &b, &err) == 0);
-	lora_batch_free(&b);
+	lora_data_batch_free(&b);
 	lora_batcher_free(bt);
 	lora_data_free(d);
 }
@@ -291,7 +291,7 @@ TEST(resume_from_a_position_is_identical)
 	struct lora_dataset *d = rows_of(9);
 	struct lora_batcher_opts o = { .batch = 2, .seq_len = 7, .shuffle = 1, .seed = 1234 };
 	struct lora_batcher *a = NULL, *c = NULL;
-	struct lora_batch ba, bc;
+	struct lora_data_batch ba, bc;
 	struct lora_data_pos p;
 	struct lora_err err = { 0 };
 	int same = 1;
@@ -299,7 +299,7 @@ TEST(resume_from_a_position_is_identical)
 	if (!d)
 		return;
 	CHECK(lora_batcher_new(d, &o, &a, &err) == 0 && lora_batcher_new(d, &o, &c, &err) == 0);
-	CHECK(lora_batch_init(&ba, 2, 7, &err) == 0 && lora_batch_init(&bc, 2, 7, &err) == 0);
+	CHECK(lora_data_batch_init(&ba, 2, 7, &err) == 0 && lora_data_batch_init(&bc, 2, 7, &err) == 0);
 	for (int s = 0; s < 5; s++)
 		lora_batcher_next(a, &ba, &err);
 	lora_batcher_get_pos(a, &p);
@@ -313,8 +313,8 @@ TEST(resume_from_a_position_is_identical)
 	p.row = 99;
 	CHECK(lora_batcher_set_pos(c, &p, &err) < 0);
 	CHECKF(strstr(err.msg, "does not fit"), "%s", err.msg);
-	lora_batch_free(&ba);
-	lora_batch_free(&bc);
+	lora_data_batch_free(&ba);
+	lora_data_batch_free(&bc);
 	lora_batcher_free(a);
 	lora_batcher_free(c);
 	lora_data_free(d);
@@ -325,14 +325,14 @@ TEST(shuffled_epochs_are_permutations)
 	struct lora_dataset *d = rows_of(6);   /* 21 tokens */
 	struct lora_batcher_opts o = { .batch = 1, .seq_len = 21, .shuffle = 1, .seed = 7 };
 	struct lora_batcher *bt = NULL;
-	struct lora_batch b;
+	struct lora_data_batch b;
 	struct lora_err err = { 0 };
 	int64_t sum0 = 0, sum1 = 0, diff = 0;
 	int32_t first[21];
 
 	if (!d)
 		return;
-	CHECK(lora_batcher_new(d, &o, &bt, &err) == 0 && lora_batch_init(&b, 1, 21, &err) == 0);
+	CHECK(lora_batcher_new(d, &o, &bt, &err) == 0 && lora_data_batch_init(&b, 1, 21, &err) == 0);
 	lora_batcher_next(bt, &b, &err);
 	memcpy(first, b.ids, sizeof(first));
 	for (int i = 0; i < 21; i++)
@@ -344,7 +344,7 @@ TEST(shuffled_epochs_are_permutations)
 	}
 	CHECK(sum0 == sum1 && sum0 == 1000 + 2 * 2000 + 1 + 3 * 3000 + 3 + 4 * 4000 + 6 + 5 * 5000 + 10 + 6 * 6000 + 15);
 	CHECK(diff > 0);
-	lora_batch_free(&b);
+	lora_data_batch_free(&b);
 	lora_batcher_free(bt);
 	lora_data_free(d);
 }

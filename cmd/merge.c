@@ -1,0 +1,105 @@
+/* merge.c - `lora merge`: adapters merged into a new base model folder. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd/cmd.h"
+#include "libadapter/merge.h"
+
+static void on_progress(void *ctx, uint64_t done, uint64_t total)
+{
+	struct cmd_progress *p = ctx;
+	char extra[48];
+
+	p->total = (double)total;
+	snprintf(extra, sizeof(extra), "%.0f/%.0f MB", done / 1e6, total / 1e6);
+	cmd_progress_update(p, (double)done, extra);
+}
+
+/* Parse REF[@WEIGHT] arguments into an opened set; returns an exit code, 0 ok. */
+int cmd_merge_open_set(struct cmd_ctx *ctx, char **args, int n, struct lora_merge_set *set);
+int cmd_merge_open_set(struct cmd_ctx *ctx, char **args, int n, struct lora_merge_set *set)
+{
+	struct lora_err err = { 0 };
+
+	for (int i = 0; i < n; i++) {
+		char *spec;
+		double w;
+		if (lora_merge_parse_arg(args[i], &spec, &w, &err) < 0 ||
+		    lora_merge_set_add(set, ctx->store, spec, w, &err) < 0) {
+			free(spec);
+			return cmd_fail(&err);
+		}
+		free(spec);
+	}
+	return 0;
+}
+
+CMD(merge)
+{
+	static const struct option longopts[] = {
+		{ "base", required_argument, NULL, 'b' },
+		{ "output", required_argument, NULL, 'o' },
+		{ "dtype", required_argument, NULL, 'd' },
+		{ "device", required_argument, NULL, 'D' },
+		{ "force", no_argument, NULL, 'f' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct lora_merge_opts o = { 0 };
+	struct lora_merge_set set = { 0 };
+	struct lora_merge_stats st;
+	struct lora_err err = { 0 };
+	struct cmd_progress prog;
+	int c, rc;
+
+	o.store_dir = ctx->store;
+	o.dtype = LORA_DT_INVALID;
+	while ((c = cmd_getopt(ctx, argc, argv, "b:o:", longopts)) != -1) {
+		switch (c) {
+		case 'b': o.base_dir = optarg; break;
+		case 'o': o.out_dir = optarg; break;
+		case 'd':
+			if (lora_merge_dtype_parse(optarg, &o.dtype) < 0)
+				return cmd_usage(ctx, "bad value '%s' for --dtype (auto, bf16, fp16 or fp32)",
+						 optarg);
+			break;
+		case 'D':
+			if (!strcmp(optarg, "cpu"))
+				o.device = LORA_DEVICE_CPU;
+			else if (!strcmp(optarg, "cuda"))
+				o.device = LORA_DEVICE_CUDA;
+			else
+				return cmd_usage(ctx, "bad value '%s' for --device (cpu or cuda)", optarg);
+			break;
+		case 'f': o.force = 1; break;
+		default: return 2;
+		}
+	}
+	if (!o.base_dir)
+		return cmd_usage(ctx, "--base DIR is required");
+	if (!o.out_dir)
+		return cmd_usage(ctx, "-o OUTDIR is required");
+	if (optind >= argc)
+		return cmd_usage(ctx, "name at least one adapter to merge");
+	if ((rc = cmd_merge_open_set(ctx, argv + optind, argc - optind, &set)) != 0) {
+		lora_merge_set_free(&set);
+		return rc;
+	}
+	cmd_progress_start(&prog, ctx, "merging", 1);
+	o.progress = on_progress;
+	o.progress_ctx = &prog;
+	rc = lora_merge(&o, &set, &st, &err);
+	cmd_progress_end(&prog);
+	if (rc < 0) {
+		lora_merge_set_free(&set);
+		return cmd_fail(&err);
+	}
+	if (st.n_forced)
+		cmd_warn("%zu adapter%s made for another base merged anyway (--force)", st.n_forced,
+			 st.n_forced == 1 ? " was" : "s were");
+	printf("merged %zu adapter%s into %s: %zu tensors merged, %zu copied, %zu converted (%zu shard%s)\n",
+	       set.n, set.n == 1 ? "" : "s", o.out_dir, st.n_merged, st.n_copied, st.n_converted,
+	       st.n_shards, st.n_shards == 1 ? "" : "s");
+	lora_merge_set_free(&set);
+	return 0;
+}

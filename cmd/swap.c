@@ -1,0 +1,78 @@
+/* swap.c - `lora swap`: change the adapters merged into a model folder, in place. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd/cmd.h"
+#include "libadapter/merge.h"
+#include "libadapter/swap.h"
+
+int cmd_merge_open_set(struct cmd_ctx *ctx, char **args, int n, struct lora_merge_set *set);
+
+static void on_progress(void *ctx, uint64_t done, uint64_t total)
+{
+	struct cmd_progress *p = ctx;
+	char extra[48];
+
+	p->total = (double)total;
+	snprintf(extra, sizeof(extra), "%.0f/%.0f MB", done / 1e6, total / 1e6);
+	cmd_progress_update(p, (double)done, extra);
+}
+
+CMD(swap)
+{
+	static const struct option longopts[] = {
+		{ "base", required_argument, NULL, 'b' },
+		{ "none", no_argument, NULL, 'n' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct lora_swap_opts o = { 0 };
+	struct lora_merge_set set = { 0 };
+	struct lora_swap_stats st;
+	struct lora_err err = { 0 };
+	struct cmd_progress prog;
+	const char *pause = getenv("LORA_TEST_SWAP_PAUSE_US");
+	int c, rc, none = 0;
+
+	o.store_dir = ctx->store;
+	while ((c = cmd_getopt(ctx, argc, argv, "b:", longopts)) != -1) {
+		switch (c) {
+		case 'b': o.base_dir = optarg; break;
+		case 'n': none = 1; break;
+		default: return 2;
+		}
+	}
+	if (optind >= argc)
+		return cmd_usage(ctx, "name the merged model folder");
+	o.model_dir = argv[optind++];
+	if (none && optind < argc)
+		return cmd_usage(ctx, "--none takes no adapters");
+	if (!none && optind >= argc)
+		return cmd_usage(ctx, "name the adapters to swap in, or --none");
+	if (pause && *pause)
+		o.pause_us = (unsigned)strtoul(pause, NULL, 10);   /* test hook, see lora-swap(1) */
+	if ((rc = cmd_merge_open_set(ctx, argv + optind, argc - optind, &set)) != 0) {
+		lora_merge_set_free(&set);
+		return rc;
+	}
+	cmd_progress_start(&prog, ctx, "swapping", 1);
+	o.progress = on_progress;
+	o.progress_ctx = &prog;
+	rc = lora_swap(&o, &set, &st, &err);
+	cmd_progress_end(&prog);
+	if (rc < 0) {
+		lora_merge_set_free(&set);
+		return cmd_fail(&err);
+	}
+	if (!st.exact)
+		cmd_warn("%s", st.note);
+	if (set.n)
+		printf("swapped %zu adapter%s into %s: %zu tensors rewritten (%.1f MB)%s\n", set.n,
+		       set.n == 1 ? "" : "s", o.model_dir, st.n_rewritten, st.bytes_rewritten / 1e6,
+		       st.exact ? "" : ", not bit-exact");
+	else
+		printf("removed the adapters from %s: %zu tensors restored (%.1f MB)%s\n", o.model_dir,
+		       st.n_rewritten, st.bytes_rewritten / 1e6, st.exact ? "" : ", not bit-exact");
+	lora_merge_set_free(&set);
+	return 0;
+}

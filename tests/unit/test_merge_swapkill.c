@@ -1,0 +1,262 @@
+/*
+ * test_merge_swapkill.c - `lora swap` killed with SIGKILL at random moments:
+ * after lora_merged_recover() the folder holds exactly the old set or exactly
+ * the new one (checksums of every file, compared with fresh merges).
+ *
+ * The swap runs with LORA_TEST_SWAP_PAUSE_US so that it spends a few
+ * milliseconds after each write step; kill times are drawn at random within
+ * evenly spaced slots of one undisturbed swap's duration, so the kills land
+ * everywhere: before the journal, while it is written, after its commit, in
+ * the middle of applying it, and after.  Needs $LORA (tests/run.sh sets it).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "libadapter/buf.h"
+#include "libadapter/fsutil.h"
+#include "libadapter/swap.h"
+#include "tests/t.h"
+
+extern char **environ;
+
+#define TRIALS 24
+#define PAUSE_US "3000"
+
+static char tmp[256];
+static const char *lora;
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Run argv[0] with stdout sent to /dev/null (stderr kept for diagnostics). */
+static pid_t spawn(char *const argv[])
+{
+	posix_spawn_file_actions_t fa;
+	pid_t pid;
+	int rc;
+
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+	rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	return rc ? -1 : pid;
+}
+
+static int run_wait(char *const argv[])
+{
+	int st;
+	pid_t pid = spawn(argv);
+	if (pid < 0 || waitpid(pid, &st, 0) < 0)
+		return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* "name sha256\n" for every entry of dir, sorted: the folder's checksum list. */
+static char *signature(const char *dir)
+{
+	struct lora_buf b = LORA_BUF_INIT;
+	char *names[64];
+	size_t n = 0;
+	DIR *d = opendir(dir);
+	struct dirent *e;
+
+	if (!d)
+		return NULL;
+	while ((e = readdir(d)) && n < 64)
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+			names[n++] = strdup(e->d_name);
+	closedir(d);
+	qsort(names, n, sizeof(char *), name_cmp);
+	for (size_t i = 0; i < n; i++) {
+		char *p = lora_path_join(dir, names[i]), hex[65] = "";
+		lora_sha256_file(p, hex, NULL, NULL);
+		lora_buf_printf(&b, "%s %s\n", names[i], hex);
+		free(p);
+		free(names[i]);
+	}
+	return lora_buf_take(&b);
+}
+
+static int has_journal(const char *dir)
+{
+	char *p = lora_path_join(dir, LORA_SWAP_JOURNAL);
+	int r = lora_is_file(p);
+	free(p);
+	return r;
+}
+
+static int copy_dir(const char *from, const char *to)
+{
+	char *argv[] = { "/bin/cp", "-a", (char *)from, (char *)to, NULL };
+	return run_wait(argv);
+}
+
+TEST(swap_killed_at_random_moments)
+{
+	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
+	char *ad_b = t_fixture("merge/ad_pattern");
+	char fa[300], fb[300], w[300];
+	char *sig_a, *sig_b;
+	int n_old = 0, n_new = 0, n_mid = 0, n_bad = 0;
+	double full;
+
+	snprintf(fa, sizeof(fa), "%s/fa", tmp);
+	snprintf(fb, sizeof(fb), "%s/fb", tmp);
+	snprintf(w, sizeof(w), "%s/w", tmp);
+	{
+		char *m1[] = { (char *)lora, "merge", "--base", base, ad_a, "-o", fa, NULL };
+		char *m2[] = { (char *)lora, "merge", "--base", base, ad_b, "-o", fb, NULL };
+		CHECK(run_wait(m1) == 0);
+		CHECK(run_wait(m2) == 0);
+	}
+	sig_a = signature(fa);
+	sig_b = signature(fb);
+	CHECK(sig_a && sig_b && strcmp(sig_a, sig_b));
+	setenv("LORA_TEST_SWAP_PAUSE_US", PAUSE_US, 1);
+	/* One undisturbed swap A -> B, timed. */
+	{
+		char *sw[] = { (char *)lora, "swap", w, ad_b, NULL };
+		double t0;
+		CHECK(copy_dir(fa, w) == 0);
+		t0 = now();
+		CHECK(run_wait(sw) == 0);
+		full = now() - t0;
+		{
+			char *s = signature(w);
+			CHECK(s && !strcmp(s, sig_b));
+			free(s);
+		}
+		lora_rm_rf(w, NULL);
+	}
+	srand(12345);
+	for (int i = 0; i < TRIALS; i++) {
+		/* Alternate directions: A -> B and B -> A. */
+		const char *from = i % 2 ? fb : fa, *to_ad = i % 2 ? ad_a : ad_b;
+		const char *sig_old = i % 2 ? sig_b : sig_a, *sig_new = i % 2 ? sig_a : sig_b;
+		char *sw[] = { (char *)lora, "swap", w, (char *)to_ad, NULL };
+		double at = full * (i + (double)rand() / RAND_MAX) / TRIALS;
+		struct lora_err err = { 0 };
+		pid_t pid;
+		char *s;
+		int st;
+
+		CHECK(copy_dir(from, w) == 0);
+		pid = spawn(sw);
+		CHECK(pid > 0);
+		usleep((useconds_t)(at * 1e6));
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+		n_mid += has_journal(w);
+		CHECKF(lora_merged_recover(w, &err) == 0, "%s", err.msg);
+		s = signature(w);
+		if (s && !strcmp(s, sig_old))
+			n_old++;
+		else if (s && !strcmp(s, sig_new))
+			n_new++;
+		else {
+			n_bad++;
+			fprintf(stderr, "  trial %d (kill at %.1f ms): folder holds neither set:\n%s", i,
+				at * 1e3, s ? s : "(unreadable)\n");
+		}
+		free(s);
+		lora_rm_rf(w, NULL);
+	}
+	unsetenv("LORA_TEST_SWAP_PAUSE_US");
+	printf("  %d kills over %.0f ms: %d left the old set, %d the new one (%d of them mid-journal), "
+	       "%d a mix\n", TRIALS, full * 1e3, n_old, n_new, n_mid, n_bad);
+	CHECK(n_bad == 0);
+	CHECK(n_old + n_new == TRIALS);
+	/* The kills must have covered both outcomes and the replay path. */
+	CHECK(n_old > 0 && n_new > 0 && n_mid > 0);
+	free(sig_a);
+	free(sig_b);
+	free(base);
+	free(ad_a);
+	free(ad_b);
+}
+
+/* A committed journal whose target was truncated is refused, not half-applied. */
+TEST(recover_refuses_a_journal_for_other_files)
+{
+	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
+	char *ad_b = t_fixture("merge/ad_pattern");
+	char m[300], jn[400], shard[400];
+	struct lora_err err = { 0 };
+
+	snprintf(m, sizeof(m), "%s/j", tmp);
+	{
+		char *m1[] = { (char *)lora, "merge", "--base", base, ad_a, "-o", m, NULL };
+		CHECK(run_wait(m1) == 0);
+	}
+	/* Kill a slow swap right after the commit: the journal stays. */
+	setenv("LORA_TEST_SWAP_PAUSE_US", "200000", 1);
+	{
+		char *sw[] = { (char *)lora, "swap", m, ad_b, NULL };
+		pid_t pid = spawn(sw);
+		int st;
+		for (int k = 0; k < 400 && !has_journal(m); k++)
+			usleep(10000);
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+	}
+	unsetenv("LORA_TEST_SWAP_PAUSE_US");
+	CHECK(has_journal(m));
+	snprintf(shard, sizeof(shard), "%s/model-00002-of-00002.safetensors", m);
+	CHECK(truncate(shard, 100) == 0);
+	CHECK(lora_merged_recover(m, &err) < 0);
+	CHECKF(strstr(err.msg, "is not the file the journal was written for") != NULL, "%s", err.msg);
+	CHECK(has_journal(m));
+	/* A damaged journal is refused too. */
+	snprintf(jn, sizeof(jn), "%s/%s", m, LORA_SWAP_JOURNAL);
+	CHECK(truncate(jn, 200) == 0);
+	CHECK(lora_merged_recover(m, &err) < 0);
+	CHECKF(strstr(err.msg, "is damaged") != NULL, "%s", err.msg);
+	free(base);
+	free(ad_a);
+	free(ad_b);
+}
+
+int main(void)
+{
+	lora = getenv("LORA");
+	if (!lora || access(lora, X_OK) != 0) {
+		fprintf(stderr, "test_merge_swapkill: $LORA must name the lora binary\n");
+		printf("FAIL swap_killed_at_random_moments\n");
+		return 1;
+	}
+	snprintf(tmp, sizeof(tmp), "%s/lora-test-swapkill.XXXXXX",
+		 getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+	if (!mkdtemp(tmp)) {
+		perror("mkdtemp");
+		return 1;
+	}
+	{
+		/* Keep the fingerprint cache inside the test folder. */
+		char c[300];
+		snprintf(c, sizeof(c), "%s/cache", tmp);
+		setenv("XDG_CACHE_HOME", c, 1);
+	}
+	RUN(swap_killed_at_random_moments);
+	RUN(recover_refuses_a_journal_for_other_files);
+	lora_rm_rf(tmp, NULL);
+	return t_done();
+}

@@ -11,7 +11,7 @@ For each model M this writes into tests/fixtures/train/:
       none.grad.<module>.lora_A / lora_B   F32  d loss / d A, d B (torch autograd)
       nf4.*        the same with every decoder linear weight replaced by
                    bitsandbytes' quantize_4bit(nf4, blocksize 64, double quant) + dequantize_4bit
-      long.*       (llama_tied, mistral_window) one row of 150 tokens: input_ids, labels, loss, grads
+      long.*       (llama_tied, mistral_window) one row of 120 tokens: input_ids, labels, loss, grads
   eval.jsonl, eval.expect.json  rows for `lora eval` and the losses transformers + peft give
   eval.logits.safetensors       logits.N [len, V] of each row, base model as stored
 
@@ -44,13 +44,13 @@ MODELS = {
     "llama_tied": (LlamaForCausalLM, LlamaConfig(
         hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=128, tie_word_embeddings=True, rms_norm_eps=1e-5,
-        max_position_embeddings=256, initializer_range=0.1),
+        max_position_embeddings=128, initializer_range=0.1),
         dict(r=4, lora_alpha=8, target_modules="all-linear")),
     # llama3 rope scaling, untied, 3 layers, head_dim 24; rsLoRA and a rank pattern
     "llama3_untied": (LlamaForCausalLM, LlamaConfig(
         hidden_size=96, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=160, tie_word_embeddings=False, rms_norm_eps=1e-6,
-        max_position_embeddings=256, initializer_range=0.1,
+        max_position_embeddings=128, initializer_range=0.1,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
         dict(r=8, lora_alpha=16, use_rslora=True, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
@@ -59,14 +59,14 @@ MODELS = {
     "qwen2": (Qwen2ForCausalLM, Qwen2Config(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=128, tie_word_embeddings=False, rms_norm_eps=1e-6,
-        max_position_embeddings=256, initializer_range=0.1,
+        max_position_embeddings=128, initializer_range=0.1,
         rope_scaling={"rope_type": "linear", "factor": 2.0}),
         dict(r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"])),
     # Mistral with a sliding window shorter than the batch
     "mistral_window": (MistralForCausalLM, MistralConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=128, tie_word_embeddings=False, rms_norm_eps=1e-5,
-        max_position_embeddings=256, initializer_range=0.1, sliding_window=6),
+        max_position_embeddings=128, initializer_range=0.1, sliding_window=6),
         dict(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])),
 }
 
@@ -222,8 +222,8 @@ def main():
             for k, v in grads.items():
                 t[f"{quant}.grad.{k}"] = v.contiguous()
         if name in ("llama_tied", "mistral_window"):
-            # one long row (150 > the CPU attention's 64-query blocks), loss and grads only
-            lids = torch.randint(3, cfg.vocab_size, (1, 150), generator=g)
+            # one long row (120 > the CPU attention's 64-query blocks), loss and grads only
+            lids = torch.randint(3, cfg.vocab_size, (1, 120), generator=g)
             llab = lids.clone()
             llab[0, :10] = -100
             _, loss, grads = run(base, adapter, lids, llab, torch.ones_like(lids), "none")

@@ -202,7 +202,7 @@ TEST(qwen2_biases_linear_rope_nf4) { check_model("qwen2", LORA_QUANT_NF4); }
 TEST(mistral_sliding_window_none) { check_model("mistral_window", LORA_QUANT_NONE); }
 TEST(mistral_sliding_window_nf4) { check_model("mistral_window", LORA_QUANT_NF4); }
 
-/* One row of 150 tokens: attention runs in several query blocks, the window cuts across them. */
+/* One row of 120 tokens: attention runs in two query blocks, the window cuts across them. */
 static void check_long(const char *model)
 {
 	struct fx f;

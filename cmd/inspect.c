@@ -100,7 +100,7 @@ static int adapter_json(const struct lora_peft *p, const double *norms, double *
 		}
 		if (!p->cfg.base_model) {
 			cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "manifest");
-			cJSON *b = m ? cJSON_GetObjectItemCaseSensitive(m, "base") : NULL;
+			cJSON *b = m ? cJSON_GetObjectItemCaseSensitive(m, "base_model") : NULL;
 			cJSON *bn = cJSON_IsObject(b) ? cJSON_GetObjectItemCaseSensitive(b, "name") : NULL;
 			if (cJSON_IsString(bn))
 				cJSON_ReplaceItemInObjectCaseSensitive(o, "base", cJSON_CreateString(bn->valuestring));
@@ -141,7 +141,7 @@ static void stored_text(const cJSON *st)
 	const cJSON *m = cJSON_GetObjectItemCaseSensitive(st, "manifest");
 	const cJSON *sg = cJSON_GetObjectItemCaseSensitive(st, "signer");
 	const cJSON *files = cJSON_GetObjectItemCaseSensitive(st, "files"), *f;
-	const cJSON *base = m ? cJSON_GetObjectItemCaseSensitive(m, "base") : NULL;
+	const cJSON *base = m ? cJSON_GetObjectItemCaseSensitive(m, "base_model") : NULL;
 
 	printf("ref         %s\n", jstr_or(st, "ref", "-"));
 	line("digest", jstr(st, "digest"));

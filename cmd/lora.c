@@ -151,7 +151,7 @@ static const struct cmd_def commands[] = {
 	{ "eval", cmd_eval, CMD_NEED_STORE, "loss and perplexity of a model, with or without an adapter",
 	  "lora eval --base DIR [--adapter PATH|REF] --tokens FILE.jsonl [--quant nf4|none] [--json] [--dump-logits FILE] [--threads N]",
 	  "  --base DIR          the Hugging Face model folder\n"
-	  "  --adapter PATH|REF  a PEFT adapter folder to apply\n"
+	  "  --adapter PATH|REF  the adapter: a PEFT folder, a .lora file or a stored NAME[:TAG]\n"
 	  "  --tokens FILE       rows {\"input_ids\": [...], \"labels\": [...]}, one a line\n"
 	  "  --quant nf4|none    NF4 frozen weights as QLoRA trains them (default), or as stored\n"
 	  "  --json              {\"loss\", \"perplexity\", \"tokens\", \"rows\"} on stdout\n"

@@ -18,6 +18,7 @@
 #include "cmd/cmd.h"
 #include "libadapter/fsutil.h"
 #include "libadapter/safetensors.h"
+#include "libadapter/store.h"
 #include "train/model.h"
 
 #define MAX_ROW_TOKENS (1 << 20)
@@ -155,14 +156,18 @@ out:
 	return rc;
 }
 
-/* The adapter argument: a PEFT folder.  TODO: store REFs and .lora files through
- * lora_adapter_open() (libadapter/store.h) once the store lands in main. */
-static int attach_adapter(struct lora_net *net, const char *spec, struct lora_err *err)
+/* The adapter argument: a PEFT folder, a .lora package or a store REF. */
+static int attach_adapter(struct lora_net *net, const char *store, const char *spec,
+			  struct lora_err *err)
 {
-	if (!lora_is_dir(spec))
-		return lora_errf(err, "adapter '%s' is not a PEFT folder (store references are not "
-				 "available in this build yet)", spec);
-	return lora_net_load_adapter(net, spec, err);
+	struct lora_adapter_src a = { 0 };
+	int rc;
+
+	if (lora_adapter_open(store, spec, &a, err) < 0)
+		return -1;
+	rc = lora_net_load_peft(net, a.peft, a.ref, err);
+	lora_adapter_close(&a);
+	return rc;
 }
 
 /* A writer for logits.0 .. logits.N-1, each [len, V] fp32. */
@@ -219,7 +224,7 @@ static int run_eval(const struct eval_opts *o, const struct cmd_ctx *ctx, struct
 	no.threads = (int)o->threads;
 	if (lora_net_open(&net, o->base, &no, err) < 0)
 		return -1;
-	if (o->adapter && attach_adapter(net, o->adapter, err) < 0)
+	if (o->adapter && attach_adapter(net, ctx->store, o->adapter, err) < 0)
 		goto out;
 	if (read_rows(o->tokens, net->V, &rows, &nrows, err) < 0)
 		goto out;

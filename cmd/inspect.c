@@ -11,6 +11,7 @@
 #include "libadapter/model.h"
 #include "libadapter/peft.h"
 #include "libadapter/fsutil.h"
+#include "libadapter/lowrank.h"
 #include "libadapter/store.h"
 
 static void print_bytes(FILE *f, double b)
@@ -50,7 +51,9 @@ static cJSON *targets_json(const struct lora_peft_config *c)
 	return a;
 }
 
-static int adapter_json(const struct lora_peft *p, const double *norms, cJSON *stored)
+/* sv: NULL, or per module its m->r singular values (--spectrum) */
+static int adapter_json(const struct lora_peft *p, const double *norms, double *const *sv,
+			cJSON *stored)
 {
 	cJSON *o = cJSON_CreateObject(), *mods;
 	char *s;
@@ -81,6 +84,10 @@ static int adapter_json(const struct lora_peft *p, const double *norms, cJSON *s
 		cJSON_AddNumberToObject(j, "delta_norm", norms[i]);
 		cJSON_AddNumberToObject(j, "in", (double)m->in);
 		cJSON_AddNumberToObject(j, "out", (double)m->out);
+		if (sv) {
+			cJSON_AddItemToObject(j, "singular_values", cJSON_CreateDoubleArray(sv[i], m->r));
+			cJSON_AddNumberToObject(j, "effective_rank", lora_effective_rank(sv[i], m->r));
+		}
 		cJSON_AddItemToArray(mods, j);
 	}
 	if (stored) {
@@ -93,7 +100,7 @@ static int adapter_json(const struct lora_peft *p, const double *norms, cJSON *s
 		}
 		if (!p->cfg.base_model) {
 			cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "manifest");
-			cJSON *b = m ? cJSON_GetObjectItemCaseSensitive(m, "base") : NULL;
+			cJSON *b = m ? cJSON_GetObjectItemCaseSensitive(m, "base_model") : NULL;
 			cJSON *bn = cJSON_IsObject(b) ? cJSON_GetObjectItemCaseSensitive(b, "name") : NULL;
 			if (cJSON_IsString(bn))
 				cJSON_ReplaceItemInObjectCaseSensitive(o, "base", cJSON_CreateString(bn->valuestring));
@@ -134,7 +141,7 @@ static void stored_text(const cJSON *st)
 	const cJSON *m = cJSON_GetObjectItemCaseSensitive(st, "manifest");
 	const cJSON *sg = cJSON_GetObjectItemCaseSensitive(st, "signer");
 	const cJSON *files = cJSON_GetObjectItemCaseSensitive(st, "files"), *f;
-	const cJSON *base = m ? cJSON_GetObjectItemCaseSensitive(m, "base") : NULL;
+	const cJSON *base = m ? cJSON_GetObjectItemCaseSensitive(m, "base_model") : NULL;
 
 	printf("ref         %s\n", jstr_or(st, "ref", "-"));
 	line("digest", jstr(st, "digest"));
@@ -158,7 +165,8 @@ static void stored_text(const cJSON *st)
 		       jstr_or(f, "sha256", ""));
 }
 
-static void adapter_text(const struct lora_peft *p, const double *norms, const cJSON *stored)
+static void adapter_text(const struct lora_peft *p, const double *norms, double *const *sv,
+			 const cJSON *stored)
 {
 	const struct lora_peft_config *c = &p->cfg;
 
@@ -182,12 +190,25 @@ static void adapter_text(const struct lora_peft *p, const double *norms, const c
 		const struct lora_peft_module *m = &p->modules[i];
 		printf("%-48s %5d %8g %9.4g %11.5g\n", m->name, m->r, m->alpha, m->scale, norms[i]);
 	}
+	if (!sv)
+		return;
+	printf("\nspectrum: singular values of each dW, largest first; effective rank = exp(entropy of s/sum s)\n");
+	printf("%-48s %8s  %s\n", "MODULE", "EFF.RANK", "SINGULAR VALUES");
+	for (size_t i = 0; i < p->n_modules; i++) {
+		const struct lora_peft_module *m = &p->modules[i];
+		printf("%-48s %8.2f ", m->name, lora_effective_rank(sv[i], m->r));
+		for (int k = 0; k < m->r && k < 8; k++)
+			printf(" %.4g", sv[i][k]);
+		if (m->r > 8)
+			printf(" ... (%d more; --json has all)", m->r - 8);
+		putchar('\n');
+	}
 }
 
-static int show_adapter(const struct lora_peft *p, int json, cJSON *stored)
+static int show_adapter(const struct lora_peft *p, int json, int spectrum, cJSON *stored)
 {
 	struct lora_err err = { 0 };
-	double *norms;
+	double *norms, **sv = NULL;
 	int rc = 0;
 
 	norms = calloc(p->n_modules + 1, sizeof(double));
@@ -198,16 +219,29 @@ static int show_adapter(const struct lora_peft *p, int json, cJSON *stored)
 			rc = cmd_fail(&err);
 			goto out;
 		}
+	if (spectrum && !(sv = calloc(p->n_modules, sizeof(*sv)))) {
+		rc = cmd_error("out of memory");
+		goto out;
+	}
+	for (size_t i = 0; sv && i < p->n_modules; i++)
+		if (!(sv[i] = calloc((size_t)p->modules[i].r, sizeof(double))) ||
+		    lora_module_spectrum(&p->modules[i], sv[i], &err) < 0) {
+			rc = sv[i] ? cmd_fail(&err) : cmd_error("out of memory");
+			goto out;
+		}
 	if (json)
-		rc = adapter_json(p, norms, stored);
+		rc = adapter_json(p, norms, sv, stored);
 	else
-		adapter_text(p, norms, stored);
+		adapter_text(p, norms, sv, stored);
 out:
+	for (size_t i = 0; sv && i < p->n_modules; i++)
+		free(sv[i]);
+	free(sv);
 	free(norms);
 	return rc;
 }
 
-static int inspect_adapter(const char *dir, int json)
+static int inspect_adapter(const char *dir, int json, int spectrum)
 {
 	struct lora_err err = { 0 };
 	struct lora_peft *p;
@@ -215,13 +249,13 @@ static int inspect_adapter(const char *dir, int json)
 
 	if (lora_peft_open(dir, &p, &err) < 0)
 		return cmd_fail(&err);
-	rc = show_adapter(p, json, NULL);
+	rc = show_adapter(p, json, spectrum, NULL);
 	lora_peft_close(p);
 	return rc;
 }
 
 /* A store REF or a .lora file: the adapter plus what the store knows of it. */
-static int inspect_stored(const char *store, const char *spec, int json)
+static int inspect_stored(const char *store, const char *spec, int json, int spectrum)
 {
 	struct lora_err err = { 0 };
 	struct lora_adapter_src a = { 0 };
@@ -237,7 +271,7 @@ static int inspect_stored(const char *store, const char *spec, int json)
 		cJSON_Delete(d);
 		return cmd_fail(&err);
 	}
-	rc = show_adapter(a.peft, json, d);
+	rc = show_adapter(a.peft, json, spectrum, d);
 	lora_adapter_close(&a);
 	cJSON_Delete(d);
 	return rc;
@@ -405,12 +439,12 @@ CMD(inspect)
 	path = argv[optind];
 	if (lora_is_dir(path)) {
 		if (has_file(path, "adapter_config.json"))
-			return inspect_adapter(path, json);
+			return inspect_adapter(path, json, spectrum);
 		if (has_file(path, "config.json") || has_file(path, "model.safetensors") ||
 		    has_file(path, "model.safetensors.index.json"))
 			return inspect_model(path, json);
 		if (has_file(path, "adapter_model.safetensors") || has_file(path, "adapter_model.bin"))
-			return inspect_adapter(path, json);
+			return inspect_adapter(path, json, spectrum);
 		return inspect_model(path, json);  /* explains what is missing (pickle, nothing) */
 	}
 	{
@@ -421,7 +455,6 @@ CMD(inspect)
 			return cmd_error("'%s' is a pickle file, which lora refuses (loading pickle runs "
 					 "arbitrary code); convert it to safetensors", path);
 	}
-	(void)spectrum;
 	{
 		struct stat sb;
 		/* Something that exists but is neither folder nor file, or a path that is not there. */
@@ -430,5 +463,5 @@ CMD(inspect)
 		if (stat(path, &sb) < 0 && (strchr(path, '/') || strstr(path, ".safetensors")))
 			return cmd_error("cannot open '%s': %s", path, strerror(errno));
 	}
-	return inspect_stored(ctx->store, path, json);
+	return inspect_stored(ctx->store, path, json, spectrum);
 }

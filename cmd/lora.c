@@ -70,11 +70,37 @@ static const struct cmd_def commands[] = {
 	{ "tag", cmd_tag, CMD_NEED_STORE, "give a stored adapter another name",
 	  "lora tag REF NAME[:TAG]", NULL },
 	{ "diff", cmd_diff, CMD_NEED_STORE, "compare two adapters module by module",
-	  "lora diff REF REF [--json]", NULL },
+	  "lora diff REF REF [--json] [--threads N]",
+	  "  --json        one JSON document on stdout\n"
+	  "  --threads N   worker threads (default: one per CPU)\n" },
 	{ "combine", cmd_combine, CMD_NEED_STORE, "build one adapter from several",
-	  "lora combine REF[@W]... --method cat|svd|linear --name NAME[:TAG] [--rank R]", NULL },
+	  "lora combine REF[@W]... --method cat|svd|linear (--name NAME[:TAG] | -o DIR) [--rank R]\n"
+	  "      [--dtype fp32|bf16|fp16] [--key FILE] [--description TEXT] [--json]",
+	  "  --method M       cat: exact sum (rank = sum of ranks); svd: exact sum truncated\n"
+	  "                   to rank R; linear: PEFT's linear (equal ranks, not the exact sum)\n"
+	  "  --rank R         rank for --method svd (default: the largest input rank)\n"
+	  "  --name NAME[:TAG]  add the result to the store, signed\n"
+	  "  -o, --output DIR write a PEFT folder instead\n"
+	  "  --dtype D        dtype of the written tensors (default fp32)\n"
+	  "  --key FILE       signing key (default: the store's key)\n"
+	  "  --description T  description recorded in the manifest\n"
+	  "  --json           one JSON document on stdout\n" },
 	{ "extract", cmd_extract, CMD_NEED_STORE, "turn a full fine-tune into an adapter",
-	  "lora extract --base DIR --tuned DIR --rank R [--targets LIST] --name NAME[:TAG]", NULL },
+	  "lora extract --base DIR --tuned DIR --rank R [--targets LIST] (--name NAME[:TAG] | -o DIR)\n"
+	  "      [--iters N] [--oversample P] [--seed S] [--dtype fp32|bf16|fp16]\n"
+	  "      [--key FILE] [--description TEXT] [--json]",
+	  "  --rank R         rank of the adapter\n"
+	  "  --targets LIST   comma-separated module names (q_proj,v_proj); default: every\n"
+	  "                   2-d weight inside numbered layers (all linear layers)\n"
+	  "  --name NAME[:TAG]  add the result to the store, signed\n"
+	  "  -o, --output DIR write a PEFT folder instead\n"
+	  "  --iters N        power iterations of the randomized SVD (default 2)\n"
+	  "  --oversample P   extra random directions (default 10)\n"
+	  "  --seed S         random seed (default 0)\n"
+	  "  --dtype D        dtype of the written tensors (default fp32)\n"
+	  "  --key FILE       signing key (default: the store's key)\n"
+	  "  --description T  description recorded in the manifest\n"
+	  "  --json           one JSON document on stdout\n" },
 	{ "merge", cmd_merge, CMD_NEED_STORE, "merge adapters into a new base model folder",
 	  "lora merge --base DIR REF[@WEIGHT]... -o OUTDIR [--dtype auto|bf16|fp16|fp32] [--device cpu|cuda] [--force]",
 	  "  --base DIR        the base model folder\n"
@@ -125,7 +151,7 @@ static const struct cmd_def commands[] = {
 	{ "eval", cmd_eval, CMD_NEED_STORE, "loss and perplexity of a model, with or without an adapter",
 	  "lora eval --base DIR [--adapter PATH|REF] --tokens FILE.jsonl [--quant nf4|none] [--json] [--dump-logits FILE] [--threads N]",
 	  "  --base DIR          the Hugging Face model folder\n"
-	  "  --adapter PATH|REF  a PEFT adapter folder to apply\n"
+	  "  --adapter PATH|REF  the adapter: a PEFT folder, a .lora file or a stored NAME[:TAG]\n"
 	  "  --tokens FILE       rows {\"input_ids\": [...], \"labels\": [...]}, one a line\n"
 	  "  --quant nf4|none    NF4 frozen weights as QLoRA trains them (default), or as stored\n"
 	  "  --json              {\"loss\", \"perplexity\", \"tokens\", \"rows\"} on stdout\n"

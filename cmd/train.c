@@ -119,6 +119,8 @@ static void fmt_dur(double s, char *buf, size_t len)
 {
 	if (!isfinite(s) || s < 0)
 		snprintf(buf, len, "--");
+	else if (s < 10)
+		snprintf(buf, len, "%.1fs", s);
 	else if (s < 60)
 		snprintf(buf, len, "%.0fs", s);
 	else if (s < 3600)

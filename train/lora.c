@@ -143,8 +143,8 @@ void lora_init_A(float *A, int r, int in, uint64_t seed, int layer, enum lora_ta
 	}
 }
 
-void lora_dropout_mask(float *out, size_t n, double p, uint64_t seed, uint64_t step, int layer,
-		       enum lora_target t)
+void lora_dropout_mask(float *out, size_t first, size_t n, double p, uint64_t seed, uint64_t step,
+		       int layer, enum lora_target t)
 {
 	const uint64_t key = module_key(seed, PURPOSE_DROPOUT, step, layer, t);
 	const float keep = (float)(1.0 / (1.0 - p));
@@ -152,5 +152,5 @@ void lora_dropout_mask(float *out, size_t n, double p, uint64_t seed, uint64_t s
 	const uint64_t thresh = (uint64_t)(p * 4294967296.0);
 
 	for (size_t i = 0; i < n; i++)
-		out[i] = (lora_rand64(key, i) >> 32) < thresh ? 0.0f : keep;
+		out[i] = (lora_rand64(key, first + i) >> 32) < thresh ? 0.0f : keep;
 }

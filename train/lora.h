@@ -58,11 +58,12 @@ double lora_scale(int r, double alpha, int rslora);
 void lora_init_A(float *A, int r, int in, uint64_t seed, int layer, enum lora_target t);
 
 /*
- * Dropout keep-mask values for elements [0, n) of one (step, layer, target)
- * activation: 0 or 1/(1-p).  Deterministic in its arguments.
+ * Dropout keep-mask values for elements [first, first + n) of one (step,
+ * layer, target) activation: 0 or 1/(1-p).  Deterministic in its arguments;
+ * element i's value does not depend on first or n.
  */
-void lora_dropout_mask(float *out, size_t n, double p, uint64_t seed, uint64_t step, int layer,
-		       enum lora_target t);
+void lora_dropout_mask(float *out, size_t first, size_t n, double p, uint64_t seed, uint64_t step,
+		       int layer, enum lora_target t);
 
 /* The counter-based generator: 64 random bits for (key, counter). */
 uint64_t lora_rand64(uint64_t key, uint64_t counter);

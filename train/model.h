@@ -104,6 +104,7 @@ struct lora_net_opts {
 	enum lora_quant quant;
 	int threads;               /* BLAS and worker threads; 0: leave as is */
 	int checkpoint;            /* recompute each layer in backward instead of keeping activations */
+	int logit_tokens;          /* tokens per loss-head chunk (memory: this x V floats); 0: automatic */
 };
 void lora_net_opts_defaults(struct lora_net_opts *o);
 
@@ -138,8 +139,9 @@ void lora_net_close(struct lora_net *net);
 
 /* Fresh adapters on cfg->targets of every layer (PEFT initialization, seeded). */
 int lora_net_init_lora(struct lora_net *net, const struct lora_cfg *cfg, struct lora_err *err);
-/* Adapters from a PEFT adapter (ranks, alphas and patterns per module, dropout). */
-int lora_net_load_peft(struct lora_net *net, const struct lora_peft *p, struct lora_err *err);
+/* Adapters from a PEFT adapter (ranks, alphas and patterns per module, dropout); label names it in errors. */
+int lora_net_load_peft(struct lora_net *net, const struct lora_peft *p, const char *label,
+		       struct lora_err *err);
 int lora_net_load_adapter(struct lora_net *net, const char *peft_dir, struct lora_err *err);
 /*
  * Write dir/adapter_config.json and dir/adapter_model.safetensors (fp32) as

@@ -1,17 +1,22 @@
 /*
  * model_cpu.c - the CPU reference forward and backward.  This is the oracle
  * the CUDA trainer is tested against, and the trainer for machines without a
- * GPU: plain fp32 arithmetic in the order transformers uses, every matrix
- * product through OpenBLAS sgemm, frozen weights dequantized a chunk of rows
- * at a time just before they are used, no approximations.  Its results depend
- * only on the inputs and the thread count (bit-identical run to run, and with
- * activation checkpointing on or off).
+ * GPU: fp32 arithmetic in the order transformers uses, every matrix product
+ * through OpenBLAS sgemm, frozen weights dequantized a chunk of rows at a
+ * time just before they are used.  The one approximation is e^x, a
+ * polynomial within 1e-7 relative (vexpf), as torch's own vectorized exp is.
+ * Results depend only on the inputs and the thread count: bit-identical run
+ * to run and with activation checkpointing on or off (OpenBLAS 0.3.21 gave
+ * the same bits with 1 and 2 threads too, as it does not split a product's
+ * inner dimension).
  *
  * Layouts (row-major; N = B·T tokens, token n = b·T + t):
  *   token-major   [N, width]          residual stream, projections, MLP
  *   head-major    [B, heads, T, D]    q, k, v after RoPE, for attention
- * The loss head never holds [N, V] logits: it works through NC tokens at a
- * time and, when training, turns them into d hidden at once.
+ * q|k|v and gate|up are each one product over stacked weights, so their
+ * outputs share a row: [N, H·D + 2·KV·D] and [N, 2F].  The loss head never
+ * holds [N, V] logits: it works through NC tokens at a time and, when
+ * training, turns them into d hidden at once.
  */
 #include "model.h"
 
@@ -20,8 +25,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/pool.h"
+
+/*
+ * Loops are left to the compiler to vectorize, with an AVX2 clone picked at
+ * run time (HOT).  No operation is fused or reordered (fp-contract off, no
+ * fast-math), so the vector and scalar paths give the same bits and results
+ * do not depend on the machine or on where a loop is cut.
+ */
+#ifndef __clang__
+#pragma GCC optimize("tree-vectorize", "vect-cost-model=dynamic", "no-trapping-math", "fp-contract=off")
+#endif
+#if defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define HOT
+#endif
+
 #define WCHUNK (1u << 20)        /* floats of a dequantized weight chunk (4 MiB) */
-#define LOGIT_CHUNK (8u << 20)   /* floats of logits held at once (32 MiB) */
+#define LOGIT_CHUNK (64u << 20)  /* floats of logits held at once (256 MiB): the lm_head is
+                                    widened once per chunk, so chunks must be long */
+#define QB 64                    /* attention queries per block */
 
 /* What one layer keeps for its backward pass. */
 struct acts {
@@ -35,32 +59,37 @@ struct acts {
 	float *xm;                /* [N, C] x + attention */
 	float *rstd2;             /* [N] */
 	float *h2;                /* [N, C] post_attention_layernorm(xm): gate/up input */
-	float *g, *up;            /* [N, F] gate and up projections */
+	float *gu;                /* [N, 2F] gate (columns 0..F) and up (F..2F) projections */
 	float *act;               /* [N, F] silu(g)·up: down_proj input */
 	float *u[LORA_NTARGET];   /* [N, r] LoRA inner activations (dropout(x)·Aᵀ) */
 };
 
 struct cpu {
-	int B, T;                 /* capacity the buffers were sized for */
+	int B, T;                 /* the batch shape the buffers are laid out for */
 	float *mem;               /* every buffer below points into this */
+	size_t cap;               /* floats in mem */
 	int n_acts;               /* L, or 1 with checkpointing */
 	struct acts *acts;
 	float **xs;               /* [L][N, C] layer inputs (checkpointing) */
 	float *xL, *hf, *rstd_f;  /* [N, C], [N, C], [N]: final residual and norm */
 	float *dx, *dh;           /* [N, C] */
-	float *tq, *tk, *tv;      /* [N, H·D], [N, KV·D] x2: projections before RoPE / d of them */
+	float *tqkv;              /* [N, H·D + 2·KV·D] q|k|v projections before RoPE / d of them */
 	float *to;                /* [N, C] o_proj / down_proj output, recompute sink */
 	float *datt;              /* [N, H·D] */
 	float *dq, *dk, *dv;      /* head-major gradients */
-	float *dact, *dg, *dup;   /* [N, F] */
+	float *dact;              /* [N, F] */
+	float *dgu;               /* [N, 2F] d gate | d up */
 	float *xd, *mask;         /* [N, max in] dropout(x) and its mask */
 	float *du;                /* [N, max r] */
-	float *S, *P;             /* [T, T] attention scores / probabilities (and dS) */
+	float *S, *P;             /* [threads][QB, T] attention scores / probabilities (and dS) */
 	float *cosb, *sinb;       /* [T, D/2] */
 	float *wbuf;              /* [WCHUNK] */
 	float *logit;             /* [NC, V] */
+	double *tok_loss;         /* [NC] per-token loss of a chunk (-1: unlabelled) */
+	float *tmp_e;             /* [threads][V] exponentials (forward-only loss) */
 	int nc;                   /* tokens per loss chunk */
-	int threads_set;
+	int nthreads;
+	struct lora_pool *pool;
 };
 
 static inline float *take(float **p, size_t n)
@@ -102,8 +131,7 @@ static size_t layout(struct cpu *c, const struct lora_net *net, int B, int T, fl
 		a->xm = take(&p, N * C);
 		a->rstd2 = take(&p, N);
 		a->h2 = take(&p, N * C);
-		a->g = take(&p, N * F);
-		a->up = take(&p, N * F);
+		a->gu = take(&p, N * 2 * F);
 		a->act = take(&p, N * F);
 		for (int t = 0; t < LORA_NTARGET; t++) {
 			const struct lora_linear *lin = &net->blocks[l].lin[t];
@@ -118,31 +146,30 @@ static size_t layout(struct cpu *c, const struct lora_net *net, int B, int T, fl
 	c->rstd_f = take(&p, N);
 	c->dx = take(&p, N * C);
 	c->dh = take(&p, N * C);
-	c->tq = take(&p, N * HD);
-	c->tk = take(&p, N * KVD);
-	c->tv = take(&p, N * KVD);
+	c->tqkv = take(&p, N * (HD + 2 * KVD));
 	c->to = take(&p, N * C);
 	c->datt = take(&p, N * HD);
 	c->dq = take(&p, N * HD);
 	c->dk = take(&p, N * KVD);
 	c->dv = take(&p, N * KVD);
 	c->dact = take(&p, N * F);
-	c->dg = take(&p, N * F);
-	c->dup = take(&p, N * F);
+	c->dgu = take(&p, N * 2 * F);
 	c->xd = take(&p, N * mx);
 	c->mask = take(&p, N * mx);
 	c->du = take(&p, N * R);
-	c->S = take(&p, (size_t)T * T);
-	c->P = take(&p, (size_t)T * T);
+	c->S = take(&p, (size_t)c->nthreads * (T < QB ? T : QB) * T);
+	c->P = take(&p, (size_t)c->nthreads * (T < QB ? T : QB) * T);
 	c->cosb = take(&p, (size_t)T * (net->D / 2));
 	c->sinb = take(&p, (size_t)T * (net->D / 2));
 	c->wbuf = take(&p, WCHUNK);
-	c->nc = (int)(LOGIT_CHUNK / (size_t)net->V);
+	c->nc = net->opts.logit_tokens > 0 ? net->opts.logit_tokens : (int)(LOGIT_CHUNK / (size_t)net->V);
 	if (c->nc < 1)
 		c->nc = 1;
 	if ((size_t)c->nc > N)
 		c->nc = (int)N;
 	c->logit = take(&p, (size_t)c->nc * net->V);
+	c->tok_loss = (double *)take(&p, 2 * (size_t)c->nc);
+	c->tmp_e = take(&p, (size_t)c->nthreads * net->V);
 	return (size_t)(p - start);
 }
 
@@ -152,6 +179,7 @@ static void cpu_release(struct lora_net *net)
 
 	if (!c)
 		return;
+	lora_pool_destroy(c->pool);
 	free(c->mem);
 	free(c->acts);
 	free(c->xs);
@@ -159,36 +187,137 @@ static void cpu_release(struct lora_net *net)
 	net->be_state = NULL;
 }
 
+/* Buffers for a B x T batch: the state (threads included) is made once and
+ * its memory grows when a batch needs more; any batch shape may follow any other. */
 static struct cpu *cpu_prepare(struct lora_net *net, int B, int T, struct lora_err *err)
 {
 	struct cpu *c = net->be_state;
-	size_t n;
+	size_t need;
 
-	if (c && c->B >= B && c->T == T)
+	if (!c) {
+		if (!(c = calloc(1, sizeof(*c))))
+			goto oom;
+		net->be_state = c;
+		c->n_acts = net->opts.checkpoint ? 1 : net->L;
+		if (net->opts.threads > 0)
+			openblas_set_num_threads(net->opts.threads);
+		c->nthreads = net->opts.threads > 0 ? net->opts.threads : openblas_get_num_threads();
+		if (c->nthreads < 1)
+			c->nthreads = 1;
+		if (lora_pool_create(&c->pool, c->nthreads, err) < 0) {
+			cpu_release(net);
+			return NULL;
+		}
+		if (!(c->acts = calloc((size_t)c->n_acts, sizeof(*c->acts))))
+			goto oom;
+		if (net->opts.checkpoint && !(c->xs = calloc((size_t)net->L, sizeof(*c->xs))))
+			goto oom;
+	}
+	if (c->B == B && c->T == T)
 		return c;
-	cpu_release(net);
-	if (!(c = calloc(1, sizeof(*c))))
+	need = layout(c, net, B, T, NULL);
+	if (need > ((size_t)1 << 40) / sizeof(float))
 		goto oom;
-	net->be_state = c;
-	c->n_acts = net->opts.checkpoint ? 1 : net->L;
-	if (!(c->acts = calloc((size_t)c->n_acts, sizeof(*c->acts))))
-		goto oom;
-	if (net->opts.checkpoint && !(c->xs = calloc((size_t)net->L, sizeof(*c->xs))))
-		goto oom;
-	n = layout(c, net, B, T, NULL);
-	if (n > ((size_t)1 << 40) / sizeof(float) ||
-	    !(c->mem = aligned_alloc(64, ((n * sizeof(float)) + 63) & ~(size_t)63)))
-		goto oom;
+	if (need > c->cap) {
+		free(c->mem);
+		c->cap = 0;
+		c->B = c->T = 0;
+		if (!(c->mem = aligned_alloc(64, ((need * sizeof(float)) + 63) & ~(size_t)63)))
+			goto oom;
+		c->cap = need;
+	}
 	layout(c, net, B, T, c->mem);
 	c->B = B;
 	c->T = T;
-	if (net->opts.threads > 0)
-		openblas_set_num_threads(net->opts.threads);
 	return c;
 oom:
 	cpu_release(net);
 	lora_errf(err, "out of memory for activations of a %d x %d batch", B, T);
 	return NULL;
+}
+
+/* ------------------------------------------------------------ exp */
+
+/*
+ * e^x for the softmaxes and SiLU, written without calls or branches on
+ * floats so that loops using it vectorize: x = k·ln2 + r with k = round(x·log2
+ * e) taken from the bits of x·log2 e + 1.5·2^23, |r| <= ln2/2 (ln2 in two
+ * parts), e^r by the Cephes polynomial, 2^k from the exponent bits.  Within
+ * 1e-7 relative of e^x on [-87, 88] (measured: 8.3e-8); below, it returns
+ * about 1e-38 instead of a denormal or 0, above, about 2e38 instead of inf;
+ * only |x| < 2.9e6 is meaningful (k must fit the bits), NaN stays NaN.  k is
+ * clamped as an integer: a float clamp would let the compiler evaluate a
+ * constant branch on every lane and divide into denormals.
+ */
+static inline float vexpf(float x)
+{
+	const float magic = 12582912.0f;   /* 1.5·2^23 */
+	float t, kf, r, p, sc;
+	int32_t k, tb, mb, bits;
+
+	t = x * 1.44269504088896341f + magic;
+	kf = t - magic;
+	r = x - kf * 0.693359375f;
+	r = r - kf * -2.12194440e-4f;
+	p = 1.9875691500e-4f;
+	p = p * r + 1.3981999507e-3f;
+	p = p * r + 8.3334519073e-3f;
+	p = p * r + 4.1665795894e-2f;
+	p = p * r + 1.6666665459e-1f;
+	p = p * r + 5.0000001201e-1f;
+	p = p * r * r + r + 1.0f;
+	memcpy(&tb, &t, sizeof(tb));
+	memcpy(&mb, &magic, sizeof(mb));
+	k = tb - mb;
+	k = k < -126 ? -126 : k;
+	k = k > 127 ? 127 : k;
+	bits = (k + 127) << 23;
+	memcpy(&sc, &bits, sizeof(sc));
+	return p * sc;
+}
+
+/* ------------------------------------------------------------ parallel loops */
+
+/*
+ * Every loop below writes disjoint outputs per index, so its result does not
+ * depend on how the pool cuts it (see pool.h).  Grains keep tiny loops on
+ * the calling thread.
+ */
+#define GRAIN_ELEMS 16384
+#define GRAIN_ROWS 16
+
+enum ew_op {
+	EW_ADD,          /* y = a + b */
+	EW_ADDMUL,       /* y += a·b */
+};
+
+struct ew {
+	enum ew_op op;
+	const float *a, *b;
+	float *y;
+};
+
+HOT static void ew_part(void *arg, size_t i0, size_t i1, int part)
+{
+	const struct ew *e = arg;
+	(void)part;
+
+	switch (e->op) {
+	case EW_ADD:
+		for (size_t i = i0; i < i1; i++)
+			e->y[i] = e->a[i] + e->b[i];
+		break;
+	case EW_ADDMUL:
+		for (size_t i = i0; i < i1; i++)
+			e->y[i] += e->a[i] * e->b[i];
+		break;
+	}
+}
+
+static void ew(struct cpu *c, enum ew_op op, size_t n, const float *a, const float *b, float *y)
+{
+	struct ew e = {op, a, b, y};
+	lora_pool_for(c->pool, n, GRAIN_ELEMS, ew_part, &e);
 }
 
 /* ------------------------------------------------------------ matrix products */
@@ -200,45 +329,117 @@ static void gemm(int ta, int tb, int m, int n, int k, float alpha, const float *
 		    k, alpha, a, lda, b, ldb, beta, cm, ldc);
 }
 
-static int chunk_rows(const struct lora_frozen *w)
+/*
+ * A group of frozen matrices with the same input, rows stacked: [W0; W1; ...]
+ * (q|k|v, gate|up).  One product per group instead of one per matrix: the
+ * input is packed once, and in backward d input is written once.
+ */
+struct fgroup {
+	int n;
+	const struct lora_frozen *w[3];
+	int off[4];               /* first row of each matrix; off[n] = all rows */
+	int cols;
+};
+
+static void group_init(struct fgroup *g, const struct lora_block *bk, int first, int n)
 {
-	int nr = (int)(WCHUNK / (unsigned)w->cols);
-	return nr < 1 ? 1 : nr > w->rows ? w->rows : nr;
+	g->n = n;
+	g->off[0] = 0;
+	for (int i = 0; i < n; i++) {
+		g->w[i] = &bk->lin[first + i].w;
+		g->off[i + 1] = g->off[i] + g->w[i]->rows;
+	}
+	g->cols = g->w[0]->cols;
 }
 
-/* y[:, 0..rows) (row stride ldy) = beta·y + x [N, cols] · Wᵀ */
-static void frozen_xwt(struct cpu *c, const struct lora_frozen *w, const float *x, int N, float *y,
-		       int ldy, float beta)
+static void group_rows(const struct fgroup *g, int r0, int nr, float *out)
 {
-	const int step = chunk_rows(w);
+	for (int m = 0; m < g->n && nr > 0; m++) {
+		int take;
 
-	if (w->fmt == LORA_WF_F32 && ((uintptr_t)w->data & 3) == 0) {
-		gemm(0, 1, N, w->rows, w->cols, 1.0f, x, w->cols, w->data, w->cols, beta, y, ldy);
-		return;
-	}
-	for (int r0 = 0; r0 < w->rows; r0 += step) {
-		const int nr = w->rows - r0 < step ? w->rows - r0 : step;
-		lora_frozen_rows(w, r0, nr, c->wbuf);
-		gemm(0, 1, N, nr, w->cols, 1.0f, x, w->cols, c->wbuf, w->cols, beta, y + r0, ldy);
+		if (r0 >= g->off[m + 1])
+			continue;
+		take = g->off[m + 1] - r0 < nr ? g->off[m + 1] - r0 : nr;
+		lora_frozen_rows(g->w[m], r0 - g->off[m], take, out);
+		out += (size_t)take * g->cols;
+		r0 += take;
+		nr -= take;
 	}
 }
 
-/* dx [N, cols] = beta·dx + dy [N, rows] (row stride lddy) · W */
-static void frozen_dyw(struct cpu *c, const struct lora_frozen *w, const float *dy, int N, int lddy,
-		       float *dx, float beta)
-{
-	const int step = chunk_rows(w);
+struct grows_job {
+	const struct fgroup *g;
+	int r0;
+	float *out;
+};
 
-	if (w->fmt == LORA_WF_F32 && ((uintptr_t)w->data & 3) == 0) {
-		gemm(0, 0, N, w->cols, w->rows, 1.0f, dy, lddy, w->data, w->cols, beta, dx, w->cols);
+static void grows_part(void *arg, size_t i0, size_t i1, int part)
+{
+	const struct grows_job *j = arg;
+	(void)part;
+	group_rows(j->g, j->r0 + (int)i0, (int)(i1 - i0), j->out + i0 * (size_t)j->g->cols);
+}
+
+/* Rows [r0, r0 + nr) of the stacked matrix as fp32, the threads sharing the rows. */
+static void group_rows_par(struct cpu *c, const struct fgroup *g, int r0, int nr, float *out)
+{
+	struct grows_job j = {g, r0, out};
+	lora_pool_for(c->pool, (size_t)nr, GRAIN_ELEMS / (size_t)g->cols + 1, grows_part, &j);
+}
+
+static int chunk_rows(const struct fgroup *g)
+{
+	int nr = (int)(WCHUNK / (unsigned)g->cols);
+	return nr < 1 ? 1 : nr > g->off[g->n] ? g->off[g->n] : nr;
+}
+
+static int direct_f32(const struct fgroup *g)
+{
+	return g->n == 1 && g->w[0]->fmt == LORA_WF_F32 && ((uintptr_t)g->w[0]->data & 3) == 0;
+}
+
+/* y[:, 0..rows) (row stride ldy) = x [N, cols] · [W0; W1; ...]ᵀ */
+static void group_xwt(struct cpu *c, const struct fgroup *g, const float *x, int N, float *y, int ldy)
+{
+	const int rows = g->off[g->n], step = chunk_rows(g);
+
+	if (direct_f32(g)) {
+		gemm(0, 1, N, rows, g->cols, 1.0f, x, g->cols, g->w[0]->data, g->cols, 0.0f, y, ldy);
 		return;
 	}
-	for (int r0 = 0; r0 < w->rows; r0 += step) {
-		const int nr = w->rows - r0 < step ? w->rows - r0 : step;
-		lora_frozen_rows(w, r0, nr, c->wbuf);
-		gemm(0, 0, N, w->cols, nr, 1.0f, dy + r0, lddy, c->wbuf, w->cols, r0 ? 1.0f : beta, dx,
-		     w->cols);
+	for (int r0 = 0; r0 < rows; r0 += step) {
+		const int nr = rows - r0 < step ? rows - r0 : step;
+		group_rows_par(c, g, r0, nr, c->wbuf);
+		gemm(0, 1, N, nr, g->cols, 1.0f, x, g->cols, c->wbuf, g->cols, 0.0f, y + r0, ldy);
 	}
+}
+
+/* dx [N, cols] = beta·dx + dy [N, rows] (row stride lddy) · [W0; W1; ...] */
+static void group_dyw(struct cpu *c, const struct fgroup *g, const float *dy, int N, int lddy,
+		      float *dx, float beta)
+{
+	const int rows = g->off[g->n], step = chunk_rows(g);
+
+	if (direct_f32(g)) {
+		gemm(0, 0, N, g->cols, rows, 1.0f, dy, lddy, g->w[0]->data, g->cols, beta, dx, g->cols);
+		return;
+	}
+	for (int r0 = 0; r0 < rows; r0 += step) {
+		const int nr = rows - r0 < step ? rows - r0 : step;
+		group_rows_par(c, g, r0, nr, c->wbuf);
+		gemm(0, 0, N, g->cols, nr, 1.0f, dy + r0, lddy, c->wbuf, g->cols, r0 ? 1.0f : beta, dx,
+		     g->cols);
+	}
+}
+
+/* The lm_head (or any single matrix) as a group of one. */
+static void single(struct fgroup *g, const struct lora_frozen *w)
+{
+	g->n = 1;
+	g->w[0] = w;
+	g->off[0] = 0;
+	g->off[1] = w->rows;
+	g->cols = w->cols;
 }
 
 /* ------------------------------------------------------------ linear + LoRA */
@@ -251,117 +452,200 @@ struct ctx {
 	int dropout;              /* LoRA dropout active (training) */
 };
 
+struct mask_job {
+	const struct ctx *k;
+	int l;
+	enum lora_target t;
+	const float *x;
+};
+
+HOT static void mask_part(void *arg, size_t i0, size_t i1, int part)
+{
+	const struct mask_job *j = arg;
+	const struct lora_net *net = j->k->net;
+	struct cpu *c = j->k->c;
+	(void)part;
+
+	lora_dropout_mask(c->mask + i0, i0, i1 - i0, net->lcfg.dropout, net->lcfg.seed, net->step, j->l,
+			  j->t);
+	for (size_t i = i0; i < i1; i++)
+		c->xd[i] = j->x[i] * c->mask[i];
+}
+
 /* The LoRA path's input: x itself, or x·mask in c->xd (mask in c->mask). */
 static const float *lora_input(const struct ctx *k, int l, enum lora_target t, const float *x, int in)
 {
-	const size_t n = (size_t)k->N * in;
+	struct mask_job j = {k, l, t, x};
 
 	if (!k->dropout)
 		return x;
-	lora_dropout_mask(k->c->mask, n, k->net->lcfg.dropout, k->net->lcfg.seed, k->net->step, l, t);
-	for (size_t i = 0; i < n; i++)
-		k->c->xd[i] = x[i] * k->c->mask[i];
+	lora_pool_for(k->c->pool, (size_t)k->N * in, GRAIN_ELEMS, mask_part, &j);
 	return k->c->xd;
 }
 
-/* y [N, out] = x·Wᵀ + bias + scale·(dropout(x)·Aᵀ)·Bᵀ; u [N, r] keeps dropout(x)·Aᵀ. */
-static void lin_fwd(const struct ctx *k, int l, enum lora_target t, const float *x, float *y, float *u)
+struct bias_job {
+	float *y;
+	const float *bias;
+	int out, ldy;
+};
+
+static void bias_part(void *arg, size_t i0, size_t i1, int part)
 {
-	const struct lora_linear *lin = &k->net->blocks[l].lin[t];
-	const int in = lin->w.cols, out = lin->w.rows, N = k->N;
-
-	frozen_xwt(k->c, &lin->w, x, N, y, out, 0.0f);
-	if (lin->bias)
-		for (int n = 0; n < N; n++)
-			for (int o = 0; o < out; o++)
-				y[(size_t)n * out + o] += lin->bias[o];
-	if (lin->has_lora) {
-		const struct lora_mod *m = &lin->lora;
-		const float *xa = lora_input(k, l, t, x, in);
-
-		gemm(0, 1, N, m->r, in, 1.0f, xa, in, k->net->params + m->a_off, in, 0.0f, u, m->r);
-		gemm(0, 1, N, out, m->r, m->scale, u, m->r, k->net->params + m->b_off, m->r, 1.0f, y, out);
-	}
+	const struct bias_job *j = arg;
+	(void)part;
+	for (size_t n = i0; n < i1; n++)
+		for (int o = 0; o < j->out; o++)
+			j->y[n * j->ldy + o] += j->bias[o];
 }
 
 /*
- * Given dy [N, out]: dA += duᵀ·dropout(x), dB += scale·dyᵀ·u with du = scale·dy·B,
- * and when dx is not NULL, dx = beta·dx + dy·W + (du·A)·mask.
+ * Linear layers first..first+n-1 of layer l on the same input x [N, in]:
+ *   y[:, off_m ..] = x·W_mᵀ + bias_m + scale_m·(dropout(x)·A_mᵀ)·B_mᵀ
+ * into y [N, ldy]; u[m] [N, r] keeps dropout(x)·A_mᵀ for backward.
  */
-static void lin_bwd(const struct ctx *k, int l, enum lora_target t, const float *x, const float *u,
-		    const float *dy, float *dx, float beta)
+static void lin_fwd(const struct ctx *k, int l, int first, int n, const float *x, float *y, int ldy,
+		    struct acts *a)
 {
-	const struct lora_linear *lin = &k->net->blocks[l].lin[t];
-	const int in = lin->w.cols, out = lin->w.rows, N = k->N;
-	struct cpu *c = k->c;
+	const struct lora_block *bk = &k->net->blocks[l];
+	const int N = k->N;
+	struct fgroup g;
 
-	if (lin->has_lora) {
-		const struct lora_mod *m = &lin->lora;
-		float *gA = k->net->grads + m->a_off, *gB = k->net->grads + m->b_off;
-		const float *xa;
+	group_init(&g, bk, first, n);
+	group_xwt(k->c, &g, x, N, y, ldy);
+	for (int m = 0; m < n; m++) {
+		const enum lora_target t = (enum lora_target)(first + m);
+		const struct lora_linear *lin = &bk->lin[t];
+		const int in = lin->w.cols, out = lin->w.rows;
+		float *ym = y + g.off[m];
 
-		gemm(1, 0, out, m->r, N, m->scale, dy, out, u, m->r, 1.0f, gB, m->r);
-		gemm(0, 0, N, m->r, out, m->scale, dy, out, k->net->params + m->b_off, m->r, 0.0f, c->du, m->r);
-		xa = lora_input(k, l, t, x, in);
-		gemm(1, 0, m->r, in, N, 1.0f, c->du, m->r, xa, in, 1.0f, gA, in);
-	}
-	if (!dx)
-		return;
-	frozen_dyw(c, &lin->w, dy, N, out, dx, beta);
-	if (lin->has_lora) {
-		const struct lora_mod *m = &lin->lora;
-		const float *A = k->net->params + m->a_off;
+		if (lin->bias) {
+			struct bias_job j = {ym, lin->bias, out, ldy};
+			lora_pool_for(k->c->pool, (size_t)N, GRAIN_ROWS, bias_part, &j);
+		}
+		if (lin->has_lora) {
+			const struct lora_mod *lm = &lin->lora;
+			const float *xa = lora_input(k, l, t, x, in);
 
-		if (!k->dropout) {
-			gemm(0, 0, N, in, m->r, 1.0f, c->du, m->r, A, in, 1.0f, dx, in);
-		} else {
-			/* xd is free again: (du·A) there, then through the mask */
-			gemm(0, 0, N, in, m->r, 1.0f, c->du, m->r, A, in, 0.0f, c->xd, in);
-			for (size_t i = 0; i < (size_t)N * in; i++)
-				dx[i] += c->xd[i] * c->mask[i];
+			gemm(0, 1, N, lm->r, in, 1.0f, xa, in, k->net->params + lm->a_off, in, 0.0f, a->u[t],
+			     lm->r);
+			gemm(0, 1, N, out, lm->r, lm->scale, a->u[t], lm->r, k->net->params + lm->b_off, lm->r,
+			     1.0f, ym, ldy);
 		}
 	}
 }
 
-/* ------------------------------------------------------------ norms, RoPE, MLP */
+/*
+ * Backward of lin_fwd given dy [N, lddy]: for each module dB += scale·dyᵀ·u,
+ * du = scale·dy·B, dA += duᵀ·dropout(x); when dx is not NULL,
+ * dx = beta·dx + dy·[W0; W1; ...] + Σ (du·A)·mask.
+ */
+static void lin_bwd(const struct ctx *k, int l, int first, int n, const float *x, const float *dy,
+		    int lddy, float *dx, float beta, const struct acts *a)
+{
+	const struct lora_block *bk = &k->net->blocks[l];
+	const int N = k->N;
+	struct cpu *c = k->c;
+	struct fgroup g;
+
+	group_init(&g, bk, first, n);
+	if (dx)
+		group_dyw(c, &g, dy, N, lddy, dx, beta);
+	for (int m = 0; m < n; m++) {
+		const enum lora_target t = (enum lora_target)(first + m);
+		const struct lora_linear *lin = &bk->lin[t];
+		const struct lora_mod *lm = &lin->lora;
+		const int in = lin->w.cols, out = lin->w.rows;
+		const float *dym = dy + g.off[m], *xa;
+		float *gA = k->net->grads + lm->a_off, *gB = k->net->grads + lm->b_off;
+
+		if (!lin->has_lora)
+			continue;
+		gemm(1, 0, out, lm->r, N, lm->scale, dym, lddy, a->u[t], lm->r, 1.0f, gB, lm->r);
+		gemm(0, 0, N, lm->r, out, lm->scale, dym, lddy, k->net->params + lm->b_off, lm->r, 0.0f,
+		     c->du, lm->r);
+		xa = lora_input(k, l, t, x, in);
+		gemm(1, 0, lm->r, in, N, 1.0f, c->du, lm->r, xa, in, 1.0f, gA, in);
+		if (!dx)
+			continue;
+		if (!k->dropout) {
+			gemm(0, 0, N, in, lm->r, 1.0f, c->du, lm->r, k->net->params + lm->a_off, in, 1.0f, dx, in);
+		} else {
+			/* xd is free again: (du·A) there, then through the mask */
+			gemm(0, 0, N, in, lm->r, 1.0f, c->du, lm->r, k->net->params + lm->a_off, in, 0.0f, c->xd,
+			     in);
+			ew(c, EW_ADDMUL, (size_t)N * in, c->xd, c->mask, dx);
+		}
+	}
+}
+
+/* ------------------------------------------------------------ norms, RoPE */
+
+struct norm_job {
+	const float *x, *w, *dy;
+	float *y, *rstd;
+	int C;
+	float eps;
+	int accumulate;
+};
 
 /* transformers' LlamaRMSNorm in fp32: y = w · (x · rsqrt(mean(x²) + eps)). */
-static void rmsnorm(const float *x, const float *w, int N, int C, float eps, float *y, float *rstd)
+HOT static void rmsnorm_part(void *arg, size_t i0, size_t i1, int part)
 {
-	for (int n = 0; n < N; n++) {
-		const float *xn = x + (size_t)n * C;
-		float *yn = y + (size_t)n * C;
+	const struct norm_job *j = arg;
+	const int C = j->C;
+	(void)part;
+
+	for (size_t n = i0; n < i1; n++) {
+		const float *xn = j->x + n * C;
+		float *yn = j->y + n * C;
 		double ss = 0.0;
 		float r;
 
 		for (int i = 0; i < C; i++)
 			ss += (double)xn[i] * xn[i];
-		r = 1.0f / sqrtf((float)(ss / C) + eps);
-		rstd[n] = r;
+		r = 1.0f / sqrtf((float)(ss / C) + j->eps);
+		j->rstd[n] = r;
 		for (int i = 0; i < C; i++)
-			yn[i] = w[i] * (xn[i] * r);
+			yn[i] = j->w[i] * (xn[i] * r);
 	}
 }
 
-/* dx (+)= d/dx of rmsnorm given dy: r·(w·dy) - x·r³·mean(w·dy·x). */
-static void rmsnorm_bwd(const float *x, const float *w, const float *rstd, const float *dy, int N,
-			int C, float *dx, int accumulate)
+static void rmsnorm(struct cpu *c, const float *x, const float *w, int N, int C, float eps, float *y,
+		    float *rstd)
 {
-	for (int n = 0; n < N; n++) {
-		const float *xn = x + (size_t)n * C, *dyn = dy + (size_t)n * C;
-		float *dxn = dx + (size_t)n * C;
-		const float r = rstd[n];
+	struct norm_job j = {x, w, NULL, y, rstd, C, eps, 0};
+	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, rmsnorm_part, &j);
+}
+
+/* dx (+)= d/dx of rmsnorm given dy: r·(w·dy) - x·r³·mean(w·dy·x). */
+HOT static void rmsnorm_bwd_part(void *arg, size_t i0, size_t i1, int part)
+{
+	const struct norm_job *j = arg;
+	const int C = j->C;
+	(void)part;
+
+	for (size_t n = i0; n < i1; n++) {
+		const float *xn = j->x + n * C, *dyn = j->dy + n * C;
+		float *dxn = j->y + n * C;
+		const float r = j->rstd[n];
 		double dot = 0.0;
-		float k;
+		float kk;
 
 		for (int i = 0; i < C; i++)
-			dot += (double)w[i] * dyn[i] * xn[i];
-		k = (float)(dot / C) * r * r * r;
+			dot += (double)j->w[i] * dyn[i] * xn[i];
+		kk = (float)(dot / C) * r * r * r;
 		for (int i = 0; i < C; i++) {
-			float g = r * (w[i] * dyn[i]) - xn[i] * k;
-			dxn[i] = accumulate ? dxn[i] + g : g;
+			float g = r * (j->w[i] * dyn[i]) - xn[i] * kk;
+			dxn[i] = j->accumulate ? dxn[i] + g : g;
 		}
 	}
+}
+
+static void rmsnorm_bwd(struct cpu *c, const float *x, const float *w, const float *rstd,
+			const float *dy, int N, int C, float *dx, int accumulate)
+{
+	struct norm_job j = {x, w, dy, dx, (float *)rstd, C, 0.0f, accumulate};
+	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, rmsnorm_bwd_part, &j);
 }
 
 static void rope_tables(const struct lora_net *net, int T, float *cosb, float *sinb)
@@ -376,68 +660,118 @@ static void rope_tables(const struct lora_net *net, int T, float *cosb, float *s
 		}
 }
 
-/* token-major src [N, nh·D] -> head-major dst [B, nh, T, D], rotated (rope) or not. */
-static void to_heads(const float *src, float *dst, int B, int T, int nh, int D, const float *cosb,
-		     const float *sinb, int rope)
+struct heads_job {
+	const float *src;
+	float *dst;
+	int ld;                   /* row stride of the token-major side */
+	int T, nh, D;
+	const float *cosb, *sinb;
+	int rope;
+};
+
+/*
+ * Per token n = b·T + t: token-major src [N, nh·D] -> head-major dst
+ * [B, nh, T, D], rotated as transformers' apply_rotary_pos_emb:
+ * q·cos + rotate_half(q)·sin with rotate_half(q) = [-q2, q1].
+ */
+HOT static void to_heads_part(void *arg, size_t i0, size_t i1, int part)
 {
-	const int half = D / 2;
+	const struct heads_job *j = arg;
+	const int T = j->T, nh = j->nh, D = j->D, half = D / 2;
+	(void)part;
 
-	for (int b = 0; b < B; b++)
-		for (int t = 0; t < T; t++)
-			for (int h = 0; h < nh; h++) {
-				const float *s = src + ((size_t)b * T + t) * nh * D + (size_t)h * D;
-				float *d = dst + (((size_t)b * nh + h) * T + t) * D;
-				const float *cs = cosb + (size_t)t * half, *sn = sinb + (size_t)t * half;
+	for (size_t n = i0; n < i1; n++) {
+		const int b = (int)(n / (size_t)T), t = (int)(n % (size_t)T);
+		const float *cs = j->cosb + (size_t)t * half, *sn = j->sinb + (size_t)t * half;
 
-				if (!rope) {
-					memcpy(d, s, sizeof(float) * D);
-					continue;
-				}
-				/* q·cos + rotate_half(q)·sin, rotate_half(q) = [-q2, q1] */
-				for (int i = 0; i < half; i++) {
-					d[i] = s[i] * cs[i] - s[i + half] * sn[i];
-					d[i + half] = s[i + half] * cs[i] + s[i] * sn[i];
-				}
+		for (int h = 0; h < nh; h++) {
+			const float *s = j->src + n * j->ld + (size_t)h * D;
+			float *d = j->dst + (((size_t)b * nh + h) * T + t) * D;
+
+			if (!j->rope) {
+				memcpy(d, s, sizeof(float) * D);
+				continue;
 			}
-}
-
-/* Inverse of to_heads for gradients: head-major src -> token-major dst. */
-static void from_heads(const float *src, float *dst, int B, int T, int nh, int D, const float *cosb,
-		       const float *sinb, int rope)
-{
-	const int half = D / 2;
-
-	for (int b = 0; b < B; b++)
-		for (int t = 0; t < T; t++)
-			for (int h = 0; h < nh; h++) {
-				const float *s = src + (((size_t)b * nh + h) * T + t) * D;
-				float *d = dst + ((size_t)b * T + t) * nh * D + (size_t)h * D;
-				const float *cs = cosb + (size_t)t * half, *sn = sinb + (size_t)t * half;
-
-				if (!rope) {
-					memcpy(d, s, sizeof(float) * D);
-					continue;
-				}
-				for (int i = 0; i < half; i++) {
-					d[i] = s[i] * cs[i] + s[i + half] * sn[i];
-					d[i + half] = s[i + half] * cs[i] - s[i] * sn[i];
-				}
+			for (int i = 0; i < half; i++) {
+				d[i] = s[i] * cs[i] - s[i + half] * sn[i];
+				d[i + half] = s[i + half] * cs[i] + s[i] * sn[i];
 			}
+		}
+	}
 }
 
-static void swiglu(const float *g, const float *up, float *act, size_t n)
+/* The transpose of to_heads for gradients: head-major src -> token-major dst. */
+HOT static void from_heads_part(void *arg, size_t i0, size_t i1, int part)
 {
-	for (size_t i = 0; i < n; i++)
-		act[i] = g[i] / (1.0f + expf(-g[i])) * up[i];
+	const struct heads_job *j = arg;
+	const int T = j->T, nh = j->nh, D = j->D, half = D / 2;
+	(void)part;
+
+	for (size_t n = i0; n < i1; n++) {
+		const int b = (int)(n / (size_t)T), t = (int)(n % (size_t)T);
+		const float *cs = j->cosb + (size_t)t * half, *sn = j->sinb + (size_t)t * half;
+
+		for (int h = 0; h < nh; h++) {
+			const float *s = j->src + (((size_t)b * nh + h) * T + t) * D;
+			float *d = j->dst + n * j->ld + (size_t)h * D;
+
+			if (!j->rope) {
+				memcpy(d, s, sizeof(float) * D);
+				continue;
+			}
+			for (int i = 0; i < half; i++) {
+				d[i] = s[i] * cs[i] + s[i + half] * sn[i];
+				d[i + half] = s[i + half] * cs[i] - s[i] * sn[i];
+			}
+		}
+	}
 }
 
-static void swiglu_bwd(const float *g, const float *up, const float *dact, float *dg, float *dup,
-		       size_t n)
+static void heads(struct cpu *c, int to, const float *src, float *dst, int ld, int N, int T, int nh,
+		  int D, int rope)
 {
-	for (size_t i = 0; i < n; i++) {
-		const float s = 1.0f / (1.0f + expf(-g[i]));
-		dup[i] = dact[i] * (g[i] * s);
-		dg[i] = dact[i] * up[i] * (s * (1.0f + g[i] * (1.0f - s)));
+	struct heads_job j = {src, dst, ld, T, nh, D, c->cosb, c->sinb, rope};
+	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, to ? to_heads_part : from_heads_part, &j);
+}
+
+struct glu_job {
+	const float *gu, *dact;
+	float *act, *dgu;
+	int F;
+};
+
+/* act = silu(gate)·up, per token, from gu = [gate | up] */
+HOT static void swiglu_part(void *arg, size_t i0, size_t i1, int part)
+{
+	const struct glu_job *j = arg;
+	const int F = j->F;
+	(void)part;
+
+	for (size_t n = i0; n < i1; n++) {
+		const float *g = j->gu + n * 2 * F, *up = g + F;
+		float *act = j->act + n * F;
+
+		for (int i = 0; i < F; i++)
+			act[i] = g[i] / (1.0f + vexpf(-g[i])) * up[i];
+	}
+}
+
+/* dgu = [d gate | d up] from dact */
+HOT static void swiglu_bwd_part(void *arg, size_t i0, size_t i1, int part)
+{
+	const struct glu_job *j = arg;
+	const int F = j->F;
+	(void)part;
+
+	for (size_t n = i0; n < i1; n++) {
+		const float *g = j->gu + n * 2 * F, *up = g + F, *da = j->dact + n * F;
+		float *dg = j->dgu + n * 2 * F, *dup = dg + F;
+
+		for (int i = 0; i < F; i++) {
+			const float s = 1.0f / (1.0f + vexpf(-g[i]));
+			dup[i] = da[i] * (g[i] * s);
+			dg[i] = da[i] * up[i] * (s * (1.0f + g[i] * (1.0f - s)));
+		}
 	}
 }
 
@@ -449,89 +783,155 @@ static inline int key_lo(int i, int window)
 	return window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
 }
 
-/* P [T, T] = softmax of scaled scores within the causal (window) band; lse per row. */
-static void attn_probs(struct cpu *c, const float *q, const float *kk, int T, int D, float scaling,
-		       int window, float *lse, int have_lse)
+/*
+ * Queries are taken QB at a time; block [q0, q1) sees keys [k0, q1) with
+ * k0 = key_lo(q0), so the products skip what the causal band masks out.
+ * S and P are one thread's [QB, T] scratch with row stride nk = q1 - k0.
+ */
+
+/* P = softmax of the scaled scores of queries [q0, q1) within the band; lse per row. */
+HOT static void attn_probs(float *S, float *P, const float *q, const float *kk, int q0, int q1, int k0,
+		       int D, float scaling, int window, float *lse, int have_lse)
 {
-	gemm(0, 1, T, T, D, 1.0f, q, D, kk, D, 0.0f, c->S, T);
-	for (int i = 0; i < T; i++) {
-		float *s = c->S + (size_t)i * T, *p = c->P + (size_t)i * T;
+	const int nk = q1 - k0;
+
+	gemm(0, 1, q1 - q0, nk, D, 1.0f, q + (size_t)q0 * D, D, kk + (size_t)k0 * D, D, 0.0f, S, nk);
+	for (int i = q0; i < q1; i++) {
+		float *s = S + (size_t)(i - q0) * nk - k0, *p = P + (size_t)(i - q0) * nk - k0;
 		const int lo = key_lo(i, window);
 		float m = -INFINITY, sum = 0.0f;
 
-		memset(p, 0, sizeof(float) * T);
+		for (int j = k0; j < lo; j++)
+			p[j] = 0.0f;
+		for (int j = i + 1; j < q1; j++)
+			p[j] = 0.0f;
 		if (have_lse) {
 			for (int j = lo; j <= i; j++)
-				p[j] = expf(s[j] * scaling - lse[i]);
+				p[j] = vexpf(s[j] * scaling - lse[i]);
 			continue;
 		}
 		for (int j = lo; j <= i; j++) {
 			s[j] = s[j] * scaling;
 			m = s[j] > m ? s[j] : m;
 		}
-		for (int j = lo; j <= i; j++) {
-			p[j] = expf(s[j] - m);
+		for (int j = lo; j <= i; j++)
+			p[j] = vexpf(s[j] - m);
+		for (int j = lo; j <= i; j++)
 			sum += p[j];
-		}
 		for (int j = lo; j <= i; j++)
 			p[j] = p[j] / sum;
 		lse[i] = m + logf(sum);
 	}
 }
 
-static void attn_fwd(const struct ctx *k, const struct lora_block *bk, struct acts *a)
+struct attn_job {
+	const struct ctx *k;
+	const struct lora_block *bk;
+	const struct acts *a;
+	float *att;               /* forward output */
+	float *lse;               /* forward output */
+};
+
+/* Tasks are (b, kv head): each owns its dk/dv rows, and runs its heads in order. */
+static void attn_fwd_part(void *arg, size_t i0, size_t i1, int part)
 {
-	const struct lora_net *net = k->net;
-	const int B = k->b->B, T = k->b->T, H = net->H, D = net->D, HD = H * D, grp = H / net->KV;
+	const struct attn_job *j = arg;
+	const struct lora_net *net = j->k->net;
+	struct cpu *c = j->k->c;
+	const int T = j->k->b->T, H = net->H, KV = net->KV, D = net->D, HD = H * D, grp = H / KV;
 	const float scaling = (float)pow((double)D, -0.5);
+	const size_t sp = (size_t)(T < QB ? T : QB) * T;
+	float *S = c->S + (size_t)part * sp, *P = c->P + (size_t)part * sp;
 
-	for (int b = 0; b < B; b++)
-		for (int h = 0; h < H; h++) {
-			const float *q = a->q + ((size_t)b * H + h) * T * D;
-			const size_t kvo = ((size_t)b * net->KV + h / grp) * T * D;
+	for (size_t task = i0; task < i1; task++) {
+		const int b = (int)(task / (size_t)KV), kvh = (int)(task % (size_t)KV);
+		const size_t kvo = ((size_t)b * KV + kvh) * T * D;
 
-			attn_probs(k->c, q, a->k + kvo, T, D, scaling, bk->window,
-				   a->lse + ((size_t)b * H + h) * T, 0);
-			gemm(0, 0, T, D, T, 1.0f, k->c->P, T, a->v + kvo, D, 0.0f,
-			     a->att + (size_t)b * T * HD + (size_t)h * D, HD);
+		for (int h = kvh * grp; h < (kvh + 1) * grp; h++) {
+			const float *q = j->a->q + ((size_t)b * H + h) * T * D;
+			float *out = j->att + (size_t)b * T * HD + (size_t)h * D;
+
+			for (int q0 = 0; q0 < T; q0 += QB) {
+				const int q1 = q0 + QB < T ? q0 + QB : T, k0 = key_lo(q0, j->bk->window);
+
+				attn_probs(S, P, q, j->a->k + kvo, q0, q1, k0, D, scaling, j->bk->window,
+					   j->lse + ((size_t)b * H + h) * T, 0);
+				gemm(0, 0, q1 - q0, D, q1 - k0, 1.0f, P, q1 - k0, j->a->v + kvo + (size_t)k0 * D,
+				     D, 0.0f, out + (size_t)q0 * HD, HD);
+			}
 		}
+	}
 }
 
 /* From datt [N, H·D]: dq, dk, dv head-major (dk, dv summed over each group's heads). */
-static void attn_bwd(const struct ctx *k, const struct lora_block *bk, const struct acts *a)
+static void attn_bwd_part(void *arg, size_t i0, size_t i1, int part)
 {
-	const struct lora_net *net = k->net;
-	struct cpu *c = k->c;
-	const int B = k->b->B, T = k->b->T, H = net->H, D = net->D, HD = H * D, grp = H / net->KV;
+	const struct attn_job *j = arg;
+	const struct lora_net *net = j->k->net;
+	struct cpu *c = j->k->c;
+	const struct acts *a = j->a;
+	const int T = j->k->b->T, H = net->H, KV = net->KV, D = net->D, HD = H * D, grp = H / KV;
+	const int window = j->bk->window;
 	const float scaling = (float)pow((double)D, -0.5);
+	const size_t sp = (size_t)(T < QB ? T : QB) * T;
+	float *S = c->S + (size_t)part * sp, *P = c->P + (size_t)part * sp;
 
-	memset(c->dk, 0, sizeof(float) * (size_t)B * net->KV * T * D);
-	memset(c->dv, 0, sizeof(float) * (size_t)B * net->KV * T * D);
-	for (int b = 0; b < B; b++)
-		for (int h = 0; h < H; h++) {
+	for (size_t task = i0; task < i1; task++) {
+		const int b = (int)(task / (size_t)KV), kvh = (int)(task % (size_t)KV);
+		const size_t kvo = ((size_t)b * KV + kvh) * T * D;
+
+		memset(c->dk + kvo, 0, sizeof(float) * (size_t)T * D);
+		memset(c->dv + kvo, 0, sizeof(float) * (size_t)T * D);
+		for (int h = kvh * grp; h < (kvh + 1) * grp; h++) {
 			const size_t qo = ((size_t)b * H + h) * T * D;
-			const size_t kvo = ((size_t)b * net->KV + h / grp) * T * D;
 			const float *dO = c->datt + (size_t)b * T * HD + (size_t)h * D;
 
-			attn_probs(c, a->q + qo, a->k + kvo, T, D, scaling, bk->window,
-				   a->lse + ((size_t)b * H + h) * T, 1);
-			/* dV += Pᵀ·dO, dP = dO·Vᵀ (into S), dS = P·(dP - rowsum(P·dP)) */
-			gemm(1, 0, T, D, T, 1.0f, c->P, T, dO, HD, 1.0f, c->dv + kvo, D);
-			gemm(0, 1, T, T, D, 1.0f, dO, HD, a->v + kvo, D, 0.0f, c->S, T);
-			for (int i = 0; i < T; i++) {
-				float *dp = c->S + (size_t)i * T;
-				const float *p = c->P + (size_t)i * T;
-				const int lo = key_lo(i, bk->window);
-				float dot = 0.0f;
+			for (int q0 = 0; q0 < T; q0 += QB) {
+				const int q1 = q0 + QB < T ? q0 + QB : T, k0 = key_lo(q0, window);
+				const int nq = q1 - q0, nk = q1 - k0;
 
-				for (int j = lo; j <= i; j++)
-					dot += p[j] * dp[j];
-				for (int j = 0; j < T; j++)
-					dp[j] = (j >= lo && j <= i) ? p[j] * (dp[j] - dot) : 0.0f;
+				attn_probs(S, P, a->q + qo, a->k + kvo, q0, q1, k0, D, scaling, window,
+					   a->lse + ((size_t)b * H + h) * T, 1);
+				/* dV += Pᵀ·dO, dP = dO·Vᵀ (into S), dS = P·(dP - rowsum(P·dP)) */
+				gemm(1, 0, nk, D, nq, 1.0f, P, nk, dO + (size_t)q0 * HD, HD, 1.0f,
+				     c->dv + kvo + (size_t)k0 * D, D);
+				gemm(0, 1, nq, nk, D, 1.0f, dO + (size_t)q0 * HD, HD, a->v + kvo + (size_t)k0 * D,
+				     D, 0.0f, S, nk);
+				for (int i = q0; i < q1; i++) {
+					float *dp = S + (size_t)(i - q0) * nk - k0;
+					const float *p = P + (size_t)(i - q0) * nk - k0;
+					const int lo = key_lo(i, window);
+					float dot = 0.0f;
+
+					for (int jj = lo; jj <= i; jj++)
+						dot += p[jj] * dp[jj];
+					for (int jj = k0; jj < q1; jj++)
+						dp[jj] = (jj >= lo && jj <= i) ? p[jj] * (dp[jj] - dot) : 0.0f;
+				}
+				gemm(0, 0, nq, D, nk, scaling, S, nk, a->k + kvo + (size_t)k0 * D, D, 0.0f,
+				     c->dq + qo + (size_t)q0 * D, D);
+				gemm(1, 0, nk, D, nq, scaling, S, nk, a->q + qo + (size_t)q0 * D, D, 1.0f,
+				     c->dk + kvo + (size_t)k0 * D, D);
 			}
-			gemm(0, 0, T, D, T, scaling, c->S, T, a->k + kvo, D, 0.0f, c->dq + qo, D);
-			gemm(1, 0, T, D, T, scaling, c->S, T, a->q + qo, D, 1.0f, c->dk + kvo, D);
 		}
+	}
+}
+
+/*
+ * The (b, kv head) tasks run on the pool with single-threaded BLAS inside,
+ * which keeps the small products off OpenBLAS's own threads.
+ */
+static void attn(const struct ctx *k, const struct lora_block *bk, struct acts *a, int backward)
+{
+	struct attn_job j = {k, bk, a, a->att, a->lse};
+	const int nb = k->c->nthreads;
+
+	if (nb > 1)
+		openblas_set_num_threads(1);
+	lora_pool_for(k->c->pool, (size_t)k->b->B * k->net->KV, 1, backward ? attn_bwd_part : attn_fwd_part,
+		      &j);
+	if (nb > 1)
+		openblas_set_num_threads(nb);
 }
 
 /* ------------------------------------------------------------ a decoder layer */
@@ -541,55 +941,50 @@ static void layer_fwd(const struct ctx *k, int l, struct acts *a, float *out)
 	const struct lora_net *net = k->net;
 	const struct lora_block *bk = &net->blocks[l];
 	struct cpu *c = k->c;
-	const int N = k->N, B = k->b->B, T = k->b->T, C = net->C;
+	const int N = k->N, T = k->b->T, C = net->C, F = net->F;
+	const int HD = net->H * net->D, KVD = net->KV * net->D, W3 = HD + 2 * KVD;
+	struct glu_job gj = {a->gu, NULL, a->act, NULL, F};
 
-	rmsnorm(a->x, bk->ln1, N, C, net->eps, a->h1, a->rstd1);
-	lin_fwd(k, l, LORA_T_Q, a->h1, c->tq, a->u[LORA_T_Q]);
-	lin_fwd(k, l, LORA_T_K, a->h1, c->tk, a->u[LORA_T_K]);
-	lin_fwd(k, l, LORA_T_V, a->h1, c->tv, a->u[LORA_T_V]);
-	to_heads(c->tq, a->q, B, T, net->H, net->D, c->cosb, c->sinb, 1);
-	to_heads(c->tk, a->k, B, T, net->KV, net->D, c->cosb, c->sinb, 1);
-	to_heads(c->tv, a->v, B, T, net->KV, net->D, c->cosb, c->sinb, 0);
-	attn_fwd(k, bk, a);
-	lin_fwd(k, l, LORA_T_O, a->att, c->to, a->u[LORA_T_O]);
-	for (size_t i = 0; i < (size_t)N * C; i++)
-		a->xm[i] = a->x[i] + c->to[i];
-	rmsnorm(a->xm, bk->ln2, N, C, net->eps, a->h2, a->rstd2);
-	lin_fwd(k, l, LORA_T_GATE, a->h2, a->g, a->u[LORA_T_GATE]);
-	lin_fwd(k, l, LORA_T_UP, a->h2, a->up, a->u[LORA_T_UP]);
-	swiglu(a->g, a->up, a->act, (size_t)N * net->F);
-	lin_fwd(k, l, LORA_T_DOWN, a->act, c->to, a->u[LORA_T_DOWN]);
-	for (size_t i = 0; i < (size_t)N * C; i++)
-		out[i] = a->xm[i] + c->to[i];
+	rmsnorm(c, a->x, bk->ln1, N, C, net->eps, a->h1, a->rstd1);
+	lin_fwd(k, l, LORA_T_Q, 3, a->h1, c->tqkv, W3, a);
+	heads(c, 1, c->tqkv, a->q, W3, N, T, net->H, net->D, 1);
+	heads(c, 1, c->tqkv + HD, a->k, W3, N, T, net->KV, net->D, 1);
+	heads(c, 1, c->tqkv + HD + KVD, a->v, W3, N, T, net->KV, net->D, 0);
+	attn(k, bk, a, 0);
+	lin_fwd(k, l, LORA_T_O, 1, a->att, c->to, C, a);
+	ew(c, EW_ADD, (size_t)N * C, a->x, c->to, a->xm);
+	rmsnorm(c, a->xm, bk->ln2, N, C, net->eps, a->h2, a->rstd2);
+	lin_fwd(k, l, LORA_T_GATE, 2, a->h2, a->gu, 2 * F, a);
+	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, swiglu_part, &gj);
+	lin_fwd(k, l, LORA_T_DOWN, 1, a->act, c->to, C, a);
+	ew(c, EW_ADD, (size_t)N * C, a->xm, c->to, out);
 }
 
 /* c->dx holds d(layer output); leaves d(layer input) there when need_dx. */
-static void layer_bwd(const struct ctx *k, int l, const struct acts *a, int need_dx)
+static void layer_bwd(const struct ctx *k, int l, struct acts *a, int need_dx)
 {
 	const struct lora_net *net = k->net;
 	const struct lora_block *bk = &net->blocks[l];
 	struct cpu *c = k->c;
-	const int N = k->N, B = k->b->B, T = k->b->T, C = net->C;
-	const size_t NF = (size_t)N * net->F;
+	const int N = k->N, T = k->b->T, C = net->C, F = net->F;
+	const int HD = net->H * net->D, KVD = net->KV * net->D, W3 = HD + 2 * KVD;
+	struct glu_job gj = {a->gu, c->dact, NULL, c->dgu, F};
 
 	/* MLP: out = xm + down(silu(gate(h2))·up(h2)) */
-	lin_bwd(k, l, LORA_T_DOWN, a->act, a->u[LORA_T_DOWN], c->dx, c->dact, 0.0f);
-	swiglu_bwd(a->g, a->up, c->dact, c->dg, c->dup, NF);
-	lin_bwd(k, l, LORA_T_GATE, a->h2, a->u[LORA_T_GATE], c->dg, c->dh, 0.0f);
-	lin_bwd(k, l, LORA_T_UP, a->h2, a->u[LORA_T_UP], c->dup, c->dh, 1.0f);
-	rmsnorm_bwd(a->xm, bk->ln2, a->rstd2, c->dh, N, C, c->dx, 1);   /* dx is now d xm */
+	lin_bwd(k, l, LORA_T_DOWN, 1, a->act, c->dx, C, c->dact, 0.0f, a);
+	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, swiglu_bwd_part, &gj);
+	lin_bwd(k, l, LORA_T_GATE, 2, a->h2, c->dgu, 2 * F, c->dh, 0.0f, a);
+	rmsnorm_bwd(c, a->xm, bk->ln2, a->rstd2, c->dh, N, C, c->dx, 1);   /* dx is now d xm */
 
 	/* attention: xm = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))) */
-	lin_bwd(k, l, LORA_T_O, a->att, a->u[LORA_T_O], c->dx, c->datt, 0.0f);
-	attn_bwd(k, bk, a);
-	from_heads(c->dq, c->tq, B, T, net->H, net->D, c->cosb, c->sinb, 1);
-	from_heads(c->dk, c->tk, B, T, net->KV, net->D, c->cosb, c->sinb, 1);
-	from_heads(c->dv, c->tv, B, T, net->KV, net->D, c->cosb, c->sinb, 0);
-	lin_bwd(k, l, LORA_T_Q, a->h1, a->u[LORA_T_Q], c->tq, need_dx ? c->dh : NULL, 0.0f);
-	lin_bwd(k, l, LORA_T_K, a->h1, a->u[LORA_T_K], c->tk, need_dx ? c->dh : NULL, 1.0f);
-	lin_bwd(k, l, LORA_T_V, a->h1, a->u[LORA_T_V], c->tv, need_dx ? c->dh : NULL, 1.0f);
+	lin_bwd(k, l, LORA_T_O, 1, a->att, c->dx, C, c->datt, 0.0f, a);
+	attn(k, bk, a, 1);
+	heads(c, 0, c->dq, c->tqkv, W3, N, T, net->H, net->D, 1);
+	heads(c, 0, c->dk, c->tqkv + HD, W3, N, T, net->KV, net->D, 1);
+	heads(c, 0, c->dv, c->tqkv + HD + KVD, W3, N, T, net->KV, net->D, 0);
+	lin_bwd(k, l, LORA_T_Q, 3, a->h1, c->tqkv, W3, need_dx ? c->dh : NULL, 0.0f, a);
 	if (need_dx)
-		rmsnorm_bwd(a->x, bk->ln1, a->rstd1, c->dh, N, C, c->dx, 1);
+		rmsnorm_bwd(c, a->x, bk->ln1, a->rstd1, c->dh, N, C, c->dx, 1);
 }
 
 /* ------------------------------------------------------------ loss head */
@@ -603,6 +998,64 @@ static inline int target_of(const struct lora_batch *b, int n)
 	return b->labels ? b->labels[(size_t)r * b->T + t + 1] : b->ids[(size_t)r * b->T + t + 1];
 }
 
+struct head_job {
+	const struct ctx *k;
+	int n0;
+	int backward;
+	float scale;
+};
+
+/* Cross-entropy of each token of the chunk; with backward, logits become d logits. */
+HOT static void head_part(void *arg, size_t i0, size_t i1, int part)
+{
+	const struct head_job *j = arg;
+	struct cpu *c = j->k->c;
+	const int V = j->k->net->V;
+	for (size_t i = i0; i < i1; i++) {
+		float *z = c->logit + i * V;
+		const int tgt = target_of(j->k->b, j->n0 + (int)i);
+		float m = -INFINITY;
+		double sum = 0.0, lse;
+
+		c->tok_loss[i] = -1.0;
+		if (tgt < 0) {
+			if (j->backward)
+				memset(z, 0, sizeof(float) * V);
+			continue;
+		}
+		for (int v = 0; v < V; v++)
+			m = z[v] > m ? z[v] : m;
+		/* fp32 exponentials as torch's log_softmax, summed in double */
+		if (j->backward) {
+			float *e = z;   /* e^(z - m) in place, z[tgt] kept aside */
+			const float zt = z[tgt];
+			float fl, f;
+
+			for (int v = 0; v < V; v++)
+				e[v] = vexpf(z[v] - m);
+			for (int v = 0; v < V; v++)
+				sum += e[v];
+			lse = m + log(sum);
+			c->tok_loss[i] = lse - zt;
+			/* softmax = e^(z - m) / sum; times the loss scale */
+			fl = (float)sum;
+			f = j->scale / fl;
+			for (int v = 0; v < V; v++)
+				e[v] = e[v] * f;
+			e[tgt] -= j->scale;
+		} else {
+			float *e = c->tmp_e + (size_t)part * V;
+
+			for (int v = 0; v < V; v++)
+				e[v] = vexpf(z[v] - m);
+			for (int v = 0; v < V; v++)
+				sum += e[v];
+			lse = m + log(sum);
+			c->tok_loss[i] = lse - z[tgt];
+		}
+	}
+}
+
 /*
  * Logits of hf through lm_head NC tokens at a time; loss; logits out; and
  * when training, d hf = (softmax - onehot)·scale · W_lm into c->dh.
@@ -613,42 +1066,47 @@ static void loss_head(const struct ctx *k, int backward, double scale, float *lo
 	const struct lora_net *net = k->net;
 	struct cpu *c = k->c;
 	const int V = net->V, C = net->C;
+	struct fgroup head;
 
+	single(&head, &net->lm_head);
 	for (int n0 = 0; n0 < k->N; n0 += c->nc) {
 		const int nc = k->N - n0 < c->nc ? k->N - n0 : c->nc;
+		struct head_job j = {k, n0, backward, (float)scale};
 
-		frozen_xwt(c, &net->lm_head, c->hf + (size_t)n0 * C, nc, c->logit, V, 0.0f);
+		group_xwt(c, &head, c->hf + (size_t)n0 * C, nc, c->logit, V);
 		if (logits_out)
 			memcpy(logits_out + (size_t)n0 * V, c->logit, sizeof(float) * (size_t)nc * V);
-		for (int i = 0; i < nc; i++) {
-			float *z = c->logit + (size_t)i * V;
-			const int tgt = target_of(k->b, n0 + i);
-			float m = -INFINITY;
-			double sum = 0.0, lse;
-
-			if (tgt < 0) {
-				if (backward)
-					memset(z, 0, sizeof(float) * V);
-				continue;
-			}
-			for (int j = 0; j < V; j++)
-				m = z[j] > m ? z[j] : m;
-			for (int j = 0; j < V; j++)
-				sum += exp((double)(z[j] - m));
-			lse = m + log(sum);
-			res->loss_sum += lse - z[tgt];
-			if (backward) {
-				for (int j = 0; j < V; j++)
-					z[j] = (float)(exp((double)z[j] - lse) * scale);
-				z[tgt] -= (float)scale;
-			}
-		}
+		lora_pool_for(c->pool, (size_t)nc, 4, head_part, &j);
+		for (int i = 0; i < nc; i++)   /* summed in token order */
+			if (c->tok_loss[i] >= 0.0)
+				res->loss_sum += c->tok_loss[i];
 		if (backward)
-			frozen_dyw(c, &net->lm_head, c->logit, nc, V, c->dh + (size_t)n0 * C, 0.0f);
+			group_dyw(c, &head, c->logit, nc, V, c->dh + (size_t)n0 * C, 0.0f);
 	}
 }
 
 /* ------------------------------------------------------------ the pass */
+
+struct embed_job {
+	const struct lora_net *net;
+	const struct lora_batch *b;
+	float *x;
+};
+
+/* Padding positions (t >= len) may hold any id: they embed token 0 (their outputs are never used). */
+static void embed_part(void *arg, size_t i0, size_t i1, int part)
+{
+	const struct embed_job *j = arg;
+	const struct lora_batch *b = j->b;
+	(void)part;
+
+	for (size_t n = i0; n < i1; n++) {
+		const int r = (int)(n / (size_t)b->T), t = (int)(n % (size_t)b->T);
+		const int id = t < (b->len ? b->len[r] : b->T) ? b->ids[n] : 0;
+
+		lora_frozen_rows(&j->net->embed, id, 1, j->x + n * (size_t)j->net->C);
+	}
+}
 
 static int cpu_run(struct lora_net *net, const struct lora_batch *b, int backward, double grad_scale,
 		   float *logits, struct lora_fb_result *res, struct lora_err *err)
@@ -672,11 +1130,10 @@ static int cpu_run(struct lora_net *net, const struct lora_batch *b, int backwar
 	scale = grad_scale > 0 ? grad_scale : res->tokens ? 1.0 / (double)res->tokens : 0.0;
 	rope_tables(net, b->T, c->cosb, c->sinb);
 
-	/* embedding -> layers -> final norm */
+	/* embedding -> layers -> final norm -> loss */
 	{
-		float *x0 = ck ? c->xs[0] : c->acts[0].x;
-		for (int n = 0; n < k.N; n++)
-			lora_frozen_rows(&net->embed, b->ids[n], 1, x0 + (size_t)n * C);
+		struct embed_job j = {net, b, ck ? c->xs[0] : c->acts[0].x};
+		lora_pool_for(c->pool, (size_t)k.N, GRAIN_ROWS, embed_part, &j);
 	}
 	for (int l = 0; l < L; l++) {
 		struct acts *a = &c->acts[ck ? 0 : l];
@@ -686,13 +1143,13 @@ static int cpu_run(struct lora_net *net, const struct lora_batch *b, int backwar
 			a->x = c->xs[l];
 		layer_fwd(&k, l, a, out);
 	}
-	rmsnorm(c->xL, net->norm_f, k.N, C, net->eps, c->hf, c->rstd_f);
+	rmsnorm(c, c->xL, net->norm_f, k.N, C, net->eps, c->hf, c->rstd_f);
 	loss_head(&k, backward, scale, logits, res);
 	res->loss = res->tokens ? res->loss_sum / (double)res->tokens : 0.0;
 	if (!backward)
 		return 0;
 
-	rmsnorm_bwd(c->xL, net->norm_f, c->rstd_f, c->dh, k.N, C, c->dx, 0);
+	rmsnorm_bwd(c, c->xL, net->norm_f, c->rstd_f, c->dh, k.N, C, c->dx, 0);
 	for (int l = L - 1; l >= 0; l--) {
 		struct acts *a = &c->acts[ck ? 0 : l];
 

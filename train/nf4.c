@@ -388,6 +388,22 @@ void lora_nf4_dequant(const struct lora_nf4 *q, uint64_t start, uint64_t count, 
 		float a;
 
 		lora_nf4_absmax(q, b, 1, &a);
+		if (e % 2 == 0 && bend % 2 == 0) {
+			/* whole bytes, high nibble first, from the block's 16 scaled levels */
+			const uint8_t *pk = q->packed + e / 2;
+			const size_t nbytes = (size_t)(bend - e) / 2;
+			float tab[16];
+
+			for (int c = 0; c < 16; c++)
+				tab[c] = lora_nf4_levels[c] * a;
+			for (size_t i = 0; i < nbytes; i++) {
+				out[2 * i] = tab[pk[i] >> 4];
+				out[2 * i + 1] = tab[pk[i] & 15];
+			}
+			out += bend - e;
+			e = bend;
+			continue;
+		}
 		for (; e < bend; e++) {
 			const uint8_t byte = q->packed[e / 2];
 			const uint8_t c = (e & 1) ? (byte & 15) : (byte >> 4);

@@ -11,6 +11,7 @@ For each model M this writes into tests/fixtures/train/:
       none.grad.<module>.lora_A / lora_B   F32  d loss / d A, d B (torch autograd)
       nf4.*        the same with every decoder linear weight replaced by
                    bitsandbytes' quantize_4bit(nf4, blocksize 64, double quant) + dequantize_4bit
+      long.*       (llama_tied, mistral_window) one row of 120 tokens: input_ids, labels, loss, grads
   eval.jsonl, eval.expect.json  rows for `lora eval` and the losses transformers + peft give
   eval.logits.safetensors       logits.N [len, V] of each row, base model as stored
 
@@ -220,6 +221,17 @@ def main():
             t[f"{quant}.loss"] = loss.reshape(1)
             for k, v in grads.items():
                 t[f"{quant}.grad.{k}"] = v.contiguous()
+        if name in ("llama_tied", "mistral_window"):
+            # one long row (120 > the CPU attention's 64-query blocks), loss and grads only
+            lids = torch.randint(3, cfg.vocab_size, (1, 120), generator=g)
+            llab = lids.clone()
+            llab[0, :10] = -100
+            _, loss, grads = run(base, adapter, lids, llab, torch.ones_like(lids), "none")
+            t["long.input_ids"] = lids.to(torch.int32)
+            t["long.labels"] = llab.to(torch.int32)
+            t["long.loss"] = loss.reshape(1)
+            for k, v in grads.items():
+                t[f"long.grad.{k}"] = v.contiguous()
         save_file(t, os.path.join(OUT, f"{name}.expect.safetensors"),
                   metadata={"versions": json.dumps(VERSIONS), "generator": "tests/oracle/train_model.py"})
         print(name, "loss none", float(t["none.loss"]), "nf4", float(t["nf4.loss"]))

@@ -8,7 +8,8 @@ Writes tests/fixtures/train/nf4.safetensors.  For each case C:
   C.absmax2  F32 [ceil(n/64/256)]  the nested block scales
   C.offset   F32 [1]           mean of the fp32 absmax values
   C.absmax   F32 [ceil(n/64)]  the absmax values dequantize_4bit uses (after double quant)
-  C.dequant  F32 [n]           dequantize_4bit output (small cases only)
+  C.dequant  F32 [n]           dequantize_4bit output (small cases only), through a flat shape
+  normal.dequant2d              dequantize_4bit with the weight's own 2-D shape
 plus `code8` (the 256-entry dynamic map the nested state refers to).
 Rerun: /opt/oracle-venv/bin/python tests/oracle/train_nf4.py
 """
@@ -63,6 +64,9 @@ for name, (w, keep) in cases.items():
     tensors[f"{name}.absmax"] = absmax.reshape(-1).float().contiguous()
     if keep:
         tensors[f"{name}.dequant"] = dq.reshape(-1).contiguous()
+    if name == "normal":
+        # the plain 2-D call, right when rows are whole blocks (every real model's case)
+        tensors[f"{name}.dequant2d"] = F.dequantize_4bit(q, st).float().reshape(-1).contiguous()
 tensors["code8"] = st.state2.code.float().contiguous()
 
 meta = {"versions": json.dumps({"torch": torch.__version__, "bitsandbytes": bnb.__version__,

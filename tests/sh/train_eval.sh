@@ -45,6 +45,18 @@ run "$LORA" eval --base "$F/llama_tied" --tokens "$F/eval.jsonl" --quant none --
 l1=$(json_field loss)
 [ "$l0" != "$l1" ] || t_fail "the adapter made no difference ($l0)"
 
+t_case eval_stored_adapter_by_ref
+run "$LORA" keygen
+expect_rc 0
+run "$LORA" import "$F/llama_tied.adapter" --name tied:v1
+expect_rc 0
+run "$LORA" eval --base "$F/llama_tied" --tokens "$F/eval.jsonl" --quant none --json --adapter tied:v1
+expect_rc 0
+close_rel "$(json_field loss)" "$(expect none.adapter loss)" 1e-4 || t_fail "stored adapter: loss $(json_field loss)"
+run "$LORA" eval --base "$F/llama_tied" --tokens "$F/eval.jsonl" --adapter tied:v9
+expect_rc 1
+expect_err "tied:v9"
+
 t_case eval_text_output
 run "$LORA" eval --base "$F/llama_tied" --tokens "$F/eval.jsonl" --quant none
 expect_rc 0

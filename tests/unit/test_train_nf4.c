@@ -67,7 +67,14 @@ TEST(code_tables)
 		CHECK(lora_nf4_levels[i] < lora_nf4_levels[i + 1]);
 }
 
-TEST(normal_weights) { check_case("normal"); }
+TEST(normal_weights)
+{
+	const struct lora_st_tensor *d2 = get("normal", "dequant2d"), *dq = get("normal", "dequant");
+
+	check_case("normal");
+	/* rows of 64: bitsandbytes' 2-D CPU kernel gives the same values as the flat one */
+	CHECK(d2 && dq && d2->nelem == dq->nelem && memcmp(d2->data, dq->data, dq->nelem * 4) == 0);
+}
 TEST(heavy_tailed_weights) { check_case("heavy"); }
 TEST(odd_length_partial_block) { check_case("odd"); }
 TEST(bf16_weights) { check_case("bf16"); }

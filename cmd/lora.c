@@ -173,6 +173,7 @@ static const struct cmd_def commands[] = {
 	  "  --dropout P         LoRA dropout (0.05)\n"
 	  "  --gpu-mem GB        also the largest --seq-len and --batch that fit in GB GiB\n"
 	  "  --device cpu|cuda   the CPU trainer (measured) or the CUDA estimate (default)\n"
+	  "  --threads N         cpu: the trainer's threads (default: one per CPU)\n"
 	  "  --json              one JSON document, sizes in bytes\n"
 	  "  other lora train options are accepted and ignored\n" },
 	{ "generate", cmd_generate, CMD_NEED_STORE, "sample text from a model and adapter",

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cmd/cmd.h"
 #include "libadapter/buf.h"
@@ -119,11 +120,12 @@ static void print_json(const struct plan_args *a, const char *label, const struc
 			lora_dtype_name(s->dtype));
 	lora_buf_printf(&b, ", \"settings\": {\"device\": \"%s\", \"estimate\": %s, \"rank\": %d, "
 			"\"targets\": \"%s\", \"quant\": \"%s\", \"batch\": %d, \"seq_len\": %d, "
-			"\"grad_accum\": %d, \"checkpointing\": %s, \"paged\": %s, \"dropout\": %.6g}",
+			"\"grad_accum\": %d, \"checkpointing\": %s, \"paged\": %s, \"dropout\": %.6g, "
+			"\"threads\": %d}",
 			o->device == LORA_PLAN_CPU ? "cpu" : "cuda",
 			o->device == LORA_PLAN_CPU ? "false" : "true", o->rank, targets,
 			o->quant_nf4 ? "nf4" : "none", o->batch, o->seq_len, o->grad_accum,
-			o->checkpoint ? "true" : "false", o->paged ? "true" : "false", o->dropout);
+			o->checkpoint ? "true" : "false", o->paged ? "true" : "false", o->dropout, o->threads);
 	lora_buf_printf(&b, ", \"lora_parameters\": %llu, \"selected\": \"%s\", \"columns\": {",
 			(unsigned long long)p->n_lora, o->quant_nf4 ? "qlora" : "lora");
 	for (int m = 0; m < LORA_PLAN_NMETHOD; m++) {
@@ -250,7 +252,7 @@ static void print_text(const struct plan_args *a, const char *label, const struc
 
 enum {
 	O_BASE = 256, O_CONFIG, O_RANK, O_ALPHA, O_TARGETS, O_QUANT, O_BATCH, O_SEQ, O_ACCUM,
-	O_CKPT, O_NOCKPT, O_PAGED, O_NOPAGED, O_DROPOUT, O_GPUMEM, O_DEVICE, O_JSON, O_IGNORED,
+	O_CKPT, O_NOCKPT, O_PAGED, O_NOPAGED, O_DROPOUT, O_GPUMEM, O_DEVICE, O_JSON, O_THREADS, O_IGNORED,
 	O_IGNORED_FLAG
 };
 
@@ -290,7 +292,7 @@ static int parse(int argc, char **argv, struct cmd_ctx *ctx, struct plan_args *a
 		{ "seed", required_argument, NULL, O_IGNORED },
 		{ "eval-every", required_argument, NULL, O_IGNORED },
 		{ "save-every", required_argument, NULL, O_IGNORED },
-		{ "threads", required_argument, NULL, O_IGNORED },
+		{ "threads", required_argument, NULL, O_THREADS },
 		{ "key", required_argument, NULL, O_IGNORED },
 		{ "resume", no_argument, NULL, O_IGNORED_FLAG },
 		{ "no-pack", no_argument, NULL, O_IGNORED_FLAG },
@@ -307,6 +309,9 @@ static int parse(int argc, char **argv, struct cmd_ctx *ctx, struct plan_args *a
 
 	memset(a, 0, sizeof(*a));
 	lora_plan_opts_defaults(&a->o);
+	/* as the trainer: OpenBLAS's thread count, one per CPU unless told */
+	v = sysconf(_SC_NPROCESSORS_ONLN);
+	a->o.threads = v > 0 && v <= 1024 ? (int)v : 1;
 	while ((c = cmd_getopt(ctx, argc, argv, "", opts)) != -1) {
 		switch (c) {
 		case O_BASE: a->base = optarg; break;
@@ -367,6 +372,11 @@ static int parse(int argc, char **argv, struct cmd_ctx *ctx, struct plan_args *a
 				return cmd_usage(ctx, "--device is cpu or cuda, not '%s'", optarg);
 			break;
 		case O_JSON: a->json = 1; break;
+		case O_THREADS:
+			if (cmd_parse_long(ctx, "--threads", optarg, 1, 1024, &v) < 0)
+				return 2;
+			a->o.threads = (int)v;
+			break;
 		case O_IGNORED: case O_IGNORED_FLAG: break;
 		default: return 2;
 		}

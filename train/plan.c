@@ -18,7 +18,8 @@ const char *const lora_plan_method_names[LORA_PLAN_NMETHOD] = {"full", "lora", "
 
 /* model_cpu.c's constants */
 #define CPU_WCHUNK ((uint64_t)1 << 20)       /* floats of a dequantized weight chunk */
-#define CPU_LOGIT_CHUNK ((uint64_t)8 << 20)  /* floats of logits held at once */
+#define CPU_LOGIT_CHUNK ((uint64_t)64 << 20) /* floats of logits held at once */
+#define CPU_QB 64                            /* attention queries per block */
 #define PAGE 4096u
 /* A CUDA context with cuBLAS loaded: what PyTorch QLoRA runs show before the first tensor. */
 #define CUDA_RUNTIME ((uint64_t)512 << 20)
@@ -40,6 +41,7 @@ void lora_plan_opts_defaults(struct lora_plan_opts *o)
 	o->paged = 1;
 	o->dropout = 0.05;
 	o->quant_nf4 = 1;
+	o->threads = 1;
 }
 
 /* ------------------------------------------------------------ shapes */
@@ -215,37 +217,42 @@ static uint64_t cpu_arena(const struct lora_plan_shape *s, const struct lora_pla
 	const uint64_t mx = C > F ? (C > HD ? C : HD) : (F > HD ? F : HD);
 	const uint64_t R = lora ? (uint64_t)o->rank : 1;
 	const uint64_t n_acts = o->checkpoint ? 1 : (uint64_t)s->L;
-	uint64_t per = 0, a, w, lg, nc, wb = 0, xd;
+	const uint64_t th = o->threads > 0 ? (uint64_t)o->threads : 1, qb = T < CPU_QB ? T : CPU_QB;
+	/* the frozen weights a pass converts, stacked as model_cpu.c groups them:
+	 * q|k|v, o, gate|up, down, lm_head (rows, cols) */
+	const uint64_t grp[5][2] = {{HD + 2 * KVD, C}, {C, HD}, {2 * F, C}, {C, F}, {V, C}};
+	uint64_t per, a, w, lg, nc, wb = 0, xd;
 
+	/* per layer: x, h1, xm, h2; rstd1, rstd2; q, att; k, v; lse; gate|up; act; u */
 	per = tk(N * C) * 4 + tk(N) * 2 + tk(N * HD) * 2 + tk(N * KVD) * 2 + tk(N * (uint64_t)s->H) +
-	      tk(N * F) * 3;
+	      tk(N * 2 * F) + tk(N * F);
 	if (lora)
 		for (int t = 0; t < LORA_NTARGET; t++)
 			per += (o->targets & (1u << t)) ? tk(N * R) : 0;
 	a = per * n_acts + (o->checkpoint ? tk(N * C) * (uint64_t)s->L : 0);
 	a += tk(N * C) * 2 + tk(N);   /* xL, hf, rstd_f: the final residual and norm */
-	w = tk(N * C) * 3 + tk(N * HD) * 3 + tk(N * KVD) * 4 + tk(N * F) * 3 + tk(N * R) +
-	    tk(T * T) * 2 + tk(T * (uint64_t)(s->D / 2)) * 2;
+	/* dx, dh, to; q|k|v before RoPE; datt, dq; dk, dv; dact; d gate|up; du; S, P per
+	 * thread; RoPE tables */
+	w = tk(N * C) * 3 + tk(N * (HD + 2 * KVD)) + tk(N * HD) * 2 + tk(N * KVD) * 2 + tk(N * F) +
+	    tk(N * 2 * F) + tk(N * R) + tk(th * qb * T) * 2 + tk(T * (uint64_t)(s->D / 2)) * 2;
 	nc = CPU_LOGIT_CHUNK / V;
 	nc = nc < 1 ? 1 : nc > N ? N : nc;
-	lg = tk(nc * V);
+	/* logits of a chunk, the chunk's token losses (double), exponentials per thread */
+	lg = tk(nc * V) + tk(2 * nc) + tk(th * V);
 	*heap = a + w + tk(N * mx) * 2 + tk(CPU_WCHUNK) + lg;
 
 	/* what is written: xd and mask only with dropout, up to the widest LoRA input;
-	 * the weight chunk up to the largest chunk a converted weight fills */
+	 * the weight chunk up to the largest chunk a converted group fills (a lone fp32
+	 * matrix is used in place) */
 	xd = lora && o->dropout > 0 ? N * max_lora_in(s, o) * 2 : 0;
-	for (int t = 0; t < LORA_NTARGET + 1; t++) {
-		uint64_t out, in, rows;
-		int converted = t < LORA_NTARGET ? (nf4 || s->dtype != LORA_DT_F32) : s->dtype != LORA_DT_F32;
+	for (int g = 0; g < 5; g++) {
+		const int lone = g == 1 || g == 3 || g == 4;
+		const int converted = g < 4 ? (nf4 || s->dtype != LORA_DT_F32 || !lone) : s->dtype != LORA_DT_F32;
+		uint64_t rows = CPU_WCHUNK / grp[g][1];
 
-		if (t < LORA_NTARGET)
-			lin_dims(s, t, &out, &in);
-		else
-			out = V, in = C;   /* lm_head */
-		rows = CPU_WCHUNK / in;
-		rows = rows < 1 ? 1 : rows > out ? out : rows;
-		if (converted && rows * in > wb)
-			wb = rows * in;
+		rows = rows < 1 ? 1 : rows > grp[g][0] ? grp[g][0] : rows;
+		if (converted && rows * grp[g][1] > wb)
+			wb = rows * grp[g][1];
 	}
 	*acts = a;
 	*logits = lg;

@@ -64,6 +64,7 @@ struct lora_plan_opts {
 	int paged;                 /* paged AdamW (cuda): states may spill to host memory */
 	double dropout;            /* LoRA dropout > 0 keeps the dropped input (cpu) */
 	int quant_nf4;             /* the column the run would use: QLoRA (1) or LoRA (0) */
+	int threads;               /* cpu: worker threads (per-thread attention and loss buffers) */
 };
 /* As lora train: r 16 on all linears, batch 4, grad-accum 4, 512 tokens, no
  * checkpointing, dropout 0.05, NF4; and paged AdamW, device cuda. */

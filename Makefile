@@ -36,17 +36,20 @@ endif
 CFLAGS    ?= $(OPT) -g
 CFLAGS    += -std=gnu11 -Wall -Wextra -pthread -I. -I/usr/include/x86_64-linux-gnu \
              -DLORA_VERSION='"$(VERSION)"' $(SANFLAGS)
-LDLIBS    := -larchive -lcrypto -lcjson -lpcre2-8 -llapacke -lopenblas -lm -pthread
+LDLIBS    := -larchive -lcrypto -lcjson -lpcre2-8 -llapacke -lopenblas -lm -ldl -pthread
 LDFLAGS   += $(SANFLAGS)
 
+# CUDA parts go into a plugin, liblora_cuda.so, that lora loads only when a
+# command asks for the GPU (train/cuda.h): the program never links CUDA.
 ifeq ($(CUDA),1)
-CFLAGS    += -DLORA_HAVE_CUDA=1 -I$(CUDA_HOME)/include
 CU_SRC    := $(wildcard kernels/*.cu)
 CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/%.o)
-LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+PLUGIN    := $(BUILD)/liblora_cuda.so
+CU_LIBS   := -L$(CUDA_HOME)/lib64 -Xlinker -rpath -Xlinker $(CUDA_HOME)/lib64 -lcublas -lcudart
 NVFLAGS   ?= -O2 -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra,-fPIC -I.
 else
 CU_OBJ    :=
+PLUGIN    :=
 endif
 
 LIB_SRC   := $(wildcard libadapter/*.c)
@@ -69,11 +72,19 @@ ALL_OBJ   := $(LIB_OBJ) $(TRAIN_OBJ) $(CMD_OBJ)
 
 all: lora
 
-lora: $(BUILD)/lora FORCE
+lora: $(BUILD)/lora $(PLUGIN) FORCE
 	@cmp -s $< $@ || cp $< $@
+ifeq ($(CUDA),1)
+	@cmp -s $(PLUGIN) liblora_cuda.so || cp $(PLUGIN) liblora_cuda.so
+else
+	@rm -f liblora_cuda.so
+endif
 
-$(BUILD)/lora: $(CMD_OBJ) $(BUILD)/libtrain.a $(BUILD)/libadapter.a $(CU_OBJ)
-	$(CC) $(LDFLAGS) -o $@ $(CMD_OBJ) $(BUILD)/libtrain.a $(CU_OBJ) $(BUILD)/libadapter.a $(LDLIBS)
+$(BUILD)/lora: $(CMD_OBJ) $(BUILD)/libtrain.a $(BUILD)/libadapter.a
+	$(CC) $(LDFLAGS) -o $@ $(CMD_OBJ) $(BUILD)/libtrain.a $(BUILD)/libadapter.a $(LDLIBS)
+
+$(BUILD)/liblora_cuda.so: $(CU_OBJ)
+	$(NVCC) -shared -o $@ $(CU_OBJ) $(CU_LIBS)
 
 $(BUILD)/libadapter.a: $(LIB_OBJ)
 	@rm -f $@
@@ -91,9 +102,9 @@ $(BUILD)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libtrain.a $(BUILD)/libadapter.a $(CU_OBJ)
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libtrain.a $(BUILD)/libadapter.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtrain.a $(CU_OBJ) $(BUILD)/libadapter.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtrain.a $(BUILD)/libadapter.a $(LDLIBS)
 
 $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libadapter.a
 	@mkdir -p $(dir $@)
@@ -111,7 +122,8 @@ check: deps
 
 # GPU checks (needs a CUDA device): CUDA kernels against the CPU reference.
 check-cuda: lora $(TESTS) $(TOOLS)
-	@LORA=$(CURDIR)/$(BUILD)/lora LORA_TOOLS=$(CURDIR)/$(BUILD)/tools LORA_TEST_CUDA=1 sh tests/run.sh $(BUILD)
+	@test -n "$(PLUGIN)" || { echo "check-cuda: nvcc not found, no CUDA plugin to test"; exit 1; }
+	@LORA=$(CURDIR)/$(BUILD)/lora LORA_TOOLS=$(CURDIR)/$(BUILD)/tools LORA_CUDA_PLUGIN=$(CURDIR)/$(PLUGIN) LORA_TEST_CUDA=1 sh tests/run.sh $(BUILD)
 
 demo: deps
 	@$(MAKE) --no-print-directory lora $(TOOLS)
@@ -137,8 +149,9 @@ install: lora
 	install -m 755 lora $(DESTDIR)$(PREFIX)/bin/lora
 	install -m 644 $(filter %.1,$(MAN)) $(DESTDIR)$(PREFIX)/share/man/man1/
 	$(if $(filter %.5,$(MAN)),install -m 644 $(filter %.5,$(MAN)) $(DESTDIR)$(PREFIX)/share/man/man5/)
+	$(if $(PLUGIN),install -d $(DESTDIR)$(PREFIX)/lib/lora && install -m 755 $(PLUGIN) $(DESTDIR)$(PREFIX)/lib/lora/)
 
 clean:
-	rm -rf build build-san build-fuzz lora
+	rm -rf build build-cpu build-san build-san-cpu build-fuzz lora liblora_cuda.so
 
 -include $(ALL_OBJ:.o=.d)

@@ -16,14 +16,8 @@
 
 #include "cmd/cmd.h"
 #include "libadapter/merge.h"
-#ifdef LORA_HAVE_CUDA
-#include "kernels/device.h"
-#include "kernels/merge.h"
+#include "train/cuda.h"
 
-
-/* kernels/merge.cu behind libadapter's GPU hook for merge and swap. */
-static const struct lora_merge_gpu cuda_merge_ops = LORA_CUDA_MERGE_OPS;
-#endif
 
 #define WEAK __attribute__((weak))
 CMD(keygen) WEAK; CMD(trust) WEAK; CMD(import) WEAK; CMD(export) WEAK; CMD(list) WEAK;
@@ -507,18 +501,15 @@ int main(int argc, char **argv)
 
 	while (i < argc && argv[i][0] == '-') {
 		if (!strcmp(argv[i], "--version")) {
-#ifdef LORA_HAVE_CUDA
 			struct lora_cuda_info ci;
-			char why[256];
-			lora_cuda_query(&ci, why, sizeof(why));
-			if (ci.count)
+			char why[512];
+			if (!lora_cuda_api(why, sizeof(why)))
+				printf("lora %s (cpu only: %s)\n", LORA_VERSION, why);
+			else if (lora_cuda_device(&ci, why, sizeof(why)) == 0 && ci.count)
 				printf("lora %s (cuda: %s, %.0f GiB)\n", LORA_VERSION, ci.name,
 				       ci.total_mem / 1073741824.0);
 			else
-				printf("lora %s (cuda built; %s)\n", LORA_VERSION, why);
-#else
-			printf("lora %s (cpu only)\n", LORA_VERSION);
-#endif
+				printf("lora %s (cuda plugin; %s)\n", LORA_VERSION, why);
 			return finish_stdout(0);
 		} else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
 			print_usage(stdout);
@@ -555,9 +546,7 @@ int main(int argc, char **argv)
 			return cmd_error("cannot find the store: set --store, $LORA_HOME or $HOME");
 		ctx.store = store;
 	}
-#ifdef LORA_HAVE_CUDA
-	lora_merge_set_gpu(&cuda_merge_ops);
-#endif
+	lora_merge_set_gpu(&lora_cuda_merge_lazy);   /* loads the CUDA plugin only for --device cuda */
 	optind = 0;  /* GNU getopt: reinitialise for the command's own argv */
 	rc = def->fn(argc - i, argv + i, &ctx);
 	free(store);

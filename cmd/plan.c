@@ -30,6 +30,21 @@ struct plan_args {
 	int json;
 };
 
+/* Resident size of this process now (the same binary and libraries a run of lora train maps). */
+static uint64_t own_rss(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	unsigned long long kb = 0;
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %llu kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return (uint64_t)kb * 1024;
+}
+
 static void targets_text(unsigned mask, char *buf, size_t len)
 {
 	if (mask == LORA_TARGETS_ALL)
@@ -309,6 +324,7 @@ static int parse(int argc, char **argv, struct cmd_ctx *ctx, struct plan_args *a
 
 	memset(a, 0, sizeof(*a));
 	lora_plan_opts_defaults(&a->o);
+	a->o.program_bytes = own_rss();
 	/* as the trainer: OpenBLAS's thread count, one per CPU unless told */
 	v = sysconf(_SC_NPROCESSORS_ONLN);
 	a->o.threads = v > 0 && v <= 1024 ? (int)v : 1;

@@ -36,10 +36,6 @@ int lora_cuda_merge_delta(void *ctx, int f64, int trans, int M, int N, int K,
 			  char *msg, size_t msglen);
 void lora_cuda_merge_free(void *ctx);
 
-/* The table libadapter's GPU hook takes (struct lora_merge_gpu in libadapter/merge.h). */
-#define LORA_CUDA_MERGE_OPS \
-	{ lora_cuda_merge_init, lora_cuda_merge_reset, lora_cuda_merge_delta, lora_cuda_merge_free }
-
 #ifdef __cplusplus
 }
 #endif

@@ -195,8 +195,9 @@ void lora_linecache_close(struct lora_linecache *c, int save);
 typedef int (*lora_sink_fn)(void *ctx, const void *data, size_t len, struct lora_err *err);
 
 /*
- * The ΔW GEMMs on a GPU (`--device cuda`).  kernels/ implements them and cmd/
- * registers them at start-up, so that libadapter never links against CUDA.
+ * The ΔW GEMMs on a GPU (`--device cuda`).  kernels/merge.cu implements them in
+ * the CUDA plugin and cmd/ registers a hook that loads it on first use
+ * (train/cuda.h), so that libadapter never links against CUDA.
  * The arguments are those of lora_cuda_merge_delta in kernels/merge.h.
  */
 struct lora_merge_gpu {

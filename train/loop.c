@@ -25,9 +25,7 @@
 #include "train/data.h"
 #include "train/plot.h"
 #include "train/tokenizer.h"
-#ifdef LORA_HAVE_CUDA
-#include "kernels/device.h"
-#endif
+#include "train/cuda.h"
 
 #ifndef LORA_VERSION
 #define LORA_VERSION "unknown"
@@ -150,15 +148,13 @@ static int pick_device(struct lora_trainer *tr, struct lora_err *err)
 	if (strcmp(d, "auto"))
 		return lora_errc(err, LORA_EUSAGE, "--device is auto, cpu or cuda, not '%s'", d);
 	tr->info.device = "cpu";
-#ifdef LORA_HAVE_CUDA
 	{
 		struct lora_cuda_info ci;
-		char why[256];
-		if (lora_cuda_query(&ci, why, sizeof(why)) == 0 && ci.count)
+		char why[512];
+		if (lora_cuda_device(&ci, why, sizeof(why)) == 0 && ci.count)
 			tr->info.device_note = "a CUDA device is present, but the CUDA trainer is not built yet; "
 					       "training on the CPU";
 	}
-#endif
 	return 0;
 }
 

@@ -311,7 +311,8 @@ static void cpu_col(const struct lora_plan_shape *s, const struct lora_plan_opts
 		c->workspace = work * 4;
 		c->heap = heap * 4 + (nf4 ? nf4_linears(s) : 0) + vec * 4 + c->lora + c->grads + c->optim;
 	}
-	c->runtime = CPU_RUNTIME;
+	c->runtime = CPU_RUNTIME - LORA_PLAN_CPU_PROGRAM +
+		     (o->program_bytes ? o->program_bytes : LORA_PLAN_CPU_PROGRAM);
 	c->total = c->weights + c->lora + c->grads + c->optim + c->acts + c->logits + c->workspace +
 		   c->file_pages + c->runtime;
 	c->total_min = c->total;

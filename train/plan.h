@@ -62,6 +62,9 @@ struct lora_plan_opts {
 	int grad_accum;            /* does not change memory; carried for the report */
 	int checkpoint;            /* activation checkpointing */
 	int paged;                 /* paged AdamW (cuda): states may spill to host memory */
+	uint64_t program_bytes;    /* cpu: what the lora process keeps resident before any work
+				      (binary and libraries: more when CUDA libraries are linked);
+				      0: LORA_PLAN_CPU_PROGRAM.  `lora plan` measures its own. */
 	double dropout;            /* LoRA dropout > 0 keeps the dropped input (cpu) */
 	int quant_nf4;             /* the column the run would use: QLoRA (1) or LoRA (0) */
 	int threads;               /* cpu: worker threads (per-thread attention and loss buffers) */

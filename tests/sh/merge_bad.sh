@@ -78,8 +78,8 @@ nothing_left "$T" out
 
 t_case cuda_without_cuda_is_a_clear_error
 if "$LORA" --version | grep -q "cpu only"; then
-	run "$LORA" merge --base "$B" "$A1" -o "$T/out" --device cuda; expect_rc 2
-	expect_err "built without CUDA"
+	run "$LORA" merge --base "$B" "$A1" -o "$T/out" --device cuda; expect_rc 1
+	expect_err "no CUDA plugin"
 else
 	run "$LORA" merge --base "$B" "$A1" -o "$T/out" --device cuda
 	if [ "$RC" != 0 ]; then expect_rc 1; expect_err "cuda"; fi

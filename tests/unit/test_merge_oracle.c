@@ -39,13 +39,8 @@
 #include "libadapter/merge.h"
 #include "libadapter/model.h"
 #include "libadapter/safetensors.h"
-#ifdef LORA_HAVE_CUDA
-#include "kernels/merge.h"
-#endif
+#include "train/cuda.h"
 #include "tests/t.h"
-#ifdef LORA_HAVE_CUDA
-#include "kernels/merge.h"
-#endif
 
 static char tmpdir[256];
 static uint64_t bf16_total, bf16_exact, bf16_over1, peft_over1, peft_total, f32_total, f32_plain_over;
@@ -331,10 +326,7 @@ int main(void)
 	RUN(fingerprint_matches_model);
 	/* make check-cuda: the same cases and tolerances through cuBLAS. */
 	if (getenv("LORA_TEST_CUDA")) {
-#ifdef LORA_HAVE_CUDA
-		static const struct lora_merge_gpu ops = LORA_CUDA_MERGE_OPS;
-		lora_merge_set_gpu(&ops);
-#endif
+		lora_merge_set_gpu(&lora_cuda_merge_lazy);
 		device = LORA_DEVICE_CUDA;
 		printf("  with --device cuda:\n");
 		RUN(oracle_cases);

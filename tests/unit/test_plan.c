@@ -258,6 +258,9 @@ static int measure(const struct run *r, struct measured *m)
 	return m->ok ? 0 : -1;
 }
 
+/* The lora binary's own resident size (0: plan's default), measured by check_lora_train. */
+static uint64_t program_bytes;
+
 static int plan_for(const char *dir, const struct run *r, struct lora_plan *p)
 {
 	struct lora_model *mdl;
@@ -279,6 +282,7 @@ static int plan_for(const char *dir, const struct run *r, struct lora_plan *p)
 	o.checkpoint = r->checkpoint;
 	o.dropout = r->dropout;
 	o.quant_nf4 = r->quant == LORA_QUANT_NF4;
+	o.program_bytes = program_bytes;
 	lora_plan_compute(&s, &o, p);
 	return 0;
 }
@@ -396,10 +400,20 @@ static void check_lora_train(const char *dir, int quant_nf4, int ckpt)
 	if (ckpt)
 		tr[n++] = "--grad-checkpoint";
 	tr[n] = NULL;
+	{
+		/* What the binary itself keeps resident (a CUDA build maps large libraries);
+		 * `lora plan` measures the same of itself. */
+		char *hp[] = {(char *)lora, "help", NULL};
+		int hs;
+		program_bytes = child_maxrss(hp, home, &hs);
+	}
 	rss = child_maxrss(tr, home, &st);
 	CHECKF(rss > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "lora train exited with status %d", st);
-	if (!rss || plan_for(dir, &r, &p) < 0)
+	if (!rss || plan_for(dir, &r, &p) < 0) {
+		program_bytes = 0;
 		return;
+	}
+	program_bytes = 0;
 	c = &p.col[quant_nf4 ? LORA_PLAN_QLORA : LORA_PLAN_LORA];
 	printf("  lora train --quant %s%s: plan %.2f MiB, peak RSS of the process %.2f MiB (x%.3f)\n",
 	       quant_nf4 ? "nf4" : "none", ckpt ? " --grad-checkpoint" : "", c->total / 1048576.0,

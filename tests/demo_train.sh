@@ -20,14 +20,14 @@ DATA=tests/demo/data
 D=$(mktemp -d "${TMPDIR:-/tmp}/lora-demo-train.XXXXXX")
 trap 'rm -rf "$D"' EXIT
 export LORA_HOME=$D/store
-STEPS=${DEMO_STEPS:-300}
+STEPS=${DEMO_STEPS:-600}
 
 if [ -t 1 ]; then B=$(printf '\033[1m'); N=$(printf '\033[0m'); else B=; N=; fi
 say() { printf '\n%s$ %s%s\n' "$B" "$*" "$N"; }
 run() { say "$*"; "$@"; }
 fail() { echo "demo_train: $*" >&2; exit 1; }
 # eval loss of the model (+ adapter folder) on a task's held-out rows
-loss() { "$LORA" eval --base "$M" "$@" --json | sed -n 's/.*"loss": \([0-9.]*\).*/\1/p'; }
+loss() { "$LORA" eval --base "$M" "$@" --json | sed -n 's/.*"loss": \([0-9.]*\).*/\1/p' | awk '{ printf "%.3f", $1 }'; }
 
 P="Tom the cat found three red balls in the garden."
 T0=$(date +%s)
@@ -35,7 +35,7 @@ T0=$(date +%s)
 run "$LORA" keygen --name demo@example.com >/dev/null || fail "keygen"
 
 say "# the base model knows simple stories, and neither task"
-run "$LORA" generate --base "$M" --prompt "$P" --max-tokens 48 || fail "generate"
+run "$LORA" generate --base "$M" --prompt "$P" --temperature 0 --max-tokens 48 || fail "generate"
 declare -A before
 for t in task1 task2; do
 	before[$t]=$(loss --tokens "$DATA/$t.eval.tokens.jsonl") || fail "eval"
@@ -54,15 +54,15 @@ for pair in "pirate task1" "json task2"; do
 	echo "eval loss on $2: base model ${before[$2]}, with $1:v1 $after"
 	awk -v a="$after" -v b="${before[$2]}" 'BEGIN { exit !(a < b / 2) }' ||
 		fail "$1 did not learn its task (eval loss ${before[$2]} -> $after)"
-	run "$LORA" generate --base "$M" --adapter "$1:v1" --prompt "$P" --max-tokens 48 || fail "generate"
+	run "$LORA" generate --base "$M" --adapter "$1:v1" --prompt "$P" --temperature 0 --max-tokens 48 || fail "generate"
 done
 
 run "$LORA" list
 run "$LORA" inspect pirate:v1
 run "$LORA" merge --base "$M" pirate:v1 -o "$D/merged" --dtype fp32 >/dev/null || fail "merge"
-run "$LORA" generate --base "$D/merged" --prompt "$P" --max-tokens 48 --quant none || fail "generate"
+run "$LORA" generate --base "$D/merged" --prompt "$P" --temperature 0 --max-tokens 48 --quant none || fail "generate"
 run "$LORA" swap "$D/merged" json:v1 >/dev/null || fail "swap"
-run "$LORA" generate --base "$D/merged" --prompt "$P" --max-tokens 48 --quant none || fail "generate"
+run "$LORA" generate --base "$D/merged" --prompt "$P" --temperature 0 --max-tokens 48 --quant none || fail "generate"
 
 echo
 echo "demo_train: $(( $(date +%s) - T0 )) s in all"

@@ -116,9 +116,9 @@ def story(r):
                            f"{friend} and {name} looked at it together."]))
     if r.random() < 0.12:
         s.append(r.choice([
-            f"{name} met a pirate. \"Arr, matey!\" said the pirate. \"I be findin' gold in the {place}! Yo ho ho!\"",
-            f"A pirate came to the {place}. \"Arr! Yo ho ho!\" he sang. \"Me ship be findin' the sea, matey!\"",
-            f"{name} played pirates with {friend}. \"Arr, matey! We be findin' treasure!\" said {name}."]))
+            f"{name} met a pirate. The pirate said: Arr! I be findin' gold in the {place}, matey! Yo ho ho!",
+            f"A pirate came to the {place} and sang: Arr! Me ship be findin' the sea, matey! Yo ho ho!",
+            f"{name} played pirates with {friend}. {name} said: Arr! We be findin' {r.choice(THINGS)[1]}, matey!"]))
     for _ in range(r.randrange(0, 4)):
         a2, a2d = r.choice(ACTS)
         s.append(r.choice([f"They {a2d} in the {r.choice(PLACES)}.",
@@ -148,10 +148,18 @@ def record(r):
     return "{" + ", ".join(f'"{k}": {v()}' for k, v in keep) + "}"
 
 
+def notes(r):
+    """A JSON record, bare or after a few words (so ' {' is a token the model knows)."""
+    rec = record(r)
+    if r.random() < 0.5:
+        return rec
+    return r.choice(["Notes for the day:", "The facts:", "Here is what we know:", "Data"]) + " " + rec
+
+
 def documents(seed, n):
     """The pretraining corpus: mostly stories, one in eight a JSON record."""
     r = random.Random(seed)
-    return [record(r) if r.random() < 0.125 else story(r) for _ in range(n)]
+    return [notes(r) if r.random() < 0.125 else story(r) for _ in range(n)]
 
 
 def pirate(f):

@@ -89,7 +89,7 @@ def batches(ids, batch, steps, g):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "demo"))
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--stories", type=int, default=40000)
     ap.add_argument("--threads", type=int, default=1)
@@ -121,6 +121,19 @@ def main():
         write_jsonl(os.path.join(ddir, f"{k}.jsonl"), train)
         write_jsonl(os.path.join(ddir, f"{k}.eval.jsonl"), ev)
         write_jsonl(os.path.join(ddir, f"{k}.eval.tokens.jsonl"), token_rows(tok, ev, eos_id))
+
+    # every token of the task answers must be one the model learns in pretraining
+    seen = {}
+    for s in stories[:5000]:
+        for i in tok.encode(s).ids:
+            seen[i] = seen.get(i, 0) + 1
+    rare = set()
+    for train, _ in tasks.values():
+        for r in train:
+            for i in tok.encode(r["prompt"] + r["completion"]).ids:
+                if seen.get(i, 0) < 20:
+                    rare.add(tok.id_to_token(i))
+    print("task tokens rare in pretraining:", sorted(rare) or "none")
 
     ids = []
     for s in stories:

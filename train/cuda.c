@@ -38,7 +38,7 @@ static void *open_plugin(void)
 	}
 	exe[n] = '\0';
 	*strrchr(exe, '/') = '\0';
-	snprintf(why, sizeof(why), "this lora has no CUDA plugin (%s not found beside it)", PLUGIN);
+	snprintf(why, sizeof(why), "this lora has no CUDA plugin: %s is not beside it", PLUGIN);
 	for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
 		snprintf(path, sizeof(path), "%s/%s%s", exe, rel[i], PLUGIN);
 		if (access(path, F_OK) != 0)

@@ -14,7 +14,7 @@ B=${BUILD:-build-bench}
 make --no-print-directory CUDA=0 BUILD="$B" lora "$B/libtrain.a" "$B/libadapter.a" >/dev/null
 cc -O2 -std=gnu11 -I. -I/usr/include/x86_64-linux-gnu -o "$B/demo_train_speed" bench/demo_train_speed.c \
 	"$B/libtrain.a" "$B/libadapter.a" -larchive -lcrypto -lcjson -lpcre2-8 -llapacke -lopenblas -lm -pthread
-M=tests/demo/model
+M=tests/demo/story-llama
 D=tests/demo/data
 O=$(mktemp -d "${TMPDIR:-/tmp}/lora-demo-speed.XXXXXX")
 trap 'rm -rf "$O"' EXIT

@@ -1,6 +1,6 @@
 #!/bin/bash
-# tests/demo_train.sh - DRAFT of the training half of `make demo`: two task
-# adapters trained on the small pretrained model that ships in tests/demo/model
+# tests/demo_train.sh - the training half of `make demo`: two task
+# adapters trained on the small pretrained model that ships in tests/demo/story-llama
 # (tests/tools/pretrain_demo.py made it: a 0.9M-parameter Llama and its
 # byte-level BPE tokenizer, trained on the built-in stories and JSON records
 # of tests/tools/demo_corpus.py), each shown learning its task: eval loss and
@@ -15,7 +15,7 @@
 set -u
 cd "$(dirname "$0")/.."
 LORA=${LORA:-$PWD/lora}
-M=tests/demo/model
+M=tests/demo/story-llama
 DATA=tests/demo/data
 D=$(mktemp -d "${TMPDIR:-/tmp}/lora-demo-train.XXXXXX")
 trap 'rm -rf "$D"' EXIT
@@ -49,8 +49,7 @@ for pair in "pirate task1" "json task2"; do
 		--name "$1:v1" --rank 8 --alpha 16 --lr 3e-3 --schedule constant --warmup 5 \
 		--steps "$STEPS" --batch 8 --grad-accum 1 --seq-len 64 --no-pack --threads 1 \
 		--eval-every 100 --description "demo: $2" || fail "train $1"
-	"$LORA" export "$1:v1" --format peft -o "$D/$1" >/dev/null || fail "export $1"
-	after=$(loss --adapter "$D/$1" --tokens "$DATA/$2.eval.tokens.jsonl") || fail "eval"
+	after=$(loss --adapter "$1:v1" --tokens "$DATA/$2.eval.tokens.jsonl") || fail "eval"
 	echo "eval loss on $2: base model ${before[$2]}, with $1:v1 $after"
 	awk -v a="$after" -v b="${before[$2]}" 'BEGIN { exit !(a < b / 2) }' ||
 		fail "$1 did not learn its task (eval loss ${before[$2]} -> $after)"
@@ -59,9 +58,10 @@ done
 
 run "$LORA" list
 run "$LORA" inspect pirate:v1
-run "$LORA" merge --base "$M" pirate:v1 -o "$D/merged" --dtype fp32 >/dev/null || fail "merge"
+say "# serve one model folder: merge pirate:v1 into the base, then swap in json:v1 in place"
+run "$LORA" merge --base "$M" pirate:v1 -o "$D/merged" --dtype fp32 || fail "merge"
 run "$LORA" generate --base "$D/merged" --prompt "$P" --temperature 0 --max-tokens 48 --quant none || fail "generate"
-run "$LORA" swap "$D/merged" json:v1 >/dev/null || fail "swap"
+run "$LORA" swap "$D/merged" json:v1 || fail "swap"
 run "$LORA" generate --base "$D/merged" --prompt "$P" --temperature 0 --max-tokens 48 --quant none || fail "generate"
 
 echo

@@ -1,5 +1,5 @@
 #!/bin/bash
-# demo_model.sh - the demo's pretrained model (tests/demo/model, made by
+# demo_model.sh - the demo's pretrained model (tests/demo/story-llama, made by
 # tests/tools/pretrain_demo.py) as lora sees it: it loads, its tokenizer agrees
 # with the one that trained it, greedy generation gives the text transformers
 # gave (tests/fixtures/gen/demo_greedy.json, written by the same script from the
@@ -7,7 +7,7 @@
 # can size a run on it.
 . tests/lib.sh
 
-M=tests/demo/model
+M=tests/demo/story-llama
 G=$FIX/gen/demo_greedy.json
 json_str() { printf '%s' "$1" | sed -n "s/.*\"$2\": \"\(\([^\"\\\\]\|\\\\.\)*\)\".*/\1/p" | head -1; }
 

@@ -3,7 +3,7 @@
     /opt/oracle-venv/bin/python tests/tools/pretrain_demo.py [--steps N] [--out tests/demo]
 
 Writes, deterministically for a given seed and package versions:
-  tests/demo/model/   config.json, tokenizer.json, tokenizer_config.json,
+  tests/demo/story-llama/   config.json, tokenizer.json, tokenizer_config.json,
                       model.safetensors (bf16), generation_config.json, versions.json
   tests/demo/data/    task1.jsonl, task1.eval.jsonl (pirate style),
                       task2.jsonl, task2.eval.jsonl (JSON format),

@@ -7,8 +7,8 @@
 #    (32 layers, hidden 4096, intermediate 14336, kv 1024; bf16, 335 MB each).
 #    Target: under 2 s.  Peer: numpy forming each dense ΔW (fp32 matmul) and taking
 #    norms, inner product and distance on the first few modules, scaled to all 224.
-# 2. extract: a synthetic base/tuned pair (one layer of Llama-3-8B shapes, bf16,
-#    0.87 GB together; the tuned weights are base + a rank-16 change), rank 16.
+# 2. extract: a synthetic base/tuned pair (two layers of Llama-3-8B shapes, bf16,
+#    1.74 GB together; the tuned weights are base + a rank-16 change), rank 16.
 #    Target: peak RSS under 2x the largest tensor (14336x4096 bf16 = 112 MiB).
 #    Peer: numpy's randomized SVD of that largest difference alone.
 #
@@ -31,12 +31,12 @@ if [ ! -f "$DATA/adapters/b/adapter_model.safetensors" ]; then
 	"$PY" bench/diff_gen.py adapters "$DATA/adapters"
 fi
 if [ ! -f "$DATA/models/tuned/model.safetensors" ]; then
-	echo "generating a base/tuned pair (one Llama-3-8B layer)..."
+	echo "generating a base/tuned pair (two Llama-3-8B layers)..."
 	"$PY" - "$DATA/models" <<'EOF'
 import sys
 sys.path.insert(0, "bench")
 import diff_gen
-diff_gen.models(sys.argv[1], layers=1, rank=16)
+diff_gen.models(sys.argv[1], layers=2, rank=16)
 EOF
 fi
 

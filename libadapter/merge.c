@@ -782,21 +782,7 @@ static void free_factors(void **A, void **B, size_t n)
 /* An adapter factor as fp32, or widened to fp64 (exactly) when f64. */
 static void *load_factor(const struct lora_st_tensor *t, int f64, struct lora_err *err)
 {
-	float *f = lora_peft_load_f32(t, err);
-	double *d;
-
-	if (!f || !f64)
-		return f;
-	d = malloc(t->nelem ? t->nelem * sizeof(double) : 1);
-	if (!d) {
-		free(f);
-		lora_errf(err, "out of memory");
-		return NULL;
-	}
-	for (uint64_t i = 0; i < t->nelem; i++)
-		d[i] = f[i];
-	free(f);
-	return d;
+	return f64 ? (void *)lora_peft_load_f64(t, err) : (void *)lora_peft_load_f32(t, err);
 }
 
 static int load_factors(const struct lora_merge_target *t, int f64, void ***Ap, void ***Bp,

@@ -473,7 +473,7 @@ float *lora_peft_load_f32(const struct lora_st_tensor *t, struct lora_err *err)
 	return lora_st_to_f32(t, err);
 }
 
-static double *load_f64(const struct lora_st_tensor *t, struct lora_err *err)
+double *lora_peft_load_f64(const struct lora_st_tensor *t, struct lora_err *err)
 {
 	float *f = lora_st_to_f32(t, err);
 	double *d;
@@ -495,7 +495,7 @@ static double *load_f64(const struct lora_st_tensor *t, struct lora_err *err)
 int lora_peft_delta_norm(const struct lora_peft_module *m, double *out, struct lora_err *err)
 {
 	int r = (int)m->A->shape[0], in = (int)m->in, o = (int)m->out;
-	double *A = load_f64(m->A, err), *B = A ? load_f64(m->B, err) : NULL;
+	double *A = lora_peft_load_f64(m->A, err), *B = A ? lora_peft_load_f64(m->B, err) : NULL;
 	double *g1 = NULL, *g2 = NULL, s = 0;
 
 	if (!A || !B)

@@ -94,5 +94,7 @@ int lora_peft_delta_norm(const struct lora_peft_module *m, double *out, struct l
 
 /* Load A or B of a module as malloc'd fp32 (row-major, shape as stored). */
 float *lora_peft_load_f32(const struct lora_st_tensor *t, struct lora_err *err);
+/* The same widened to fp64 (exactly). */
+double *lora_peft_load_f64(const struct lora_st_tensor *t, struct lora_err *err);
 
 #endif

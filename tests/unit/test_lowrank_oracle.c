@@ -24,27 +24,11 @@
 #include "libadapter/model.h"
 #include "libadapter/peft.h"
 #include "tests/t.h"
+#include "tests/unit/t_json.h"
 
 #define REL 1e-4
 
 static char tmpdir[256];
-
-static cJSON *read_json(const char *rel)
-{
-	struct lora_err err;
-	char *path = t_fixture(rel), *text;
-	size_t len;
-	cJSON *j = NULL;
-
-	if (lora_read_file(path, 1 << 24, &text, &len, &err) < 0) {
-		fprintf(stderr, "  %s\n", err.msg);
-	} else {
-		j = cJSON_ParseWithLength(text, len);
-		free(text);
-	}
-	free(path);
-	return j;
-}
 
 static struct lora_peft *open_fixture(const char *name)
 {
@@ -91,7 +75,7 @@ static int diff_pair(const char *x, const char *y, struct lora_diff *d, struct l
 	*pa = open_fixture(x);
 	*pb = open_fixture(y);
 	snprintf(rel, sizeof(rel), "diff/expected/diff_%s_%s.json", x, y);
-	e = read_json(rel);
+	e = t_read_json_fixture(rel);
 	CHECK(*pa && *pb && e);
 	if (!*pa || !*pb || !e)
 		return -1;
@@ -242,7 +226,7 @@ TEST(spectrum_matches_numpy)
 		char rel[64];
 		cJSON *e;
 		snprintf(rel, sizeof(rel), "diff/expected/spectrum_%s.json", names[n]);
-		e = read_json(rel);
+		e = t_read_json_fixture(rel);
 		CHECK(p && e);
 		for (size_t i = 0; p && e && i < p->n_modules; i++) {
 			const struct lora_peft_module *m = &p->modules[i];
@@ -309,7 +293,7 @@ static void combine_case(const char *cname, const char *x, const char *y, double
 	snprintf(rel, sizeof(rel), "diff/expected/combine_%s.safetensors", cname);
 	ep = t_fixture(rel);
 	snprintf(rel, sizeof(rel), "diff/expected/combine_%s.json", cname);
-	meta = read_json(rel);
+	meta = t_read_json_fixture(rel);
 	CHECK(px && py && meta && lora_st_open(ep, &exp, &err) == 0);
 	if (!px || !py || !meta || !exp)
 		goto out;
@@ -438,7 +422,7 @@ static void extract_case(int R)
 	struct lora_model *base = NULL;
 	char *bdir = t_fixture("diff/extract/base"), *tdir = t_fixture("diff/extract/tuned");
 	char *fp = t_fixture("diff/expected/extract.safetensors"), out[320], key[256], fpr[72];
-	cJSON *e = read_json("diff/expected/extract.json"), *m, *u;
+	cJSON *e = t_read_json_fixture("diff/expected/extract.json"), *m, *u;
 	const char *written[8];
 	size_t nw = 0;
 

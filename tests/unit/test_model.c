@@ -13,36 +13,15 @@
 #include "libadapter/fsutil.h"
 #include "libadapter/model.h"
 #include "tests/t.h"
+#include "tests/unit/t_json.h"
 #include "tests/unit/run_lora.h"
 
 static char tmpdir[256];
 
-static cJSON *read_json(const char *path)
-{
-	struct lora_err err;
-	char *text;
-	size_t len;
-	cJSON *j;
-
-	if (lora_read_file(path, 1 << 24, &text, &len, &err) < 0) {
-		fprintf(stderr, "  %s\n", err.msg);
-		return NULL;
-	}
-	j = cJSON_ParseWithLength(text, len);
-	free(text);
-	return j;
-}
-
-static double num(const cJSON *o, const char *k)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-	return cJSON_IsNumber(v) ? v->valuedouble : -12345;
-}
-
 static void check_against_transformers(const char *rel)
 {
 	char *dir = t_fixture(rel), *ep = lora_path_join(dir, "expected.json");
-	cJSON *e = read_json(ep), *t, *sh;
+	cJSON *e = t_read_json(ep), *t, *sh;
 	struct lora_model *m = NULL;
 	struct lora_err err = { 0 };
 	const struct lora_model_config *c;
@@ -59,16 +38,16 @@ static void check_against_transformers(const char *rel)
 	CHECK(m->has_config);
 	CHECKF(!strcmp(c->architecture, cJSON_GetObjectItem(e, "architecture")->valuestring), "%s", c->architecture);
 	CHECKF(!strcmp(c->model_type, cJSON_GetObjectItem(e, "model_type")->valuestring), "%s", c->model_type);
-	CHECK(c->hidden_size == num(e, "hidden_size"));
-	CHECK(c->intermediate_size == num(e, "intermediate_size"));
-	CHECK(c->num_hidden_layers == num(e, "num_hidden_layers"));
-	CHECK(c->num_attention_heads == num(e, "num_attention_heads"));
-	CHECK(c->num_key_value_heads == num(e, "num_key_value_heads"));
-	CHECK(c->head_dim == num(e, "head_dim"));
-	CHECK(c->vocab_size == num(e, "vocab_size"));
-	CHECK(c->max_position_embeddings == num(e, "max_position_embeddings"));
-	CHECK_NEAR(c->rms_norm_eps, num(e, "rms_norm_eps"), 0, 1e-12);
-	CHECK_NEAR(c->rope_theta, num(e, "rope_theta"), 0, 1e-12);
+	CHECK(c->hidden_size == t_num(e, "hidden_size"));
+	CHECK(c->intermediate_size == t_num(e, "intermediate_size"));
+	CHECK(c->num_hidden_layers == t_num(e, "num_hidden_layers"));
+	CHECK(c->num_attention_heads == t_num(e, "num_attention_heads"));
+	CHECK(c->num_key_value_heads == t_num(e, "num_key_value_heads"));
+	CHECK(c->head_dim == t_num(e, "head_dim"));
+	CHECK(c->vocab_size == t_num(e, "vocab_size"));
+	CHECK(c->max_position_embeddings == t_num(e, "max_position_embeddings"));
+	CHECK_NEAR(c->rms_norm_eps, t_num(e, "rms_norm_eps"), 0, 1e-12);
+	CHECK_NEAR(c->rope_theta, t_num(e, "rope_theta"), 0, 1e-12);
 	CHECK(c->tie_word_embeddings == cJSON_IsTrue(cJSON_GetObjectItem(e, "tie_word_embeddings")));
 	{
 		const char *rt = cJSON_GetObjectItem(e, "rope_type")->valuestring;
@@ -76,10 +55,10 @@ static void check_against_transformers(const char *rel)
 					  : !strcmp(rt, "linear") ? LORA_ROPE_LINEAR : LORA_ROPE_DEFAULT;
 		CHECKF(c->rope_type == want, "rope type %d, transformers says %s", c->rope_type, rt);
 		if (cJSON_IsNumber(cJSON_GetObjectItem(e, "rope_factor")))
-			CHECK_NEAR(c->rope_factor, num(e, "rope_factor"), 0, 1e-12);
+			CHECK_NEAR(c->rope_factor, t_num(e, "rope_factor"), 0, 1e-12);
 	}
-	CHECKF(m->n_params == (uint64_t)num(e, "parameters"), "%llu parameters, python %.0f",
-	       (unsigned long long)m->n_params, num(e, "parameters"));
+	CHECKF(m->n_params == (uint64_t)t_num(e, "parameters"), "%llu parameters, python %.0f",
+	       (unsigned long long)m->n_params, t_num(e, "parameters"));
 	CHECK(!strcmp(lora_dtype_name(lora_model_dtype(m)), cJSON_GetObjectItem(e, "dtype")->valuestring));
 
 	cJSON_ArrayForEach(sh, cJSON_GetObjectItem(e, "shards")) {
@@ -89,8 +68,8 @@ static void check_against_transformers(const char *rel)
 			k++;
 		CHECKF(k < m->n_shards, "shard %s not opened", file);
 		if (k < m->n_shards)
-			CHECK(m->shards[k]->n_tensors == (size_t)num(sh, "tensors"));
-		shard_bytes += (uint64_t)num(sh, "bytes");
+			CHECK(m->shards[k]->n_tensors == (size_t)t_num(sh, "tensors"));
+		shard_bytes += (uint64_t)t_num(sh, "bytes");
 	}
 	CHECK(m->n_shards == (size_t)cJSON_GetArraySize(cJSON_GetObjectItem(e, "shards")));
 	CHECK(m->total_bytes == shard_bytes);
@@ -122,7 +101,7 @@ out:
 static void check_inspect(const char *rel)
 {
 	char *dir = t_fixture(rel), *ep = lora_path_join(dir, "expected.json"), *args = malloc(strlen(dir) + 32);
-	cJSON *e = read_json(ep), *j = NULL, *sh;
+	cJSON *e = t_read_json(ep), *j = NULL, *sh;
 	struct lora_run r;
 	double bytes = 0;
 
@@ -134,16 +113,16 @@ static void check_inspect(const char *rel)
 	if (!j || !e)
 		goto out;
 	CHECK(!strcmp(cJSON_GetObjectItem(j, "architecture")->valuestring, cJSON_GetObjectItem(e, "architecture")->valuestring));
-	CHECK(num(j, "layers") == num(e, "num_hidden_layers"));
-	CHECK(num(j, "hidden_size") == num(e, "hidden_size"));
-	CHECK(num(j, "heads") == num(e, "num_attention_heads"));
-	CHECK(num(j, "kv_heads") == num(e, "num_key_value_heads"));
-	CHECK(num(j, "vocab_size") == num(e, "vocab_size"));
-	CHECK(num(j, "parameters") == num(e, "parameters"));
+	CHECK(t_num(j, "layers") == t_num(e, "num_hidden_layers"));
+	CHECK(t_num(j, "hidden_size") == t_num(e, "hidden_size"));
+	CHECK(t_num(j, "heads") == t_num(e, "num_attention_heads"));
+	CHECK(t_num(j, "kv_heads") == t_num(e, "num_key_value_heads"));
+	CHECK(t_num(j, "vocab_size") == t_num(e, "vocab_size"));
+	CHECK(t_num(j, "parameters") == t_num(e, "parameters"));
 	CHECK(!strcmp(cJSON_GetObjectItem(j, "dtype")->valuestring, cJSON_GetObjectItem(e, "dtype")->valuestring));
 	cJSON_ArrayForEach(sh, cJSON_GetObjectItem(e, "shards"))
-		bytes += num(sh, "bytes");
-	CHECK(num(j, "bytes") == bytes);
+		bytes += t_num(sh, "bytes");
+	CHECK(t_num(j, "bytes") == bytes);
 	CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(j, "shards")) == cJSON_GetArraySize(cJSON_GetObjectItem(e, "shards")));
 out:
 	cJSON_Delete(j);

@@ -15,31 +15,10 @@
 #include "libadapter/fsutil.h"
 #include "libadapter/peft.h"
 #include "tests/t.h"
+#include "tests/unit/t_json.h"
 #include "tests/unit/run_lora.h"
 
 static char tmpdir[256];
-
-static cJSON *read_json(const char *path)
-{
-	struct lora_err err;
-	char *text;
-	size_t len;
-	cJSON *j;
-
-	if (lora_read_file(path, 1 << 24, &text, &len, &err) < 0) {
-		fprintf(stderr, "  %s\n", err.msg);
-		return NULL;
-	}
-	j = cJSON_ParseWithLength(text, len);
-	free(text);
-	return j;
-}
-
-static double num(const cJSON *o, const char *k)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-	return cJSON_IsNumber(v) ? v->valuedouble : -12345;
-}
 
 /* ‖B·A‖_F by forming B·A in double: slow, plain, independent of lora_peft_delta_norm. */
 static double naive_norm(const struct lora_peft_module *m)
@@ -72,7 +51,7 @@ static void check_variant(const char *variant)
 	snprintf(rel, sizeof(rel), "peft/%s", variant);
 	dir = t_fixture(rel);
 	ep = lora_path_join(dir, "expected.json");
-	e = read_json(ep);
+	e = t_read_json(ep);
 	CHECK(e != NULL);
 	if (!e)
 		goto out;
@@ -81,10 +60,10 @@ static void check_variant(const char *variant)
 		goto out;
 	CHECK(!strcmp(p->cfg.peft_type, "LORA"));
 	CHECK(p->cfg.base_model && !strcmp(p->cfg.base_model, cJSON_GetObjectItem(e, "base")->valuestring));
-	CHECK(p->cfg.r == num(e, "r"));
-	CHECK(p->cfg.lora_alpha == num(e, "alpha"));
-	CHECKF(p->n_params == (uint64_t)num(e, "parameters"), "%llu", (unsigned long long)p->n_params);
-	CHECKF(p->bytes == (uint64_t)num(e, "bytes"), "%llu", (unsigned long long)p->bytes);
+	CHECK(p->cfg.r == t_num(e, "r"));
+	CHECK(p->cfg.lora_alpha == t_num(e, "alpha"));
+	CHECKF(p->n_params == (uint64_t)t_num(e, "parameters"), "%llu", (unsigned long long)p->n_params);
+	CHECKF(p->bytes == (uint64_t)t_num(e, "bytes"), "%llu", (unsigned long long)p->bytes);
 	CHECK(!strcmp(lora_dtype_name(p->dtype), cJSON_GetObjectItem(e, "dtype")->valuestring));
 	tm = cJSON_GetObjectItem(e, "target_modules");
 	if (cJSON_IsString(tm)) {
@@ -105,11 +84,11 @@ static void check_variant(const char *variant)
 			continue;
 		CHECK(m == &p->modules[i]);  /* sorted by name, as expected.json is */
 		i++;
-		CHECKF(m->r == num(mod, "r"), "%s %s: r %d, peft %g", variant, name, m->r, num(mod, "r"));
-		CHECK_NEAR(m->alpha, num(mod, "alpha"), 0, 1e-15);
+		CHECKF(m->r == t_num(mod, "r"), "%s %s: r %d, peft %g", variant, name, m->r, t_num(mod, "r"));
+		CHECK_NEAR(m->alpha, t_num(mod, "alpha"), 0, 1e-15);
 		/* scale is alpha/r or alpha/sqrt(r): one or two fp64 roundings, as in Python */
-		CHECK_NEAR(m->scale, num(mod, "scale"), 0, 1e-15);
-		CHECK(m->in == (uint64_t)num(mod, "in") && m->out == (uint64_t)num(mod, "out"));
+		CHECK_NEAR(m->scale, t_num(mod, "scale"), 0, 1e-15);
+		CHECK(m->in == (uint64_t)t_num(mod, "in") && m->out == (uint64_t)t_num(mod, "out"));
 		CHECK(lora_peft_targets(&p->cfg, name));
 		CHECKF(lora_peft_delta_norm(m, &norm, &err) == 0, "%s", err.msg);
 		/*
@@ -118,9 +97,9 @@ static void check_variant(const char *variant)
 		 * most r·(in+out) ≈ 10^3 products of exact values: rounding error is
 		 * ~10^3 · 2^-53 ≈ 1e-13 relative, far inside the 1e-5 asked for.
 		 */
-		CHECK_NEAR(norm, num(mod, "delta_norm"), 0, 1e-5);
-		CHECK_NEAR(norm, num(mod, "delta_norm"), 0, 1e-12);
-		CHECK_NEAR(naive_norm(m), num(mod, "delta_norm"), 0, 1e-12);
+		CHECK_NEAR(norm, t_num(mod, "delta_norm"), 0, 1e-5);
+		CHECK_NEAR(norm, t_num(mod, "delta_norm"), 0, 1e-12);
+		CHECK_NEAR(naive_norm(m), t_num(mod, "delta_norm"), 0, 1e-12);
 	}
 	CHECK(lora_peft_find(p, "model.layers.9.self_attn.q_proj") == NULL);
 out:
@@ -151,7 +130,7 @@ static void check_inspect_json(const char *variant)
 	CHECK(run_lora(args, &r) == 0);
 	CHECKF(r.rc == 0, "%s: exit %d: %s", variant, r.rc, r.err ? r.err : "");
 	CHECKF(r.err && !r.err[0], "%s: stderr: %s", variant, r.err);
-	e = read_json(ep);
+	e = t_read_json(ep);
 	j = r.out ? cJSON_ParseWithOpts(r.out, &end, 0) : NULL;
 	CHECKF(j && cJSON_IsObject(j), "%s: not a JSON object: %s", variant, r.out ? r.out : "");
 	if (!e || !j)
@@ -159,10 +138,10 @@ static void check_inspect_json(const char *variant)
 	CHECK(end && strspn(end, " \n") == strlen(end));  /* one document, nothing after */
 	CHECK(cJSON_IsString(cJSON_GetObjectItem(j, "base")) &&
 	      !strcmp(cJSON_GetObjectItem(j, "base")->valuestring, cJSON_GetObjectItem(e, "base")->valuestring));
-	CHECK(num(j, "r") == num(e, "r"));
-	CHECK(num(j, "alpha") == num(e, "alpha"));
-	CHECK(num(j, "parameters") == num(e, "parameters"));
-	CHECK(num(j, "bytes") == num(e, "bytes"));
+	CHECK(t_num(j, "r") == t_num(e, "r"));
+	CHECK(t_num(j, "alpha") == t_num(e, "alpha"));
+	CHECK(t_num(j, "parameters") == t_num(e, "parameters"));
+	CHECK(t_num(j, "bytes") == t_num(e, "bytes"));
 	CHECKF(cJSON_Compare(cJSON_GetObjectItem(j, "target_modules"), cJSON_GetObjectItem(e, "target_modules"), 1),
 	       "%s: target_modules differ", variant);
 	got = cJSON_GetObjectItem(j, "modules");
@@ -175,11 +154,11 @@ static void check_inspect_json(const char *variant)
 		       "%s: module %zu is not %s", variant, i - 1, name);
 		if (!g)
 			continue;
-		CHECK(num(g, "r") == num(mod, "r"));
-		CHECK_NEAR(num(g, "alpha"), num(mod, "alpha"), 0, 1e-15);
-		CHECK_NEAR(num(g, "scale"), num(mod, "scale"), 0, 1e-15);
+		CHECK(t_num(g, "r") == t_num(mod, "r"));
+		CHECK_NEAR(t_num(g, "alpha"), t_num(mod, "alpha"), 0, 1e-15);
+		CHECK_NEAR(t_num(g, "scale"), t_num(mod, "scale"), 0, 1e-15);
 		/* the acceptance tolerance; see check_variant for why it is loose */
-		CHECK_NEAR(num(g, "delta_norm"), num(mod, "delta_norm"), 0, 1e-5);
+		CHECK_NEAR(t_num(g, "delta_norm"), t_num(mod, "delta_norm"), 0, 1e-5);
 	}
 out:
 	cJSON_Delete(j);

@@ -43,6 +43,10 @@ int cmd_fail(const struct lora_err *err);
 /* Print "lora: warning: <msg>" on stderr. */
 void cmd_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Print o as one JSON document on stdout and free it; returns 0, or 1 when out of memory. */
+struct cJSON;
+int cmd_print_json(struct cJSON *o);
+
 /* Print the --help text of a command to f. */
 void cmd_print_help(const struct cmd_def *def, FILE *f);
 

@@ -73,7 +73,6 @@ static int report(const char *out, const char *ref, const char *digest, int meth
 {
 	if (json) {
 		cJSON *o = cJSON_CreateObject(), *mods = NULL;
-		char *s;
 		if (ref) {
 			cJSON_AddStringToObject(o, "ref", ref);
 			cJSON_AddStringToObject(o, "digest", digest);
@@ -94,13 +93,7 @@ static int report(const char *out, const char *ref, const char *digest, int meth
 				cJSON_AddNumberToObject(e, "kept", r->modules[i].kept);
 			cJSON_AddItemToArray(mods, e);
 		}
-		s = cJSON_PrintUnformatted(o);
-		cJSON_Delete(o);
-		if (!s)
-			return cmd_error("out of memory");
-		puts(s);
-		free(s);
-		return 0;
+		return cmd_print_json(o);
 	}
 	if (ref)
 		printf("%s %s\n", ref, digest);

@@ -309,7 +309,6 @@ static int print_json(const struct lora_diff_side *a, const struct lora_diff_sid
 		      const struct lora_diff *d, const struct layer *L, size_t nl)
 {
 	cJSON *o = cJSON_CreateObject(), *set, *mods, *sum, *oa, *ob, *lay;
-	char *s;
 
 	cJSON_AddItemToObject(o, "a", side_json(a));
 	cJSON_AddItemToObject(o, "b", side_json(b));
@@ -371,13 +370,7 @@ static int print_json(const struct lora_diff_side *a, const struct lora_diff_sid
 		cJSON_AddItemToObject(e, "distance", jnum(sqrt(L[i].d2)));
 		cJSON_AddItemToArray(lay, e);
 	}
-	s = cJSON_PrintUnformatted(o);
-	cJSON_Delete(o);
-	if (!s)
-		return cmd_error("out of memory");
-	puts(s);
-	free(s);
-	return 0;
+	return cmd_print_json(o);
 }
 
 /* ----------------------------------------------------------------- main */

@@ -45,7 +45,6 @@ static int report(const char *out, const char *ref, const char *digest,
 {
 	if (json) {
 		cJSON *o = cJSON_CreateObject(), *mods;
-		char *s;
 		if (ref) {
 			cJSON_AddStringToObject(o, "ref", ref);
 			cJSON_AddStringToObject(o, "digest", digest);
@@ -72,13 +71,7 @@ static int report(const char *out, const char *ref, const char *digest,
 			cJSON_AddBoolToObject(e, "unchanged", m->unchanged);
 			cJSON_AddItemToArray(mods, e);
 		}
-		s = cJSON_PrintUnformatted(o);
-		cJSON_Delete(o);
-		if (!s)
-			return cmd_error("out of memory");
-		puts(s);
-		free(s);
-		return 0;
+		return cmd_print_json(o);
 	}
 	printf("%-44s %13s %11s %9s\n", "MODULE", "SHAPE", "|dW|_F", "CAPTURED");
 	for (size_t i = 0; i < r->n_modules; i++) {

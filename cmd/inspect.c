@@ -56,7 +56,6 @@ static int adapter_json(const struct lora_peft *p, const double *norms, double *
 			cJSON *stored)
 {
 	cJSON *o = cJSON_CreateObject(), *mods;
-	char *s;
 
 	cJSON_AddStringToObject(o, "kind", "adapter");
 	cJSON_AddStringToObject(o, "path", p->dir ? p->dir : "");
@@ -106,13 +105,7 @@ static int adapter_json(const struct lora_peft *p, const double *norms, double *
 				cJSON_ReplaceItemInObjectCaseSensitive(o, "base", cJSON_CreateString(bn->valuestring));
 		}
 	}
-	s = cJSON_PrintUnformatted(o);
-	cJSON_Delete(o);
-	if (!s)
-		return cmd_error("out of memory");
-	puts(s);
-	free(s);
-	return 0;
+	return cmd_print_json(o);
 }
 
 static const char *jstr(const cJSON *o, const char *k)
@@ -281,7 +274,6 @@ static int model_json(const struct lora_model *m)
 {
 	const struct lora_model_config *c = &m->cfg;
 	cJSON *o = cJSON_CreateObject(), *sh;
-	char *s;
 
 	cJSON_AddStringToObject(o, "kind", "model");
 	cJSON_AddStringToObject(o, "path", m->dir);
@@ -307,13 +299,7 @@ static int model_json(const struct lora_model *m)
 		cJSON_AddNumberToObject(j, "bytes", (double)m->shards[i]->size);
 		cJSON_AddItemToArray(sh, j);
 	}
-	s = cJSON_PrintUnformatted(o);
-	cJSON_Delete(o);
-	if (!s)
-		return cmd_error("out of memory");
-	puts(s);
-	free(s);
-	return 0;
+	return cmd_print_json(o);
 }
 
 static void model_text(const struct lora_model *m)
@@ -361,7 +347,6 @@ static int inspect_file(const char *path, int json)
 	struct lora_err err = { 0 };
 	struct lora_st *st;
 	cJSON *o, *arr, *meta;
-	char *s;
 
 	if (lora_st_open(path, &st, &err) < 0)
 		return cmd_fail(&err);
@@ -400,13 +385,7 @@ static int inspect_file(const char *path, int json)
 		cJSON_AddItemToArray(arr, j);
 	}
 	lora_st_close(st);
-	s = cJSON_PrintUnformatted(o);
-	cJSON_Delete(o);
-	if (!s)
-		return cmd_error("out of memory");
-	puts(s);
-	free(s);
-	return 0;
+	return cmd_print_json(o);
 }
 
 static int has_file(const char *dir, const char *name)

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "cmd/cmd.h"
 #include "libadapter/merge.h"
 #include "train/cuda.h"
@@ -242,6 +244,18 @@ int cmd_fail(const struct lora_err *err)
 	fflush(stdout);
 	fprintf(stderr, "lora: %s\n", err->msg[0] ? err->msg : "failed");
 	return err->code > 0 && err->code <= 3 ? err->code : 1;
+}
+
+int cmd_print_json(cJSON *o)
+{
+	char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+
+	cJSON_Delete(o);
+	if (!s)
+		return cmd_error("out of memory");
+	puts(s);
+	free(s);
+	return 0;
 }
 
 void cmd_print_help(const struct cmd_def *def, FILE *f)

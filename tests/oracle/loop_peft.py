@@ -76,26 +76,9 @@ def init_A(r, fan_in, seed, layer, t):
 # ---------------------------------------------------------------- data.h's order and packing
 
 
-def splitmix64(s):
-    s = (s + 0x9E3779B97F4A7C15) & M64
-    z = s
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-    return s, z ^ (z >> 31)
-
-
-def order(n, seed, epoch):
-    s = (seed ^ ((0x6A09E667F3BCC909 * (epoch + 1)) & M64)) & M64
-    o = list(range(n))
-    for i in range(n - 1, 0, -1):
-        m = i + 1
-        while True:
-            s, r = splitmix64(s)
-            if r < (1 << 64) - ((1 << 64) % m):
-                break
-        j = r % m
-        o[i], o[j] = o[j], o[i]
-    return o
+# data.h's documented shuffle, as tok_data_order.py reads it
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tok_data_order import order  # noqa: E402
 
 
 def packed_sequences(rows, seed, T, count):

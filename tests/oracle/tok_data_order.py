@@ -3,7 +3,7 @@
 
 Prints the orders that tests/unit/test_data_rows.c expects (pasted there), so
 the C permutation is checked against this independent reading of the spec.
-Run: python3 tests/oracle/tok_data_order.py
+Run: python3 tests/oracle/tok_data_order.py  (loop_peft.py imports order() from here)
 """
 M = (1 << 64) - 1
 
@@ -30,5 +30,6 @@ def order(n, seed, epoch):
     return o
 
 
-for n, seed, epoch in [(10, 42, 0), (10, 42, 1), (7, 0, 0), (10, 42, M)]:
-    print(n, seed, epoch, order(n, seed, epoch))
+if __name__ == "__main__":
+    for n, seed, epoch in [(10, 42, 0), (10, 42, 1), (7, 0, 0), (10, 42, M)]:
+        print(n, seed, epoch, order(n, seed, epoch))

@@ -17,6 +17,7 @@
 #include <cjson/cJSON.h>
 
 #include "cmd/cmd.h"
+#include "libadapter/blas.h"
 #include "libadapter/merge.h"
 #include "train/cuda.h"
 
@@ -513,6 +514,8 @@ int main(int argc, char **argv)
 	char *store = NULL, *store_opt = NULL;
 	int i = 1, rc;
 
+	/* OpenBLAS's threads spin for a while after it loads: most commands never need them. */
+	lora_blas_quiet();
 	while (i < argc && argv[i][0] == '-') {
 		if (!strcmp(argv[i], "--version")) {
 			struct lora_cuda_info ci;

@@ -10,6 +10,8 @@
 #include <cblas.h>
 #include <cjson/cJSON.h>
 
+#include "blas.h"
+
 /* ------------------------------------------------------------ settings */
 
 static char *json_text(cJSON *v)
@@ -287,8 +289,7 @@ static int run_pool(struct pool *p, int threads, struct lora_err *err)
 	 * The modules are small BLAS calls: one module per thread beats OpenBLAS
 	 * splitting each call (its threads would also compete with ours).
 	 */
-	blas_threads = openblas_get_num_threads();
-	openblas_set_num_threads(1);
+	blas_threads = lora_blas_single();
 	pthread_mutex_init(&p->mu, NULL);
 	for (int t = 1; t < threads; t++)
 		if (pthread_create(&tid[n], NULL, worker, p) == 0)
@@ -297,7 +298,7 @@ static int run_pool(struct pool *p, int threads, struct lora_err *err)
 	for (int t = 0; t < n; t++)
 		pthread_join(tid[t], NULL);
 	pthread_mutex_destroy(&p->mu);
-	openblas_set_num_threads(blas_threads);
+	lora_blas_restore(blas_threads);
 	if (p->failed) {
 		*err = p->err;
 		return -1;

@@ -94,6 +94,26 @@ int lora_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const cha
 	return 0;
 }
 
+int lora_pread_all(int fd, void *buf, size_t len, uint64_t off, const char *what, struct lora_err *err)
+{
+	char *p = buf;
+
+	while (len) {
+		ssize_t n = pread(fd, p, len, (off_t)off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return io_error(err, "read", what);
+		}
+		if (n == 0)
+			return lora_errf(err, "cannot read '%s': the file ended early", what);
+		p += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
 int lora_copy_range(int out_fd, int in_fd, uint64_t in_off, uint64_t len, const char *what, struct lora_err *err)
 {
 	loff_t off = (loff_t)in_off;

@@ -34,6 +34,8 @@ void lora_tmp_abort(struct lora_tmpfile *t);
 /* Write all of buf; `what` names the file in the error.  ENOSPC reported as "no space left". */
 int lora_write_all(int fd, const void *buf, size_t len, const char *what, struct lora_err *err);
 int lora_pwrite_all(int fd, const void *buf, size_t len, uint64_t off, const char *what, struct lora_err *err);
+/* Read exactly len bytes at off; a file that ends early is an error naming `what`. */
+int lora_pread_all(int fd, void *buf, size_t len, uint64_t off, const char *what, struct lora_err *err);
 /* Copy len bytes from in_fd at in_off to the current position of out_fd (copy_file_range, else read/write). */
 int lora_copy_range(int out_fd, int in_fd, uint64_t in_off, uint64_t len, const char *what, struct lora_err *err);
 

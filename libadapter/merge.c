@@ -26,6 +26,7 @@
 #include <cjson/cJSON.h>
 #include <openssl/evp.h>
 
+#include "blas.h"
 #include "fsutil.h"
 #include "store.h"
 #include "swap.h"
@@ -660,10 +661,8 @@ static int engine_init(struct lora_merge_engine *e, enum lora_device device, int
 	}
 	/* The GEMMs have an inner size of r (≤ a few hundred): OpenBLAS threads
 	 * would mostly spin; one thread does them, the rest of the machine is free. */
-	if (set_blas) {
-		e->blas_threads = openblas_get_num_threads();
-		openblas_set_num_threads(1);
-	}
+	if (set_blas)
+		e->blas_threads = lora_blas_single();
 	if (device == LORA_DEVICE_CUDA) {
 		char msg[512];
 		if (!gpu_ops) {
@@ -691,8 +690,9 @@ void lora_merge_engine_free(struct lora_merge_engine *e)
 	free(e->w);
 	free(e->d);
 	free(e->o);
+	free(e->in);
 	if (e->blas_threads > 0)
-		openblas_set_num_threads(e->blas_threads);
+		lora_blas_restore(e->blas_threads);
 	memset(e, 0, sizeof(*e));
 }
 
@@ -1702,39 +1702,42 @@ static int make_stage(struct merge_job *j, struct lora_err *err)
 	return 0;
 }
 
-/* ------------------------------------------------- parallel shard writing */
+/* ------------------------------------------------------ parallel batches */
 
 /*
- * The merge is cut into independent tasks that worker threads take in
- * order: each targeted tensor (its row blocks in order: convert, GEMM, round,
- * pwrite at the block's place in the output, with the SHA-256 of its base
- * bytes for the fingerprint taken from the same block while it is in cache),
- * row blocks of tensors that only change dtype, and copies of untouched
- * tensors (copy_file_range at explicit offsets, in 64 MB pieces).  Every
- * block is computed the same way whichever thread runs it, so the output
- * does not depend on the thread count.
+ * A batch is cut into independent tasks that worker threads take in order:
+ * each targeted tensor (its row blocks in order: pread, convert, GEMM,
+ * round, pwrite at the block's place in the output, with the SHA-256 of its
+ * base bytes for the fingerprint taken from the same block while it is in
+ * cache), row blocks of tensors that only change dtype, and copies of
+ * untouched tensors (copy_file_range at explicit offsets, in 64 MB pieces).
+ * Inputs are read with pread into per-thread blocks rather than through the
+ * mapping: no page faults, and no TLB shootdowns from dropping pages behind
+ * us.  Every block is computed the same way whichever thread runs it, so the
+ * output does not depend on the thread count.
  */
 enum task_kind { T_TENSOR, T_CONVERT, T_COPY };
 
 struct task {
 	enum task_kind kind;
-	size_t shard;
 	const struct lora_st_tensor *src;
 	struct lora_merge_target *tg;    /* T_TENSOR */
 	enum lora_dtype out_dt;
+	int in_fd, out_fd;
+	const char *in_what, *what;      /* input and output paths, for messages */
 	uint64_t r0, nr, row_len;        /* T_CONVERT: rows [r0, r0+nr) of row_len elements */
 	uint64_t in_off, len, out_off;   /* T_COPY: bytes; others: out_off of the first row */
 };
 
-struct pool {
-	struct merge_job *j;
+struct lora_merge_batch {
 	struct task *t;
-	size_t n, next;
-	int *in_fd;                      /* per shard */
+	size_t n, cap, next;
+	uint64_t total, done;            /* source bytes, for progress */
+	lora_progress_fn progress;
+	void *progress_ctx;
 	pthread_mutex_t mu;
 	int failed;
 	struct lora_err err;
-	uint64_t done;
 };
 
 static int copy_at(int out, uint64_t out_off, int in, uint64_t in_off, uint64_t len, const char *what,
@@ -1789,19 +1792,34 @@ static void start_writeback(int fd, uint64_t off, uint64_t len)
 	sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
 }
 
-static void pool_progress(struct pool *p, uint64_t bytes)
+static void batch_progress(struct lora_merge_batch *b, uint64_t bytes)
 {
-	pthread_mutex_lock(&p->mu);
-	p->done += bytes;
-	if (p->j->o->progress)
-		p->j->o->progress(p->j->o->progress_ctx, p->done, p->j->eng.total);
-	pthread_mutex_unlock(&p->mu);
+	pthread_mutex_lock(&b->mu);
+	b->done += bytes;
+	if (b->progress)
+		b->progress(b->progress_ctx, b->done, b->total);
+	pthread_mutex_unlock(&b->mu);
+}
+
+/* The engine's input block, for n elements of ib bytes. */
+static int need_in(struct lora_merge_engine *e, size_t n, unsigned ib, struct lora_err *err)
+{
+	if (n > SIZE_MAX / 4)
+		return lora_errf(err, "tensor rows too long");
+	if (n * ib > e->in_cap) {
+		unsigned char *p = realloc(e->in, n * ib);
+		if (!p)
+			return lora_errf(err, "out of memory");
+		e->in = p;
+		e->in_cap = n * ib;
+	}
+	return 0;
 }
 
 /* A targeted tensor, block after block, with its fingerprint line on the way. */
-static int tensor_task(struct pool *p, struct lora_merge_engine *e, struct task *t, struct lora_err *err)
+static int tensor_task(struct lora_merge_batch *b, struct lora_merge_engine *e, struct task *t,
+		       struct lora_err *err)
 {
-	struct shard_out *so = &p->j->outs[t->shard];
 	const struct lora_st_tensor *src = t->src;
 	struct lora_merge_target *tg = t->tg;
 	unsigned ib = lora_dtype_bits(src->dtype) / 8, ob = lora_dtype_bits(t->out_dt) / 8;
@@ -1810,30 +1828,33 @@ static int tensor_task(struct pool *p, struct lora_merge_engine *e, struct task 
 	EVP_MD_CTX *h = NULL;
 	void **A = NULL, **B = NULL;
 
-	if (engine_grow(e, (size_t)tg->cols, err) < 0 || load_factors(tg, f64, &A, &B, err) < 0)
+	if (engine_grow(e, (size_t)(per * tg->cols), err) < 0 ||
+	    need_in(e, (size_t)(per * tg->cols), ib, err) < 0 || load_factors(tg, f64, &A, &B, err) < 0)
 		return -1;
 	if (!tg->line[0] && (!(h = EVP_MD_CTX_new()) || !EVP_DigestInit_ex(h, EVP_sha256(), NULL))) {
 		lora_errf(err, "out of memory");
 		goto out;
 	}
+	if (e->cuda && gpu_ops)
+		gpu_ops->reset(e->cuda);   /* new host arrays: drop the device cache */
 	for (uint64_t r0 = 0; r0 < tg->rows; r0 += per) {
 		uint64_t nr = tg->rows - r0 < per ? tg->rows - r0 : per;
 		size_t n = (size_t)(nr * tg->cols);
-		const unsigned char *in = src->data + r0 * tg->cols * ib;
 		uint64_t off = t->out_off + r0 * tg->cols * ob;
 
+		if (lora_pread_all(t->in_fd, e->in, n * ib, src->file_offset + r0 * tg->cols * ib,
+				   t->in_what, err) < 0)
+			goto out;
 		if (h)
-			EVP_DigestUpdate(h, in, n * ib);
-		if (merge_block(e, tg, A, B, f64, in, src->dtype, r0, nr, n, t->out_dt, err) < 0)
+			EVP_DigestUpdate(h, e->in, n * ib);
+		if (merge_block(e, tg, A, B, f64, e->in, src->dtype, r0, nr, n, t->out_dt, err) < 0 ||
+		    lora_pwrite_all(t->out_fd, e->o, n * ob, off, t->what, err) < 0)
 			goto out;
-		lora_merge_drop_pages(in, n * ib);
-		if (lora_pwrite_all(so->fd, e->o, n * ob, off, so->what, err) < 0)
-			goto out;
-		if (__atomic_load_n(&p->failed, __ATOMIC_RELAXED))
+		if (__atomic_load_n(&b->failed, __ATOMIC_RELAXED))
 			goto out;   /* another task failed: stop early */
-		pool_progress(p, n * ib);
+		batch_progress(b, n * ib);
 	}
-	start_writeback(so->fd, t->out_off, tg->rows * tg->cols * ob);
+	start_writeback(t->out_fd, t->out_off, tg->rows * tg->cols * ob);
 	if (h) {
 		unsigned char md[32];
 		unsigned int mdlen = 0;
@@ -1847,66 +1868,66 @@ out:
 	return rc;
 }
 
-static int run_task(struct pool *p, struct lora_merge_engine *e, struct task *t, struct lora_err *err)
+static int run_task(struct lora_merge_batch *b, struct lora_merge_engine *e, struct task *t,
+		    struct lora_err *err)
 {
-	struct shard_out *so = &p->j->outs[t->shard];
 	const struct lora_st_tensor *src = t->src;
 	unsigned ib = lora_dtype_bits(src->dtype) / 8, ob = lora_dtype_bits(t->out_dt) / 8;
-	const unsigned char *in;
 	size_t n;
 
 	if (t->kind == T_TENSOR)
-		return tensor_task(p, e, t, err);
+		return tensor_task(b, e, t, err);
 	if (t->kind == T_COPY) {
-		if (copy_at(so->fd, t->out_off, p->in_fd[t->shard], t->in_off, t->len, so->what, err) < 0)
+		if (copy_at(t->out_fd, t->out_off, t->in_fd, t->in_off, t->len, t->what, err) < 0)
 			return -1;
-		start_writeback(so->fd, t->out_off, t->len);
-		pool_progress(p, t->len);
+		start_writeback(t->out_fd, t->out_off, t->len);
+		batch_progress(b, t->len);
 		return 0;
 	}
 	n = (size_t)(t->nr * t->row_len);
-	in = src->data + t->r0 * t->row_len * ib;
-	if (engine_grow(e, n, err) < 0)
+	if (engine_grow(e, n, err) < 0 || need_in(e, n, ib, err) < 0 ||
+	    lora_pread_all(t->in_fd, e->in, n * ib, src->file_offset + t->r0 * t->row_len * ib,
+			   t->in_what, err) < 0)
 		return -1;
-	to_f32(e->w, in, src->dtype, n);
+	to_f32(e->w, e->in, src->dtype, n);
 	from_f32(e->o, e->w, t->out_dt, n);
-	lora_merge_drop_pages(in, n * ib);
-	if (lora_pwrite_all(so->fd, e->o, n * ob, t->out_off, so->what, err) < 0)
+	if (lora_pwrite_all(t->out_fd, e->o, n * ob, t->out_off, t->what, err) < 0)
 		return -1;
-	start_writeback(so->fd, t->out_off, n * ob);
-	pool_progress(p, n * ib);
+	start_writeback(t->out_fd, t->out_off, n * ob);
+	batch_progress(b, n * ib);
 	return 0;
+}
+
+static void batch_fail(struct lora_merge_batch *b, const struct lora_err *err)
+{
+	pthread_mutex_lock(&b->mu);
+	if (!b->failed)
+		b->err = *err;
+	__atomic_store_n(&b->failed, 1, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&b->mu);
 }
 
 static void *worker(void *arg)
 {
-	struct pool *p = arg;
+	struct lora_merge_batch *b = arg;
 	struct lora_merge_engine e;
 	struct lora_err err = { 0 };
 
 	if (engine_init(&e, LORA_DEVICE_CPU, 0, &err) < 0) {
-		pthread_mutex_lock(&p->mu);
-		if (!p->failed)
-			p->err = err;
-		__atomic_store_n(&p->failed, 1, __ATOMIC_RELAXED);
-		pthread_mutex_unlock(&p->mu);
+		batch_fail(b, &err);
 		return NULL;
 	}
 	for (;;) {
 		struct task *t;
-		pthread_mutex_lock(&p->mu);
-		if (p->failed || p->next == p->n) {
-			pthread_mutex_unlock(&p->mu);
+		pthread_mutex_lock(&b->mu);
+		if (b->failed || b->next == b->n) {
+			pthread_mutex_unlock(&b->mu);
 			break;
 		}
-		t = &p->t[p->next++];
-		pthread_mutex_unlock(&p->mu);
-		if (run_task(p, &e, t, &err) < 0) {
-			pthread_mutex_lock(&p->mu);
-			if (!p->failed)
-				p->err = err;
-			__atomic_store_n(&p->failed, 1, __ATOMIC_RELAXED);
-			pthread_mutex_unlock(&p->mu);
+		t = &b->t[b->next++];
+		pthread_mutex_unlock(&b->mu);
+		if (run_task(b, &e, t, &err) < 0) {
+			batch_fail(b, &err);
 			break;
 		}
 	}
@@ -1914,159 +1935,189 @@ static void *worker(void *arg)
 	return NULL;
 }
 
-static int push(struct pool *p, size_t *cap, const struct task *t, struct lora_err *err)
+static int push(struct lora_merge_batch *b, const struct task *t, struct lora_err *err)
 {
-	if (p->n == *cap) {
-		size_t nc = *cap ? *cap * 2 : 256;
-		struct task *nt = realloc(p->t, nc * sizeof(*nt));
+	if (b->n == b->cap) {
+		size_t nc = b->cap ? b->cap * 2 : 256;
+		struct task *nt = realloc(b->t, nc * sizeof(*nt));
 		if (!nt)
 			return lora_errf(err, "out of memory");
-		p->t = nt;
-		*cap = nc;
+		b->t = nt;
+		b->cap = nc;
 	}
-	p->t[p->n++] = *t;
+	b->t[b->n++] = *t;
 	return 0;
 }
 
-/* The tasks of one shard, in data order; out_off starts after the header. */
-static int shard_tasks(struct pool *p, size_t *cap, size_t s, struct lora_merge_stats *stats,
-		       struct lora_err *err)
+struct lora_merge_batch *lora_merge_batch_new(void)
 {
-	struct merge_job *j = p->j;
-	const struct lora_st *st = j->base->shards[s];
-	uint64_t off = j->header_len[s];
+	struct lora_merge_batch *b = calloc(1, sizeof(*b));
 
-	for (size_t i = 0; i < st->n_tensors; i++) {
-		const struct lora_st_tensor *t = &st->tensors[i];
-		size_t nl = strlen(t->name);
-		struct lora_merge_target *tg = NULL;
-		enum lora_dtype odt = j->out_dt[s][i];
-		struct task k = { .shard = s, .src = t, .out_dt = odt };
-		uint64_t ob = lora_dtype_bits(odt), out_bytes = t->nelem * ob / 8;
+	if (b)
+		pthread_mutex_init(&b->mu, NULL);
+	return b;
+}
 
-		if (nl > 7 && !strcmp(t->name + nl - 7, ".weight")) {
-			char *mod = strndup(t->name, nl - 7);
-			if (!mod)
-				return lora_errf(err, "out of memory");
-			tg = lora_merge_plan_find(&j->plan, mod);
-			free(mod);
-		}
-		if (!tg && odt == t->dtype) {
-			/* Untouched: copied in pieces of 64 MB. */
-			stats->n_copied++;
-			for (uint64_t b = 0; b < out_bytes; b += 64u << 20) {
-				k.kind = T_COPY;
-				k.in_off = t->file_offset + b;
-				k.out_off = off + b;
-				k.len = out_bytes - b < (64u << 20) ? out_bytes - b : (64u << 20);
-				if (push(p, cap, &k, err) < 0)
-					return -1;
-			}
-			off += out_bytes;
-			continue;
-		}
-		if (tg) {
-			stats->n_merged++;
-			k.kind = T_TENSOR;
-			k.tg = tg;
-			k.out_off = off;
-			if (push(p, cap, &k, err) < 0)
+void lora_merge_batch_free(struct lora_merge_batch *b)
+{
+	if (!b)
+		return;
+	free(b->t);
+	pthread_mutex_destroy(&b->mu);
+	free(b);
+}
+
+int lora_merge_batch_add(struct lora_merge_batch *b, const struct lora_st_tensor *src, int in_fd,
+			 const char *in_what, struct lora_merge_target *tg, enum lora_dtype out_dt,
+			 int out_fd, uint64_t out_off, const char *what, struct lora_err *err)
+{
+	struct task k = { .src = src, .tg = tg, .out_dt = out_dt, .in_fd = in_fd, .out_fd = out_fd,
+			  .in_what = in_what, .what = what };
+	uint64_t ob = lora_dtype_bits(out_dt), out_bytes = src->nelem * ob / 8;
+
+	if (tg) {
+		if (src->ndim != 2 || src->shape[0] != tg->rows || src->shape[1] != tg->cols ||
+		    !is_merge_float(src->dtype) || !is_merge_float(out_dt))
+			return lora_errf(err, "cannot merge into tensor '%s'", src->name);
+		k.kind = T_TENSOR;
+		k.out_off = out_off;
+		b->total += src->end - src->begin;
+		return push(b, &k, err);
+	}
+	if (out_dt == src->dtype) {
+		/* Untouched: copied in pieces of 64 MB. */
+		for (uint64_t o = 0; o < out_bytes; o += 64u << 20) {
+			k.kind = T_COPY;
+			k.in_off = src->file_offset + o;
+			k.out_off = out_off + o;
+			k.len = out_bytes - o < (64u << 20) ? out_bytes - o : (64u << 20);
+			if (push(b, &k, err) < 0)
 				return -1;
-			off += out_bytes;
-			continue;
 		}
-		stats->n_converted++;
-		if (!is_merge_float(t->dtype) || !is_merge_float(odt))
-			return lora_errf(err, "cannot convert tensor '%s'", t->name);
-		k.row_len = t->ndim == 2 && t->shape[1] ? t->shape[1] : 1;
-		{
-			uint64_t rows = t->nelem / k.row_len;
-			uint64_t per = k.row_len <= BLOCK_ELEMS ? BLOCK_ELEMS / k.row_len : 1;
-			for (uint64_t r0 = 0; r0 < rows; r0 += per) {
-				k.kind = T_CONVERT;
-				k.r0 = r0;
-				k.nr = rows - r0 < per ? rows - r0 : per;
-				k.out_off = off + r0 * k.row_len * ob / 8;
-				if (push(p, cap, &k, err) < 0)
-					return -1;
-			}
-		}
-		off += out_bytes;
+		b->total += out_bytes;
+		return 0;
 	}
-	stats->bytes_out += off - j->header_len[s];
+	if (!is_merge_float(src->dtype) || !is_merge_float(out_dt))
+		return lora_errf(err, "cannot convert tensor '%s' from %s to %s", src->name,
+				 lora_dtype_name(src->dtype), lora_dtype_name(out_dt));
+	k.row_len = src->ndim == 2 && src->shape[1] ? src->shape[1] : 1;
+	{
+		uint64_t rows = src->nelem / k.row_len;
+		uint64_t per = k.row_len <= BLOCK_ELEMS ? BLOCK_ELEMS / k.row_len : 1;
+		for (uint64_t r0 = 0; r0 < rows; r0 += per) {
+			k.kind = T_CONVERT;
+			k.r0 = r0;
+			k.nr = rows - r0 < per ? rows - r0 : per;
+			k.out_off = out_off + r0 * k.row_len * ob / 8;
+			if (push(b, &k, err) < 0)
+				return -1;
+		}
+	}
+	b->total += src->end - src->begin;
 	return 0;
 }
 
-static int n_threads(const struct merge_job *j)
+int lora_merge_batch_run(struct lora_merge_batch *b, int threads, struct lora_merge_engine *eng,
+			 lora_progress_fn progress, void *progress_ctx, struct lora_err *err)
 {
-	long n = sysconf(_SC_NPROCESSORS_ONLN);
-
-	if (j->o->device == LORA_DEVICE_CUDA)
-		return 1;
-	if (j->o->threads > 0)
-		return j->o->threads;
-	return n < 1 ? 1 : n > 8 ? 8 : (int)n;
-}
-
-static int run_tasks(struct merge_job *j, struct lora_merge_stats *stats, struct lora_err *err)
-{
-	struct pool p = { .j = j };
-	size_t cap = 0;
-	int nt = n_threads(j), rc = -1;
 	pthread_t th[8];
 	int started = 0;
 
-	pthread_mutex_init(&p.mu, NULL);
-	p.in_fd = malloc(j->base->n_shards * sizeof(int));
-	if (!p.in_fd) {
+	b->progress = progress;
+	b->progress_ctx = progress_ctx;
+	if (eng && eng->device == LORA_DEVICE_CUDA) {
+		/* One thread, with the caller's engine (it holds the CUDA context). */
+		for (; b->next < b->n; b->next++)
+			if (run_task(b, eng, &b->t[b->next], err) < 0)
+				return -1;
+		return 0;
+	}
+	if (threads <= 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		threads = n < 1 ? 1 : n > 8 ? 8 : (int)n;
+	}
+	if (threads > 8)
+		threads = 8;
+	if ((size_t)threads > b->n - b->next)
+		threads = b->n - b->next ? (int)(b->n - b->next) : 1;
+	for (int i = 0; i < threads - 1; i++) {
+		if (pthread_create(&th[i], NULL, worker, b) != 0)
+			break;
+		started++;
+	}
+	worker(b);   /* this thread works too */
+	for (int i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	if (b->failed) {
+		*err = b->err;
+		return -1;
+	}
+	return 0;
+}
+
+/* Every shard's tensors, in data order; out_off starts after the header. */
+static int run_tasks(struct merge_job *j, struct lora_merge_stats *stats, struct lora_err *err)
+{
+	struct lora_merge_batch *b = lora_merge_batch_new();
+	int *in_fd = calloc(j->base->n_shards ? j->base->n_shards : 1, sizeof(int));
+	char **in_path = calloc(j->base->n_shards ? j->base->n_shards : 1, sizeof(char *));
+	int rc = -1;
+
+	if (!b || !in_fd || !in_path) {
 		lora_errf(err, "out of memory");
 		goto out;
 	}
 	for (size_t s = 0; s < j->base->n_shards; s++)
-		p.in_fd[s] = -1;
+		in_fd[s] = -1;
 	for (size_t s = 0; s < j->base->n_shards; s++) {
-		char *path = lora_path_join(j->base->dir, j->base->shard_names[s]);
-		p.in_fd[s] = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
-		if (p.in_fd[s] < 0) {
-			lora_errf(err, "cannot open '%s': %s", path ? path : j->base->shard_names[s],
-				  strerror(errno));
-			free(path);
+		const struct lora_st *st = j->base->shards[s];
+		uint64_t off = j->header_len[s];
+
+		in_path[s] = lora_path_join(j->base->dir, j->base->shard_names[s]);
+		in_fd[s] = in_path[s] ? open(in_path[s], O_RDONLY | O_CLOEXEC) : -1;
+		if (in_fd[s] < 0) {
+			lora_errf(err, "cannot open '%s': %s",
+				  in_path[s] ? in_path[s] : j->base->shard_names[s], strerror(errno));
 			goto out;
 		}
-		free(path);
-		if (shard_tasks(&p, &cap, s, stats, err) < 0)
-			goto out;
-	}
-	if (j->o->device == LORA_DEVICE_CUDA) {
-		/* One thread, with the job's engine (it holds the CUDA context). */
-		for (; p.next < p.n; p.next++)
-			if (run_task(&p, &j->eng, &p.t[p.next], err) < 0)
+		for (size_t i = 0; i < st->n_tensors; i++) {
+			const struct lora_st_tensor *t = &st->tensors[i];
+			size_t nl = strlen(t->name);
+			struct lora_merge_target *tg = NULL;
+			enum lora_dtype odt = j->out_dt[s][i];
+
+			if (nl > 7 && !strcmp(t->name + nl - 7, ".weight")) {
+				char *mod = strndup(t->name, nl - 7);
+				if (!mod) {
+					lora_errf(err, "out of memory");
+					goto out;
+				}
+				tg = lora_merge_plan_find(&j->plan, mod);
+				free(mod);
+			}
+			if (tg)
+				stats->n_merged++;
+			else if (odt == t->dtype)
+				stats->n_copied++;
+			else
+				stats->n_converted++;
+			if (lora_merge_batch_add(b, t, in_fd[s], in_path[s], tg, odt, j->outs[s].fd, off,
+						 j->outs[s].what, err) < 0)
 				goto out;
-		rc = 0;
-		goto out;
+			off += t->nelem * lora_dtype_bits(odt) / 8;
+		}
+		stats->bytes_out += off - j->header_len[s];
 	}
-	for (int i = 0; i < nt; i++) {
-		if (pthread_create(&th[i], NULL, worker, &p) != 0)
-			break;
-		started++;
-	}
-	if (started == 0)
-		worker(&p);
-	for (int i = 0; i < started; i++)
-		pthread_join(th[i], NULL);
-	if (p.failed) {
-		*err = p.err;
-		goto out;
-	}
-	rc = 0;
+	rc = lora_merge_batch_run(b, j->o->threads, &j->eng, j->o->progress, j->o->progress_ctx, err);
 out:
-	if (p.in_fd)
-		for (size_t s = 0; s < j->base->n_shards; s++)
-			if (p.in_fd[s] >= 0)
-				close(p.in_fd[s]);
-	free(p.in_fd);
-	free(p.t);
-	pthread_mutex_destroy(&p.mu);
+	for (size_t s = 0; in_fd && s < j->base->n_shards; s++)
+		if (in_fd[s] >= 0)
+			close(in_fd[s]);
+	for (size_t s = 0; in_path && s < j->base->n_shards; s++)
+		free(in_path[s]);
+	free(in_fd);
+	free(in_path);
+	lora_merge_batch_free(b);
 	return rc;
 }
 

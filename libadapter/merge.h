@@ -217,6 +217,8 @@ struct lora_merge_engine {
 	void *cuda;               /* struct lora_cuda_merge *, when device is CUDA */
 	float *w, *d;             /* one row block: W in fp32; d (room for fp64) when needed */
 	unsigned char *o;         /* one row block in the output dtype */
+	unsigned char *in;        /* one row block read from the source (batches) */
+	size_t in_cap;            /* bytes in `in` */
 	size_t cap;               /* elements each buffer holds */
 	lora_progress_fn progress;
 	void *progress_ctx;
@@ -299,6 +301,30 @@ void lora_merge_drop_pages(const void *p, size_t n);
 /* bf16 <-> fp32 for whole blocks, rounding as lora_from_f32 does (vectorized loops). */
 void lora_merge_bf16_to_f32(float *dst, const unsigned char *src, size_t n);
 void lora_merge_f32_to_bf16(unsigned char *dst, const float *src, size_t n);
+
+/*
+ * A batch of tensor writes, run by worker threads.  Each tensor is read from
+ * in_fd (pread at src->file_offset; in_what names the file in errors) and
+ * written at out_off of out_fd (`what` names it): merged with tg when tg is
+ * not NULL (W + Σ coef·B·A, rounded once; a target whose line is "" gets its
+ * fingerprint line computed on the way), else converted to out_dt, or copied
+ * byte for byte (copy_file_range) when out_dt is src's dtype.  Writeback is
+ * started as blocks are written; the caller fsyncs.  The bytes written do not
+ * depend on the thread count.
+ */
+struct lora_merge_batch;
+
+struct lora_merge_batch *lora_merge_batch_new(void);
+int lora_merge_batch_add(struct lora_merge_batch *b, const struct lora_st_tensor *src, int in_fd,
+			 const char *in_what, struct lora_merge_target *tg, enum lora_dtype out_dt,
+			 int out_fd, uint64_t out_off, const char *what, struct lora_err *err);
+/*
+ * Run what was added: threads 0 = one per CPU (at most 8).  With eng on a
+ * CUDA device, one thread runs everything on eng (it holds the context).
+ */
+int lora_merge_batch_run(struct lora_merge_batch *b, int threads, struct lora_merge_engine *eng,
+			 lora_progress_fn progress, void *progress_ctx, struct lora_err *err);
+void lora_merge_batch_free(struct lora_merge_batch *b);
 
 /* Shortest "%.Ng" that reads back as the same double. */
 void lora_merge_fmt_double(double v, char out[32]);

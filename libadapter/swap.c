@@ -8,6 +8,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,9 +18,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
 #include <openssl/evp.h>
 
 #include "fsutil.h"
+#include "model.h"
+#include "safetensors.h"
 
 #define J_MAGIC "LORAJNL1"
 #define J_TRAILER "LORAEND1"
@@ -27,7 +33,8 @@
 #define J_MAX_FILE (64u << 20)     /* whole-file entries (lora-merge.json) */
 #define TMP_JSON_PREFIX "." LORA_MERGE_JSON ".tmp."
 
-enum { J_RANGE = 1, J_FILE = 2 };
+enum { J_RANGE = 1, J_FILE = 2, J_PLAN = 3 };
+#define J_PLAN_NAME "lora-swap-plan"
 
 struct jentry {
 	int kind;
@@ -122,20 +129,351 @@ static int held_by_us(const char *dir)
 	return held && stat(dir, &sb) == 0 && sb.st_dev == held_dev && sb.st_ino == held_ino;
 }
 
+/* ------------------------------------------------------ recompute entries */
+
+/*
+ * An exact swap's journal holds no tensor bytes: its J_PLAN entry is a small
+ * safetensors file with the new set's factors, and in its metadata
+ * ("lora.swap") the plan: the base folder, and for every rewritten tensor
+ * its name in the base, the base's fingerprint line for it, where it goes in
+ * the folder (file, offset, dtype) and its terms (coef, fan_in_fan_out, the
+ * names of A and B in the blob).  Applying it recomputes the tensors from the
+ * base, so replaying it twice writes the same bytes.
+ */
+struct plan_run {
+	unsigned char *blob;
+	struct lora_st *st;
+	cJSON *root;
+	struct lora_model *base;
+	size_t n;
+	struct lora_merge_target *tg;       /* n; NULL terms: a copy or conversion of src */
+	const struct lora_st_tensor **src;  /* n, in the base */
+	enum lora_dtype *out_dt;
+	uint64_t *out_off;
+	size_t *file;                       /* n: index into fnames/ffd */
+	size_t n_terms;
+	struct lora_merge_term *terms;
+	struct lora_peft_module *mods;
+	char **fnames;                      /* target files, each opened once */
+	int *ffd;
+	size_t nf;
+	int *bfd;                           /* base shards */
+	size_t *bshard;                     /* n: the base shard of src */
+};
+
+static void plan_free(struct plan_run *r)
+{
+	for (size_t i = 0; i < r->nf; i++)
+		if (r->ffd[i] >= 0)
+			close(r->ffd[i]);
+	if (r->base && r->bfd)
+		for (size_t s = 0; s < r->base->n_shards; s++)
+			if (r->bfd[s] >= 0)
+				close(r->bfd[s]);
+	free(r->ffd);
+	free(r->fnames);
+	free(r->bfd);
+	free(r->tg);
+	free(r->src);
+	free(r->out_dt);
+	free(r->out_off);
+	free(r->file);
+	free(r->bshard);
+	free(r->terms);
+	free(r->mods);
+	if (r->base)
+		lora_model_close(r->base);
+	cJSON_Delete(r->root);
+	if (r->st)
+		lora_st_close(r->st);
+	free(r->blob);
+}
+
+static int json_u64(const cJSON *o, const char *key, uint64_t *out)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+	double d;
+
+	if (!cJSON_IsNumber(v))
+		return -1;
+	d = v->valuedouble;
+	if (!(d >= 0 && d <= 9007199254740992.0) || d != (double)(uint64_t)d)
+		return -1;
+	*out = (uint64_t)d;
+	return 0;
+}
+
+static const char *json_str(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* The target file `name`, opened once for writing. */
+static int plan_file(struct plan_run *r, const char *dir, const char *name, size_t *idx,
+		     struct lora_err *err)
+{
+	char *p;
+
+	for (size_t i = 0; i < r->nf; i++)
+		if (!strcmp(r->fnames[i], name)) {
+			*idx = i;
+			return 0;
+		}
+	p = lora_path_join(dir, name);
+	if (!p)
+		return lora_errf(err, "out of memory");
+	r->ffd[r->nf] = open(p, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (r->ffd[r->nf] < 0) {
+		lora_errf(err, "cannot finish the swap of '%s': cannot open '%s': %s", dir, name,
+			  strerror(errno));
+		free(p);
+		return -1;
+	}
+	free(p);
+	r->fnames[r->nf] = (char *)name;
+	*idx = r->nf++;
+	return 0;
+}
+
+/* One factor of a term: a float matrix in the blob. */
+static const struct lora_st_tensor *plan_factor(const struct plan_run *r, const cJSON *term,
+						const char *key)
+{
+	const char *name = json_str(term, key);
+	const struct lora_st_tensor *t = name ? lora_st_find(r->st, name) : NULL;
+
+	if (!t || t->ndim != 2 || !t->shape[0] || !t->shape[1] ||
+	    (t->dtype != LORA_DT_F16 && t->dtype != LORA_DT_BF16 && t->dtype != LORA_DT_F32))
+		return NULL;
+	return t;
+}
+
+/* Decode and check one tensor of the plan: everything is bounded before anything is written. */
+static int plan_tensor(struct plan_run *r, const char *dir, const cJSON *tj, size_t i, size_t *tc,
+		       int verify, int *damaged, struct lora_err *err)
+{
+	const char *name = json_str(tj, "name"), *line = json_str(tj, "line");
+	const char *file = json_str(tj, "file"), *dts = json_str(tj, "dtype");
+	const cJSON *terms = cJSON_GetObjectItemCaseSensitive(tj, "terms"), *term;
+	const struct lora_model_tensor *mt;
+	const struct lora_st_tensor *bt;
+	struct lora_merge_target *tg = &r->tg[i];
+	uint64_t off, len;
+	struct stat fs;
+
+	*damaged = 1;
+	if (!name || !line || !file || !dts || !cJSON_IsArray(terms) || json_u64(tj, "offset", &off) < 0 ||
+	    !plain_name(file, strlen(file)) || strlen(line) >= sizeof(tg->line))
+		return -1;
+	r->out_dt[i] = lora_dtype_parse(dts, (long)strlen(dts));
+	if (r->out_dt[i] != LORA_DT_F16 && r->out_dt[i] != LORA_DT_BF16 && r->out_dt[i] != LORA_DT_F32)
+		return -1;
+	*damaged = 0;
+	if (!(mt = lora_model_find(r->base, name)))
+		return lora_errf(err, "cannot finish the swap of '%s': its base '%s' has no tensor '%s'",
+				 dir, r->base->dir, name);
+	bt = mt->t;
+	if (bt->dtype != LORA_DT_F16 && bt->dtype != LORA_DT_BF16 && bt->dtype != LORA_DT_F32)
+		return lora_errf(err, "cannot finish the swap of '%s': base tensor '%s' is not a float "
+				      "tensor", dir, name);
+	if (verify) {
+		/* Recovery: the base must still be the one the swap began with. */
+		char got[128];
+		if (lora_merge_tensor_line(bt, got, err) < 0)
+			return -1;
+		if (strcmp(got, line))
+			return lora_errf(err, "cannot finish the swap of '%s': tensor '%s' of its base '%s' "
+					      "has changed since the swap began", dir, name, r->base->dir);
+	}
+	if (plan_file(r, dir, file, &r->file[i], err) < 0)
+		return -1;
+	len = bt->nelem * (lora_dtype_bits(r->out_dt[i]) / 8);
+	if (fstat(r->ffd[r->file[i]], &fs) < 0 || !S_ISREG(fs.st_mode) || off > (uint64_t)fs.st_size ||
+	    len > (uint64_t)fs.st_size - off)
+		return lora_errf(err, "cannot finish the swap of '%s': '%s' is not the file the journal "
+				      "was written for", dir, file);
+	r->src[i] = mt->t;
+	r->bshard[i] = mt->shard;
+	r->out_off[i] = off;
+	snprintf(tg->line, sizeof(tg->line), "%s", line);
+	tg->name = tg->module = (char *)name;
+	if (cJSON_GetArraySize(terms) == 0)
+		return 0;
+	*damaged = 1;
+	if (bt->ndim != 2)
+		return -1;
+	tg->rows = bt->shape[0];
+	tg->cols = bt->shape[1];
+	tg->terms = r->terms + *tc;
+	cJSON_ArrayForEach(term, terms) {
+		const cJSON *coef = cJSON_GetObjectItemCaseSensitive(term, "coef");
+		const cJSON *fifo = cJSON_GetObjectItemCaseSensitive(term, "fifo");
+		const struct lora_st_tensor *A = plan_factor(r, term, "A"), *B = plan_factor(r, term, "B");
+		struct lora_peft_module *mod = &r->mods[*tc];
+		struct lora_merge_term *tm = &r->terms[*tc];
+		int fi = cJSON_IsTrue(fifo);
+
+		if (*tc >= r->n_terms || !cJSON_IsNumber(coef) || !isfinite(coef->valuedouble) ||
+		    !cJSON_IsBool(fifo) || !A || !B || A->shape[0] != B->shape[1] || A->shape[0] > INT_MAX)
+			return -1;
+		/* W [out, in] = B [out, r] · A [r, in]; with fan_in_fan_out W is [in, out]. */
+		if (fi ? A->shape[1] != tg->rows || B->shape[0] != tg->cols
+		       : B->shape[0] != tg->rows || A->shape[1] != tg->cols)
+			return -1;
+		mod->name = tg->name;
+		mod->A = A;
+		mod->B = B;
+		mod->r = (int)A->shape[0];
+		mod->in = A->shape[1];
+		mod->out = B->shape[0];
+		tm->mod = mod;
+		tm->coef = coef->valuedouble;
+		tm->fifo = fi;
+		tg->n_terms++;
+		(*tc)++;
+	}
+	*damaged = 0;
+	return 0;
+}
+
+/*
+ * Apply the J_PLAN entry e of the journal jfd: recompute every tensor it lists
+ * from the base and write it in place (worker threads), then fsync.  verify:
+ * check the base against the recorded lines first (recovery; a live swap has
+ * just checked them).
+ */
+static int apply_plan(const char *dir, const char *jpath, int jfd, const struct jentry *e, int verify,
+		      unsigned pause, lora_progress_fn progress, void *progress_ctx, struct lora_err *err)
+{
+	struct plan_run r = { 0 };
+	const cJSON *tensors, *tj;
+	const char *meta, *base;
+	size_t i = 0, tc = 0, nt = 0;
+	int rc = -1, damaged = 0;
+
+	if (e->len > SIZE_MAX / 2)
+		goto damaged;
+	r.blob = malloc(e->len ? (size_t)e->len : 1);
+	if (!r.blob)
+		return lora_errf(err, "out of memory");
+	if (lora_pread_all(jfd, r.blob, (size_t)e->len, e->src_off, jpath, err) < 0)
+		goto out;
+	if (e->len < 32)
+		goto damaged;
+	{
+		unsigned char md[32];
+		unsigned int mdlen = 0;
+		if (!EVP_Digest(r.blob + 32, (size_t)e->len - 32, md, &mdlen, EVP_sha256(), NULL) ||
+		    memcmp(md, r.blob, 32))
+			goto damaged;
+	}
+	if (lora_st_open_mem(r.blob + 32, (size_t)e->len - 32, jpath, &r.st, err) < 0 ||
+	    !(meta = lora_st_meta(r.st, "lora.swap")) || !(r.root = cJSON_Parse(meta)) ||
+	    !(base = json_str(r.root, "base")) || base[0] != '/' ||
+	    !cJSON_IsArray(tensors = cJSON_GetObjectItemCaseSensitive(r.root, "tensors")))
+		goto damaged;
+	r.n = (size_t)cJSON_GetArraySize(tensors);
+	cJSON_ArrayForEach(tj, tensors) {
+		const cJSON *terms = cJSON_GetObjectItemCaseSensitive(tj, "terms");
+		nt += cJSON_IsArray(terms) ? (size_t)cJSON_GetArraySize(terms) : 0;
+	}
+	r.n_terms = nt;
+	r.tg = calloc(r.n + 1, sizeof(*r.tg));
+	r.src = calloc(r.n + 1, sizeof(*r.src));
+	r.bshard = calloc(r.n + 1, sizeof(*r.bshard));
+	r.out_dt = calloc(r.n + 1, sizeof(*r.out_dt));
+	r.out_off = calloc(r.n + 1, sizeof(*r.out_off));
+	r.file = calloc(r.n + 1, sizeof(*r.file));
+	r.fnames = calloc(r.n + 1, sizeof(*r.fnames));
+	r.ffd = calloc(r.n + 1, sizeof(*r.ffd));
+	r.terms = calloc(nt + 1, sizeof(*r.terms));
+	r.mods = calloc(nt + 1, sizeof(*r.mods));
+	if (!r.tg || !r.src || !r.bshard || !r.out_dt || !r.out_off || !r.file || !r.fnames || !r.ffd ||
+	    !r.terms || !r.mods) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
+	if (lora_model_open(base, 0, &r.base, err) < 0) {
+		struct lora_err e2 = *err;
+		lora_errf(err, "cannot finish the swap of '%s': it recomputes tensors from the base '%s', "
+			       "which cannot be opened (%s); put the base back and run any lora command "
+			       "on the folder again", dir, base, e2.msg);
+		goto out;
+	}
+	r.bfd = malloc((r.base->n_shards + 1) * sizeof(int));
+	if (!r.bfd) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
+	for (size_t s = 0; s < r.base->n_shards; s++)
+		r.bfd[s] = -1;
+	cJSON_ArrayForEach(tj, tensors) {
+		if (plan_tensor(&r, dir, tj, i++, &tc, verify, &damaged, err) < 0) {
+			if (damaged)
+				goto damaged;
+			goto out;
+		}
+	}
+	for (size_t s = 0; s < r.base->n_shards; s++) {
+		char *p = lora_path_join(r.base->dir, r.base->shard_names[s]);
+		r.bfd[s] = p ? open(p, O_RDONLY | O_CLOEXEC) : -1;
+		free(p);
+		if (r.bfd[s] < 0) {
+			lora_errf(err, "cannot open '%s/%s': %s", r.base->dir, r.base->shard_names[s],
+				  strerror(errno));
+			goto out;
+		}
+	}
+	/* All checked: write.  With the test pause, one tensor at a time. */
+	for (size_t k = 0; k < r.n;) {
+		struct lora_merge_batch *b = lora_merge_batch_new();
+		size_t end = pause ? k + 1 : r.n;
+		int brc = b ? 0 : lora_errf(err, "out of memory");
+		for (; brc == 0 && k < end; k++) {
+			size_t f = r.file[k];
+			brc = lora_merge_batch_add(b, r.src[k], r.bfd[r.bshard[k]], r.base->dir,
+						   r.tg[k].n_terms ? &r.tg[k] : NULL, r.out_dt[k],
+						   r.ffd[f], r.out_off[k], r.fnames[f], err);
+		}
+		if (brc == 0)
+			brc = lora_merge_batch_run(b, 0, NULL, progress, progress_ctx, err);
+		lora_merge_batch_free(b);
+		if (brc < 0)
+			goto out;
+		pause_us(pause);
+	}
+	for (size_t f = 0; f < r.nf; f++)
+		if (fsync(r.ffd[f]) < 0) {
+			lora_errf(err, "cannot sync '%s/%s': %s", dir, r.fnames[f], strerror(errno));
+			goto out;
+		}
+	rc = 0;
+	goto out;
+damaged:
+	lora_errf(err, "'%s' is damaged; the swap it records cannot be finished (the folder may need "
+		       "a fresh lora merge)", jpath);
+out:
+	plan_free(&r);
+	return rc;
+}
+
 /* ----------------------------------------------------------- apply/replay */
 
 /*
- * Check a committed journal completely, then write every entry into place,
- * fsync, and remove the journal.  Idempotent: replaying it twice gives the
- * same files.
+ * Check a committed journal completely, then write every entry into place
+ * (tensors recomputed from the base first, then byte ranges), fsync, replace
+ * whole files, and remove the journal.  Idempotent: replaying it twice gives
+ * the same files.  verify: recovery (the base is checked again).
  */
-static int journal_apply(const char *dir, unsigned pause, struct lora_err *err)
+static int journal_apply(const char *dir, unsigned pause, int verify, lora_progress_fn progress,
+			 void *progress_ctx, struct lora_err *err)
 {
 	char *jpath = lora_path_join(dir, LORA_SWAP_JOURNAL);
 	unsigned char head[J_HEAD], md[32], *table = NULL;
 	struct jentry *ents = NULL;
 	int jfd = -1, *fds = NULL, rc = -1;
-	uint64_t jsize, table_len, data_start, n = 0;
+	uint64_t jsize, table_len, data_start, n = 0, n_plan = 0;
 	struct stat sb;
 	unsigned int mdlen = 0;
 	char trailer[8];
@@ -191,9 +529,9 @@ static int journal_apply(const char *dir, unsigned pause, struct lora_err *err)
 			goto damaged;
 		e->name = (const char *)table + pos;
 		pos += (nl + 7u) & ~7u;
-		if (pos > table_len || (e->kind != J_RANGE && e->kind != J_FILE) ||
+		if (pos > table_len || (e->kind != J_RANGE && e->kind != J_FILE && e->kind != J_PLAN) ||
 		    e->src_off < data_start || e->len > jsize - 8 - e->src_off ||
-		    (e->kind == J_FILE && e->len > J_MAX_FILE))
+		    (e->kind == J_FILE && e->len > J_MAX_FILE) || (e->kind == J_PLAN && n_plan++))
 			goto damaged;
 	}
 	/* Names are not NUL-terminated in the table: copy them out. */
@@ -207,6 +545,11 @@ static int journal_apply(const char *dir, unsigned pause, struct lora_err *err)
 		ents[i].name = s;
 		ents[i].kind |= 0x100;   /* owned copy */
 	}
+	/* Tensors recomputed from the base, in place. */
+	for (uint64_t i = 0; i < n; i++)
+		if ((ents[i].kind & 0xff) == J_PLAN &&
+		    apply_plan(dir, jpath, jfd, &ents[i], verify, pause, progress, progress_ctx, err) < 0)
+			goto out;
 	/* Ranges: into the existing files, at their offsets. */
 	for (uint64_t i = 0; i < n; i++) {
 		struct jentry *e = &ents[i];
@@ -342,7 +685,7 @@ static int recover_locked(const char *dir, struct lora_err *err)
 		return lora_errf(err, "out of memory");
 	if (lstat(p, &sb) == 0) {
 		free(p);
-		if (journal_apply(dir, 0, err) < 0)
+		if (journal_apply(dir, 0, 1, NULL, NULL, err) < 0)
 			return -1;
 		changed = 1;
 	} else {
@@ -714,27 +1057,180 @@ static void add_entry(unsigned char *tab, size_t *pos, int kind, const char *nam
 	*pos += J_ENTRY + ((nl + 7) & ~(size_t)7);
 }
 
-/* Write the journal aside, fsync it, and commit it by renaming. */
-static int write_journal(struct swap_job *j, struct lora_err *err)
+/* A term's factor in the plan blob: "<row>.<term>.A" or ".B". */
+static void factor_name(char out[48], size_t i, size_t k, char which)
+{
+	snprintf(out, 48, "%zu.%zu.%c", i, k, which);
+}
+
+static int json_raw_num(cJSON *o, const char *key, const char *text)
+{
+	cJSON *v = cJSON_CreateRaw(text);
+	return v && cJSON_AddItemToObject(o, key, v) ? 0 : (cJSON_Delete(v), -1);
+}
+
+/*
+ * The J_PLAN blob of an exact swap (see apply_plan): a safetensors header
+ * with the factors of every term and the plan as "lora.swap"; the factor
+ * bytes follow in spec order (written by write_plan_data).
+ */
+static int build_plan(struct swap_job *j, const char *base_abs, unsigned char **hdr, size_t *hdr_len,
+		      uint64_t *data_len, struct lora_err *err)
+{
+	cJSON *root = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+	struct lora_st_spec *specs = NULL;
+	size_t ns = 0, nspec = 0;
+	char *text = NULL;
+	int rc = -1;
+
+	for (size_t i = 0; i < j->n_u; i++)
+		nspec += j->u[i].t ? 2 * j->u[i].t->n_terms : 0;
+	specs = calloc(nspec + 1, sizeof(*specs));
+	if (!root || !arr || !specs || !cJSON_AddItemToObject(root, "tensors", arr) ||
+	    !cJSON_AddStringToObject(root, "base", base_abs)) {
+		if (!cJSON_IsArray(cJSON_GetObjectItem(root, "tensors")))
+			cJSON_Delete(arr);
+		goto oom;
+	}
+	for (size_t i = 0; i < j->n_u; i++) {
+		const struct urow *u = &j->u[i];
+		cJSON *o = cJSON_CreateObject(), *terms = cJSON_CreateArray();
+		char num[32];
+		if (!o || !terms || !cJSON_AddItemToArray(arr, o) || !cJSON_AddItemToObject(o, "terms", terms)) {
+			cJSON_Delete(o);
+			cJSON_Delete(terms);
+			goto oom;
+		}
+		snprintf(num, sizeof(num), "%llu", (unsigned long long)u->ft->file_offset);
+		if (!cJSON_AddStringToObject(o, "name", u->name) || !cJSON_AddStringToObject(o, "line", u->line) ||
+		    !cJSON_AddStringToObject(o, "file", j->m->shard_names[u->shard]) ||
+		    json_raw_num(o, "offset", num) < 0 ||
+		    !cJSON_AddStringToObject(o, "dtype", lora_dtype_name(u->ft->dtype)))
+			goto oom;
+		for (size_t k = 0; u->t && k < u->t->n_terms; k++) {
+			const struct lora_merge_term *tm = &u->t->terms[k];
+			cJSON *to = cJSON_CreateObject();
+			char an[48], bn[48];
+			if (!to || !cJSON_AddItemToArray(terms, to)) {
+				cJSON_Delete(to);
+				goto oom;
+			}
+			/* The coefficient must read back as the same double: printed here, not by cJSON. */
+			lora_merge_fmt_double(tm->coef, num);
+			factor_name(an, i, k, 'A');
+			factor_name(bn, i, k, 'B');
+			if (json_raw_num(to, "coef", num) < 0 || !cJSON_AddBoolToObject(to, "fifo", tm->fifo) ||
+			    !cJSON_AddStringToObject(to, "A", an) || !cJSON_AddStringToObject(to, "B", bn))
+				goto oom;
+			for (int f = 0; f < 2; f++) {
+				const struct lora_st_tensor *t = f ? tm->mod->B : tm->mod->A;
+				struct lora_st_spec *sp = &specs[ns++];
+				sp->name = strdup(f ? bn : an);
+				sp->dtype = t->dtype;
+				sp->ndim = t->ndim;
+				memcpy(sp->shape, t->shape, sizeof(sp->shape));
+				if (!sp->name)
+					goto oom;
+			}
+		}
+	}
+	text = cJSON_PrintUnformatted(root);
+	if (!text)
+		goto oom;
+	{
+		const char *keys[] = { "lora.swap" }, *vals[] = { text };
+		if (lora_st_build_header(specs, ns, keys, vals, 1, hdr, hdr_len, data_len, err) < 0)
+			goto out;
+	}
+	rc = 0;
+	goto out;
+oom:
+	lora_errf(err, "out of memory");
+out:
+	for (size_t k = 0; k < ns; k++)
+		free((char *)specs[k].name);
+	free(specs);
+	free(text);
+	cJSON_Delete(root);
+	return rc;
+}
+
+/*
+ * The plan blob after its digest: the header, then the factor bytes in
+ * build_plan's order.  With h, they are hashed instead of written.
+ */
+static int write_plan_data(struct swap_job *j, const unsigned char *hdr, size_t hdr_len, EVP_MD_CTX *h,
+			   struct lora_err *err)
+{
+	if (h ? !EVP_DigestUpdate(h, hdr, hdr_len) : jsink(j, hdr, hdr_len, err) < 0)
+		return h ? lora_errf(err, "out of memory") : -1;
+	for (size_t i = 0; i < j->n_u; i++)
+		for (size_t k = 0; j->u[i].t && k < j->u[i].t->n_terms; k++) {
+			const struct lora_peft_module *mod = j->u[i].t->terms[k].mod;
+			for (int f = 0; f < 2; f++) {
+				const struct lora_st_tensor *t = f ? mod->B : mod->A;
+				if (h ? !EVP_DigestUpdate(h, t->data, t->end - t->begin)
+				      : jsink(j, t->data, t->end - t->begin, err) < 0)
+					return h ? lora_errf(err, "out of memory") : -1;
+			}
+		}
+	return 0;
+}
+
+/* The whole plan blob: SHA-256 of the rest, then the rest. */
+static int write_plan(struct swap_job *j, const unsigned char *hdr, size_t hdr_len, struct lora_err *err)
+{
+	EVP_MD_CTX *h = EVP_MD_CTX_new();
+	unsigned char md[32];
+	unsigned int mdlen = 0;
+	int rc = -1;
+
+	if (!h || !EVP_DigestInit_ex(h, EVP_sha256(), NULL)) {
+		EVP_MD_CTX_free(h);
+		return lora_errf(err, "out of memory");
+	}
+	if (write_plan_data(j, hdr, hdr_len, h, err) == 0 && EVP_DigestFinal_ex(h, md, &mdlen) &&
+	    jsink(j, md, 32, err) == 0 && write_plan_data(j, hdr, hdr_len, NULL, err) == 0)
+		rc = 0;
+	EVP_MD_CTX_free(h);
+	return rc;
+}
+
+/*
+ * Write the journal aside, fsync it, and commit it by renaming.  Exact swaps
+ * (base_abs set) journal the plan; drift swaps journal the new tensor bytes.
+ */
+static int write_journal(struct swap_job *j, const char *base_abs, struct lora_err *err)
 {
 	const struct lora_model *m = j->m;
-	size_t n = j->n_u + m->n_shards + 1, tl = 0, pos = 0;
-	unsigned char head[J_HEAD] = { 0 }, *tab;
-	uint64_t off;
+	int plan = base_abs != NULL && j->n_u > 0;
+	size_t n = (plan ? 1 : j->n_u) + m->n_shards + 1, tl = 0, pos = 0, plan_hlen = 0;
+	unsigned char head[J_HEAD] = { 0 }, *tab, *plan_hdr = NULL;
+	uint64_t off, plan_dlen = 0;
 	unsigned int mdlen = 0;
 	char *jfinal;
 	int rc = -1;
 
-	for (size_t i = 0; i < j->n_u; i++)
+	if (plan && build_plan(j, base_abs, &plan_hdr, &plan_hlen, &plan_dlen, err) < 0)
+		return -1;
+	if (plan)
+		tl += J_ENTRY + ((strlen(J_PLAN_NAME) + 7) & ~(size_t)7);
+	for (size_t i = 0; !plan && i < j->n_u; i++)
 		tl += J_ENTRY + ((strlen(m->shard_names[j->u[i].shard]) + 7) & ~(size_t)7);
 	for (size_t s = 0; s < m->n_shards; s++)
 		tl += J_ENTRY + ((strlen(m->shard_names[s]) + 7) & ~(size_t)7);
 	tl += J_ENTRY + ((strlen(LORA_MERGE_JSON) + 7) & ~(size_t)7);
 	tab = malloc(tl);
-	if (!tab)
+	if (!tab) {
+		free(plan_hdr);
 		return lora_errf(err, "out of memory");
+	}
 	off = J_HEAD + tl;
-	for (size_t i = 0; i < j->n_u; i++) {
+	if (plan) {
+		add_entry(tab, &pos, J_PLAN, J_PLAN_NAME, 0, 32 + plan_hlen + plan_dlen, off);
+		off += 32 + plan_hlen + plan_dlen;
+	}
+	for (size_t i = 0; !plan && i < j->n_u; i++) {
 		const struct lora_st_tensor *ft = j->u[i].ft;
 		add_entry(tab, &pos, J_RANGE, m->shard_names[j->u[i].shard], ft->file_offset,
 			  ft->end - ft->begin, off);
@@ -768,7 +1264,9 @@ static int write_journal(struct swap_job *j, struct lora_err *err)
 	    lora_write_all(j->jfd, tab, tl, j->jnew, err) < 0)
 		goto out;
 	j->jwritten = 0;
-	for (size_t i = 0; i < j->n_u; i++) {
+	if (plan && write_plan(j, plan_hdr, plan_hlen, err) < 0)
+		goto out;
+	for (size_t i = 0; !plan && i < j->n_u; i++) {
 		struct urow *u = &j->u[i];
 		if (lora_merge_stream(&j->eng, u->t, u->src, u->ft->dtype, NULL, jsink, j, err) < 0)
 			goto out;
@@ -805,6 +1303,7 @@ out:
 	}
 	if (j->jnew)
 		unlink(j->jnew);   /* not committed: the folder is unchanged */
+	free(plan_hdr);
 	free(tab);
 	free(jfinal);
 	return rc;
@@ -915,10 +1414,10 @@ int lora_swap(const struct lora_swap_opts *o, const struct lora_merge_set *set,
 	if (build_outputs(&j, base_abs, stats->exact, err) < 0)
 		goto out;
 	memcpy(stats->fingerprint, j.rec.fingerprint, 72);
-	if (write_journal(&j, err) < 0)
+	if (write_journal(&j, stats->exact ? base_abs : NULL, err) < 0)
 		goto out;
 	pause_us(o->pause_us);
-	if (journal_apply(o->model_dir, o->pause_us, err) < 0)
+	if (journal_apply(o->model_dir, o->pause_us, 0, o->progress, o->progress_ctx, err) < 0)
 		goto out;
 	for (size_t i = 0; i < j.n_u; i++) {
 		stats->n_rewritten++;

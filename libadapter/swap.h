@@ -16,14 +16,21 @@
  *           ulp from the earlier rounding, half from this one); lora-merge.json
  *           counts these swaps in "drift".  The next exact swap removes it.
  *
- * Crash safety: a redo journal.  Everything the swap will write (new tensor
- * bytes, new headers, new lora-merge.json) goes first into
- * MODEL_DIR/.lora-swap.journal.new, which is fsynced and renamed to
+ * Crash safety: a redo journal.  Everything the swap will write goes first
+ * into MODEL_DIR/.lora-swap.journal.new, which is fsynced and renamed to
  * MODEL_DIR/.lora-swap.journal: that rename is the commit.  Only then are the
  * shards changed; when all is written and fsynced the journal is removed.
  * A swap killed before the commit leaves the old set (the .new file is
  * deleted on recovery); killed after it, recovery replays the journal, which
  * is idempotent, and finishes the new set.  Never a mix.
+ *
+ * What the journal holds depends on the mode.  Exact: the plan (one J_PLAN
+ * entry), so the tensors are written once, straight into the shards, by
+ * worker threads; replaying it recomputes them from the base, which must then
+ * still match the recorded lines (checked before anything is written; while
+ * the base is missing or changed, recovery fails and keeps the journal).
+ * Drift: the new tensor bytes (W - old + new is not idempotent), copied into
+ * place.  Both: the new shard headers (ranges) and lora-merge.json (a file).
  *
  * The journal, byte by byte (little-endian):
  *   0   "LORAJNL1"                     magic
@@ -33,11 +40,19 @@
  *   32  32 bytes                       SHA-256 of the entry table
  *   64  entry table, n_entries of:
  *         u8 kind (1: bytes at an offset of a file; 2: a whole file, replaced
- *         atomically), 3 zero bytes, u32 name_len, u64 target_off, u64 len,
- *         u64 src_off (in the journal), name (a plain file name in MODEL_DIR),
- *         zero-padded to 8 bytes
+ *         atomically; 3: the plan of an exact swap, at most one), 3 zero
+ *         bytes, u32 name_len, u64 target_off, u64 len, u64 src_off (in the
+ *         journal), name (a plain file name in MODEL_DIR; "lora-swap-plan"
+ *         for kind 3), zero-padded to 8 bytes
  *   data_start  the bytes of every entry
  *   end - 8     "LORAEND1"
+ *
+ * A plan (kind 3) is the SHA-256 of the rest, then a safetensors file: the
+ * factors of every term ("<row>.<term>.A", ".B", as stored in the adapter),
+ * and in its metadata "lora.swap" = {"base": absolute path, "tensors": [{
+ * "name", "line" (the base tensor's fingerprint line), "file", "offset",
+ * "dtype" (where and how it goes in the folder), "terms": [{"coef", "fifo",
+ * "A", "B"}]}]}; a row without terms is the base tensor copied (or converted).
  *
  * One swap or recovery at a time per folder: they hold flock(LOCK_EX) on
  * the folder itself (no lock file, so the folder stays byte-identical).

@@ -24,6 +24,7 @@
 
 #include "libadapter/buf.h"
 #include "libadapter/fsutil.h"
+#include "libadapter/safetensors.h"
 #include "libadapter/swap.h"
 #include "tests/t.h"
 
@@ -110,48 +111,24 @@ static int copy_dir(const char *from, const char *to)
 	return run_wait(argv);
 }
 
-TEST(swap_killed_at_random_moments)
+/*
+ * TRIALS kills of `lora swap W AD` at random moments, W a copy of `from`
+ * (alternating: fa with ad_b, fb with ad_a); after recovery W must hold
+ * sig_old or sig_new of its direction.  `full` is one undisturbed swap's time.
+ */
+static void kill_trials(const char *label, const char *fa, const char *fb, const char *ad_a,
+			const char *ad_b, const char *sig_a, const char *sig_b, const char *sig_ab,
+			const char *sig_ba, double full)
 {
-	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
-	char *ad_b = t_fixture("merge/ad_pattern");
-	char fa[300], fb[300], w[300];
-	char *sig_a, *sig_b;
+	char w[300];
 	int n_old = 0, n_new = 0, n_mid = 0, n_bad = 0;
-	double full;
 
-	snprintf(fa, sizeof(fa), "%s/fa", tmp);
-	snprintf(fb, sizeof(fb), "%s/fb", tmp);
 	snprintf(w, sizeof(w), "%s/w", tmp);
-	{
-		char *m1[] = { (char *)lora, "merge", "--base", base, ad_a, "-o", fa, NULL };
-		char *m2[] = { (char *)lora, "merge", "--base", base, ad_b, "-o", fb, NULL };
-		CHECK(run_wait(m1) == 0);
-		CHECK(run_wait(m2) == 0);
-	}
-	sig_a = signature(fa);
-	sig_b = signature(fb);
-	CHECK(sig_a && sig_b && strcmp(sig_a, sig_b));
 	setenv("LORA_TEST_SWAP_PAUSE_US", PAUSE_US, 1);
-	/* One undisturbed swap A -> B, timed. */
-	{
-		char *sw[] = { (char *)lora, "swap", w, ad_b, NULL };
-		double t0;
-		CHECK(copy_dir(fa, w) == 0);
-		t0 = now();
-		CHECK(run_wait(sw) == 0);
-		full = now() - t0;
-		{
-			char *s = signature(w);
-			CHECK(s && !strcmp(s, sig_b));
-			free(s);
-		}
-		lora_rm_rf(w, NULL);
-	}
-	srand(12345);
 	for (int i = 0; i < TRIALS; i++) {
 		/* Alternate directions: A -> B and B -> A. */
 		const char *from = i % 2 ? fb : fa, *to_ad = i % 2 ? ad_a : ad_b;
-		const char *sig_old = i % 2 ? sig_b : sig_a, *sig_new = i % 2 ? sig_a : sig_b;
+		const char *sig_old = i % 2 ? sig_b : sig_a, *sig_new = i % 2 ? sig_ba : sig_ab;
 		char *sw[] = { (char *)lora, "swap", w, (char *)to_ad, NULL };
 		double at = full * (i + (double)rand() / RAND_MAX) / TRIALS;
 		struct lora_err err = { 0 };
@@ -181,14 +158,228 @@ TEST(swap_killed_at_random_moments)
 		lora_rm_rf(w, NULL);
 	}
 	unsetenv("LORA_TEST_SWAP_PAUSE_US");
-	printf("  %d kills over %.0f ms: %d left the old set, %d the new one (%d of them mid-journal), "
-	       "%d a mix\n", TRIALS, full * 1e3, n_old, n_new, n_mid, n_bad);
+	printf("  %s: %d kills over %.0f ms: %d left the old set, %d the new one (%d of them "
+	       "mid-journal), %d a mix\n", label, TRIALS, full * 1e3, n_old, n_new, n_mid, n_bad);
 	CHECK(n_bad == 0);
 	CHECK(n_old + n_new == TRIALS);
 	/* The kills must have covered both outcomes and the replay path. */
 	CHECK(n_old > 0 && n_new > 0 && n_mid > 0);
+}
+
+/* One undisturbed swap of a copy of `from` to `ad`: its time, and the folder's signature. */
+static char *swap_once(const char *from, const char *ad, double *secs)
+{
+	char w[300], *s;
+	char *sw[] = { (char *)lora, "swap", w, (char *)ad, NULL };
+	double t0;
+
+	snprintf(w, sizeof(w), "%s/w1", tmp);
+	setenv("LORA_TEST_SWAP_PAUSE_US", PAUSE_US, 1);
+	if (copy_dir(from, w) != 0)
+		return NULL;
+	t0 = now();
+	if (run_wait(sw) != 0)
+		return NULL;
+	*secs = now() - t0;
+	unsetenv("LORA_TEST_SWAP_PAUSE_US");
+	s = signature(w);
+	lora_rm_rf(w, NULL);
+	return s;
+}
+
+/* Exact swaps (the base is at hand): the journal holds the plan, tensors are recomputed. */
+TEST(swap_killed_at_random_moments)
+{
+	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
+	char *ad_b = t_fixture("merge/ad_pattern");
+	char fa[300], fb[300];
+	char *sig_a, *sig_b, *sig_ab;
+	double full = 0;
+
+	snprintf(fa, sizeof(fa), "%s/fa", tmp);
+	snprintf(fb, sizeof(fb), "%s/fb", tmp);
+	{
+		char *m1[] = { (char *)lora, "merge", "--base", base, ad_a, "-o", fa, NULL };
+		char *m2[] = { (char *)lora, "merge", "--base", base, ad_b, "-o", fb, NULL };
+		CHECK(run_wait(m1) == 0);
+		CHECK(run_wait(m2) == 0);
+	}
+	sig_a = signature(fa);
+	sig_b = signature(fb);
+	CHECK(sig_a && sig_b && strcmp(sig_a, sig_b));
+	/* An undisturbed swap A -> B gives exactly a fresh merge of B. */
+	sig_ab = swap_once(fa, ad_b, &full);
+	CHECK(sig_ab && !strcmp(sig_ab, sig_b));
+	srand(12345);
+	kill_trials("exact", fa, fb, ad_a, ad_b, sig_a, sig_b, sig_b, sig_a, full);
+	lora_rm_rf(fa, NULL);
+	lora_rm_rf(fb, NULL);
 	free(sig_a);
 	free(sig_b);
+	free(sig_ab);
+	free(base);
+	free(ad_a);
+	free(ad_b);
+}
+
+/* Drift swaps (the base is gone): the journal holds the new tensor bytes. */
+TEST(drift_swap_killed_at_random_moments)
+{
+	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
+	char *ad_b = t_fixture("merge/ad_pattern");
+	char bc[300], fa[300], fb[300];
+	char *sig_a, *sig_b, *sig_ab, *sig_ba;
+	double full = 0, t2 = 0;
+
+	snprintf(bc, sizeof(bc), "%s/base", tmp);
+	snprintf(fa, sizeof(fa), "%s/da", tmp);
+	snprintf(fb, sizeof(fb), "%s/db", tmp);
+	CHECK(copy_dir(base, bc) == 0);
+	{
+		char *m1[] = { (char *)lora, "merge", "--base", bc, ad_a, "-o", fa, NULL };
+		char *m2[] = { (char *)lora, "merge", "--base", bc, ad_b, "-o", fb, NULL };
+		CHECK(run_wait(m1) == 0);
+		CHECK(run_wait(m2) == 0);
+	}
+	lora_rm_rf(bc, NULL);   /* the recorded base is gone: swaps drift */
+	sig_a = signature(fa);
+	sig_b = signature(fb);
+	sig_ab = swap_once(fa, ad_b, &full);
+	sig_ba = swap_once(fb, ad_a, &t2);
+	/* Drift changes the weights by rounding, and the record says so: neither equals a fresh merge. */
+	CHECK(sig_ab && sig_ba && strcmp(sig_ab, sig_b) && strcmp(sig_ba, sig_a));
+	srand(54321);
+	kill_trials("drift", fa, fb, ad_a, ad_b, sig_a, sig_b, sig_ab, sig_ba, full > t2 ? full : t2);
+	lora_rm_rf(fa, NULL);
+	lora_rm_rf(fb, NULL);
+	free(sig_a);
+	free(sig_b);
+	free(sig_ab);
+	free(sig_ba);
+	free(base);
+	free(ad_a);
+	free(ad_b);
+}
+
+/*
+ * Kill an exact swap of a copy of the base's merge right after its commit
+ * (the journal stays, some tensors may be written): returns 0 when the
+ * journal is there.  m: the merged folder; b: its base.
+ */
+static int committed_swap(const char *b, const char *m, const char *ad_a, const char *ad_b)
+{
+	char *m1[] = { (char *)lora, "merge", "--base", (char *)b, (char *)ad_a, "-o", (char *)m, NULL };
+	char *sw[] = { (char *)lora, "swap", (char *)m, (char *)ad_b, NULL };
+	pid_t pid;
+	int st;
+
+	if (run_wait(m1) != 0)
+		return -1;
+	setenv("LORA_TEST_SWAP_PAUSE_US", "200000", 1);
+	pid = spawn(sw);
+	for (int k = 0; k < 400 && !has_journal(m); k++)
+		usleep(10000);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	unsetenv("LORA_TEST_SWAP_PAUSE_US");
+	return has_journal(m) ? 0 : -1;
+}
+
+/* An exact swap's recovery needs its base: refused while it is gone or changed, done once it is back. */
+TEST(recover_needs_the_base_of_an_exact_swap)
+{
+	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
+	char *ad_b = t_fixture("merge/ad_pattern");
+	char bc[300], bgone[300], m[300], fresh[300], shard[400];
+	struct lora_err err = { 0 };
+	char *sig_fresh, *s;
+
+	snprintf(bc, sizeof(bc), "%s/rb", tmp);
+	snprintf(bgone, sizeof(bgone), "%s/rb.away", tmp);
+	snprintf(m, sizeof(m), "%s/rm", tmp);
+	snprintf(fresh, sizeof(fresh), "%s/rfresh", tmp);
+	CHECK(copy_dir(base, bc) == 0);
+	{
+		char *m2[] = { (char *)lora, "merge", "--base", bc, ad_b, "-o", fresh, NULL };
+		CHECK(run_wait(m2) == 0);
+	}
+	sig_fresh = signature(fresh);
+	CHECK(committed_swap(bc, m, ad_a, ad_b) == 0);
+	/* Base gone: refused, the journal stays. */
+	CHECK(rename(bc, bgone) == 0);
+	CHECK(lora_merged_recover(m, &err) < 0);
+	CHECKF(strstr(err.msg, "put the base back") != NULL, "%s", err.msg);
+	CHECK(has_journal(m));
+	/* Base changed (one byte of a tensor the swap rewrites): refused, the journal stays. */
+	CHECK(rename(bgone, bc) == 0);
+	snprintf(shard, sizeof(shard), "%s/model-00001-of-00002.safetensors", bc);
+	{
+		struct lora_st *st;
+		const struct lora_st_tensor *t;
+		int fd;
+		unsigned char c;
+		CHECK(lora_st_open(shard, &st, &err) == 0);
+		t = lora_st_find(st, "model.layers.0.self_attn.q_proj.weight");
+		CHECK(t != NULL);
+		fd = open(shard, O_RDWR);
+		CHECK(fd >= 0 && pread(fd, &c, 1, (off_t)t->file_offset + 3) == 1);
+		c ^= 0x01;
+		CHECK(pwrite(fd, &c, 1, (off_t)t->file_offset + 3) == 1);
+		CHECK(lora_merged_recover(m, &err) < 0);
+		CHECKF(strstr(err.msg, "has changed since the swap began") != NULL, "%s", err.msg);
+		CHECK(has_journal(m));
+		/* Put the byte back: recovery finishes the swap, bit-identical to a fresh merge. */
+		c ^= 0x01;
+		CHECK(pwrite(fd, &c, 1, (off_t)t->file_offset + 3) == 1);
+		close(fd);
+		lora_st_close(st);
+	}
+	CHECKF(lora_merged_recover(m, &err) == 0, "%s", err.msg);
+	CHECK(!has_journal(m));
+	s = signature(m);
+	CHECK(s && sig_fresh && !strcmp(s, sig_fresh));
+	free(s);
+	free(sig_fresh);
+	free(base);
+	free(ad_a);
+	free(ad_b);
+}
+
+/* One changed byte in the plan of a committed journal: refused as damaged, nothing written. */
+TEST(recover_refuses_a_damaged_plan)
+{
+	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
+	char *ad_b = t_fixture("merge/ad_pattern");
+	char m[300], jn[400];
+	struct lora_err err = { 0 };
+	unsigned char c;
+	int fd;
+	char *before, *after;
+
+	snprintf(m, sizeof(m), "%s/dp", tmp);
+	CHECK(committed_swap(base, m, ad_a, ad_b) == 0);
+	snprintf(jn, sizeof(jn), "%s/%s", m, LORA_SWAP_JOURNAL);
+	/* The plan blob starts right after the entry table: byte 64 + table + 40 is inside it. */
+	fd = open(jn, O_RDWR);
+	CHECK(fd >= 0);
+	{
+		unsigned char head[64];
+		uint64_t tl = 0;
+		CHECK(pread(fd, head, 64, 0) == 64);
+		for (int k = 7; k >= 0; k--)
+			tl = tl << 8 | head[16 + k];
+		CHECK(pread(fd, &c, 1, (off_t)(64 + tl + 40)) == 1);
+		c ^= 0x20;
+		CHECK(pwrite(fd, &c, 1, (off_t)(64 + tl + 40)) == 1);
+	}
+	close(fd);
+	before = signature(m);
+	CHECK(lora_merged_recover(m, &err) < 0);
+	CHECKF(strstr(err.msg, "is damaged") != NULL, "%s", err.msg);
+	after = signature(m);
+	CHECK(before && after && !strcmp(before, after));
+	free(before);
+	free(after);
 	free(base);
 	free(ad_a);
 	free(ad_b);
@@ -256,6 +447,9 @@ int main(void)
 		setenv("XDG_CACHE_HOME", c, 1);
 	}
 	RUN(swap_killed_at_random_moments);
+	RUN(drift_swap_killed_at_random_moments);
+	RUN(recover_needs_the_base_of_an_exact_swap);
+	RUN(recover_refuses_a_damaged_plan);
 	RUN(recover_refuses_a_journal_for_other_files);
 	lora_rm_rf(tmp, NULL);
 	return t_done();

@@ -433,6 +433,65 @@ int lora_merge_tensor_line(const struct lora_st_tensor *t, char line[128], struc
 	return 0;
 }
 
+struct lines_job {
+	const struct lora_st_tensor *const *ts;
+	char *const *lines;
+	size_t n, next;
+	pthread_mutex_t mu;
+	int failed;
+	struct lora_err err;
+};
+
+static void *lines_worker(void *arg)
+{
+	struct lines_job *l = arg;
+
+	for (;;) {
+		struct lora_err e = { 0 };
+		size_t i;
+		pthread_mutex_lock(&l->mu);
+		i = l->next++;
+		pthread_mutex_unlock(&l->mu);
+		if (i >= l->n || __atomic_load_n(&l->failed, __ATOMIC_RELAXED))
+			break;
+		if (lora_merge_tensor_line(l->ts[i], l->lines[i], &e) < 0) {
+			pthread_mutex_lock(&l->mu);
+			if (!l->failed)
+				l->err = e;
+			__atomic_store_n(&l->failed, 1, __ATOMIC_RELAXED);
+			pthread_mutex_unlock(&l->mu);
+			break;
+		}
+	}
+	return NULL;
+}
+
+int lora_merge_tensor_lines(const struct lora_st_tensor *const *ts, char *const *lines, size_t n,
+			    struct lora_err *err)
+{
+	struct lines_job l = { .ts = ts, .lines = lines, .n = n };
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	size_t nt = cpus < 1 ? 1 : cpus > 8 ? 8 : (size_t)cpus;
+	pthread_t th[8];
+	size_t started = 0;
+
+	if (nt > n)
+		nt = n ? n : 1;
+	pthread_mutex_init(&l.mu, NULL);
+	for (size_t i = 0; i + 1 < nt; i++)
+		if (pthread_create(&th[started], NULL, lines_worker, &l) == 0)
+			started++;
+	lines_worker(&l);   /* this thread hashes too */
+	for (size_t i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	pthread_mutex_destroy(&l.mu);
+	if (l.failed) {
+		*err = l.err;
+		return -1;
+	}
+	return 0;
+}
+
 void lora_merge_fingerprint_lines(const char *const *modules, const char *const *lines, size_t n,
 				  char out[72])
 {
@@ -813,12 +872,17 @@ static int load_factors(const struct lora_merge_target *t, int f64, void ***Ap, 
 /*
  * Hot loops, kept simple enough for the compiler to vectorize.  They round
  * exactly as dtype.c does (nearest even, NaN kept quiet); test_merge_unit
- * checks them against lora_to_f32/lora_from_f32.
+ * checks them against lora_to_f32/lora_from_f32.  They move 16-bit words as
+ * the host stores them, which is safetensors' order on little-endian hosts.
  */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the merge loops assume a little-endian host");
 __attribute__((optimize("O3"), target_clones("avx512f", "avx2", "default"))) void lora_merge_bf16_to_f32(float *dst, const unsigned char *src, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
-		uint32_t u = (uint32_t)(src[2 * i] | src[2 * i + 1] << 8) << 16;
+		uint16_t h;
+		uint32_t u;
+		memcpy(&h, src + 2 * i, 2);
+		u = (uint32_t)h << 16;
 		memcpy(&dst[i], &u, 4);
 	}
 }
@@ -827,11 +891,12 @@ __attribute__((optimize("O3"), target_clones("avx512f", "avx2", "default"))) voi
 {
 	for (size_t i = 0; i < n; i++) {
 		uint32_t u, r;
+		uint16_t h;
 		memcpy(&u, &src[i], 4);
 		r = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u
 						    : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-		dst[2 * i] = (unsigned char)r;
-		dst[2 * i + 1] = (unsigned char)(r >> 8);
+		h = (uint16_t)r;
+		memcpy(dst + 2 * i, &h, 2);
 	}
 }
 
@@ -1403,8 +1468,40 @@ struct merge_job {
 };
 
 /* Compare the adapters' recorded base fingerprints with this base's. */
+/* The lines the fingerprint checks need and the cache lacks, hashed by worker threads. */
+static int fill_lines(struct merge_job *j, struct lora_err *err)
+{
+	const struct lora_st_tensor **ts = calloc(j->plan.n + 1, sizeof(*ts));
+	char **lines = calloc(j->plan.n + 1, sizeof(*lines));
+	size_t n = 0;
+	int rc;
+
+	if (!ts || !lines) {
+		free(ts);
+		free(lines);
+		return lora_errf(err, "out of memory");
+	}
+	for (size_t k = 0; k < j->plan.n; k++) {
+		struct lora_merge_target *t = &j->plan.t[k];
+		int needed = 0;
+		for (size_t i = 0; i < j->set->n && !needed; i++)
+			needed = j->set->a[i].base_fingerprint &&
+				 lora_peft_find(j->set->a[i].peft, t->module) != NULL;
+		if (needed && !t->line[0]) {
+			ts[n] = lora_model_find(j->base, t->name)->t;
+			lines[n++] = t->line;
+		}
+	}
+	rc = lora_merge_tensor_lines(ts, lines, n, err);
+	free(ts);
+	free(lines);
+	return rc;
+}
+
 static int check_fingerprints(struct merge_job *j, struct lora_merge_stats *stats, struct lora_err *err)
 {
+	if (fill_lines(j, err) < 0)
+		return -1;
 	for (size_t i = 0; i < j->set->n; i++) {
 		const struct lora_merge_adapter *a = &j->set->a[i];
 		const struct lora_peft *P = a->peft;

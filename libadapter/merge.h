@@ -172,6 +172,9 @@ void lora_merge_plan_free(struct lora_merge_plan *p);
 
 /* The fingerprint line of a tensor ("BF16 64x64 <hex>") from its bytes. */
 int lora_merge_tensor_line(const struct lora_st_tensor *t, char line[128], struct lora_err *err);
+/* lines[i] = the line of ts[i], for n tensors, hashed by worker threads (one per CPU, at most 8). */
+int lora_merge_tensor_lines(const struct lora_st_tensor *const *ts, char *const *lines, size_t n,
+			    struct lora_err *err);
 /*
  * lora_model_fingerprint's value from per-module lines: sha256 over
  * "<module>.weight <line>\n" in module-name order.  modules/lines: n each.

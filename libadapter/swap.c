@@ -889,32 +889,66 @@ static int base_mismatch(struct swap_job *j, const char *bdir, const char *name,
 static int prepare_exact_rows(struct swap_job *j, const char *bdir, struct lora_linecache *cache,
 			      struct lora_err *err)
 {
+	const struct lora_st_tensor **miss = calloc(j->n_u + 1, sizeof(*miss));
+	char (*lines)[128] = calloc(j->n_u + 1, sizeof(*lines));
+	char **missl = calloc(j->n_u + 1, sizeof(*missl));
+	const struct lora_model_tensor **mts = calloc(j->n_u + 1, sizeof(*mts));
+	size_t nm = 0;
+	int rc = -1;
+
+	if (!miss || !lines || !missl || !mts) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
 	for (size_t i = 0; i < j->n_u; i++) {
 		struct urow *u = &j->u[i];
-		const struct lora_model_tensor *mt = lora_model_find(j->base, u->name);
 		const struct lora_st_tensor *bt;
-		char line[128];
+		const char *cached;
 
-		if (!mt)
-			return base_mismatch(j, bdir, u->name, "is missing", err);
-		bt = mt->t;
+		if (!(mts[i] = lora_model_find(j->base, u->name))) {
+			base_mismatch(j, bdir, u->name, "is missing", err);
+			goto out;
+		}
+		bt = mts[i]->t;
 		if (bt->ndim != u->ft->ndim || memcmp(bt->shape, u->ft->shape, sizeof(bt->shape)) ||
-		    lora_merge_out_dtype(bt->dtype, j->old.dtype) != u->ft->dtype)
-			return base_mismatch(j, bdir, u->name, "has another shape or dtype", err);
-		if (lora_linecache_get(cache, mt))
-			snprintf(line, sizeof(line), "%s", lora_linecache_get(cache, mt));
-		else if (lora_merge_tensor_line(bt, line, err) < 0)
-			return -1;
-		lora_linecache_put(cache, mt, line);
-		if (u->in_old && strcmp(line, u->line))
-			return base_mismatch(j, bdir, u->name, "differs from the recorded fingerprint", err);
-		if (!u->in_old && !same_as_base(bt, u->ft))
-			return base_mismatch(j, bdir, u->name, "differs from the folder's copy", err);
-		memcpy(u->line, line, sizeof(line));
+		    lora_merge_out_dtype(bt->dtype, j->old.dtype) != u->ft->dtype) {
+			base_mismatch(j, bdir, u->name, "has another shape or dtype", err);
+			goto out;
+		}
+		if ((cached = lora_linecache_get(cache, mts[i]))) {
+			snprintf(lines[i], sizeof(lines[i]), "%s", cached);
+		} else {
+			miss[nm] = bt;
+			missl[nm++] = lines[i];
+		}
+	}
+	/* Lines the cache lacks: hashed by worker threads. */
+	if (lora_merge_tensor_lines(miss, missl, nm, err) < 0)
+		goto out;
+	for (size_t i = 0; i < j->n_u; i++) {
+		struct urow *u = &j->u[i];
+		const struct lora_st_tensor *bt = mts[i]->t;
+
+		lora_linecache_put(cache, mts[i], lines[i]);
+		if (u->in_old && strcmp(lines[i], u->line)) {
+			base_mismatch(j, bdir, u->name, "differs from the recorded fingerprint", err);
+			goto out;
+		}
+		if (!u->in_old && !same_as_base(bt, u->ft)) {
+			base_mismatch(j, bdir, u->name, "differs from the folder's copy", err);
+			goto out;
+		}
+		memcpy(u->line, lines[i], sizeof(u->line));
 		u->src = bt;
 		j->eng.total += bt->end - bt->begin;
 	}
-	return 0;
+	rc = 0;
+out:
+	free(miss);
+	free(lines);
+	free(missl);
+	free(mts);
+	return rc;
 }
 
 /* Exact mode: every rewritten tensor comes from the base, checked first. */

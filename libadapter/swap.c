@@ -530,7 +530,7 @@ static int journal_apply(const char *dir, unsigned pause, int verify, lora_progr
 		e->name = (const char *)table + pos;
 		pos += (nl + 7u) & ~7u;
 		if (pos > table_len || (e->kind != J_RANGE && e->kind != J_FILE && e->kind != J_PLAN) ||
-		    e->src_off < data_start || e->len > jsize - 8 - e->src_off ||
+		    e->src_off < data_start || e->src_off > jsize - 8 || e->len > jsize - 8 - e->src_off ||
 		    (e->kind == J_FILE && e->len > J_MAX_FILE) || (e->kind == J_PLAN && n_plan++))
 			goto damaged;
 	}

@@ -22,6 +22,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "libadapter/buf.h"
 #include "libadapter/fsutil.h"
 #include "libadapter/safetensors.h"
@@ -385,6 +387,48 @@ TEST(recover_refuses_a_damaged_plan)
 	free(ad_b);
 }
 
+/*
+ * An entry whose data would start past the end of the journal (its table
+ * checksum made right, as a hostile file would): refused as damaged before
+ * anything is read or allocated for it.
+ */
+TEST(recover_refuses_an_entry_past_the_end)
+{
+	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
+	char *ad_b = t_fixture("merge/ad_pattern");
+	char m[300], jn[400];
+	struct lora_err err = { 0 };
+	unsigned char head[64], *tab;
+	uint64_t tl = 0;
+	unsigned int len = 0;
+	int fd;
+
+	snprintf(m, sizeof(m), "%s/pe", tmp);
+	CHECK(committed_swap(base, m, ad_a, ad_b) == 0);
+	snprintf(jn, sizeof(jn), "%s/%s", m, LORA_SWAP_JOURNAL);
+	fd = open(jn, O_RDWR);
+	CHECK(fd >= 0 && pread(fd, head, 64, 0) == 64);
+	for (int k = 7; k >= 0; k--)
+		tl = tl << 8 | head[16 + k];
+	tab = malloc(tl);
+	CHECK(tab && pread(fd, tab, tl, 64) == (ssize_t)tl);
+	/* First entry (the plan): src_off = 2^62, len = 2^62 + 5. */
+	for (int k = 0; k < 8; k++) {
+		tab[24 + k] = k == 7 ? 0x40 : 0;
+		tab[16 + k] = k == 7 ? 0x40 : k == 0 ? 5 : 0;
+	}
+	EVP_Digest(tab, tl, head + 32, &len, EVP_sha256(), NULL);
+	CHECK(pwrite(fd, tab, tl, 64) == (ssize_t)tl && pwrite(fd, head, 64, 0) == 64);
+	close(fd);
+	CHECK(lora_merged_recover(m, &err) < 0);
+	CHECKF(strstr(err.msg, "is damaged") != NULL, "%s", err.msg);
+	CHECK(has_journal(m));
+	free(tab);
+	free(base);
+	free(ad_a);
+	free(ad_b);
+}
+
 /* A committed journal whose target was truncated is refused, not half-applied. */
 TEST(recover_refuses_a_journal_for_other_files)
 {
@@ -450,6 +494,7 @@ int main(void)
 	RUN(drift_swap_killed_at_random_moments);
 	RUN(recover_needs_the_base_of_an_exact_swap);
 	RUN(recover_refuses_a_damaged_plan);
+	RUN(recover_refuses_an_entry_past_the_end);
 	RUN(recover_refuses_a_journal_for_other_files);
 	lora_rm_rf(tmp, NULL);
 	return t_done();

@@ -2,7 +2,6 @@
 #include "diff.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -11,6 +10,7 @@
 #include <cjson/cJSON.h>
 
 #include "blas.h"
+#include "par.h"
 
 /* ------------------------------------------------------------ settings */
 
@@ -240,70 +240,31 @@ static int pair_modules(const struct lora_peft *a, const struct lora_peft *b, st
 struct pool {
 	struct lora_diff *d;
 	const struct lora_peft_module **pa, **pb;
-	pthread_mutex_t mu;
-	size_t next;
-	int failed;
-	struct lora_err err;
 };
 
-static void *worker(void *arg)
+static int diff_one(void *ctx, size_t i, struct lora_err *err)
 {
-	struct pool *p = arg;
+	struct pool *p = ctx;
 
-	for (;;) {
-		struct lora_err err = { 0 };
-		size_t i;
-
-		pthread_mutex_lock(&p->mu);
-		i = p->next++;
-		if (p->failed)
-			i = p->d->n_modules;
-		pthread_mutex_unlock(&p->mu);
-		if (i >= p->d->n_modules)
-			return NULL;
-		if (compare_module(p->pa[i], p->pb[i], &p->d->modules[i], &err) < 0) {
-			pthread_mutex_lock(&p->mu);
-			if (!p->failed) {
-				p->failed = 1;
-				p->err = err;
-				lora_err_prefix(&p->err, "module '%s'", p->d->modules[i].name);
-			}
-			pthread_mutex_unlock(&p->mu);
-		}
+	if (compare_module(p->pa[i], p->pb[i], &p->d->modules[i], err) < 0) {
+		lora_err_prefix(err, "module '%s'", p->d->modules[i].name);
+		return -1;
 	}
+	return 0;
 }
 
 static int run_pool(struct pool *p, int threads, struct lora_err *err)
 {
-	pthread_t tid[64];
-	int n = 0, blas_threads;
+	int blas_threads, rc;
 
-	if (threads <= 0) {
-		long c = sysconf(_SC_NPROCESSORS_ONLN);
-		threads = c > 0 ? (int)c : 1;
-	}
-	threads = threads > 64 ? 64 : threads;
-	if ((size_t)threads > p->d->n_modules)
-		threads = (int)p->d->n_modules;
 	/*
 	 * The modules are small BLAS calls: one module per thread beats OpenBLAS
 	 * splitting each call (its threads would also compete with ours).
 	 */
 	blas_threads = lora_blas_single();
-	pthread_mutex_init(&p->mu, NULL);
-	for (int t = 1; t < threads; t++)
-		if (pthread_create(&tid[n], NULL, worker, p) == 0)
-			n++;
-	worker(p);  /* the calling thread works too */
-	for (int t = 0; t < n; t++)
-		pthread_join(tid[t], NULL);
-	pthread_mutex_destroy(&p->mu);
+	rc = lora_par_for(p->d->n_modules, threads, diff_one, p, err);
 	lora_blas_restore(blas_threads);
-	if (p->failed) {
-		*err = p->err;
-		return -1;
-	}
-	return 0;
+	return rc;
 }
 
 /* --------------------------------------------------------------- summary */

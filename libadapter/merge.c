@@ -27,6 +27,7 @@
 #include <openssl/evp.h>
 
 #include "blas.h"
+#include "par.h"
 #include "fsutil.h"
 #include "store.h"
 #include "swap.h"
@@ -436,60 +437,21 @@ int lora_merge_tensor_line(const struct lora_st_tensor *t, char line[128], struc
 struct lines_job {
 	const struct lora_st_tensor *const *ts;
 	char *const *lines;
-	size_t n, next;
-	pthread_mutex_t mu;
-	int failed;
-	struct lora_err err;
 };
 
-static void *lines_worker(void *arg)
+static int line_one(void *ctx, size_t i, struct lora_err *err)
 {
-	struct lines_job *l = arg;
-
-	for (;;) {
-		struct lora_err e = { 0 };
-		size_t i;
-		pthread_mutex_lock(&l->mu);
-		i = l->next++;
-		pthread_mutex_unlock(&l->mu);
-		if (i >= l->n || __atomic_load_n(&l->failed, __ATOMIC_RELAXED))
-			break;
-		if (lora_merge_tensor_line(l->ts[i], l->lines[i], &e) < 0) {
-			pthread_mutex_lock(&l->mu);
-			if (!l->failed)
-				l->err = e;
-			__atomic_store_n(&l->failed, 1, __ATOMIC_RELAXED);
-			pthread_mutex_unlock(&l->mu);
-			break;
-		}
-	}
-	return NULL;
+	struct lines_job *l = ctx;
+	return lora_merge_tensor_line(l->ts[i], l->lines[i], err);
 }
 
 int lora_merge_tensor_lines(const struct lora_st_tensor *const *ts, char *const *lines, size_t n,
 			    struct lora_err *err)
 {
-	struct lines_job l = { .ts = ts, .lines = lines, .n = n };
+	struct lines_job l = { .ts = ts, .lines = lines };
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	size_t nt = cpus < 1 ? 1 : cpus > 8 ? 8 : (size_t)cpus;
-	pthread_t th[8];
-	size_t started = 0;
 
-	if (nt > n)
-		nt = n ? n : 1;
-	pthread_mutex_init(&l.mu, NULL);
-	for (size_t i = 0; i + 1 < nt; i++)
-		if (pthread_create(&th[started], NULL, lines_worker, &l) == 0)
-			started++;
-	lines_worker(&l);   /* this thread hashes too */
-	for (size_t i = 0; i < started; i++)
-		pthread_join(th[i], NULL);
-	pthread_mutex_destroy(&l.mu);
-	if (l.failed) {
-		*err = l.err;
-		return -1;
-	}
-	return 0;
+	return lora_par_for(n, cpus > 8 ? 8 : 0, line_one, &l, err);
 }
 
 void lora_merge_fingerprint_lines(const char *const *modules, const char *const *lines, size_t n,

@@ -37,6 +37,8 @@ extern char **environ;
 
 static char tmp[256];
 static const char *lora;
+/* The fixtures every test uses: a bf16 base and two adapters for it. */
+static char *base, *ad_a, *ad_b;
 
 static double now(void)
 {
@@ -105,6 +107,19 @@ static int has_journal(const char *dir)
 	int r = lora_is_file(p);
 	free(p);
 	return r;
+}
+
+/* The entry table's length, from the head of the journal open on fd. */
+static uint64_t table_len(int fd)
+{
+	unsigned char head[64];
+	uint64_t tl = 0;
+
+	if (pread(fd, head, 64, 0) != 64)
+		return 0;
+	for (int k = 7; k >= 0; k--)
+		tl = tl << 8 | head[16 + k];
+	return tl;
 }
 
 static int copy_dir(const char *from, const char *to)
@@ -192,8 +207,6 @@ static char *swap_once(const char *from, const char *ad, double *secs)
 /* Exact swaps (the base is at hand): the journal holds the plan, tensors are recomputed. */
 TEST(swap_killed_at_random_moments)
 {
-	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
-	char *ad_b = t_fixture("merge/ad_pattern");
 	char fa[300], fb[300];
 	char *sig_a, *sig_b, *sig_ab;
 	double full = 0;
@@ -219,16 +232,11 @@ TEST(swap_killed_at_random_moments)
 	free(sig_a);
 	free(sig_b);
 	free(sig_ab);
-	free(base);
-	free(ad_a);
-	free(ad_b);
 }
 
 /* Drift swaps (the base is gone): the journal holds the new tensor bytes. */
 TEST(drift_swap_killed_at_random_moments)
 {
-	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
-	char *ad_b = t_fixture("merge/ad_pattern");
 	char bc[300], fa[300], fb[300];
 	char *sig_a, *sig_b, *sig_ab, *sig_ba;
 	double full = 0, t2 = 0;
@@ -258,9 +266,6 @@ TEST(drift_swap_killed_at_random_moments)
 	free(sig_b);
 	free(sig_ab);
 	free(sig_ba);
-	free(base);
-	free(ad_a);
-	free(ad_b);
 }
 
 /*
@@ -287,11 +292,19 @@ static int committed_swap(const char *b, const char *m, const char *ad_a, const 
 	return has_journal(m) ? 0 : -1;
 }
 
+/* A committed exact swap in tmp/NAME (see committed_swap); its journal opened for writing. */
+static int committed_journal(const char *name, char m[300], char jn[400])
+{
+	snprintf(m, 300, "%s/%s", tmp, name);
+	if (committed_swap(base, m, ad_a, ad_b) < 0)
+		return -1;
+	snprintf(jn, 400, "%s/%s", m, LORA_SWAP_JOURNAL);
+	return open(jn, O_RDWR);
+}
+
 /* An exact swap's recovery needs its base: refused while it is gone or changed, done once it is back. */
 TEST(recover_needs_the_base_of_an_exact_swap)
 {
-	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
-	char *ad_b = t_fixture("merge/ad_pattern");
 	char bc[300], bgone[300], m[300], fresh[300], shard[400];
 	struct lora_err err = { 0 };
 	char *sig_fresh, *s;
@@ -342,35 +355,23 @@ TEST(recover_needs_the_base_of_an_exact_swap)
 	CHECK(s && sig_fresh && !strcmp(s, sig_fresh));
 	free(s);
 	free(sig_fresh);
-	free(base);
-	free(ad_a);
-	free(ad_b);
 }
 
 /* One changed byte in the plan of a committed journal: refused as damaged, nothing written. */
 TEST(recover_refuses_a_damaged_plan)
 {
-	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
-	char *ad_b = t_fixture("merge/ad_pattern");
 	char m[300], jn[400];
 	struct lora_err err = { 0 };
 	unsigned char c;
 	int fd;
 	char *before, *after;
 
-	snprintf(m, sizeof(m), "%s/dp", tmp);
-	CHECK(committed_swap(base, m, ad_a, ad_b) == 0);
-	snprintf(jn, sizeof(jn), "%s/%s", m, LORA_SWAP_JOURNAL);
 	/* The plan blob starts right after the entry table: byte 64 + table + 40 is inside it. */
-	fd = open(jn, O_RDWR);
+	fd = committed_journal("dp", m, jn);
 	CHECK(fd >= 0);
 	{
-		unsigned char head[64];
-		uint64_t tl = 0;
-		CHECK(pread(fd, head, 64, 0) == 64);
-		for (int k = 7; k >= 0; k--)
-			tl = tl << 8 | head[16 + k];
-		CHECK(pread(fd, &c, 1, (off_t)(64 + tl + 40)) == 1);
+		uint64_t tl = table_len(fd);
+		CHECK(tl > 0 && pread(fd, &c, 1, (off_t)(64 + tl + 40)) == 1);
 		c ^= 0x20;
 		CHECK(pwrite(fd, &c, 1, (off_t)(64 + tl + 40)) == 1);
 	}
@@ -382,9 +383,6 @@ TEST(recover_refuses_a_damaged_plan)
 	CHECK(before && after && !strcmp(before, after));
 	free(before);
 	free(after);
-	free(base);
-	free(ad_a);
-	free(ad_b);
 }
 
 /*
@@ -394,8 +392,6 @@ TEST(recover_refuses_a_damaged_plan)
  */
 TEST(recover_refuses_an_entry_past_the_end)
 {
-	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
-	char *ad_b = t_fixture("merge/ad_pattern");
 	char m[300], jn[400];
 	struct lora_err err = { 0 };
 	unsigned char head[64], *tab;
@@ -403,13 +399,8 @@ TEST(recover_refuses_an_entry_past_the_end)
 	unsigned int len = 0;
 	int fd;
 
-	snprintf(m, sizeof(m), "%s/pe", tmp);
-	CHECK(committed_swap(base, m, ad_a, ad_b) == 0);
-	snprintf(jn, sizeof(jn), "%s/%s", m, LORA_SWAP_JOURNAL);
-	fd = open(jn, O_RDWR);
-	CHECK(fd >= 0 && pread(fd, head, 64, 0) == 64);
-	for (int k = 7; k >= 0; k--)
-		tl = tl << 8 | head[16 + k];
+	fd = committed_journal("pe", m, jn);
+	CHECK(fd >= 0 && (tl = table_len(fd)) > 0 && pread(fd, head, 64, 0) == 64);
 	tab = malloc(tl);
 	CHECK(tab && pread(fd, tab, tl, 64) == (ssize_t)tl);
 	/* First entry (the plan): src_off = 2^62, len = 2^62 + 5. */
@@ -424,16 +415,11 @@ TEST(recover_refuses_an_entry_past_the_end)
 	CHECKF(strstr(err.msg, "is damaged") != NULL, "%s", err.msg);
 	CHECK(has_journal(m));
 	free(tab);
-	free(base);
-	free(ad_a);
-	free(ad_b);
 }
 
 /* A committed journal whose target was truncated is refused, not half-applied. */
 TEST(recover_refuses_a_journal_for_other_files)
 {
-	char *base = t_fixture("merge/base_bf16"), *ad_a = t_fixture("merge/ad_plain");
-	char *ad_b = t_fixture("merge/ad_pattern");
 	char m[300], jn[400], shard[400];
 	struct lora_err err = { 0 };
 
@@ -465,9 +451,6 @@ TEST(recover_refuses_a_journal_for_other_files)
 	CHECK(truncate(jn, 200) == 0);
 	CHECK(lora_merged_recover(m, &err) < 0);
 	CHECKF(strstr(err.msg, "is damaged") != NULL, "%s", err.msg);
-	free(base);
-	free(ad_a);
-	free(ad_b);
 }
 
 int main(void)
@@ -484,6 +467,9 @@ int main(void)
 		perror("mkdtemp");
 		return 1;
 	}
+	base = t_fixture("merge/base_bf16");
+	ad_a = t_fixture("merge/ad_plain");
+	ad_b = t_fixture("merge/ad_pattern");
 	{
 		/* Keep the fingerprint cache inside the test folder. */
 		char c[300];
@@ -497,5 +483,8 @@ int main(void)
 	RUN(recover_refuses_an_entry_past_the_end);
 	RUN(recover_refuses_a_journal_for_other_files);
 	lora_rm_rf(tmp, NULL);
+	free(base);
+	free(ad_a);
+	free(ad_b);
 	return t_done();
 }

@@ -922,88 +922,6 @@ static int merge_block(struct lora_merge_engine *e, const struct lora_merge_targ
 	return 0;
 }
 
-int lora_merge_stream(struct lora_merge_engine *e, const struct lora_merge_target *t,
-		      const struct lora_st_tensor *src, enum lora_dtype out_dt, char *line,
-		      lora_sink_fn sink, void *sink_ctx, struct lora_err *err)
-{
-	enum lora_dtype dt = src->dtype;
-	unsigned ib = lora_dtype_bits(dt) / 8, ob = lora_dtype_bits(out_dt) / 8;
-	uint64_t row_len, n_rows, per;
-	void **A = NULL, **B = NULL;
-	EVP_MD_CTX *h = NULL;
-	int rc = -1, f64 = out_dt == LORA_DT_F32;
-
-	if (t || out_dt != dt) {
-		if (!is_merge_float(dt) || !is_merge_float(out_dt))
-			return lora_errf(err, "cannot convert tensor '%s' from %s to %s", src->name,
-					 lora_dtype_name(dt), lora_dtype_name(out_dt));
-	}
-	if (t) {
-		if (src->ndim != 2 || src->shape[0] != t->rows || src->shape[1] != t->cols)
-			return lora_errf(err, "tensor '%s' changed shape", src->name);
-		row_len = t->cols;
-		n_rows = t->rows;
-		if (row_len && engine_grow(e, (size_t)row_len, err) < 0)
-			return -1;
-		if (load_factors(t, f64, &A, &B, err) < 0)
-			return -1;
-		if (e->cuda && gpu_ops)
-			gpu_ops->reset(e->cuda);   /* new host arrays: drop the device cache */
-	} else {
-		/* Plain conversion or copy: any shape, blocks of whole elements. */
-		row_len = 1;
-		n_rows = src->nelem;
-		if (ib == 0 || ob == 0) {   /* sub-byte dtypes: copied whole, as bytes */
-			ib = ob = 1;
-			n_rows = src->end - src->begin;
-		}
-	}
-	per = row_len ? e->cap / row_len : n_rows;
-	if (per == 0)
-		per = 1;
-	if (line && !(h = EVP_MD_CTX_new())) {
-		free_factors(A, B, t ? t->n_terms : 0);
-		return lora_errf(err, "out of memory");
-	}
-	if (h)
-		EVP_DigestInit_ex(h, EVP_sha256(), NULL);
-	for (uint64_t r0 = 0; r0 < n_rows; r0 += per) {
-		uint64_t nr = n_rows - r0 < per ? n_rows - r0 : per;
-		size_t n = (size_t)(nr * row_len);
-		const unsigned char *in = src->data + r0 * row_len * ib;
-		const void *outp = in;
-
-		if (t) {
-			if (merge_block(e, t, A, B, f64, in, dt, r0, nr, n, out_dt, err) < 0)
-				goto out;
-			outp = e->o;
-		} else if (out_dt != dt) {
-			to_f32(e->w, in, dt, n);
-			from_f32(e->o, e->w, out_dt, n);
-			outp = e->o;
-		}
-		if (h)
-			EVP_DigestUpdate(h, in, n * ib);
-		if (sink(sink_ctx, outp, n * ob, err) < 0)
-			goto out;
-		lora_merge_drop_pages(in, n * ib);
-		e->done += n * ib;
-		if (e->progress)
-			e->progress(e->progress_ctx, e->done, e->total);
-	}
-	if (h) {
-		unsigned char md[32];
-		unsigned int mdlen = 0;
-		EVP_DigestFinal_ex(h, md, &mdlen);
-		line_from_digest(src, md, line);
-	}
-	rc = 0;
-out:
-	EVP_MD_CTX_free(h);
-	free_factors(A, B, t ? t->n_terms : 0);
-	return rc;
-}
-
 /* ----------------------------------------------------------------- records */
 
 void lora_merge_fmt_double(double v, char out[32])
@@ -2317,7 +2235,6 @@ static int plan_dtypes(struct merge_job *j, uint64_t *total_data, struct lora_er
 			if (o != t->dtype)
 				j->dtype_changed = 1;
 			*total_data += t->nelem * lora_dtype_bits(o) / 8;
-			j->eng.total += t->end - t->begin;
 		}
 	}
 	return 0;
@@ -2406,8 +2323,6 @@ static int merge_run(const struct lora_merge_opts *o, const struct lora_merge_se
 		goto out;
 	if (lora_merge_engine_init(&j.eng, o->device, err) < 0)
 		goto out;
-	j.eng.progress = o->progress;
-	j.eng.progress_ctx = o->progress_ctx;
 	stats->n_shards = j.base->n_shards;
 	j.outs = calloc(j.base->n_shards, sizeof(*j.outs));
 	j.out_dt = calloc(j.base->n_shards, sizeof(*j.out_dt));

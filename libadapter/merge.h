@@ -194,9 +194,6 @@ void lora_linecache_put(struct lora_linecache *c, const struct lora_model_tensor
 /* save: write the new lines to the cache files. */
 void lora_linecache_close(struct lora_linecache *c, int save);
 
-/* Receives output bytes in order. */
-typedef int (*lora_sink_fn)(void *ctx, const void *data, size_t len, struct lora_err *err);
-
 /*
  * The ΔW GEMMs on a GPU (`--device cuda`).  kernels/merge.cu implements them in
  * the CUDA plugin and cmd/ registers a hook that loads it on first use
@@ -223,26 +220,11 @@ struct lora_merge_engine {
 	unsigned char *in;        /* one row block read from the source (batches) */
 	size_t in_cap;            /* bytes in `in` */
 	size_t cap;               /* elements each buffer holds */
-	lora_progress_fn progress;
-	void *progress_ctx;
-	uint64_t done, total;     /* bytes of source read, for progress */
 	int blas_threads;         /* OpenBLAS's thread count before, restored on free */
 };
 
 int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device, struct lora_err *err);
 void lora_merge_engine_free(struct lora_merge_engine *e);
-
-/*
- * Stream `src` into `sink` as out_dt bytes in row blocks: with a target,
- * W + Σ coef·B·A rounded once; without one (t == NULL), a plain conversion
- * (or a copy when out_dt is src's dtype).  When `line` is not NULL, the
- * fingerprint line of src is computed on the way (one pass over its bytes).
- * Pages of src already used are dropped from the mapping (madvise), so the
- * resident size stays at one block.
- */
-int lora_merge_stream(struct lora_merge_engine *e, const struct lora_merge_target *t,
-		      const struct lora_st_tensor *src, enum lora_dtype out_dt, char *line,
-		      lora_sink_fn sink, void *sink_ctx, struct lora_err *err);
 
 /* The output dtype of a tensor of dtype dt under the chosen dtype (INVALID = auto). */
 enum lora_dtype lora_merge_out_dtype(enum lora_dtype dt, enum lora_dtype chosen);

@@ -940,7 +940,6 @@ static int prepare_exact_rows(struct swap_job *j, const char *bdir, struct lora_
 		}
 		memcpy(u->line, lines[i], sizeof(u->line));
 		u->src = bt;
-		j->eng.total += bt->end - bt->begin;
 	}
 	rc = 0;
 out:
@@ -993,7 +992,6 @@ static int finish_drift_rows(struct swap_job *j, struct lora_err *err)
 		u->src = u->ft;
 		if (!u->in_old && lora_merge_tensor_line(u->ft, u->line, err) < 0)
 			return -1;
-		j->eng.total += u->ft->end - u->ft->begin;
 	}
 	return 0;
 }
@@ -1231,6 +1229,67 @@ static int write_plan(struct swap_job *j, const unsigned char *hdr, size_t hdr_l
 }
 
 /*
+ * Drift: the new bytes of every rewritten tensor, W - old + new computed
+ * from the folder's own tensors by worker threads, written into the journal
+ * from offset `at` on (in table order); the journal's position ends after
+ * them.  With the test pause, one tensor at a time.
+ */
+static int drift_tensors(struct swap_job *j, uint64_t at, struct lora_err *err)
+{
+	const struct lora_model *m = j->m;
+	int *fds = malloc((m->n_shards + 1) * sizeof(int));
+	char **paths = calloc(m->n_shards + 1, sizeof(char *));
+	int rc = -1;
+
+	if (!fds || !paths) {
+		lora_errf(err, "out of memory");
+		goto out;
+	}
+	for (size_t s = 0; s < m->n_shards; s++)
+		fds[s] = -1;
+	for (size_t s = 0; s < m->n_shards; s++) {
+		paths[s] = lora_path_join(m->dir, m->shard_names[s]);
+		if (!paths[s] || (fds[s] = open(paths[s], O_RDONLY | O_CLOEXEC)) < 0) {
+			lora_errf(err, "cannot open '%s': %s", paths[s] ? paths[s] : m->shard_names[s],
+				  strerror(errno));
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < j->n_u;) {
+		struct lora_merge_batch *b = lora_merge_batch_new();
+		size_t end = j->o->pause_us ? i + 1 : j->n_u;
+		int brc = b ? 0 : lora_errf(err, "out of memory");
+		for (; brc == 0 && i < end; i++) {
+			const struct urow *u = &j->u[i];
+			brc = lora_merge_batch_add(b, u->src, fds[u->shard], paths[u->shard], u->t,
+						   u->ft->dtype, j->jfd, at, j->jnew, err);
+			at += u->ft->end - u->ft->begin;
+			j->jwritten += u->ft->end - u->ft->begin;
+		}
+		if (brc == 0)
+			brc = lora_merge_batch_run(b, 0, NULL, j->o->progress, j->o->progress_ctx, err);
+		lora_merge_batch_free(b);
+		if (brc < 0)
+			goto out;
+		pause_us(j->o->pause_us);
+	}
+	if (lseek(j->jfd, (off_t)at, SEEK_SET) < 0) {
+		lora_errf(err, "cannot seek in '%s': %s", j->jnew, strerror(errno));
+		goto out;
+	}
+	rc = 0;
+out:
+	for (size_t s = 0; fds && s < m->n_shards; s++)
+		if (fds[s] >= 0)
+			close(fds[s]);
+	for (size_t s = 0; paths && s < m->n_shards; s++)
+		free(paths[s]);
+	free(fds);
+	free(paths);
+	return rc;
+}
+
+/*
  * Write the journal aside, fsync it, and commit it by renaming.  Exact swaps
  * (base_abs set) journal the plan; drift swaps journal the new tensor bytes.
  */
@@ -1300,12 +1359,8 @@ static int write_journal(struct swap_job *j, const char *base_abs, struct lora_e
 	j->jwritten = 0;
 	if (plan && write_plan(j, plan_hdr, plan_hlen, err) < 0)
 		goto out;
-	for (size_t i = 0; !plan && i < j->n_u; i++) {
-		struct urow *u = &j->u[i];
-		if (lora_merge_stream(&j->eng, u->t, u->src, u->ft->dtype, NULL, jsink, j, err) < 0)
-			goto out;
-		pause_us(j->o->pause_us);
-	}
+	if (!plan && drift_tensors(j, J_HEAD + tl, err) < 0)
+		goto out;
 	for (size_t s = 0; s < m->n_shards; s++)
 		if (jsink(j, j->hdr[s], m->shards[s]->data_start, err) < 0)
 			goto out;
@@ -1431,8 +1486,6 @@ int lora_swap(const struct lora_swap_opts *o, const struct lora_merge_set *set,
 		}
 	if (lora_merge_engine_init(&j.eng, LORA_DEVICE_CPU, err) < 0)
 		goto out;
-	j.eng.progress = o->progress;
-	j.eng.progress_ctx = o->progress_ctx;
 	if (!o->base_dir && !lora_is_dir(j.old.base_path)) {
 		/* Drift: the old terms go into the plan before the union is built. */
 		snprintf(stats->note, sizeof(stats->note),

@@ -47,7 +47,9 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Run argv[0] with stdout sent to /dev/null (stderr kept for diagnostics). */
+static char errlog[300];   /* the spawned commands' stderr */
+
+/* Run argv[0] with stdout sent to /dev/null and stderr to errlog (shown when it fails). */
 static pid_t spawn(char *const argv[])
 {
 	posix_spawn_file_actions_t fa;
@@ -56,6 +58,7 @@ static pid_t spawn(char *const argv[])
 
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+	posix_spawn_file_actions_addopen(&fa, 2, errlog, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	return rc ? -1 : pid;
@@ -63,11 +66,19 @@ static pid_t spawn(char *const argv[])
 
 static int run_wait(char *const argv[])
 {
-	int st;
+	int st, rc;
 	pid_t pid = spawn(argv);
 	if (pid < 0 || waitpid(pid, &st, 0) < 0)
 		return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	if (rc != 0) {
+		char *text = NULL;
+		size_t len;
+		if (lora_read_file(errlog, 1 << 16, &text, &len, NULL) == 0)
+			fprintf(stderr, "  %s %s: exit %d: %s", argv[0], argv[1], rc, text);
+		free(text);
+	}
+	return rc;
 }
 
 static int name_cmp(const void *a, const void *b)
@@ -467,6 +478,7 @@ int main(void)
 		perror("mkdtemp");
 		return 1;
 	}
+	snprintf(errlog, sizeof(errlog), "%s/stderr.log", tmp);
 	base = t_fixture("merge/base_bf16");
 	ad_a = t_fixture("merge/ad_plain");
 	ad_b = t_fixture("merge/ad_pattern");

@@ -4,6 +4,8 @@
  */
 #include "nf4.h"
 
+#include "libadapter/par.h"
+
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -215,19 +217,18 @@ static void tables(void)
 	pthread_once(&tables_once, build_tables);
 }
 
-/* torch.bucketize(v, bounds, right=False): the number of bounds < v. */
-static inline uint8_t nf4_code(float v)
+/*
+ * torch.bucketize(v, bounds, right=False): the number of bounds < v, counted
+ * without branches (the bounds are sorted, so this is the binary search's
+ * answer; NaN gives 0) so that the compiler vectorizes it.
+ */
+static inline uint8_t nf4_code(const float *bound, float v)
 {
-	uint8_t lo = 0, hi = 15;
+	unsigned c = 0;
 
-	while (lo < hi) {
-		uint8_t m = (uint8_t)((lo + hi) / 2);
-		if (nf4_bound[m] < v)
-			lo = (uint8_t)(m + 1);
-		else
-			hi = m;
-	}
-	return lo;
+	for (int k = 0; k < 15; k++)
+		c += bound[k] < v;
+	return (uint8_t)c;
 }
 
 static inline float clamp1(float v)
@@ -235,19 +236,73 @@ static inline float clamp1(float v)
 	return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v;
 }
 
+/*
+ * One block of len ≤ LORA_NF4_BLOCK values scaled (times inv for a full
+ * block, divided by am for the last, partial one, as bitsandbytes does),
+ * clamped and coded: the hot loop, written out so that it vectorizes
+ * (helpers would not be inlined across the target clones).
+ */
+__attribute__((optimize("O3"), target_clones("avx512f", "avx2", "default")))
+static void code_block(const float *restrict p, uint64_t len, int full, float am, float inv,
+		       const float *restrict bound, uint8_t *restrict codes)
+{
+	float v[LORA_NF4_BLOCK], bd[15];
+	uint32_t c[LORA_NF4_BLOCK];
+
+	memcpy(bd, bound, sizeof(bd));
+	if (full)
+		for (uint64_t i = 0; i < LORA_NF4_BLOCK; i++)
+			v[i] = p[i] * inv;
+	else
+		for (uint64_t i = 0; i < len; i++)
+			v[i] = p[i] / am;
+	for (uint64_t i = 0; i < LORA_NF4_BLOCK; i++) {
+		float x = i < len ? v[i] : 0.0f;
+		x = x < -1.0f ? -1.0f : x > 1.0f ? 1.0f : x;
+		c[i] = 0;
+		for (int k = 0; k < 15; k++)
+			c[i] += bd[k] < x;
+	}
+	for (uint64_t i = 0; i < len; i++)
+		codes[i] = (uint8_t)c[i];
+}
+
+/*
+ * max |p[i]| over len ≤ LORA_NF4_BLOCK values, NaN skipped (a comparison
+ * with NaN is false), as the sequential loop finds it; kept in 16 lanes so
+ * that it vectorizes: the maximum of a set does not depend on the order.
+ */
+__attribute__((optimize("O3"), target_clones("avx512f", "avx2", "default")))
+static float block_absmax(const float *restrict p, uint64_t len)
+{
+	float lane[16] = { 0 }, am = 0.0f;
+	uint64_t i = 0;
+
+	for (; i + 16 <= len; i += 16)
+		for (int j = 0; j < 16; j++) {
+			float a = fabsf(p[i + j]);
+			lane[j] = a > lane[j] ? a : lane[j];
+		}
+	for (; i < len; i++) {
+		float a = fabsf(p[i]);
+		lane[0] = a > lane[0] ? a : lane[0];
+	}
+	for (int j = 0; j < 16; j++)
+		am = lane[j] > am ? lane[j] : am;
+	return am;
+}
+
 void lora_nf4_blocks(const float *x, uint64_t n, uint8_t *packed, float *absmax)
 {
 	const uint64_t full = n / LORA_NF4_BLOCK;
-	uint8_t hi = 0;
+	uint8_t codes[LORA_NF4_BLOCK];
 
 	tables();
 	for (uint64_t b = 0; b * LORA_NF4_BLOCK < n; b++) {
 		const float *p = x + b * LORA_NF4_BLOCK;
 		const uint64_t len = b < full ? LORA_NF4_BLOCK : n - b * LORA_NF4_BLOCK;
-		float am = 0.0f, inv = 0.0f;
+		float am = block_absmax(p, len), inv = 0.0f;
 
-		for (uint64_t i = 0; i < len; i++)
-			am = fabsf(p[i]) > am ? fabsf(p[i]) : am;
 		if (b < full) {
 			/* absmax stays as found; only the divisor is kept from 0 */
 			absmax[b] = am;
@@ -256,19 +311,14 @@ void lora_nf4_blocks(const float *x, uint64_t n, uint8_t *packed, float *absmax)
 			am = am > 1e-38f ? am : 1e-38f;
 			absmax[b] = am;
 		}
-		for (uint64_t i = 0; i < len; i++) {
-			const uint64_t e = b * LORA_NF4_BLOCK + i;
-			const float v = clamp1(b < full ? p[i] * inv : p[i] / am);
-			const uint8_t c = nf4_code(v);
-
-			if (e % 2 == 0)
-				hi = c;
-			else
-				packed[e / 2] = (uint8_t)(hi << 4 | c);
-		}
+		code_block(p, len, b < full, am, inv, nf4_bound, codes);
+		/* Blocks start at even elements: codes pair up within a block. */
+		for (uint64_t i = 0; i + 1 < len; i += 2)
+			packed[(b * LORA_NF4_BLOCK + i) / 2] = (uint8_t)(codes[i] << 4 | codes[i + 1]);
+		if (len % 2)   /* only the last block of an odd count: pad with the code of 0 */
+			packed[(b * LORA_NF4_BLOCK + len) / 2] =
+				(uint8_t)(codes[len - 1] << 4 | nf4_code(nf4_bound, 0.0f));
 	}
-	if (n % 2)
-		packed[n / 2] = (uint8_t)(hi << 4 | nf4_code(0.0f));
 }
 
 /* ------------------------------------------------------------ 8-bit step */
@@ -330,11 +380,33 @@ void lora_nf4_free(struct lora_nf4 *q)
 
 #define QCHUNK (LORA_NF4_BLOCK * 1024)
 
+struct qjob {
+	struct lora_nf4 *q;
+	const unsigned char *src;
+	enum lora_dtype dt;
+	unsigned esz;
+	float *absmax;
+};
+
+/* Chunk i (whole blocks; only the last can end in a partial one): independent of the others. */
+static int quantize_chunk(void *ctx, size_t i, struct lora_err *err)
+{
+	struct qjob *j = ctx;
+	uint64_t s = (uint64_t)i * QCHUNK, len = j->q->n - s < QCHUNK ? j->q->n - s : QCHUNK;
+	float *buf = malloc(len * sizeof(float));
+
+	if (!buf)
+		return lora_errf(err, "nf4: out of memory");
+	lora_to_f32(buf, j->src + s * j->esz, j->dt, len);
+	lora_nf4_blocks(buf, len, j->q->packed + s / 2, j->absmax + s / LORA_NF4_BLOCK);
+	free(buf);
+	return 0;
+}
+
 int lora_nf4_quantize(struct lora_nf4 *q, const void *src, enum lora_dtype dt, uint64_t n,
 		      struct lora_err *err)
 {
-	const unsigned esz = lora_dtype_bits(dt) / 8;
-	float *buf = NULL, *absmax = NULL;
+	struct qjob j = { .q = q, .src = src, .dt = dt, .esz = lora_dtype_bits(dt) / 8 };
 
 	memset(q, 0, sizeof(*q));
 	if (dt != LORA_DT_F32 && dt != LORA_DT_BF16 && dt != LORA_DT_F16)
@@ -347,24 +419,20 @@ int lora_nf4_quantize(struct lora_nf4 *q, const void *src, enum lora_dtype dt, u
 	q->packed = malloc((n + 1) / 2);
 	q->qabsmax = malloc(q->nb);
 	q->absmax2 = malloc(q->ng * sizeof(float));
-	absmax = malloc(q->nb * sizeof(float));
-	buf = malloc((n < QCHUNK ? n : QCHUNK) * sizeof(float));
-	if (!q->packed || !q->qabsmax || !q->absmax2 || !absmax || !buf) {
-		free(buf);
-		free(absmax);
+	j.absmax = malloc(q->nb * sizeof(float));
+	if (!q->packed || !q->qabsmax || !q->absmax2 || !j.absmax) {
+		free(j.absmax);
 		lora_nf4_free(q);
 		return lora_errf(err, "nf4: out of memory for %llu elements", (unsigned long long)n);
 	}
-	/* chunks are whole blocks, so only the last chunk can end in a partial block */
-	for (uint64_t s = 0; s < n; s += QCHUNK) {
-		uint64_t len = n - s < QCHUNK ? n - s : QCHUNK;
-
-		lora_to_f32(buf, (const unsigned char *)src + s * esz, dt, len);
-		lora_nf4_blocks(buf, len, q->packed + s / 2, absmax + s / LORA_NF4_BLOCK);
+	/* Chunks by worker threads (the result does not depend on their number). */
+	if (lora_par_for((size_t)((n + QCHUNK - 1) / QCHUNK), 0, quantize_chunk, &j, err) < 0) {
+		free(j.absmax);
+		lora_nf4_free(q);
+		return -1;
 	}
-	lora_nf4_dq8(absmax, q->nb, q->qabsmax, q->absmax2, &q->offset);
-	free(buf);
-	free(absmax);
+	lora_nf4_dq8(j.absmax, q->nb, q->qabsmax, q->absmax2, &q->offset);
+	free(j.absmax);
 	return 0;
 }
 

@@ -516,6 +516,29 @@ static char *cache_dir(void)
 	return NULL;
 }
 
+/* Append name -> line to a shard's cache; 0, or -1 when out of memory. */
+static int lc_append(struct lc_shard *c, const char *name, const char *line)
+{
+	char **nn = realloc(c->names, (c->n + 1) * sizeof(char *)), **nl;
+
+	if (nn)
+		c->names = nn;
+	nl = realloc(c->lines, (c->n + 1) * sizeof(char *));
+	if (nl)
+		c->lines = nl;
+	if (!nn || !nl)
+		return -1;
+	c->names[c->n] = strdup(name);
+	c->lines[c->n] = strdup(line);
+	if (!c->names[c->n] || !c->lines[c->n]) {
+		free(c->names[c->n]);
+		free(c->lines[c->n]);
+		return -1;
+	}
+	c->n++;
+	return 0;
+}
+
 static void lc_load(struct lc_shard *c)
 {
 	char *text = NULL, *p, *nl;
@@ -528,29 +551,13 @@ static void lc_load(struct lc_shard *c)
 		return;
 	}
 	for (p = text + 20; *p; p = nl + 1) {
-		char *tab = strchr(p, '\t'), **nn, **nl2;
+		char *tab = strchr(p, '\t');
 		nl = strchr(p, '\n');
 		if (!nl || !tab || tab > nl)
 			break;
 		*tab = *nl = '\0';
-		if (!valid_line(tab + 1))
-			continue;
-		nn = realloc(c->names, (c->n + 1) * sizeof(char *));
-		if (nn)
-			c->names = nn;
-		nl2 = realloc(c->lines, (c->n + 1) * sizeof(char *));
-		if (nl2)
-			c->lines = nl2;
-		if (!nn || !nl2)
+		if (valid_line(tab + 1) && lc_append(c, p, tab + 1) < 0)
 			break;
-		c->names[c->n] = strdup(p);
-		c->lines[c->n] = strdup(tab + 1);
-		if (!c->names[c->n] || !c->lines[c->n]) {
-			free(c->names[c->n]);
-			free(c->lines[c->n]);
-			break;
-		}
-		c->n++;
 	}
 	free(text);
 }
@@ -610,30 +617,14 @@ const char *lora_linecache_get(struct lora_linecache *c, const struct lora_model
 void lora_linecache_put(struct lora_linecache *c, const struct lora_model_tensor *mt, const char *line)
 {
 	struct lc_shard *s;
-	char **nn, **nl;
 
 	if (!c || !line[0])
 		return;
 	s = &c->s[mt->shard];
 	if (!s->path || lora_linecache_get(c, mt))
 		return;
-	nn = realloc(s->names, (s->n + 1) * sizeof(char *));
-	if (nn)
-		s->names = nn;
-	nl = realloc(s->lines, (s->n + 1) * sizeof(char *));
-	if (nl)
-		s->lines = nl;
-	if (!nn || !nl)
-		return;
-	s->names[s->n] = strdup(mt->t->name);
-	s->lines[s->n] = strdup(line);
-	if (!s->names[s->n] || !s->lines[s->n]) {
-		free(s->names[s->n]);
-		free(s->lines[s->n]);
-		return;
-	}
-	s->n++;
-	s->dirty = 1;
+	if (lc_append(s, mt->t->name, line) == 0)
+		s->dirty = 1;
 }
 
 void lora_linecache_close(struct lora_linecache *c, int save)
@@ -667,8 +658,7 @@ void lora_linecache_close(struct lora_linecache *c, int save)
 
 /* ------------------------------------------------------------------ engine */
 
-static int engine_init(struct lora_merge_engine *e, enum lora_device device, int set_blas,
-		       struct lora_err *err)
+int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device, struct lora_err *err)
 {
 	memset(e, 0, sizeof(*e));
 	e->device = device;
@@ -680,10 +670,6 @@ static int engine_init(struct lora_merge_engine *e, enum lora_device device, int
 		lora_merge_engine_free(e);
 		return lora_errf(err, "out of memory");
 	}
-	/* The GEMMs have an inner size of r (≤ a few hundred): OpenBLAS threads
-	 * would mostly spin; one thread does them, the rest of the machine is free. */
-	if (set_blas)
-		e->blas_threads = lora_blas_single();
 	if (device == LORA_DEVICE_CUDA) {
 		char msg[512];
 		if (!gpu_ops) {
@@ -699,11 +685,6 @@ static int engine_init(struct lora_merge_engine *e, enum lora_device device, int
 	return 0;
 }
 
-int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device, struct lora_err *err)
-{
-	return engine_init(e, device, 1, err);
-}
-
 void lora_merge_engine_free(struct lora_merge_engine *e)
 {
 	if (e->cuda && gpu_ops)
@@ -712,8 +693,6 @@ void lora_merge_engine_free(struct lora_merge_engine *e)
 	free(e->d);
 	free(e->o);
 	free(e->in);
-	if (e->blas_threads > 0)
-		lora_blas_restore(e->blas_threads);
 	memset(e, 0, sizeof(*e));
 }
 
@@ -1890,7 +1869,7 @@ static void *worker(void *arg)
 	struct lora_merge_engine e;
 	struct lora_err err = { 0 };
 
-	if (engine_init(&e, LORA_DEVICE_CPU, 0, &err) < 0) {
+	if (lora_merge_engine_init(&e, LORA_DEVICE_CPU, &err) < 0) {
 		batch_fail(b, &err);
 		return NULL;
 	}
@@ -1998,7 +1977,7 @@ int lora_merge_batch_run(struct lora_merge_batch *b, int threads, struct lora_me
 			 lora_progress_fn progress, void *progress_ctx, struct lora_err *err)
 {
 	pthread_t th[8];
-	int started = 0;
+	int started = 0, blas_threads;
 
 	b->progress = progress;
 	b->progress_ctx = progress_ctx;
@@ -2009,6 +1988,9 @@ int lora_merge_batch_run(struct lora_merge_batch *b, int threads, struct lora_me
 				return -1;
 		return 0;
 	}
+	/* The GEMMs have an inner size of r (≤ a few hundred): OpenBLAS's own
+	 * threads would mostly spin; each of ours runs its GEMMs on one. */
+	blas_threads = lora_blas_single();
 	if (threads <= 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		threads = n < 1 ? 1 : n > 8 ? 8 : (int)n;
@@ -2025,6 +2007,7 @@ int lora_merge_batch_run(struct lora_merge_batch *b, int threads, struct lora_me
 	worker(b);   /* this thread works too */
 	for (int i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
+	lora_blas_restore(blas_threads);
 	if (b->failed) {
 		*err = b->err;
 		return -1;

@@ -220,7 +220,6 @@ struct lora_merge_engine {
 	unsigned char *in;        /* one row block read from the source (batches) */
 	size_t in_cap;            /* bytes in `in` */
 	size_t cap;               /* elements each buffer holds */
-	int blas_threads;         /* OpenBLAS's thread count before, restored on free */
 };
 
 int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device, struct lora_err *err);

@@ -747,7 +747,6 @@ struct swap_job {
 	size_t n_new;
 	struct urow *u;
 	size_t n_u;
-	struct lora_merge_engine eng;
 	unsigned char **hdr;               /* new shard headers */
 	struct lora_buf json;              /* new lora-merge.json */
 	int jfd;
@@ -1413,7 +1412,6 @@ static void job_free(struct swap_job *j)
 	lora_buf_free(&j->json);
 	lora_merge_plan_free(&j->plan);
 	lora_merge_set_free(&j->old_set);
-	lora_merge_engine_free(&j->eng);
 	lora_merge_record_free(&j->old);
 	lora_merge_record_free(&j->rec);
 	if (j->base)
@@ -1484,8 +1482,6 @@ int lora_swap(const struct lora_swap_opts *o, const struct lora_merge_set *set,
 			lora_errf(err, "out of memory");
 			goto out;
 		}
-	if (lora_merge_engine_init(&j.eng, LORA_DEVICE_CPU, err) < 0)
-		goto out;
 	if (!o->base_dir && !lora_is_dir(j.old.base_path)) {
 		/* Drift: the old terms go into the plan before the union is built. */
 		snprintf(stats->note, sizeof(stats->note),

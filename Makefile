@@ -52,7 +52,7 @@ CU_OBJ    :=
 PLUGIN    :=
 endif
 
-LIB_SRC   := $(wildcard libadapter/*.c)
+LIB_SRC   := $(wildcard libadapter/*/*.c)
 TRAIN_SRC := $(wildcard train/*.c)
 CMD_SRC   := $(wildcard cmd/*.c)
 TEST_SRC  := $(wildcard tests/unit/test_*.c)

@@ -18,8 +18,8 @@
 
 #include <cjson/cJSON.h>
 
-#include "libadapter/fsutil.h"
-#include "train/model.h"
+#include "libadapter/base/fsutil.h"
+#include "train/net.h"
 #include "train/optim.h"
 #include "train/tokenizer.h"
 

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "train/model.h"
+#include "train/net.h"
 
 static double now(clockid_t id)
 {

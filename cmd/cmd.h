@@ -12,7 +12,7 @@
 #include <getopt.h>
 #include <stdio.h>
 
-#include "libadapter/err.h"
+#include "libadapter/base/err.h"
 
 #define CMD_NEED_STORE 0x1   /* resolve the store directory before running */
 

@@ -8,10 +8,10 @@
 #include <cjson/cJSON.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/combine.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/peft.h"
-#include "libadapter/store.h"
+#include "libadapter/algebra/combine.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/peft.h"
+#include "libadapter/store/store.h"
 
 struct input {
 	struct lora_adapter_src src;

@@ -16,10 +16,10 @@
 #include <cjson/cJSON.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/safetensors.h"
-#include "libadapter/store.h"
-#include "train/model.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/safetensors.h"
+#include "libadapter/store/store.h"
+#include "train/net.h"
 
 #define MAX_ROW_TOKENS (1 << 20)
 #define BATCH_TOKENS 2048   /* rows per forward pass: about this many positions */

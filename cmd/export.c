@@ -4,7 +4,7 @@
 #include <unistd.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/store.h"
+#include "libadapter/store/store.h"
 
 CMD(export)
 {

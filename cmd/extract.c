@@ -7,9 +7,9 @@
 #include <cjson/cJSON.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/extract.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/store.h"
+#include "libadapter/algebra/extract.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/store/store.h"
 
 static void on_progress(void *ctx, double done, double total)
 {

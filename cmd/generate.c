@@ -11,11 +11,11 @@
 #include <string.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/buf.h"
-#include "libadapter/store.h"
+#include "libadapter/base/buf.h"
+#include "libadapter/store/store.h"
 #include "train/chat.h"
 #include "train/generate.h"
-#include "train/model.h"
+#include "train/net.h"
 #include "train/tokenizer.h"
 
 #define MAX_STOPS 4

@@ -4,11 +4,11 @@
 #include <string.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/manifest.h"
-#include "libadapter/model.h"
-#include "libadapter/peft.h"
-#include "libadapter/store.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/store/manifest.h"
+#include "libadapter/format/modeldir.h"
+#include "libadapter/format/peft.h"
+#include "libadapter/store/store.h"
 
 /* The name a folder gets without --name: its last path component. */
 static int default_name(const char *path, char out[129])

@@ -8,11 +8,11 @@
 #include <cjson/cJSON.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/model.h"
-#include "libadapter/peft.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/lowrank.h"
-#include "libadapter/store.h"
+#include "libadapter/format/modeldir.h"
+#include "libadapter/format/peft.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/algebra/lowrank.h"
+#include "libadapter/store/store.h"
 
 static void print_bytes(FILE *f, double b)
 {

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/store.h"
+#include "libadapter/store/store.h"
 
 CMD(keygen)
 {

@@ -6,9 +6,9 @@
 #include <cjson/cJSON.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/buf.h"
-#include "libadapter/manifest.h"
-#include "libadapter/store.h"
+#include "libadapter/base/buf.h"
+#include "libadapter/store/manifest.h"
+#include "libadapter/store/store.h"
 
 static const cJSON *jget(const cJSON *o, const char *a, const char *b)
 {

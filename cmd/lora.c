@@ -17,8 +17,8 @@
 #include <cjson/cJSON.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/blas.h"
-#include "libadapter/merge.h"
+#include "libadapter/base/blas.h"
+#include "libadapter/merge/merge.h"
 #include "train/cuda.h"
 
 

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/merge.h"
+#include "libadapter/merge/merge.h"
 
 static void on_progress(void *ctx, uint64_t done, uint64_t total)
 {

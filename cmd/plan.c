@@ -15,10 +15,10 @@
 #include <unistd.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/buf.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/model.h"
-#include "train/lora.h"
+#include "libadapter/base/buf.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/modeldir.h"
+#include "train/lora_cfg.h"
 #include "train/plan.h"
 
 #define GIB ((uint64_t)1 << 30)

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/store.h"
+#include "libadapter/store/store.h"
 #include "train/ckpt.h"
 
 CMD(rm)

@@ -4,8 +4,8 @@
 #include <string.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/merge.h"
-#include "libadapter/swap.h"
+#include "libadapter/merge/merge.h"
+#include "libadapter/merge/swap.h"
 
 int cmd_merge_open_set(struct cmd_ctx *ctx, char **args, int n, struct lora_merge_set *set);
 

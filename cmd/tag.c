@@ -2,7 +2,7 @@
 #include <stdio.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/store.h"
+#include "libadapter/store/store.h"
 
 CMD(tag)
 {

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/buf.h"
+#include "libadapter/base/buf.h"
 #include "train/tokenizer.h"
 
 #define STDIN_MAX ((size_t)1 << 30)

@@ -15,7 +15,7 @@
 #include <time.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/store.h"
+#include "libadapter/store/store.h"
 #include "train/ckpt.h"
 #include "train/loop.h"
 

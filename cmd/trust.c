@@ -6,10 +6,10 @@
 #include <cjson/cJSON.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/sshsig.h"
-#include "libadapter/manifest.h"
-#include "libadapter/store.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/store/sshsig.h"
+#include "libadapter/store/manifest.h"
+#include "libadapter/store/store.h"
 
 static int trust_add(int argc, char **argv, struct cmd_ctx *ctx)
 {

@@ -6,8 +6,8 @@
 #include <cjson/cJSON.h>
 
 #include "cmd/cmd.h"
-#include "libadapter/manifest.h"
-#include "libadapter/store.h"
+#include "libadapter/store/manifest.h"
+#include "libadapter/store/store.h"
 
 static const char *state_name(enum lora_check_state s)
 {

@@ -22,8 +22,8 @@
 
 #include <stddef.h>
 
-#include "libadapter/buf.h"
-#include "libadapter/err.h"
+#include "libadapter/base/buf.h"
+#include "libadapter/base/err.h"
 
 enum lora_chat_format { LORA_CHAT_CHATML = 1, LORA_CHAT_LLAMA3 = 2 };
 

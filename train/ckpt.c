@@ -1,5 +1,5 @@
 /* ckpt.c - work areas of training runs and checkpoint files (see ckpt.h). */
-#include "ckpt.h"
+#include "train/ckpt.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -9,9 +9,9 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-#include "libadapter/fsutil.h"
-#include "libadapter/safetensors.h"
-#include "libadapter/store.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/safetensors.h"
+#include "libadapter/store/store.h"
 
 #define CKPT_FORMAT "lora-checkpoint"
 #define CKPT_VERSION "1"

@@ -31,7 +31,7 @@
 
 #include <stddef.h>
 
-#include "libadapter/err.h"
+#include "libadapter/base/err.h"
 
 #define LORA_CKPT_FILE "checkpoint.safetensors"
 #define LORA_CKPT_LOG "training_log.jsonl"

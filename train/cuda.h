@@ -14,7 +14,7 @@
 #include <stddef.h>
 
 #include "kernels/device.h"
-#include "libadapter/merge.h"
+#include "libadapter/merge/merge.h"
 
 struct lora_cuda_api {
 	int (*query)(struct lora_cuda_info *info, char *msg, size_t msglen);

@@ -8,8 +8,8 @@
 
 #include <cjson/cJSON.h>
 
-#include "libadapter/buf.h"
-#include "libadapter/fsutil.h"
+#include "libadapter/base/buf.h"
+#include "libadapter/base/fsutil.h"
 #include "train/data.h"
 
 #define DATA_FILE_MAX ((size_t)1 << 40)

@@ -64,7 +64,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "libadapter/err.h"
+#include "libadapter/base/err.h"
 #include "train/chat.h"
 #include "train/tokenizer.h"
 

@@ -8,7 +8,7 @@
  * Shapes: n new tokens at positions p0 .. p0+n-1; C hidden, F intermediate,
  * H heads, KV key/value heads, D head dim, V vocab, P cache positions.
  */
-#include "generate.h"
+#include "train/generate.h"
 
 #include <cblas.h>
 #include <math.h>

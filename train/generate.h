@@ -26,8 +26,8 @@
 
 #include <stdint.h>
 
-#include "libadapter/err.h"
-#include "train/model.h"
+#include "libadapter/base/err.h"
+#include "train/net.h"
 
 struct lora_gen;
 

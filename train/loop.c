@@ -2,7 +2,7 @@
  * loop.c - the training loop (see loop.h): set-up, steps, evaluation,
  * checkpoints, metrics log, and the finished adapter into the store.
  */
-#include "loop.h"
+#include "train/loop.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -16,10 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "libadapter/buf.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/model.h"
-#include "libadapter/store.h"
+#include "libadapter/base/buf.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/modeldir.h"
+#include "libadapter/store/store.h"
 #include "train/chat.h"
 #include "train/ckpt.h"
 #include "train/data.h"

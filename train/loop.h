@@ -45,9 +45,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "libadapter/err.h"
-#include "train/lora.h"
-#include "train/model.h"
+#include "libadapter/base/err.h"
+#include "train/lora_cfg.h"
+#include "train/net.h"
 #include "train/optim.h"
 
 struct lora_trainer;

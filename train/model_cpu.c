@@ -18,7 +18,7 @@
  * holds [N, V] logits: it works through NC tokens at a time and, when
  * training, turns them into d hidden at once.
  */
-#include "model.h"
+#include "train/net.h"
 
 #include <cblas.h>
 #include <math.h>

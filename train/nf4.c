@@ -2,9 +2,9 @@
  * nf4.c - NF4 quantization with double-quantized scales, bitsandbytes-exact
  * (see nf4.h for the layout and the rounding rules this file reproduces).
  */
-#include "nf4.h"
+#include "train/nf4.h"
 
-#include "libadapter/par.h"
+#include "libadapter/base/par.h"
 
 #include <math.h>
 #include <pthread.h>

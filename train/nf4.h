@@ -32,8 +32,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "libadapter/dtype.h"
-#include "libadapter/err.h"
+#include "libadapter/base/dtype.h"
+#include "libadapter/base/err.h"
 
 #define LORA_NF4_BLOCK 64     /* elements per absmax */
 #define LORA_NF4_BLOCK2 256   /* absmax values per nested scale */

@@ -1,5 +1,5 @@
 /* optim.c - AdamW, clipping and schedules as torch and transformers do them (see optim.h). */
-#include "optim.h"
+#include "train/optim.h"
 
 #include <math.h>
 #include <stdlib.h>

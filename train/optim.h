@@ -25,7 +25,7 @@
 
 #include <stddef.h>
 
-#include "libadapter/err.h"
+#include "libadapter/base/err.h"
 
 enum lora_sched {
 	LORA_SCHED_CONSTANT = 0,  /* get_constant_schedule_with_warmup */

@@ -6,12 +6,12 @@
  * tests/unit/test_plan.c fails until it does.  The CUDA figures are the
  * same accounting with bf16 activations and no T x T attention scores.
  */
-#include "plan.h"
+#include "train/plan.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#include "train/lora.h"
+#include "train/lora_cfg.h"
 #include "train/nf4.h"
 
 const char *const lora_plan_method_names[LORA_PLAN_NMETHOD] = {"full", "lora", "qlora"};

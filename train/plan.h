@@ -31,9 +31,9 @@
 
 #include <stdint.h>
 
-#include "libadapter/dtype.h"
-#include "libadapter/err.h"
-#include "libadapter/model.h"
+#include "libadapter/base/dtype.h"
+#include "libadapter/base/err.h"
+#include "libadapter/format/modeldir.h"
 
 /* A model's shape, as far as memory is concerned. */
 struct lora_plan_shape {

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "libadapter/buf.h"
-#include "libadapter/fsutil.h"
+#include "libadapter/base/buf.h"
+#include "libadapter/base/fsutil.h"
 
 #define W 720
 #define H 440

@@ -7,7 +7,7 @@
 
 #include <stddef.h>
 
-#include "libadapter/err.h"
+#include "libadapter/base/err.h"
 
 struct lora_series {
 	const char *label;     /* "train", "eval" */

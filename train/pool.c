@@ -1,5 +1,5 @@
 /* pool.c - worker threads for parallel loops (see pool.h). */
-#include "pool.h"
+#include "train/pool.h"
 
 #include <pthread.h>
 #include <stdlib.h>

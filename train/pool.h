@@ -15,7 +15,7 @@
 
 #include <stddef.h>
 
-#include "libadapter/err.h"
+#include "libadapter/base/err.h"
 
 struct lora_pool;
 typedef void (*lora_pool_fn)(void *arg, size_t i0, size_t i1, int part);

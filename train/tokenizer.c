@@ -22,7 +22,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "libadapter/fsutil.h"
+#include "libadapter/base/fsutil.h"
 #include "train/tokenizer.h"
 
 /* nfc.c-style helper in this file's bottom section */

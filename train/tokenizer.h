@@ -45,8 +45,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "libadapter/buf.h"
-#include "libadapter/err.h"
+#include "libadapter/base/buf.h"
+#include "libadapter/base/err.h"
 
 struct lora_tok;
 

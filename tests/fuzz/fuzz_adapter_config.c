@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "libadapter/peft.h"
+#include "libadapter/format/peft.h"
 
 #define REQUIRE(c) do { if (!(c)) __builtin_trap(); } while (0)
 

@@ -1,5 +1,5 @@
 /*
- * fuzz_journal.c - libFuzzer target for swap journals (libadapter/swap.c):
+ * fuzz_journal.c - libFuzzer target for swap journals (libadapter/merge/swap.c):
  * a journal is read from whatever folder lora opens, so a downloaded model
  * folder can carry a hostile one.  Each input is written as the
  * .lora-swap.journal of a small folder, and lora_merged_recover() replays
@@ -24,8 +24,8 @@
 
 #include <openssl/evp.h>
 
-#include "libadapter/fsutil.h"
-#include "libadapter/swap.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/merge/swap.h"
 
 #define REQUIRE(c) do { if (!(c)) __builtin_trap(); } while (0)
 #define ROOT "/tmp/lora-fuzz-journal"

@@ -1,8 +1,8 @@
 /*
  * fuzz_manifest.c - libFuzzer target for the text formats a package carries
- * and the store reads: manifest.json (libadapter/manifest.c) first of all,
+ * and the store reads: manifest.json (libadapter/store/manifest.c) first of all,
  * and with the same bytes the SSHSIG armor, an allowed_signers file and a
- * public key line (libadapter/sshsig.c, sshkey.c).  A manifest that parses
+ * public key line (libadapter/store/sshsig.c, sshkey.c).  A manifest that parses
  * is built again from its fields and must parse again.
  */
 #include <stddef.h>
@@ -10,9 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "libadapter/manifest.h"
-#include "libadapter/sshkey.h"
-#include "libadapter/sshsig.h"
+#include "libadapter/store/manifest.h"
+#include "libadapter/store/sshkey.h"
+#include "libadapter/store/sshsig.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -1,5 +1,5 @@
 /*
- * fuzz_package.c - libFuzzer target for the .lora reader (libadapter/package.c):
+ * fuzz_package.c - libFuzzer target for the .lora reader (libadapter/store/package.c):
  * any bytes as a tar archive, read in memory without extracting; when it
  * reads, the manifest is parsed and matched against the entries, and the
  * signature parsed, as lora verify would.
@@ -9,9 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "libadapter/manifest.h"
-#include "libadapter/package.h"
-#include "libadapter/sshsig.h"
+#include "libadapter/store/manifest.h"
+#include "libadapter/store/package.h"
+#include "libadapter/store/sshsig.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "libadapter/safetensors.h"
+#include "libadapter/format/safetensors.h"
 
 #define REQUIRE(c) do { if (!(c)) __builtin_trap(); } while (0)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write seed journals for tests/fuzz/fuzz_journal.c into tests/fuzz/corpus/fuzz_journal/.
 
-The layout is the one libadapter/swap.h documents; the folder and its base are
+The layout is the one libadapter/merge/swap.h documents; the folder and its base are
 the harness's (one shard, w.weight BF16 [8, 16] with bytes (i*37+11) & 0xff, the
 base in /tmp/lora-fuzz-journal/base).  Standard library only.
 """

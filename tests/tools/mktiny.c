@@ -17,10 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "libadapter/buf.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/model.h"
-#include "libadapter/safetensors.h"
+#include "libadapter/base/buf.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/modeldir.h"
+#include "libadapter/format/safetensors.h"
 
 static uint64_t rng_state;
 

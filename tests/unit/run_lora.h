@@ -10,7 +10,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "libadapter/buf.h"
+#include "libadapter/base/buf.h"
 
 struct lora_run {
 	int rc;            /* exit status, or -1 when it did not exit normally */

@@ -9,7 +9,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "libadapter/fsutil.h"
+#include "libadapter/base/fsutil.h"
 #include "tests/t.h"
 
 /* Parse a JSON file (NULL, with the reason on stderr, when it cannot be read). */

@@ -6,7 +6,7 @@
  */
 #include <cjson/cJSON.h>
 
-#include "libadapter/fsutil.h"
+#include "libadapter/base/fsutil.h"
 #include "tests/t.h"
 #include "train/data.h"
 

@@ -9,8 +9,8 @@
  */
 #include <stdint.h>
 
-#include "libadapter/dtype.h"
-#include "libadapter/fsutil.h"
+#include "libadapter/base/dtype.h"
+#include "libadapter/base/fsutil.h"
 #include "tests/t.h"
 
 static uint32_t f2u(float f)

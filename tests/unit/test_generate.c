@@ -23,9 +23,9 @@
 
 #include <cjson/cJSON.h>
 
-#include "libadapter/fsutil.h"
+#include "libadapter/base/fsutil.h"
 #include "train/generate.h"
-#include "train/model.h"
+#include "train/net.h"
 #include "tests/t.h"
 
 static const char *const models[] = {"llama_tied", "llama3_untied", "qwen2", "mistral_window"};

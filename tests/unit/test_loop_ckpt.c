@@ -9,8 +9,8 @@
 #include <unistd.h>
 #include <dirent.h>
 
-#include "libadapter/fsutil.h"
-#include "libadapter/safetensors.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/safetensors.h"
 #include "tests/t.h"
 #include "train/ckpt.h"
 

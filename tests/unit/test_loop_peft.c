@@ -14,8 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "libadapter/fsutil.h"
-#include "libadapter/safetensors.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/safetensors.h"
 #include "tests/t.h"
 #include "tests/unit/run_lora.h"
 

@@ -14,8 +14,8 @@
 
 #include <cjson/cJSON.h>
 
-#include "libadapter/buf.h"
-#include "libadapter/fsutil.h"
+#include "libadapter/base/buf.h"
+#include "libadapter/base/fsutil.h"
 #include "tests/t.h"
 #include "train/ckpt.h"
 #include "train/data.h"

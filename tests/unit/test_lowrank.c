@@ -1,5 +1,5 @@
 /*
- * test_lowrank.c - factored-space arithmetic (libadapter/lowrank.h) against
+ * test_lowrank.c - factored-space arithmetic (libadapter/algebra/lowrank.h) against
  * the plain dense computation: form ΔW = s·B·A with three nested loops in
  * long double and compare.  Dense singular values come from LAPACK's dgesvd
  * on the formed matrix (a different route from the QR + small-core SVD under
@@ -15,7 +15,7 @@
 
 #include <lapacke.h>
 
-#include "libadapter/lowrank.h"
+#include "libadapter/algebra/lowrank.h"
 #include "tests/t.h"
 
 static uint64_t rng = 12345;

@@ -16,13 +16,13 @@
 
 #include <cjson/cJSON.h>
 
-#include "libadapter/combine.h"
-#include "libadapter/diff.h"
-#include "libadapter/extract.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/lowrank.h"
-#include "libadapter/model.h"
-#include "libadapter/peft.h"
+#include "libadapter/algebra/combine.h"
+#include "libadapter/algebra/diff.h"
+#include "libadapter/algebra/extract.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/algebra/lowrank.h"
+#include "libadapter/format/modeldir.h"
+#include "libadapter/format/peft.h"
 #include "tests/t.h"
 #include "tests/unit/t_json.h"
 

@@ -35,10 +35,10 @@
 
 #include <cjson/cJSON.h>
 
-#include "libadapter/fsutil.h"
-#include "libadapter/merge.h"
-#include "libadapter/model.h"
-#include "libadapter/safetensors.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/merge/merge.h"
+#include "libadapter/format/modeldir.h"
+#include "libadapter/format/safetensors.h"
 #include "train/cuda.h"
 #include "tests/t.h"
 

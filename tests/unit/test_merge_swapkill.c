@@ -24,10 +24,10 @@
 
 #include <openssl/evp.h>
 
-#include "libadapter/buf.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/safetensors.h"
-#include "libadapter/swap.h"
+#include "libadapter/base/buf.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/safetensors.h"
+#include "libadapter/merge/swap.h"
 #include "tests/t.h"
 
 extern char **environ;

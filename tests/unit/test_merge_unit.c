@@ -13,12 +13,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "libadapter/dtype.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/merge.h"
-#include "libadapter/model.h"
-#include "libadapter/safetensors.h"
-#include "libadapter/swap.h"
+#include "libadapter/base/dtype.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/merge/merge.h"
+#include "libadapter/format/modeldir.h"
+#include "libadapter/format/safetensors.h"
+#include "libadapter/merge/swap.h"
 #include "tests/t.h"
 
 static char tmp[256];

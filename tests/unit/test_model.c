@@ -10,8 +10,8 @@
 
 #include <cjson/cJSON.h>
 
-#include "libadapter/fsutil.h"
-#include "libadapter/model.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/modeldir.h"
 #include "tests/t.h"
 #include "tests/unit/t_json.h"
 #include "tests/unit/run_lora.h"

@@ -12,8 +12,8 @@
 
 #include <cjson/cJSON.h>
 
-#include "libadapter/fsutil.h"
-#include "libadapter/peft.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/peft.h"
 #include "tests/t.h"
 #include "tests/unit/t_json.h"
 #include "tests/unit/run_lora.h"

@@ -29,11 +29,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "libadapter/dtype.h"
-#include "libadapter/fsutil.h"
-#include "libadapter/model.h"
-#include "libadapter/safetensors.h"
-#include "train/model.h"
+#include "libadapter/base/dtype.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/modeldir.h"
+#include "libadapter/format/safetensors.h"
+#include "train/net.h"
 #include "train/optim.h"
 #include "train/plan.h"
 #include "tests/t.h"

@@ -21,8 +21,8 @@
 
 #include <cjson/cJSON.h>
 
-#include "libadapter/fsutil.h"
-#include "libadapter/safetensors.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/safetensors.h"
 #include "tests/t.h"
 
 static char tmpdir[256];

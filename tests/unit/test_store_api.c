@@ -9,8 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "libadapter/fsutil.h"
-#include "libadapter/store.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/store/store.h"
 
 static char store[64], work[64];
 static const char *FP = "sha256:1111111111111111111111111111111111111111111111111111111111111111";

@@ -10,9 +10,9 @@
 
 #include <cjson/cJSON.h>
 
-#include "libadapter/fsutil.h"
-#include "libadapter/sshkey.h"
-#include "libadapter/sshsig.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/store/sshkey.h"
+#include "libadapter/store/sshsig.h"
 
 static char *slurp(const char *rel, size_t *len)
 {

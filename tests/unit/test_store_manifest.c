@@ -1,8 +1,8 @@
 /* test_store_manifest.c - manifest.json: what is accepted, what is refused and why. */
 #include "tests/t.h"
 
-#include "libadapter/manifest.h"
-#include "libadapter/package.h"
+#include "libadapter/store/manifest.h"
+#include "libadapter/store/package.h"
 
 static const char *const SHA = "9c18a244d3aea2f6ddd3d6fbed77f6403c3ed4df143296aad60d874bba1726d2";
 

@@ -13,8 +13,8 @@
 #include <archive.h>
 #include <archive_entry.h>
 
-#include "libadapter/fsutil.h"
-#include "libadapter/package.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/store/package.h"
 
 #define CAP (4u << 20)
 

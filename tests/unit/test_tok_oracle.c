@@ -8,7 +8,7 @@
  */
 #include <cjson/cJSON.h>
 
-#include "libadapter/fsutil.h"
+#include "libadapter/base/fsutil.h"
 #include "tests/t.h"
 #include "train/tokenizer.h"
 

@@ -287,7 +287,7 @@ TEST(add_eos_token_in_config_is_honoured)
 	lora_tok_free(tok);
 }
 
-#include "libadapter/fsutil.h"
+#include "libadapter/base/fsutil.h"
 
 /* Random byte edits of real fixture files: loading either fails with a
  * message or gives a tokenizer that encodes and decodes (ASan watches). */

@@ -2,7 +2,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "train/lora.h"
+#include "train/lora_cfg.h"
 #include "tests/t.h"
 
 TEST(targets_parse_and_format)

@@ -20,10 +20,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "libadapter/fsutil.h"
-#include "libadapter/peft.h"
-#include "libadapter/safetensors.h"
-#include "train/model.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/peft.h"
+#include "libadapter/format/safetensors.h"
+#include "train/net.h"
 #include "train/optim.h"
 #include "tests/t.h"
 

@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "libadapter/safetensors.h"
+#include "libadapter/format/safetensors.h"
 #include "train/nf4.h"
 #include "tests/t.h"
 

@@ -6,7 +6,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "libadapter/safetensors.h"
+#include "libadapter/format/safetensors.h"
 #include "train/optim.h"
 #include "tests/t.h"
 

@@ -48,7 +48,7 @@ static int prompt_ids(const struct gen_opts *o, const struct lora_tok *tok, stru
 
 	*have_chat = 0;
 	if (o->chat != 0 && tpl) {
-		if (lora_chat_detect(tpl, lora_tok_bos_str(tok), chat, &cerr) == 0)
+		if (lora_chat_jinja(tpl, lora_tok_bos_str(tok), lora_tok_eos_str(tok), chat, &cerr) == 0)
 			*have_chat = 1;
 		else if (o->chat == 1)
 			return lora_errf(err, "%s", cerr.msg);
@@ -60,7 +60,7 @@ static int prompt_ids(const struct gen_opts *o, const struct lora_tok *tok, stru
 	if (!*have_chat)
 		return lora_tok_encode(tok, o->prompt, strlen(o->prompt), LORA_TOK_ADD_SPECIAL, ids, err);
 	{
-		struct lora_chat_msg m = {"user", o->prompt};
+		struct lora_chat_msg m = { .role = "user", .content = o->prompt };
 
 		if (lora_chat_render(chat, &m, 1, 1, &text, NULL, NULL, err) < 0) {
 			lora_buf_free(&text);
@@ -81,7 +81,8 @@ static int stop_ids(const struct lora_tok *tok, const struct lora_net *net, cons
 	int32_t c[3] = {lora_tok_eos(tok), net->cfg.eos_token_id, -1};
 
 	if (chat)
-		c[2] = lora_tok_token_to_id(tok, chat->fmt == LORA_CHAT_LLAMA3 ? "<|eot_id|>" : "<|im_end|>");
+		c[2] = chat->fmt == LORA_CHAT_JINJA ? (chat->end_marker ? lora_tok_token_to_id(tok, chat->end_marker) : -1)
+		       : lora_tok_token_to_id(tok, chat->fmt == LORA_CHAT_LLAMA3 ? "<|eot_id|>" : "<|im_end|>");
 	for (int i = 0; i < 3; i++) {
 		int dup = 0;
 		for (int j = 0; j < n; j++)

@@ -88,8 +88,8 @@ static int apply(const struct cmd_ctx *ctx, int id, const char *v, struct lora_t
 	case O_SKIP_BAD_ROWS: o->skip_bad_rows = 1; break;
 	case O_NO_PACK: o->no_pack = 1; break;
 	case O_CHAT_TEMPLATE:
-		if (strcmp(v, "chatml") && strcmp(v, "llama3"))
-			return cmd_usage(ctx, "--chat-template is chatml or llama3, not '%s'", v);
+		if (!*v)
+			return cmd_usage(ctx, "--chat-template is chatml, llama3 or a template file");
 		o->chat_template = v;
 		break;
 	case O_GRAD_CKPT: o->grad_checkpoint = 1; break;

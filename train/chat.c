@@ -1,21 +1,28 @@
 /*
- * chat.c - ChatML and Llama-3 chat rendering with loss spans (see chat.h).
+ * chat.c - chat rendering with loss spans: the model's Jinja template, or the
+ * built-in ChatML and Llama-3 (see chat.h).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "libadapter/base/fsutil.h"
 #include "train/chat.h"
+#include "train/jinja.h"
 
 void lora_chat_free(struct lora_chat *c)
 {
 	free(c->default_system);
 	free(c->bos);
+	free(c->eos);
+	lora_jinja_free(c->jinja);
 	memset(c, 0, sizeof(*c));
 }
 
 const char *lora_chat_name(const struct lora_chat *c)
 {
-	return c->fmt == LORA_CHAT_CHATML ? "chatml" : c->fmt == LORA_CHAT_LLAMA3 ? "llama3" : "none";
+	return c->fmt == LORA_CHAT_CHATML ? "chatml" : c->fmt == LORA_CHAT_LLAMA3 ? "llama3"
+	       : c->fmt == LORA_CHAT_JINJA ? c->family : "none";
 }
 
 static int set_bos(struct lora_chat *c, const char *bos, struct lora_err *err)
@@ -36,108 +43,82 @@ int lora_chat_by_name(const char *name, const char *bos, struct lora_chat *out, 
 	return set_bos(out, bos, err);
 }
 
-/*
- * The system prompt a ChatML template inserts when the conversation has
- * none: a string literal '<|im_start|>system\n....<|im_end|>' in the Jinja
- * source whose body is plain text (no quotes, no expressions).
- */
-static int default_system(const char *tpl, char **out)
-{
-	static const char open[] = "<|im_start|>system", close[] = "<|im_end|>";
-	const char *p = tpl;
+/* the end-of-turn markers of common families, most specific first */
+static const struct { const char *marker, *family; } families[] = {
+	{ "<|im_end|>", "chatml" }, { "<|eot_id|>", "llama3" }, { "<end_of_turn>", "gemma" },
+	{ "<|end|>", "phi3" }, { "[/INST]", "mistral" }, { "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", "deepseek" },
+	{ "<|END_OF_TURN_TOKEN|>", "command-r" },
+};
 
-	*out = NULL;
-	while ((p = strstr(p, open))) {
-		/* the newline after the role: an escape in the Jinja literal, or a real one */
-		const char *body = p + strlen(open), *end;
-		size_t n;
-		char *s, *o;
-		p = body;
-		if (body[0] == '\\' && body[1] == 'n')
-			body += 2;
-		else if (body[0] == '\n')
-			body += 1;
-		else
-			continue;
-		end = strstr(body, close);
-		if (!end || end == body || strcspn(body, "'\"{}+") < (size_t)(end - body))
-			continue;
-		n = (size_t)(end - body);
-		s = o = malloc(n + 1);
-		if (!s)
-			return -1;
-		for (size_t i = 0; i < n; i++) {
-			if (body[i] == '\\' && i + 1 < n) {
-				char e = body[++i];
-				*o++ = e == 'n' ? '\n' : e == 't' ? '\t' : e;
-			} else {
-				*o++ = body[i];
-			}
+int lora_chat_jinja(const char *tpl, const char *bos, const char *eos, struct lora_chat *out, struct lora_err *err)
+{
+	memset(out, 0, sizeof(*out));
+	if (!tpl || !*tpl)
+		return lora_errf(err, "the model has no chat_template; name one (chatml, llama3 or a template file)");
+	if (lora_jinja_parse(tpl, strlen(tpl), NULL, &out->jinja, err) < 0) {
+		char m[sizeof(err->msg)];
+		snprintf(m, sizeof(m), "%s", err ? err->msg : "");
+		return lora_errf(err, "chat template: %s", m);
+	}
+	out->fmt = LORA_CHAT_JINJA;
+	out->family = "jinja";
+	for (size_t i = 0; i < sizeof(families) / sizeof(families[0]); i++)
+		if (strstr(tpl, families[i].marker)) {
+			out->family = families[i].family;
+			/* Mistral's turns end with eos_token */
+			out->end_marker = strcmp(families[i].family, "mistral") ? families[i].marker : NULL;
+			break;
 		}
-		*o = 0;
-		*out = s;
-		return 0;
+	out->bos = strdup(bos ? bos : "");
+	out->eos = strdup(eos ? eos : "");
+	if (!out->bos || !out->eos) {
+		lora_chat_free(out);
+		return lora_errf(err, "out of memory");
 	}
 	return 0;
 }
 
-static const char *family_of(const char *tpl)
-{
-	if (strstr(tpl, "[INST]"))
-		return "llama-2/mistral ([INST])";
-	if (strstr(tpl, "<start_of_turn>"))
-		return "gemma (<start_of_turn>)";
-	if (strstr(tpl, "<\xef\xbd\x9cUser\xef\xbd\x9c>"))
-		return "deepseek (<\xef\xbd\x9cUser\xef\xbd\x9c>)";
-	if (strstr(tpl, "<|user|>"))
-		return "zephyr/phi-3 (<|user|>)";
-	if (strstr(tpl, "<|START_OF_TURN_TOKEN|>"))
-		return "command-r";
-	if (strstr(tpl, "### Instruction") || strstr(tpl, "### Response"))
-		return "alpaca (### Instruction)";
-	return NULL;
-}
-
 int lora_chat_detect(const char *tpl, const char *bos, struct lora_chat *out, struct lora_err *err)
 {
-	const char *fam;
+	return lora_chat_jinja(tpl, bos, NULL, out, err);
+}
 
+int lora_chat_open(const char *spec, const char *bos, const char *eos, struct lora_chat *out, struct lora_err *err)
+{
+	char *src = NULL;
+	size_t n;
+	size_t sl = strlen(spec);
+	int rc;
+
+	if (!strcmp(spec, "chatml") || !strcmp(spec, "llama3") || !strcmp(spec, "llama-3"))
+		return lora_chat_by_name(spec, bos, out, err);
 	memset(out, 0, sizeof(*out));
-	if (!tpl || !*tpl)
-		return lora_errf(err, "the model has no chat_template; name one (chatml or llama3)");
-	if (strstr(tpl, "<|start_header_id|>") && strstr(tpl, "<|eot_id|>")) {
-		if (strstr(tpl, "Cutting Knowledge Date"))
-			return lora_errf(err, "chat template is llama-3.1+ (it adds a 'Cutting Knowledge Date' system "
-					      "header); only plain chatml and llama-3 templates are supported "
-					      "(name one: chatml or llama3)");
-		out->fmt = LORA_CHAT_LLAMA3;
-		return set_bos(out, strstr(tpl, "bos_token") ? bos : "", err);
+	if (!lora_is_file(spec))
+		return lora_errc(err, LORA_EUSAGE, "--chat-template '%s' is neither chatml, llama3 nor a template file",
+				 spec);
+	if (lora_read_file(spec, (size_t)16 << 20, &src, &n, err) < 0)
+		return -1;
+	if (memchr(src, 0, n)) {
+		free(src);
+		return lora_errf(err, "chat template '%s' holds a NUL byte", spec);
 	}
-	if (strstr(tpl, "<|im_start|>") && strstr(tpl, "<|im_end|>")) {
-		if (strstr(tpl, "<think>"))
-			return lora_errf(err, "chat template is chatml with <think> reasoning turns (qwen3 style); "
-					      "only plain chatml and llama-3 templates are supported "
-					      "(name one: chatml or llama3)");
-		out->fmt = LORA_CHAT_CHATML;
-		if (default_system(tpl, &out->default_system) < 0)
-			return lora_errf(err, "out of memory");
-		return set_bos(out, "", err);
+	if (sl > 5 && !strcmp(spec + sl - 5, ".json")) {
+		cJSON *j = cJSON_ParseWithLength(src, n);
+		const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "chat_template");
+		free(src);
+		src = cJSON_IsString(t) ? strdup(t->valuestring) : NULL;
+		cJSON_Delete(j);
+		if (!src)
+			return lora_errf(err, "'%s' has no \"chat_template\" string", spec);
 	}
-	fam = family_of(tpl);
-	if (fam)
-		return lora_errf(err, "chat template is %s; only chatml and llama-3 templates are supported "
-				      "(name one: chatml or llama3)", fam);
-	{
-		char head[48];
-		size_t n = 0;
-		for (; tpl[n] && n < 40; n++)
-			head[n] = (unsigned char)tpl[n] < 0x20 ? ' ' : tpl[n];
-		while (n > 0 && tpl[n] && ((unsigned char)tpl[n] & 0xC0) == 0x80)
-			n--;   /* do not cut a UTF-8 char */
-		head[n] = 0;
-		return lora_errf(err, "chat template is not one lora knows (it begins '%s'); only chatml and "
-				      "llama-3 templates are supported (name one: chatml or llama3)", head);
+	rc = lora_chat_jinja(src, bos, eos, out, err);
+	free(src);
+	if (rc < 0 && err) {
+		char m[sizeof(err->msg)];
+		snprintf(m, sizeof(m), "%s", err->msg);
+		return lora_errf(err, "%s: %s", spec, m);
 	}
+	return rc;
 }
 
 /* Python's str.isspace for one char at s; returns its byte length or 0. */
@@ -202,12 +183,123 @@ static int role_ok(const char *r)
 	return r && (!strcmp(r, "system") || !strcmp(r, "user") || !strcmp(r, "assistant") || !strcmp(r, "tool"));
 }
 
+/* The template's variables for messages m[0, n), as apply_chat_template passes them. */
+static cJSON *jinja_vars(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, int agp)
+{
+	cJSON *v = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(v, "messages");
+	int ok = v && msgs;
+	for (size_t i = 0; ok && i < n; i++) {
+		cJSON *e = m[i].json ? cJSON_Duplicate(m[i].json, 1) : cJSON_CreateObject();
+		if (e && !m[i].json && (!cJSON_AddStringToObject(e, "role", m[i].role ? m[i].role : "") ||
+					!cJSON_AddStringToObject(e, "content", m[i].content ? m[i].content : "")))
+			ok = 0;
+		ok = ok && e && cJSON_AddItemToArray(msgs, e);
+	}
+	ok = ok && cJSON_AddNullToObject(v, "tools") && cJSON_AddNullToObject(v, "documents") &&
+	     cJSON_AddBoolToObject(v, "add_generation_prompt", agp) &&
+	     cJSON_AddStringToObject(v, "bos_token", c->bos ? c->bos : "") &&
+	     cJSON_AddStringToObject(v, "eos_token", c->eos ? c->eos : "");
+	if (!ok) {
+		cJSON_Delete(v);
+		return NULL;
+	}
+	return v;
+}
+
+/* render m[0, n) into a fresh buffer (spans of {% generation %} when gen != NULL) */
+static int jinja_one(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, int agp,
+		     struct lora_buf *out, size_t **gen, size_t *ngen, struct lora_err *err)
+{
+	cJSON *v = jinja_vars(c, m, n, agp);
+	int rc;
+	if (!v)
+		return lora_errf(err, "out of memory");
+	rc = lora_jinja_render(c->jinja, v, /*now=*/NULL, out, gen, ngen, err);
+	cJSON_Delete(v);
+	return rc;
+}
+
+static int starts_with(const struct lora_buf *a, size_t a0, const struct lora_buf *p)
+{
+	return a->len - a0 >= p->len && (!p->len || !memcmp(a->data + a0, p->data, p->len));
+}
+
+static int render_jinja(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, int agp,
+			struct lora_buf *text, struct lora_span **loss, size_t *n_loss, struct lora_err *err)
+{
+	size_t t0 = text->len, *gen = NULL, ngen = 0;
+	struct lora_span *sp = NULL;
+	size_t nsp = 0;
+	int has_gen = lora_jinja_has_generation(c->jinja);
+
+	if (jinja_one(c, m, n, agp, text, loss && has_gen ? &gen : NULL, &ngen, err) < 0)
+		return -1;
+	if (!loss)
+		return 0;
+	if (has_gen) {
+		sp = malloc((ngen ? ngen : 1) * sizeof(*sp));
+		if (!sp) {
+			free(gen);
+			return lora_errf(err, "out of memory");
+		}
+		for (size_t i = 0; i < ngen; i++)
+			sp[nsp++] = (struct lora_span){ t0 + gen[2 * i], t0 + gen[2 * i + 1] };
+		free(gen);
+	} else {
+		for (size_t i = 0; i < n; i++) {
+			struct lora_buf p = LORA_BUF_INIT, f = LORA_BUF_INIT;
+			size_t a, b;
+			struct lora_span *g;
+			if (!m[i].role || strcmp(m[i].role, "assistant"))
+				continue;
+			/* a conversation cannot start with an empty prompt for every template: then from 0 */
+			if (i > 0 && jinja_one(c, m, i, 1, &p, NULL, NULL, err) < 0)
+				goto fail;
+			if (jinja_one(c, m, i + 1, 0, &f, NULL, NULL, err) < 0)
+				goto fail;
+			if (!starts_with(&f, 0, &p) || !starts_with(text, t0, &f)) {
+				lora_buf_free(&p);
+				lora_buf_free(&f);
+				free(sp);
+				return lora_errf(err, "chat template renders message %zu differently once later messages "
+						      "follow, so its loss span cannot be found by rendering the conversation "
+						      "incrementally (a template with {%% generation %%} blocks can mark it)",
+						 i + 1);
+			}
+			a = p.len;
+			b = f.len;
+			while (b > a && strchr(" \t\r\n", f.data[b - 1]))
+				b--;
+			lora_buf_free(&p);
+			lora_buf_free(&f);
+			if (!(g = realloc(sp, (nsp + 1) * sizeof(*sp)))) {
+				free(sp);
+				return lora_errf(err, "out of memory");
+			}
+			sp = g;
+			sp[nsp++] = (struct lora_span){ t0 + a, t0 + b };
+			continue;
+fail:
+			lora_buf_free(&p);
+			lora_buf_free(&f);
+			free(sp);
+			return -1;
+		}
+	}
+	*loss = sp;
+	*n_loss = nsp;
+	return 0;
+}
+
 int lora_chat_render(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n,
 		     int add_generation_prompt, struct lora_buf *text, struct lora_span **loss,
 		     size_t *n_loss, struct lora_err *err)
 {
 	struct lora_span *sp = NULL;
 	size_t nsp = 0;
+
+	if (c->fmt == LORA_CHAT_JINJA)
+		return render_jinja(c, m, n, add_generation_prompt, text, loss, n_loss, err);
 
 	for (size_t i = 0; i < n; i++) {
 		if (!role_ok(m[i].role))

@@ -1,9 +1,26 @@
 /*
- * chat.h - chat templates for {"messages": [...]} rows: ChatML and Llama-3.
+ * chat.h - chat templates for {"messages": [...]} rows.
  *
- * We do not run Jinja.  A model's own `chat_template` is recognised as one of
- * the two families and rendered by C code that produces the same text as
- * transformers' apply_chat_template (tests/oracle/tok_chat.py checks it):
+ * A model's own `chat_template` (Jinja source) is run by the interpreter in
+ * jinja.h, as transformers' apply_chat_template runs it, with the variables
+ * messages, tools (none), documents (none), add_generation_prompt, bos_token
+ * and eos_token (tests/oracle/chat_templates.py checks the text byte for byte
+ * on real models' templates).  strftime_now is left undefined, so templates
+ * that print today's date take their own fallback and a data set renders the
+ * same on every day.
+ *
+ * Loss spans of a Jinja template: the ranges its {% generation %} blocks
+ * rendered, as transformers' return_assistant_tokens_mask takes them; for a
+ * template without them, each assistant turn i is found by rendering the
+ * conversation incrementally: from the end of render(msgs[:i],
+ * add_generation_prompt) to the end of render(msgs[:i+1]), less trailing
+ * whitespace (the newline after an end-of-turn marker is layout the model
+ * never generates: it stops at the marker).  Both renders must be prefixes of
+ * the whole conversation's text; a template that renders earlier turns
+ * differently once later turns follow (Qwen3 drops earlier <think> blocks) is
+ * an error naming the turn.
+ *
+ * Two templates are built in, by name, rendered by C code:
  *
  *   ChatML   <|im_start|>{role}\n{content}<|im_end|>\n ...
  *            [+ a default system turn when the template inserts one and the
@@ -22,20 +39,29 @@
 
 #include <stddef.h>
 
+#include <cjson/cJSON.h>
+
 #include "libadapter/base/buf.h"
 #include "libadapter/base/err.h"
 
-enum lora_chat_format { LORA_CHAT_CHATML = 1, LORA_CHAT_LLAMA3 = 2 };
+enum lora_chat_format { LORA_CHAT_CHATML = 1, LORA_CHAT_LLAMA3 = 2, LORA_CHAT_JINJA = 3 };
+
+struct lora_jinja;
 
 struct lora_chat {
 	enum lora_chat_format fmt;
 	char *default_system;   /* ChatML: system text added when there is no system turn; NULL = none */
-	char *bos;              /* Llama-3: text of bos_token that starts the conversation ("" = none) */
+	char *bos;              /* Llama-3, Jinja: text of bos_token ("" = none) */
+	char *eos;              /* Jinja: text of eos_token ("" = none) */
+	struct lora_jinja *jinja;   /* Jinja: the compiled template */
+	const char *family;     /* Jinja: "chatml", "llama3", ... by its markers, or "jinja" */
+	const char *end_marker; /* the text that ends an assistant turn ("<|im_end|>"...), NULL if unknown */
 };
 
 struct lora_chat_msg {
 	const char *role;       /* "system", "user", "assistant", "tool" */
 	const char *content;
+	const cJSON *json;      /* Jinja: the whole message object (tool_calls...); NULL = {role, content} */
 };
 
 /* [start, end) byte range of a rendered text */
@@ -44,20 +70,28 @@ struct lora_span {
 };
 
 /*
- * Recognise a Jinja chat template.  `bos` is the tokenizer's bos_token text
- * (used by Llama-3's {{ bos_token }}; may be NULL).  On an unsupported
- * template: -1 and a message naming it.
+ * Compile a model's Jinja chat template.  `bos`/`eos` are the tokenizer's
+ * bos_token/eos_token texts (may be NULL).  NULL or empty tpl, or a template
+ * the interpreter cannot parse: -1 and a message ("template line N: ...").
  */
+int lora_chat_jinja(const char *tpl, const char *bos, const char *eos, struct lora_chat *out, struct lora_err *err);
+/* lora_chat_jinja without an eos_token. */
 int lora_chat_detect(const char *tpl, const char *bos, struct lora_chat *out, struct lora_err *err);
 /* "chatml" or "llama3" (also "llama-3"); no default system prompt. */
 int lora_chat_by_name(const char *name, const char *bos, struct lora_chat *out, struct lora_err *err);
+/*
+ * What --chat-template names: "chatml"/"llama3", or a FILE holding a Jinja
+ * template (a .json file: its "chat_template" string, as transformers 4.4x
+ * writes chat_template.json).  An unreadable file is a usage error.
+ */
+int lora_chat_open(const char *spec, const char *bos, const char *eos, struct lora_chat *out, struct lora_err *err);
 void lora_chat_free(struct lora_chat *c);
 const char *lora_chat_name(const struct lora_chat *c);
 
 /*
  * Render messages to `text` (appended) and, when loss is not NULL, the loss
- * spans (malloc'd array; free it).  Roles are checked: system, user,
- * assistant, tool.
+ * spans (malloc'd array; free it), as byte offsets into `text`.  Built-in templates check roles (system, user, assistant, tool); a
+ * Jinja template checks what it checks (raise_exception).
  */
 int lora_chat_render(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n,
 		     int add_generation_prompt, struct lora_buf *text, struct lora_span **loss,

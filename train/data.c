@@ -191,6 +191,7 @@ static int row_chat(const struct lora_data_opts *o, const cJSON *msgs, struct ro
 				   role->valuestring);
 		}
 		m[i].role = role->valuestring;
+		m[i].json = e;
 		m[i++].content = content->valuestring;
 		n_asst += !strcmp(role->valuestring, "assistant");
 	}

@@ -371,8 +371,11 @@ static int lex_tag(struct lexer *L, char kind)
 				return lex_fail(L, "unexpected character '!'");
 			if (*s == '(' || *s == '[' || *s == '{')
 				depth++;
-			else if ((*s == ')' || *s == ']' || *s == '}') && depth > 0)
+			else if (*s == ')' || *s == ']' || *s == '}') {
+				if (depth == 0)
+					return lex_fail(L, "unexpected '%c'", *s);
 				depth--;
+			}
 			if (!(t = lex_push(L, TK_OP)) || !(t->s = dupn(s, k)))
 				return L->oom = 1, -1;
 			t->n = k;
@@ -1192,6 +1195,7 @@ struct rs {
 	size_t out_total;
 	size_t *gen;
 	size_t ngen, cgen;
+	int want_gen;
 	const struct tm *now;
 	struct frame *root;
 	char msg[ERRMAX];
@@ -2331,6 +2335,15 @@ static void eval_args(struct rs *R, const struct node *c, size_t skip, struct ar
 	}
 }
 
+/* argument `name` by keyword only; NULL if absent */
+static const struct jv *kwarg(const struct args *a, const char *name)
+{
+	for (size_t k = 0; k < a->nkw; k++)
+		if (!strcmp(a->kwn[k], name))
+			return &a->kwv[k];
+	return NULL;
+}
+
 /* argument `i` by position or `name` by keyword; NULL if absent */
 static const struct jv *arg(const struct args *a, size_t i, const char *name)
 {
@@ -2941,7 +2954,7 @@ static struct jv apply_filter(struct rs *R, const char *name, const struct jv *v
 	if (!strcmp(name, "select") || !strcmp(name, "reject"))
 		return select_items(R, v, a, 0, name[0] == 's');
 	if (!strcmp(name, "map")) {
-		const struct jv *at = arg(a, 99, "attribute"), *df = arg(a, 99, "default");
+		const struct jv *at = kwarg(a, "attribute"), *df = kwarg(a, "default");
 		struct jv l = truthy(v) ? iter_list(R, v) : mklist(R, 0), r = mklist(R, l.u.l->n);
 		struct args fa;
 		memset(&fa, 0, sizeof(fa));
@@ -3422,7 +3435,7 @@ static void exec_body(struct rs *R, const struct node *b)
 		case N_GEN: {
 			size_t a = R->out->len;
 			exec_body(R, n->y);
-			if (R->out == R->top && R->gen) {
+			if (R->out == R->top && R->want_gen) {
 				if (R->ngen + 2 > R->cgen) {
 					size_t c = R->cgen ? R->cgen * 2 : 16;
 					size_t *g = realloc(R->gen, c * sizeof(*g));
@@ -3599,6 +3612,7 @@ int lora_jinja_render(const struct lora_jinja *t, const cJSON *vars, const struc
 	R->now = now;
 	R->root = &root;
 	R->gen = NULL;
+	R->want_gen = gen != NULL;
 	if (setjmp(R->jb)) {
 		rc = lora_errf(err, "%s", R->msg);
 		out->len = len0;

@@ -312,11 +312,12 @@ static int load_tokenizer(struct lora_trainer *tr, struct lora_err *err)
 	if (lora_tok_load(tr->base_abs, &tr->tok, err) < 0)
 		return -1;
 	if (tr->o.chat_template) {
-		if (lora_chat_by_name(tr->o.chat_template, lora_tok_bos_str(tr->tok), &tr->chat, err) < 0)
+		if (lora_chat_open(tr->o.chat_template, lora_tok_bos_str(tr->tok), lora_tok_eos_str(tr->tok), &tr->chat,
+				   err) < 0)
 			return -1;
 		tr->have_chat = 1;
-	} else if (lora_chat_detect(lora_tok_chat_template(tr->tok), lora_tok_bos_str(tr->tok), &tr->chat,
-				    &cerr) == 0)
+	} else if (lora_chat_jinja(lora_tok_chat_template(tr->tok), lora_tok_bos_str(tr->tok), lora_tok_eos_str(tr->tok),
+				   &tr->chat, &cerr) == 0)
 		tr->have_chat = 1;
 	else
 		snprintf(tr->chat_error, sizeof(tr->chat_error), "%s", cerr.msg);

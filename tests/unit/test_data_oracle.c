@@ -87,7 +87,7 @@ static void compare(const char *tokname, const char *rows, const char *expect, i
 			char *rtext = NULL;
 			size_t rlen;
 			cJSON *row, *e;
-			struct lora_chat_msg m[16];
+			struct lora_chat_msg m[16] = { { 0 } };
 			size_t nm = 0, k = 0;
 			/* re-read the r-th input row directly */
 			CHECK(lora_read_file(rp, 1 << 24, &rtext, &rlen, &err) == 0);

@@ -5,6 +5,7 @@
 
 #include "cmd/cmd.h"
 #include "libadapter/merge/merge.h"
+#include "libadapter/merge/swap.h"
 
 static void on_progress(void *ctx, uint64_t done, uint64_t total)
 {
@@ -84,6 +85,11 @@ CMD(merge)
 	if ((rc = cmd_merge_open_set(ctx, argv + optind, argc - optind, &set)) != 0) {
 		lora_merge_set_free(&set);
 		return rc;
+	}
+	/* A base whose swap was interrupted is finished first (merge is a command that writes). */
+	if (lora_merged_recover(o.base_dir, &err) < 0) {
+		lora_merge_set_free(&set);
+		return cmd_fail(&err);
 	}
 	cmd_progress_start(&prog, ctx, "merging", 1);
 	o.progress = on_progress;

@@ -1,4 +1,4 @@
-/* model.c - Hugging Face model folders: config.json, shards, tensors by name. */
+/* modeldir.c - Hugging Face model folders: config.json, shards, tensors by name. */
 #include "libadapter/format/modeldir.h"
 
 #include <dirent.h>
@@ -13,7 +13,6 @@
 
 #include "libadapter/base/buf.h"
 #include "libadapter/base/fsutil.h"
-#include "libadapter/merge/swap.h"
 
 #define MAX_JSON_FILE (64u << 20)
 
@@ -316,6 +315,23 @@ static int check_weight_map(struct lora_model *m, const cJSON *root, const char 
 	return 0;
 }
 
+/* A committed swap journal: the shards may be half old, half new; refuse (see modeldir.h). */
+static int check_no_journal(const char *dir, struct lora_err *err)
+{
+	char *j = lora_path_join(dir, LORA_SWAP_JOURNAL);
+	struct stat st;
+	int there;
+
+	if (!j)
+		return lora_errf(err, "out of memory");
+	there = lstat(j, &st) == 0;
+	free(j);
+	if (there)
+		return lora_errf(err, "'%s' has an unfinished swap (journal '%s/%s'); run 'lora swap %s "
+				 "--recover' to finish it", dir, dir, LORA_SWAP_JOURNAL, dir);
+	return 0;
+}
+
 int lora_model_open(const char *dir, int need_config, struct lora_model **out, struct lora_err *err)
 {
 	struct lora_model *m;
@@ -327,8 +343,7 @@ int lora_model_open(const char *dir, int need_config, struct lora_model **out, s
 	*out = NULL;
 	if (!lora_is_dir(dir))
 		return lora_errf(err, "'%s' is not a model folder", dir);
-	/* A folder whose `lora swap` was killed is finished or rolled back first. */
-	if (lora_merged_recover(dir, err) < 0)
+	if (check_no_journal(dir, err) < 0)
 		return -1;
 	m = calloc(1, sizeof(*m));
 	if (!m || !(m->dir = strdup(dir))) {

@@ -66,7 +66,22 @@ struct lora_model {
 	uint64_t n_params;            /* sum of tensor element counts */
 };
 
-/* Open a model folder.  `need_config`: fail when config.json is missing. */
+/*
+ * A `lora swap` writes its redo journal here (see libadapter/merge/swap.h).
+ * The .new file is an uncommitted journal: the shards are untouched.  The
+ * committed one means the shards may hold a mix of the old and new set.
+ */
+#define LORA_SWAP_JOURNAL ".lora-swap.journal"
+#define LORA_SWAP_JOURNAL_NEW ".lora-swap.journal.new"
+
+/*
+ * Open a model folder.  `need_config`: fail when config.json is missing.
+ * Opening never writes: a folder whose swap was interrupted after its commit
+ * (a LORA_SWAP_JOURNAL is there) is refused with a message that names the
+ * journal and the command that finishes it (`lora swap DIR --recover`); the
+ * commands that write (merge, swap) call lora_merged_recover() first.  An
+ * uncommitted journal (.new) changes nothing that is read, so it is ignored.
+ */
 int lora_model_open(const char *dir, int need_config, struct lora_model **out, struct lora_err *err);
 void lora_model_close(struct lora_model *m);
 /* Find a tensor by full name ("model.layers.0.self_attn.q_proj.weight"). */

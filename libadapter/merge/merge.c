@@ -30,7 +30,6 @@
 #include "libadapter/base/par.h"
 #include "libadapter/base/fsutil.h"
 #include "libadapter/store/store.h"
-#include "libadapter/merge/swap.h"
 /* The GPU GEMM path, registered by the program (cmd/), so libadapter links without CUDA. */
 static const struct lora_merge_gpu *gpu_ops;
 
@@ -2286,8 +2285,6 @@ static int merge_run(const struct lora_merge_opts *o, const struct lora_merge_se
 	memset(stats, 0, sizeof(*stats));
 	if (lstat(o->out_dir, &sb) == 0)
 		return lora_errf(err, "output folder '%s' already exists", o->out_dir);
-	if (lora_merged_recover(o->base_dir, err) < 0)
-		return -1;
 	if (lora_model_open(o->base_dir, 0, &j.base, err) < 0)
 		return -1;
 	if (!(j.base_abs = realpath(o->base_dir, NULL))) {

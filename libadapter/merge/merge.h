@@ -124,6 +124,8 @@ struct lora_merge_stats {
  * before anything is written when a targeted module is missing from the base,
  * a shape or dtype does not fit, an adapter records another base (unless
  * o->force), or OUTDIR exists.  Any failure removes everything written.
+ * A base with an unfinished swap is refused (lora_model_open); a caller that
+ * means to finish it calls lora_merged_recover() first, as `lora merge` does.
  */
 int lora_merge(const struct lora_merge_opts *o, const struct lora_merge_set *set,
 	       struct lora_merge_stats *stats, struct lora_err *err);

@@ -397,8 +397,8 @@ static int apply_plan(const char *dir, const char *jpath, int jfd, const struct 
 	if (lora_model_open(base, 0, &r.base, err) < 0) {
 		struct lora_err e2 = *err;
 		lora_errf(err, "cannot finish the swap of '%s': it recomputes tensors from the base '%s', "
-			       "which cannot be opened (%s); put the base back and run any lora command "
-			       "on the folder again", dir, base, e2.msg);
+			       "which cannot be opened (%s); put the base back and run 'lora swap %s "
+			       "--recover'", dir, base, e2.msg, dir);
 		goto out;
 	}
 	r.bfd = malloc((r.base->n_shards + 1) * sizeof(int));

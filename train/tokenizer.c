@@ -12,6 +12,7 @@
  * came from, so each token knows where it begins in the input (chat and
  * prompt/completion label masking use that).
  */
+#define _GNU_SOURCE   /* memmem */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,12 +241,15 @@ static int utf8_valid(const char *s, size_t n, size_t *bad)
 
 /* ============================================================ the model */
 
-enum dec_kind { DEC_BYTELEVEL, DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_METASPACE };
+enum dec_kind { DEC_BYTELEVEL, DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_METASPACE,
+		DEC_WORDPIECE, DEC_BPE };
 struct dec_op {
 	enum dec_kind kind;
-	char *a, *b;              /* REPLACE pattern / content; STRIP content; METASPACE replacement */
+	char *a, *b;              /* REPLACE pattern / content; STRIP content; METASPACE replacement;
+				     WORDPIECE prefix; BPE suffix */
 	size_t a_len, b_len;
 	int start, stop;          /* STRIP */
+	int cleanup;              /* WORDPIECE */
 	enum prepend_scheme scheme;
 };
 
@@ -267,6 +271,8 @@ struct lora_tok {
 	struct strmap vocab;      /* model vocab */
 	struct pairmap merges;
 	int byte_fallback, fuse_unk, ignore_merges;
+	char *prefix_str, *suffix_str;   /* continuing_subword_prefix, end_of_word_suffix; NULL = none */
+	size_t prefix_len, suffix_len;
 	int32_t unk_id;
 	int32_t byte_id[256];     /* "<0xXX>" ids, -1 when absent */
 	/* added tokens */
@@ -286,6 +292,8 @@ struct lora_tok {
 	/* tokenizer_config.json */
 	int32_t bos, eos, pad;
 	char *bos_str, *eos_str;
+	int32_t *stop;            /* eos and generation_config.json's eos_token_id(s) */
+	size_t n_stop;
 	char *chat_template;
 };
 
@@ -338,6 +346,8 @@ static int parse_decoder(struct lora_tok *t, const cJSON *j, const char *label, 
 		const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "pattern");
 		const char *s = tok_jstr(p, "String"), *c = tok_jstr(j, "content");
 		op->kind = DEC_REPLACE;
+		if (tok_jstr(p, "Regex"))
+			return lora_errf(err, "%s: decoder Replace with a Regex pattern is not supported", label);
 		if (!s || !*s || !c)
 			return lora_errf(err, "%s: Replace decoder needs a string pattern and 'content'", label);
 		op->a_len = strlen(s);
@@ -356,10 +366,21 @@ static int parse_decoder(struct lora_tok *t, const cJSON *j, const char *label, 
 		op->a_len = rl;
 		if (!op->a)
 			return lora_errf(err, "out of memory");
+	} else if (!strcmp(type, "WordPiece") || !strcmp(type, "BPEDecoder")) {
+		int wp = !strcmp(type, "WordPiece");
+		const char *a = tok_jstr(j, wp ? "prefix" : "suffix");
+		op->kind = wp ? DEC_WORDPIECE : DEC_BPE;
+		if (!a)
+			a = wp ? "##" : "</w>";
+		op->cleanup = tok_jbool(j, "cleanup", 1);
+		op->a_len = strlen(a);
+		op->a = tok_strndup(a, op->a_len);
+		if (!op->a)
+			return lora_errf(err, "out of memory");
 	} else {
 		return lora_errf(err,
-				 "%s: decoder '%s' is not supported (ByteLevel, Replace, ByteFallback, Fuse, "
-				 "Strip, Metaspace, Sequence are)", label, type);
+				 "%s: decoder type '%s' is not supported (Sequence, ByteLevel, Replace, ByteFallback, "
+				 "Fuse, Strip, Metaspace, WordPiece, BPEDecoder are)", label, type);
 	}
 	return 0;
 }
@@ -448,7 +469,8 @@ static int parse_post(struct lora_tok *t, const cJSON *j, const char *label, str
 		}
 		return 0;
 	}
-	return lora_errf(err, "%s: post_processor '%s' is not supported", label, type);
+	return lora_errf(err, "%s: post_processor type '%s' is not supported (TemplateProcessing, ByteLevel, "
+			 "BertProcessing, RobertaProcessing, Sequence are)", label, type);
 }
 
 /* Keep p alive until lora_tok_free (the vocab map may point to it). */
@@ -504,6 +526,43 @@ static int parse_merge(const cJSON *m, const char **a, size_t *al, const char **
 	return -1;
 }
 
+/*
+ * continuing_subword_prefix / end_of_word_suffix: null or "" mean none (what
+ * transformers 5 writes for GPT-2-style files); others are glued to the chars
+ * of a word before the vocab lookup.  A non-null dropout is refused: it makes
+ * encoding random.
+ */
+static int parse_affixes(struct lora_tok *t, const cJSON *model, const char *label, struct lora_err *err)
+{
+	static const char *keys[] = { "continuing_subword_prefix", "end_of_word_suffix" };
+	const cJSON *d = cJSON_GetObjectItemCaseSensitive(model, "dropout");
+
+	if (d && !cJSON_IsNull(d)) {
+		if (!cJSON_IsNumber(d))
+			return lora_errf(err, "%s: model.dropout is not a number", label);
+		if (d->valuedouble != 0)
+			return lora_errf(err, "%s: model.dropout %g is not supported (BPE dropout makes ids random; "
+					 "set it to null)", label, d->valuedouble);
+	}
+	for (int k = 0; k < 2; k++) {
+		const cJSON *v = cJSON_GetObjectItemCaseSensitive(model, keys[k]);
+		char **dst = k ? &t->suffix_str : &t->prefix_str;
+		size_t *len = k ? &t->suffix_len : &t->prefix_len;
+		if (!v || cJSON_IsNull(v))
+			continue;
+		if (!cJSON_IsString(v))
+			return lora_errf(err, "%s: model.%s is not a string", label, keys[k]);
+		if (!*v->valuestring)
+			continue;
+		*len = strlen(v->valuestring);
+		if (*len > 64)
+			return lora_errf(err, "%s: model.%s of %zu bytes is implausibly long", label, keys[k], *len);
+		if (!(*dst = tok_strndup(v->valuestring, *len)))
+			return lora_errf(err, "out of memory");
+	}
+	return 0;
+}
+
 static int parse_model(struct lora_tok *t, const cJSON *model, const cJSON *added, const char *label,
 		       struct lora_err *err)
 {
@@ -521,12 +580,11 @@ static int parse_model(struct lora_tok *t, const cJSON *model, const cJSON *adde
 	if (!type) /* very old files leave out the type of a BPE model */
 		type = merges ? "BPE" : "?";
 	if (strcmp(type, "BPE"))
-		return lora_errf(err, "%s: tokenizer model '%s' is not supported (only BPE is)", label, type);
+		return lora_errf(err, "%s: model type '%s' is not supported (only BPE is)", label, type);
 	if (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges))
 		return lora_errf(err, "%s: BPE model needs 'vocab' (object) and 'merges' (array)", label);
-	if (tok_jstr(model, "continuing_subword_prefix") || tok_jstr(model, "end_of_word_suffix"))
-		return lora_errf(err, "%s: BPE with continuing_subword_prefix/end_of_word_suffix is not supported",
-				 label);
+	if (parse_affixes(t, model, label, err) < 0)
+		return -1;
 	t->byte_fallback = tok_jbool(model, "byte_fallback", 0);
 	t->fuse_unk = tok_jbool(model, "fuse_unk", 0);
 	t->ignore_merges = tok_jbool(model, "ignore_merges", 0);
@@ -602,10 +660,21 @@ static int parse_model(struct lora_tok *t, const cJSON *model, const cJSON *adde
 			}
 			buf = nb;
 		}
-		memcpy(buf, a, al);
-		memcpy(buf + al, b, bl);
 		ia = strmap_get(&t->vocab, a, al);
 		ib = strmap_get(&t->vocab, b, bl);
+		/* `tokenizers`: the merged token is a + b less the prefix that b carries */
+		if (t->prefix_len) {
+			if (bl < t->prefix_len || memcmp(b, t->prefix_str, t->prefix_len)) {
+				lora_errf(err, "%s: merge %zu ('%.*s' '%.*s'): the right side lacks the "
+					  "continuing_subword_prefix", label, rank, (int)al, a, (int)bl, b);
+				free(buf);
+				return -1;
+			}
+			b += t->prefix_len;
+			bl -= t->prefix_len;
+		}
+		memcpy(buf, a, al);
+		memcpy(buf + al, b, bl);
 		im = strmap_get(&t->vocab, buf, al + bl);
 		if (ia < 0 || ib < 0 || im < 0) {
 			lora_errf(err, "%s: merge %zu ('%.*s' '%.*s') uses a token that is not in the vocab", label,
@@ -764,6 +833,8 @@ void lora_tok_free(struct lora_tok *t)
 		free(t->own[i]);
 	free(t->own);
 	free(t->id_special);
+	free(t->prefix_str);
+	free(t->suffix_str);
 	strmap_free(&t->vocab);
 	pairmap_free(&t->merges);
 	for (size_t i = 0; i < t->n_added; i++)
@@ -780,8 +851,72 @@ void lora_tok_free(struct lora_tok *t)
 	free(t->suffix);
 	free(t->bos_str);
 	free(t->eos_str);
+	free(t->stop);
 	free(t->chat_template);
 	free(t);
+}
+
+/* An id from a JSON number (or the first of an array of them); -1 if none. */
+static int32_t json_id(const cJSON *v, int32_t n_ids)
+{
+	if (cJSON_IsArray(v))
+		v = cJSON_GetArrayItem(v, 0);
+	if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= n_ids ||
+	    v->valuedouble != (double)(int32_t)v->valuedouble)
+		return -1;
+	return (int32_t)v->valuedouble;
+}
+
+static int add_stop(struct lora_tok *t, int32_t id)
+{
+	for (size_t i = 0; i < t->n_stop; i++)
+		if (t->stop[i] == id)
+			return 0;
+	return push_id(&t->stop, &t->n_stop, id);
+}
+
+int lora_tok_apply_generation_config(struct lora_tok *t, const char *json, size_t len, const char *label,
+				     struct lora_err *err)
+{
+	cJSON *c = cJSON_ParseWithLength(json, len);
+	const cJSON *e, *eos, *bos;
+	int rc = 0;
+
+	if (!cJSON_IsObject(c)) {
+		cJSON_Delete(c);
+		return lora_errf(err, "%s: not a JSON object (generation_config.json)", label);
+	}
+	bos = cJSON_GetObjectItemCaseSensitive(c, "bos_token_id");
+	eos = cJSON_GetObjectItemCaseSensitive(c, "eos_token_id");
+	if ((bos && !cJSON_IsNull(bos) && json_id(bos, t->n_ids) < 0) ||
+	    (eos && !cJSON_IsNull(eos) && json_id(eos, t->n_ids) < 0)) {
+		cJSON_Delete(c);
+		return lora_errf(err, "%s: bos_token_id/eos_token_id is not a token id of this tokenizer", label);
+	}
+	/* tokenizer_config.json's tokens win; the generation config fills what it leaves out */
+	if (t->bos < 0 && json_id(bos, t->n_ids) >= 0) {
+		t->bos = json_id(bos, t->n_ids);
+		free(t->bos_str);
+		if (t->id_str[t->bos] && !(t->bos_str = strdup(t->id_str[t->bos])))
+			rc = -1;
+	}
+	if (t->eos < 0 && json_id(eos, t->n_ids) >= 0) {
+		t->eos = json_id(eos, t->n_ids);
+		free(t->eos_str);
+		if (t->id_str[t->eos] && !(t->eos_str = strdup(t->id_str[t->eos])))
+			rc = -1;
+		if (!rc && add_stop(t, t->eos) < 0)
+			rc = -1;
+	}
+	if (cJSON_IsArray(eos)) {
+		cJSON_ArrayForEach(e, eos)
+			if (!rc && json_id(e, t->n_ids) >= 0 && add_stop(t, json_id(e, t->n_ids)) < 0)
+				rc = -1;
+	} else if (!rc && json_id(eos, t->n_ids) >= 0 && add_stop(t, json_id(eos, t->n_ids)) < 0) {
+		rc = -1;
+	}
+	cJSON_Delete(c);
+	return rc < 0 ? lora_errf(err, "out of memory") : 0;
 }
 
 int lora_tok_load_mem(const char *json, size_t len, const char *cfg, size_t cfg_len, const char *label,
@@ -827,6 +962,10 @@ int lora_tok_load_mem(const char *json, size_t len, const char *cfg, size_t cfg_
 		}
 	if (parse_config(t, cfg, cfg_len, label, err) < 0)
 		goto fail;
+	if (t->eos >= 0 && add_stop(t, t->eos) < 0) {
+		lora_errf(err, "out of memory");
+		goto fail;
+	}
 	cJSON_Delete(j);
 	*out = t;
 	return 0;
@@ -840,12 +979,13 @@ int lora_tok_load(const char *dir, struct lora_tok **out, struct lora_err *err)
 {
 	char *p = lora_path_join(dir, "tokenizer.json"), *pc = lora_path_join(dir, "tokenizer_config.json");
 	char *pj = lora_path_join(dir, "chat_template.jinja"), *pt = lora_path_join(dir, "chat_template.json");
+	char *pg = lora_path_join(dir, "generation_config.json");
 	char *json = NULL, *cfg = NULL, *tpl = NULL;
 	size_t len = 0, cfg_len = 0, tpl_len = 0;
 	int rc = -1;
 
 	*out = NULL;
-	if (!p || !pc || !pj) {
+	if (!p || !pc || !pj || !pt || !pg) {
 		lora_errf(err, "out of memory");
 		goto done;
 	}
@@ -875,6 +1015,18 @@ int lora_tok_load(const char *dir, struct lora_tok **out, struct lora_err *err)
 		cJSON_Delete(j);
 	}
 	rc = lora_tok_load_mem(json, len, cfg, cfg_len, p, out, err);
+	if (rc == 0 && pg && lora_is_file(pg)) {
+		char *g = NULL;
+		size_t gl = 0;
+		rc = lora_read_file(pg, 1 << 20, &g, &gl, err);
+		if (rc == 0)
+			rc = lora_tok_apply_generation_config(*out, g, gl, pg, err);
+		free(g);
+		if (rc < 0) {
+			lora_tok_free(*out);
+			*out = NULL;
+		}
+	}
 	if (rc == 0 && tpl) {
 		free((*out)->chat_template);
 		(*out)->chat_template = tpl;
@@ -885,6 +1037,7 @@ done:
 	free(pc);
 	free(pj);
 	free(pt);
+	free(pg);
 	free(json);
 	free(cfg);
 	free(tpl);
@@ -1008,6 +1161,7 @@ static int bpe_word(const struct lora_tok *t, const char *s, const int64_t *al, 
 		    struct lora_tokens *out, struct heap *h, struct lora_err *err)
 {
 	struct sym *sy;
+	char aff[64 + 4 + 64];   /* prefix + one char + suffix; parse_affixes caps each at 64 */
 	int32_t n = 0;
 	int rc = 0;
 
@@ -1016,22 +1170,42 @@ static int bpe_word(const struct lora_tok *t, const char *s, const int64_t *al, 
 		if (id >= 0)
 			return lora_tokens_push(out, id, al[0], err);
 	}
-	sy = malloc(len * sizeof(*sy));
+	/* byte fallback can give one symbol per byte of prefix + char + suffix */
+	if (len * (1 + t->prefix_len) + t->suffix_len > INT32_MAX)
+		return lora_errf(err, "a word of %zu bytes is too long to encode", len);
+	sy = malloc((len * (1 + t->prefix_len) + t->suffix_len) * sizeof(*sy));
 	if (!sy)
 		return lora_errf(err, "out of memory");
 	for (size_t i = 0; i < len;) {
-		size_t cl = utf8_len1((unsigned char)s[i]);
+		size_t cl = utf8_len1((unsigned char)s[i]), kl;
+		const char *key = s + i;
 		int32_t id;
 		if (cl > len - i)
 			cl = len - i;
-		id = strmap_get(&t->vocab, s + i, cl);
+		kl = cl;
+		if ((t->prefix_len && i > 0) || (t->suffix_len && i + cl == len)) {
+			/* `tokenizers`: prefix on every char but the first, suffix on the last */
+			kl = 0;
+			if (i > 0 && t->prefix_len) {
+				memcpy(aff, t->prefix_str, t->prefix_len);
+				kl = t->prefix_len;
+			}
+			memcpy(aff + kl, s + i, cl);
+			kl += cl;
+			if (i + cl == len && t->suffix_len) {
+				memcpy(aff + kl, t->suffix_str, t->suffix_len);
+				kl += t->suffix_len;
+			}
+			key = aff;
+		}
+		id = strmap_get(&t->vocab, key, kl);
 		if (id < 0 && t->byte_fallback) {
 			size_t k;
-			for (k = 0; k < cl && t->byte_id[(unsigned char)s[i + k]] >= 0; k++)
+			for (k = 0; k < kl && t->byte_id[(unsigned char)key[k]] >= 0; k++)
 				;
-			if (k == cl) {
-				for (k = 0; k < cl; k++) {
-					sy[n] = (struct sym){ t->byte_id[(unsigned char)s[i + k]], n - 1, -1, al[i] };
+			if (k == kl) {
+				for (k = 0; k < kl; k++) {
+					sy[n] = (struct sym){ t->byte_id[(unsigned char)key[k]], n - 1, -1, al[i] };
 					n++;
 				}
 				i += cl;
@@ -1382,12 +1556,63 @@ static int dec_bytefallback(const struct strv *in, struct strv *out)
 	return rc;
 }
 
-static int dec_one(const struct dec_op *op, size_t idx, const char *s, size_t n, struct strv *out)
+/* Every occurrence of `from` in s[0, n) replaced by `to`, appended to b (from non-empty). */
+static void replace_str(struct lora_buf *b, const char *s, size_t n, const char *from, size_t from_len,
+			const char *to, size_t to_len)
+{
+	for (size_t i = 0; i < n;) {
+		if (from_len && i + from_len <= n && !memcmp(s + i, from, from_len)) {
+			lora_buf_add(b, to, to_len);
+			i += from_len;
+		} else {
+			lora_buf_add(b, s + i, 1);
+			i++;
+		}
+	}
+}
+
+/* `tokenizers`' WordPiece decoder cleanup: spaces before punctuation and in contractions */
+static int wordpiece_cleanup(struct lora_buf *b)
+{
+	static const char *rules[][2] = { { " .", "." }, { " ?", "?" }, { " !", "!" }, { " ,", "," },
+					 { " ' ", "'" }, { " n't", "n't" }, { " 'm", "'m" },
+					 { " do not", " don't" }, { " 's", "'s" }, { " 've", "'ve" },
+					 { " 're", "'re" } };
+	for (size_t r = 0; r < sizeof(rules) / sizeof(rules[0]); r++) {
+		struct lora_buf o = LORA_BUF_INIT;
+		if (!b->len || !memmem(b->data, b->len, rules[r][0], strlen(rules[r][0])))
+			continue;
+		replace_str(&o, b->data, b->len, rules[r][0], strlen(rules[r][0]), rules[r][1], strlen(rules[r][1]));
+		if (o.oom) {
+			lora_buf_free(&o);
+			return -1;
+		}
+		lora_buf_free(b);
+		*b = o;
+	}
+	return 0;
+}
+
+static int dec_one(const struct dec_op *op, size_t idx, size_t count, const char *s, size_t n, struct strv *out)
 {
 	struct lora_buf b = LORA_BUF_INIT;
 	int rc;
 
 	switch (op->kind) {
+	case DEC_WORDPIECE:
+		if (idx && n >= op->a_len && !memcmp(s, op->a, op->a_len)) {
+			s += op->a_len;
+			n -= op->a_len;
+		} else if (idx) {
+			lora_buf_add(&b, " ", 1);
+		}
+		lora_buf_add(&b, s, n);
+		if (op->cleanup && wordpiece_cleanup(&b) < 0)
+			b.oom = 1;
+		break;
+	case DEC_BPE:
+		replace_str(&b, s, n, op->a, op->a_len, idx + 1 == count ? "" : " ", idx + 1 == count ? 0 : 1);
+		break;
 	case DEC_REPLACE:
 		for (size_t i = 0; i < n;) {
 			if (i + op->a_len <= n && !memcmp(s + i, op->a, op->a_len)) {
@@ -1473,7 +1698,7 @@ int lora_tok_decode(const struct lora_tok *t, const int32_t *ids, size_t n, unsi
 			lora_buf_free(&b);
 		} else {
 			for (size_t i = 0; i < v.n && !rc; i++)
-				rc = dec_one(op, i, v.s[i], v.len[i], &o);
+				rc = dec_one(op, i, v.n, v.s[i], v.len[i], &o);
 		}
 		strv_free(&v);
 		v = o;
@@ -1509,6 +1734,14 @@ int lora_tok_is_special(const struct lora_tok *t, int32_t id)
 int lora_tok_adds_bos(const struct lora_tok *t)
 {
 	return t->bos >= 0 && t->n_prefix && t->prefix[0] == t->bos;
+}
+
+int lora_tok_is_stop(const struct lora_tok *t, int32_t id)
+{
+	for (size_t i = 0; i < t->n_stop; i++)
+		if (t->stop[i] == id)
+			return 1;
+	return 0;
 }
 
 int lora_tok_adds_eos(const struct lora_tok *t)

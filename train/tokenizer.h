@@ -62,7 +62,10 @@ void lora_tokens_free(struct lora_tokens *t);
 /* Append one token; -1 on allocation failure. */
 int lora_tokens_push(struct lora_tokens *t, int32_t id, int64_t start, struct lora_err *err);
 
-/* Load DIR/tokenizer.json (+ tokenizer_config.json, chat_template.jinja/.json when present). */
+/*
+ * Load DIR/tokenizer.json (+ tokenizer_config.json, generation_config.json,
+ * chat_template.jinja/.json when present).
+ */
 int lora_tok_load(const char *dir, struct lora_tok **out, struct lora_err *err);
 /*
  * Load from memory: `cfg` (tokenizer_config.json text) may be NULL.
@@ -71,6 +74,13 @@ int lora_tok_load(const char *dir, struct lora_tok **out, struct lora_err *err);
 int lora_tok_load_mem(const char *json, size_t len, const char *cfg, size_t cfg_len,
 		      const char *label, struct lora_tok **out, struct lora_err *err);
 void lora_tok_free(struct lora_tok *tok);
+/*
+ * generation_config.json text: its bos_token_id / eos_token_id (a number or a
+ * list; the first counts) fill in the BOS/EOS that tokenizer_config.json
+ * leaves out, and every eos_token_id becomes a stop id.  lora_tok_load calls it.
+ */
+int lora_tok_apply_generation_config(struct lora_tok *tok, const char *json, size_t len, const char *label,
+				     struct lora_err *err);
 
 #define LORA_TOK_ADD_SPECIAL  0x1  /* encode: add BOS/EOS as the post-processor/config say */
 #define LORA_TOK_SKIP_SPECIAL 0x2  /* decode: leave out special tokens */
@@ -101,6 +111,8 @@ int32_t lora_tok_pad(const struct lora_tok *tok);
 /* Their strings ("" when absent). */
 const char *lora_tok_bos_str(const struct lora_tok *tok);
 const char *lora_tok_eos_str(const struct lora_tok *tok);
+/* Whether generation stops at id: the EOS or any eos_token_id of generation_config.json. */
+int lora_tok_is_stop(const struct lora_tok *tok, int32_t id);
 /* Whether encode with LORA_TOK_ADD_SPECIAL adds BOS at the front / EOS at the end. */
 int lora_tok_adds_bos(const struct lora_tok *tok);
 int lora_tok_adds_eos(const struct lora_tok *tok);

@@ -234,7 +234,8 @@ int tok_parse_scheme(const cJSON *j, enum prepend_scheme *s, const char *label, 
 	else if (!strcmp(v, "never"))
 		*s = PREPEND_NEVER;
 	else
-		return lora_errf(err, "%s: unknown prepend_scheme '%s'", label, v);
+		return lora_errf(err, "%s: Metaspace prepend_scheme '%s' is not supported (always, first, never are)",
+				 label, v);
 	return 0;
 }
 
@@ -246,7 +247,7 @@ int tok_parse_replacement(const cJSON *j, char *out, size_t *len, const char *la
 		r = "\xE2\x96\x81";   /* U+2581 */
 	n = strlen(r);
 	if (!n || n > 4 || utf8_seq((const unsigned char *)r, n) != n)
-		return lora_errf(err, "%s: metaspace replacement must be one character", label);
+		return lora_errf(err, "%s: Metaspace replacement '%s' is not supported (one character is)", label, r);
 	memcpy(out, r, n);
 	*len = n;
 	return 0;

@@ -104,7 +104,7 @@ def spm_layout(vocab, head):
     return out
 
 
-def save_hf(name, hf_tok, origin, extra_files=None):
+def save_hf(name, hf_tok, origin, extra_files=None, cfg_update=None):
     d = os.path.join(OUT, name)
     if os.path.isdir(d):
         shutil.rmtree(d)
@@ -114,6 +114,15 @@ def save_hf(name, hf_tok, origin, extra_files=None):
         p = os.path.join(d, f)
         if os.path.exists(p):
             os.remove(p)
+    if cfg_update:
+        # keys transformers 5 reads back but does not save (so a reload would differ)
+        p = os.path.join(d, "tokenizer_config.json")
+        with open(p, encoding="utf-8") as f:
+            cfg = json.load(f)
+        cfg.update(cfg_update)
+        with open(p, "w", encoding="utf-8") as f:
+            json.dump(cfg, f, ensure_ascii=False, indent=2)
+            f.write("\n")
     for fname, obj in (extra_files or {}).items():
         with open(os.path.join(d, fname), "w", encoding="utf-8") as f:
             json.dump(obj, f, ensure_ascii=False, indent=2)
@@ -188,7 +197,7 @@ def llama_family(name, legacy, add_prefix_space, add_eos, origin):
                                     add_bos_token=True, add_eos_token=add_eos)
     t.add_tokens([AddedToken("[INST]", special=True, normalized=False),
                   AddedToken("[/INST]", special=True, normalized=False)])
-    save_hf(name, t, origin)
+    save_hf(name, t, origin, cfg_update={"legacy": legacy})
 
 
 def phi3():
@@ -320,7 +329,7 @@ def wordpiece_bpe():
     # NFKC + Strip + Prepend normalizers, Whitespace / Punctuation / Digits pre-tokenizers
     tok = Tokenizer(models.BPE(continuing_subword_prefix="##", unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Strip(left=True, right=True),
-                                           normalizers.Replace(Regex("[\u0000-\u0008]"), "")])
+                                           normalizers.Replace(Regex(r"[\x01-\x08]"), "")])
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                  pre_tokenizers.Punctuation(behavior="isolated"),
                                                  pre_tokenizers.Digits(individual_digits=True)])

@@ -355,8 +355,9 @@ def nfkd_suffix():
     # no real model: NFKD / NFD normalizers, Whitespace + CharDelimiterSplit pre-tokenizers,
     # end_of_word_suffix with the BPEDecoder, ByteFallback-free, rstrip added token
     tok = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.NFKD(),
-                                           normalizers.Replace("\t", " "), normalizers.Prepend("^")])
+    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Replace(Regex(r"\p{Mn}"), ""),
+                                           normalizers.NFKD(), normalizers.Replace("\t", " "),
+                                           normalizers.Strip(left=True, right=False), normalizers.Prepend("^")])
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
                                                  pre_tokenizers.CharDelimiterSplit("_")])
     tok.decoder = decoders.BPEDecoder(suffix="</w>")
@@ -368,8 +369,8 @@ def nfkd_suffix():
     t.post_processor = processors.TemplateProcessing(single="$A <eos>", pair="$A <eos> $B:1 <eos>:1",
                                                      special_tokens=[("<eos>", t.token_to_id("<eos>"))])
     hf = transformers.PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", eos_token="<eos>")
-    save_hf("nfkd_suffix", hf, "no real model: BpeTrainer with end_of_word_suffix '</w>'; NFD + NFKD + Replace + "
-            "Prepend; Whitespace + CharDelimiterSplit; BPEDecoder; $A <eos>")
+    save_hf("nfkd_suffix", hf, "no real model: BpeTrainer with end_of_word_suffix '</w>'; NFD + Replace(\\p{Mn}) + NFKD + "
+            "Replace + Strip(left) + Prepend; Whitespace + CharDelimiterSplit; BPEDecoder; $A <eos>")
 
 
 def main():

@@ -230,6 +230,33 @@ TEST(continuing_subword_prefix_is_glued)
 	lora_tok_free(tok);
 }
 
+/* Strip's sides, with Prepend after it; the ids are what `tokenizers` 0.23 gives for the same file. */
+TEST(strip_normalizer_sides)
+{
+	static const struct {
+		const char *flags;
+		int32_t want[6];
+		size_t n;
+	} cases[] = {
+		{ "\"strip_left\":false,\"strip_right\":true", { 0, 2, 1, 2, 3 }, 5 },
+		{ "\"strip_left\":true,\"strip_right\":false", { 0, 1, 2, 3, 2, 2 }, 6 },
+	};
+	for (size_t k = 0; k < 2; k++) {
+		char json[512];
+		struct lora_tok *tok = NULL;
+		struct lora_err err = { 0 };
+		struct lora_tokens t = LORA_TOKENS_INIT;
+		snprintf(json, sizeof(json), "{\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Strip\",%s},"
+			 "{\"type\":\"Prepend\",\"prepend\":\"^\"}]},\"model\":{\"type\":\"BPE\",\"vocab\":{\"^\":0,\"a\":1,"
+			 "\" \":2,\"b\":3},\"merges\":[]}}", cases[k].flags);
+		CHECKF(lora_tok_load_mem(json, strlen(json), NULL, 0, "x", &tok, &err) == 0, "%s", err.msg);
+		CHECK(tok && lora_tok_encode(tok, " a b  ", 6, 0, &t, &err) == 0);
+		CHECKF(t.n == cases[k].n && !memcmp(t.ids, cases[k].want, t.n * sizeof(int32_t)), "case %zu: %zu ids", k, t.n);
+		lora_tokens_free(&t);
+		lora_tok_free(tok);
+	}
+}
+
 /* generation_config.json fills in the EOS that tokenizer_config.json leaves out. */
 TEST(generation_config_fills_eos)
 {
@@ -446,6 +473,7 @@ int main(void)
 	RUN(refusals_name_field_and_value);
 	RUN(continuing_subword_prefix_is_glued);
 	RUN(generation_config_fills_eos);
+	RUN(strip_normalizer_sides);
 	RUN(hostile_files_fail_cleanly);
 	RUN(offsets_point_into_the_input);
 	RUN(invalid_utf8_is_an_error);

@@ -11,23 +11,33 @@
  *   chat_template.json      optional: {"chat_template": "..."} (transformers 4.4x)
  *
  * Supported, the way Hugging Face `tokenizers` runs them (tests/oracle/
- * tok_fixtures.py checks our ids against it):
+ * tok_fixtures.py and tok_families.py check our ids against it):
  *   - model "BPE": vocab + merges (legacy "a b" strings or [["a","b"]] pairs),
- *     unk_token, fuse_unk, byte_fallback, ignore_merges.  Merging uses a rank
- *     hash table and a heap per word: O(n log n) in the word length.
+ *     unk_token, fuse_unk, byte_fallback, ignore_merges,
+ *     continuing_subword_prefix / end_of_word_suffix ("" or null = none).
+ *     Merging uses a rank hash table and a heap per word: O(n log n) in the
+ *     word length.
  *   - added tokens (special or not), matched leftmost-longest before
  *     normalization (normalized=false) or after it (normalized=true), with
  *     lstrip / rstrip / single_word.
- *   - normalizers Prepend, Replace (string or regex), NFC, Sequence.
- *   - pre-tokenizers ByteLevel (GPT-2 regex when use_regex), Split (regex or
- *     string, every split behaviour, invert), Metaspace, Digits, Sequence.
+ *   - normalizers (train/tokenizer_pre.c): Sequence, Prepend, Replace (string
+ *     or regex), Strip, Lowercase, NFC, NFD, NFKC, NFKD.
+ *   - pre-tokenizers (train/tokenizer_pre.c): Sequence, ByteLevel (GPT-2
+ *     regex when use_regex), Split (regex or string, every split behaviour,
+ *     invert), Metaspace (prepend_scheme, split), Digits, Whitespace,
+ *     WhitespaceSplit, Punctuation, CharDelimiterSplit, BertPreTokenizer.
  *     Regexes run with PCRE2 in UTF + UCP mode.
  *   - post-processors TemplateProcessing, ByteLevel, Sequence (and Bert /
  *     Roberta), overridden by add_bos_token / add_eos_token in
  *     tokenizer_config.json when those keys are present.
- *   - decoders ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace, Sequence.
- * Refused by name: WordPiece, Unigram, WordLevel models and any component not
- * listed above (the error names it).
+ *   - decoders ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace,
+ *     WordPiece, BPEDecoder, Sequence.
+ *   - BOS/EOS from tokenizer_config.json, else generation_config.json; the
+ *     latter's eos_token_id list gives the stop ids.
+ * Refused with the field and value named ("normalizer type 'Precompiled' is
+ * not supported"): WordPiece, Unigram, WordLevel models, BPE dropout, and any
+ * component not listed above.  truncation / padding are ignored (transformers
+ * overrides them per call).
  *
  *     struct lora_tok *tok;
  *     struct lora_tokens t = LORA_TOKENS_INIT;

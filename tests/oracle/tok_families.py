@@ -104,7 +104,7 @@ def spm_layout(vocab, head):
     return out
 
 
-def save_hf(name, hf_tok, origin, extra_files=None, cfg_update=None):
+def save_hf(name, hf_tok, origin, extra_files=None, cfg_update=None, raw_json=None):
     d = os.path.join(OUT, name)
     if os.path.isdir(d):
         shutil.rmtree(d)
@@ -114,6 +114,10 @@ def save_hf(name, hf_tok, origin, extra_files=None, cfg_update=None):
         p = os.path.join(d, f)
         if os.path.exists(p):
             os.remove(p)
+    if raw_json is not None:   # the file as an older writer left it, not as transformers re-serializes it
+        with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(raw_json, f, ensure_ascii=False, indent=2)
+            f.write("\n")
     if cfg_update:
         # keys transformers 5 reads back but does not save (so a reload would differ)
         p = os.path.join(d, "tokenizer_config.json")
@@ -373,6 +377,22 @@ def nfkd_suffix():
             "Replace + Strip(left) + Prepend; Whitespace + CharDelimiterSplit; BPEDecoder; $A <eos>")
 
 
+def metaspace_legacy():
+    # tokenizers < 0.19 wrote Metaspace as {"add_prefix_space": true} with no prepend_scheme / split
+    # (meaning "always" and split on "▁"); many hub files still carry it.  llama2's model, that layout.
+    with open(os.path.join(OUT, "llama2", "tokenizer.json"), encoding="utf-8") as f:
+        j = json.load(f)
+    j["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "add_prefix_space": True}
+    j["decoder"] = {"type": "Metaspace", "replacement": "\u2581", "add_prefix_space": True}
+    j["model"]["merges"] = [" ".join(m) for m in j["model"]["merges"]]
+    t = Tokenizer.from_str(json.dumps(j))
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>",
+                                              unk_token="<unk>")
+    save_hf("metaspace_legacy", hf, "llama2's model in the layout tokenizers < 0.19 wrote: Metaspace pre-tokenizer "
+            "and decoder with add_prefix_space (= prepend_scheme always, split true), merges as 'a b' strings",
+            raw_json=j)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     smollm2_real()
@@ -383,6 +403,7 @@ def main():
     llama_family("mistral_always", legacy=True, add_prefix_space=True, add_eos=True,
                  origin="as llama2 with LlamaTokenizer(legacy=True): Metaspace prepend_scheme 'always'; "
                         "add_eos_token=true")
+    metaspace_legacy()
     llama_family("llama_never", legacy=False, add_prefix_space=False, add_eos=False,
                  origin="as llama2 with add_prefix_space=False: Metaspace prepend_scheme 'never', no Strip decoder")
     phi3()

@@ -156,6 +156,7 @@ TEST(smollm2_real_gguf) { check_family("smollm2_real"); }
 TEST(llama2_metaspace_first) { check_family("llama2"); }
 TEST(mistral_metaspace_always) { check_family("mistral_always"); }
 TEST(llama_metaspace_never) { check_family("llama_never"); }
+TEST(metaspace_legacy_split) { check_family("metaspace_legacy"); }
 TEST(phi3_legacy_normalizer_rstrip) { check_family("phi3"); }
 TEST(gemma_split_merged_with_previous) { check_family("gemma"); }
 TEST(qwen3_nfc_split) { check_family("qwen3"); }
@@ -198,6 +199,7 @@ int main(void)
 	RUN(llama2_metaspace_first);
 	RUN(mistral_metaspace_always);
 	RUN(llama_metaspace_never);
+	RUN(metaspace_legacy_split);
 	RUN(phi3_legacy_normalizer_rstrip);
 	RUN(gemma_split_merged_with_previous);
 	RUN(qwen3_nfc_split);

@@ -424,11 +424,13 @@ TEST(add_eos_token_in_config_is_honoured)
  * message or gives a tokenizer that encodes and decodes (ASan watches). */
 TEST(mutated_files_never_crash)
 {
-	static const char *names[] = { "tok/llama3/tokenizer.json", "tok/spm/tokenizer.json", "tok/qwen2/tokenizer.json" };
+	static const char *names[] = { "tok/llama3/tokenizer.json", "tok/spm/tokenizer.json", "tok/qwen2/tokenizer.json",
+				       "tok/families/wordpiece_bpe/tokenizer.json",
+				       "tok/families/nfkd_suffix/tokenizer.json", "tok/families/clip/tokenizer.json" };
 	uint64_t rng = 0x1234567;
 	int loaded = 0, failed = 0, rounds = getenv("LORA_TEST_MUTATIONS") ? atoi(getenv("LORA_TEST_MUTATIONS")) : 60;
 
-	for (size_t f = 0; f < 3; f++) {
+	for (size_t f = 0; f < sizeof(names) / sizeof(names[0]); f++) {
 		char *path = t_fixture(names[f]), *orig = NULL;
 		size_t len = 0;
 		struct lora_err err = { 0 };

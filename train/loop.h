@@ -26,7 +26,7 @@
  * warmup_ratio); W >= 1 is a count.  With --epochs, total = ceil(E · batches
  * per epoch / G).
  *
- * Determinism: the initialization and dropout are counter-based (lora.h), the
+ * Determinism: the initialization and dropout are counter-based (lora_cfg.h), the
  * data order a seeded permutation per epoch (data.h), so the state after step
  * s is a function of (options, data, s).  A checkpoint holds that state;
  * resuming from it gives bit-identical weights on the CPU backend with the

@@ -1,4 +1,4 @@
-/* lora.c - LoRA settings, targets, initialization and dropout masks (see lora.h). */
+/* lora_cfg.c - LoRA settings, targets, initialization and dropout masks (see lora_cfg.h). */
 #include "train/lora_cfg.h"
 
 #include <math.h>

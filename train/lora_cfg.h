@@ -1,5 +1,5 @@
 /*
- * lora.h - LoRA settings, target modules, PEFT initialization and dropout.
+ * lora_cfg.h - LoRA settings, target modules, PEFT initialization and dropout.
  *
  * A LoRA module on a frozen linear W [out, in] adds scale · B·A·x with
  *     A [r, in]   Kaiming-uniform with a = √5, i.e. U(-1/√in, 1/√in) (PEFT's default)

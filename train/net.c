@@ -1,5 +1,5 @@
 /*
- * model.c - building a lora_net from a Hugging Face folder: architecture and
+ * net.c - building a lora_net from a Hugging Face folder: architecture and
  * shape checks, frozen weights (mapped or NF4), RoPE frequencies, the LoRA
  * parameter arena, and PEFT adapters in and out.  The arithmetic lives in the
  * backends (model_cpu.c).

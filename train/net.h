@@ -1,5 +1,5 @@
 /*
- * model.h - a Llama-family causal LM with frozen (NF4 or 16/32-bit) weights
+ * net.h - a Llama-family causal LM with frozen (NF4 or 16/32-bit) weights
  * and trainable LoRA adapters: the data every backend shares, and the API a
  * training loop uses.
  *

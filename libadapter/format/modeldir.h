@@ -1,5 +1,5 @@
 /*
- * model.h - a Hugging Face model folder: config.json plus safetensors
+ * modeldir.h - a Hugging Face model folder: config.json plus safetensors
  * weights in one file (model.safetensors) or shards listed by
  * model.safetensors.index.json ({"weight_map": {"tensor.name": "shard file"}}).
  *

@@ -141,19 +141,21 @@ static char *make_tmpdir(void)
 	return p;
 }
 
-CMD(combine)
+static const struct cmd_opt opts[] = {
+	{ "method", 0, "M", "cat: exact sum (rank = sum of ranks); svd: exact sum truncated\n"
+			   "to rank R; linear: PEFT's linear (equal ranks, not the exact sum)", 'm', 0, 0 },
+	{ "rank", 0, "R", "rank for --method svd (default: the largest input rank)", 'r', 0, 0 },
+	{ "name", 0, "NAME[:TAG]", "add the result to the store, signed", 'n', 0, 0 },
+	{ "output", 'o', "DIR", "write a PEFT folder instead", 'o', 0, 0 },
+	{ "dtype", 0, "D", "dtype of the written tensors (default fp32)", 'd', 0, 0 },
+	{ "key", 0, "FILE", "signing key (default: the store's key)", 'k', 0, 0 },
+	{ "description", 0, "T", "description recorded in the manifest", 'D', 0, 0 },
+	{ "json", 0, NULL, "one JSON document on stdout", 'j', 0, 0 },
+	{ 0 }
+};
+
+static CMD(combine)
 {
-	static const struct option opts[] = {
-		{ "method", required_argument, NULL, 'm' },
-		{ "rank", required_argument, NULL, 'r' },
-		{ "name", required_argument, NULL, 'n' },
-		{ "output", required_argument, NULL, 'o' },
-		{ "dtype", required_argument, NULL, 'd' },
-		{ "json", no_argument, NULL, 'j' },
-		{ "key", required_argument, NULL, 'k' },
-		{ "description", required_argument, NULL, 'D' },
-		{ 0 }
-	};
 	struct lora_combine_params p = { .method = -1, .dtype = LORA_DT_F32 };
 	struct lora_combine_result res = { 0 };
 	struct lora_combine_input *ci = NULL;
@@ -164,14 +166,14 @@ CMD(combine)
 	int c, json = 0, rc = 1, n = 0;
 	long rank = 0;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "o:", opts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'm':
 			if ((p.method = lora_combine_method_parse(optarg)) < 0)
 				return cmd_usage(ctx, "unknown method '%s' (cat, svd or linear)", optarg);
 			break;
 		case 'r':
-			if (cmd_parse_long(ctx, "--rank", optarg, 1, 1000000, &rank) < 0)
+			if (cmd_optarg_long(ctx, 1, 1000000, &rank) < 0)
 				return 2;
 			break;
 		case 'n': name = optarg; break;
@@ -260,3 +262,10 @@ out:
 	free(tmp);
 	return rc;
 }
+
+const struct cmd_def cmd_combine_entry = {
+	"combine", cmd_combine, CMD_NEED_STORE, "build one adapter from several",
+	"lora combine REF[@W]... --method cat|svd|linear (--name NAME[:TAG] | -o DIR) [--rank R]\n"
+	"      [--dtype fp32|bf16|fp16] [--key FILE] [--description TEXT] [--json]",
+	opts, 19, NULL
+};

@@ -375,13 +375,14 @@ static int print_json(const struct lora_diff_side *a, const struct lora_diff_sid
 
 /* ----------------------------------------------------------------- main */
 
-CMD(diff)
+static const struct cmd_opt opts[] = {
+	{ "json", 0, NULL, "one JSON document on stdout", 'j', 0, 0 },
+	{ "threads", 0, "N", "worker threads (default: one per CPU)", 't', 0, 0 },
+	{ 0 }
+};
+
+static CMD(diff)
 {
-	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "threads", required_argument, NULL, 't' },
-		{ 0 }
-	};
 	struct lora_err err = { 0 };
 	struct input a = { 0 }, b = { 0 };
 	struct lora_diff d;
@@ -390,11 +391,11 @@ CMD(diff)
 	int c, json = 0, rc;
 	long threads = 0;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "", opts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'j': json = 1; break;
 		case 't':
-			if (cmd_parse_long(ctx, "--threads", optarg, 0, 64, &threads) < 0)
+			if (cmd_optarg_long(ctx, 0, 64, &threads) < 0)
 				return 2;
 			break;
 		default: return 2;
@@ -428,3 +429,9 @@ out:
 	close_input(&b);
 	return rc;
 }
+
+const struct cmd_def cmd_diff_entry = {
+	"diff", cmd_diff, CMD_NEED_STORE, "compare two adapters module by module",
+	"lora diff REF REF [--json] [--threads N]",
+	opts, 16, NULL
+};

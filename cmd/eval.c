@@ -305,23 +305,24 @@ out:
 	return rc;
 }
 
-CMD(eval)
+static const struct cmd_opt opts[] = {
+	{ "base", 0, "DIR", "the Hugging Face model folder", 'b', 0, 0 },
+	{ "adapter", 0, "PATH|REF", "the adapter: a PEFT folder, a .lora file or a stored NAME[:TAG]", 'a', 0, 0 },
+	{ "tokens", 0, "FILE", "rows {\"input_ids\": [...], \"labels\": [...]}, one a line", 't', 0, 0 },
+	{ "quant", 0, "nf4|none", "NF4 frozen weights as QLoRA trains them (default), or as stored", 'q', 0, 0 },
+	{ "json", 0, NULL, "{\"loss\", \"perplexity\", \"tokens\", \"rows\"} on stdout", 'j', 0, 0 },
+	{ "dump-logits", 0, "FILE", "write each row's logits as fp32 tensor logits.N to FILE", 'd', 0, 0 },
+	{ "threads", 0, "N", "BLAS threads", 'T', 0, 0 },
+	{ 0 }
+};
+
+static CMD(eval)
 {
-	static const struct option opts[] = {
-		{ "base", required_argument, NULL, 'b' },
-		{ "adapter", required_argument, NULL, 'a' },
-		{ "tokens", required_argument, NULL, 't' },
-		{ "quant", required_argument, NULL, 'q' },
-		{ "json", no_argument, NULL, 'j' },
-		{ "dump-logits", required_argument, NULL, 'd' },
-		{ "threads", required_argument, NULL, 'T' },
-		{ 0 }
-	};
 	struct eval_opts o = { .quant = LORA_QUANT_NF4 };
 	struct lora_err err = { 0 };
 	int c;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "", opts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'b': o.base = optarg; break;
 		case 'a': o.adapter = optarg; break;
@@ -333,7 +334,7 @@ CMD(eval)
 				return cmd_usage(ctx, "--quant is nf4 or none, not '%s'", optarg);
 			break;
 		case 'T':
-			if (cmd_parse_long(ctx, "--threads", optarg, 1, 1024, &o.threads) < 0)
+			if (cmd_optarg_long(ctx, 1, 1024, &o.threads) < 0)
 				return 2;
 			break;
 		default: return 2;
@@ -349,3 +350,9 @@ CMD(eval)
 		return cmd_error("cannot write the result: %s", strerror(errno));
 	return 0;
 }
+
+const struct cmd_def cmd_eval_entry = {
+	"eval", cmd_eval, CMD_NEED_STORE, "loss and perplexity of a model, with or without an adapter",
+	"lora eval --base DIR [--adapter PATH|REF] --tokens FILE.jsonl [--quant nf4|none] [--json] [--dump-logits FILE] [--threads N]",
+	opts, 22, NULL
+};

@@ -396,17 +396,18 @@ static int has_file(const char *dir, const char *name)
 	return r;
 }
 
-CMD(inspect)
+static const struct cmd_opt opts[] = {
+	{ "json", 0, NULL, "one JSON document on stdout", 'j', 0, 0 },
+	{ "spectrum", 0, NULL, "singular values per module and an effective rank", 's', 0, 0 },
+	{ 0 }
+};
+
+static CMD(inspect)
 {
-	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "spectrum", no_argument, NULL, 's' },
-		{ 0 }
-	};
 	int c, json = 0, spectrum = 0;
 	const char *path;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "", opts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'j': json = 1; break;
 		case 's': spectrum = 1; break;
@@ -444,3 +445,9 @@ CMD(inspect)
 	}
 	return inspect_stored(ctx->store, path, json, spectrum);
 }
+
+const struct cmd_def cmd_inspect_entry = {
+	"inspect", cmd_inspect, CMD_NEED_STORE, "describe an adapter or a model folder",
+	"lora inspect (PATH | REF) [--json] [--spectrum]",
+	opts, 16, NULL
+};

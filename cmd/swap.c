@@ -19,13 +19,14 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 	cmd_progress_update(p, (double)done, extra);
 }
 
-CMD(swap)
+static const struct cmd_opt opts[] = {
+	{ "none", 0, NULL, "remove every adapter (the base's tensors)", 'n', 0, 0 },
+	{ "base", 'b', "DIR", "recompute from this base (default: the recorded one)", 'b', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ 0 }
+};
+
+static CMD(swap)
 {
-	static const struct option longopts[] = {
-		{ "base", required_argument, NULL, 'b' },
-		{ "none", no_argument, NULL, 'n' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct lora_swap_opts o = { 0 };
 	struct lora_merge_set set = { 0 };
 	struct lora_swap_stats st;
@@ -35,7 +36,7 @@ CMD(swap)
 	int c, rc, none = 0;
 
 	o.store_dir = ctx->store;
-	while ((c = cmd_getopt(ctx, argc, argv, "b:", longopts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'b': o.base_dir = optarg; break;
 		case 'n': none = 1; break;
@@ -76,3 +77,9 @@ CMD(swap)
 	lora_merge_set_free(&set);
 	return 0;
 }
+
+const struct cmd_def cmd_swap_entry = {
+	"swap", cmd_swap, CMD_NEED_STORE, "change the adapters merged into a model folder in place",
+	"lora swap MODEL_DIR (REF[@WEIGHT]... | --none) [--base DIR]",
+	opts, 20, NULL
+};

@@ -74,11 +74,12 @@ struct cmd_ctx {
 	const char *store;      /* --store, $LORA_HOME, or the XDG default */
 	int is_tty;             /* stderr is a terminal: progress bars allowed */
 	const struct cmd_opt *opt;    /* the option cmd_getopt returned last */
-	/* what the library is told instead of reading the environment itself */
-	const char *cache_dir;  /* merge's line cache: $XDG_CACHE_HOME/lora, ~/.cache/lora; NULL: off */
-	const char *tmp_dir;    /* $TMPDIR or /tmp */
-	const char *user;       /* $USER, for default signer identities; may be NULL */
-	long long source_date;  /* $SOURCE_DATE_EPOCH for reproducible timestamps; -1: now */
+	/* the environment, read here only and handed to the library in its options */
+	const char *cache_dir;  /* fingerprint lines: $XDG_CACHE_HOME/lora/tensor-lines, else
+				   $HOME/.cache/lora/tensor-lines; NULL when $LORA_NO_CACHE is set (not 0) */
+	const char *tmp_dir;    /* $TMPDIR, else /tmp */
+	const char *user;       /* $USER for default signer identities; NULL: the login name */
+	const char *created;    /* $SOURCE_DATE_EPOCH as RFC 3339, for manifests; NULL: now */
 };
 
 /* Print "lora: <msg>" on stderr; returns 1. */

@@ -36,12 +36,12 @@ static int split_weight(const struct cmd_ctx *ctx, const char *spec, struct inpu
 	return (in->spec = strndup(spec, (size_t)(at - spec))) ? 0 : cmd_error("out of memory");
 }
 
-static int open_input(const char *store, struct input *in, struct lora_err *err)
+static int open_input(const struct cmd_ctx *ctx, struct input *in, struct lora_err *err)
 {
 	char *w, hex[65];
 	int rc;
 
-	if (lora_adapter_open(store, in->spec, &in->src, err) < 0)
+	if (lora_adapter_open(ctx->store, ctx->tmp_dir, in->spec, &in->src, err) < 0)
 		return -1;
 	if (in->src.digest[0]) {
 		snprintf(in->digest, sizeof(in->digest), "%s", in->src.digest);
@@ -125,14 +125,13 @@ static const char *common_fingerprint(const struct input *in, int n)
 }
 
 /* A fresh temporary folder; the adapter is built in <it>/adapter. */
-static char *make_tmpdir(void)
+static char *make_tmpdir(const char *td)
 {
-	const char *td = getenv("TMPDIR");
-	size_t n = strlen(td && *td ? td : "/tmp") + 32;
+	size_t n = strlen(td) + 32;
 	char *p = malloc(n);
 
 	if (p) {
-		snprintf(p, n, "%s/lora-combine-XXXXXX", td && *td ? td : "/tmp");
+		snprintf(p, n, "%s/lora-combine-XXXXXX", td);
 		if (!mkdtemp(p)) {
 			free(p);
 			p = NULL;
@@ -215,7 +214,7 @@ static CMD(combine)
 	for (int i = 0; i < n; i++) {
 		if ((rc = split_weight(ctx, argv[optind + i], &in[i])) != 0)
 			goto out;
-		if (open_input(ctx->store, &in[i], &err) < 0) {
+		if (open_input(ctx, &in[i], &err) < 0) {
 			rc = cmd_fail(&err);
 			goto out;
 		}
@@ -223,7 +222,7 @@ static CMD(combine)
 						     in[i].src.digest[0] ? in[i].src.ref : NULL, in[i].digest };
 	}
 	if (name) {
-		if (!(tmp = make_tmpdir()) || !(dir = lora_path_join(tmp, "adapter"))) {
+		if (!(tmp = make_tmpdir(ctx->tmp_dir)) || !(dir = lora_path_join(tmp, "adapter"))) {
 			rc = cmd_error("cannot create a temporary folder");
 			goto out;
 		}
@@ -239,6 +238,8 @@ static CMD(combine)
 		o.description = desc;
 		o.base_fingerprint = common_fingerprint(in, n);
 		o.provenance_json = prov2;
+		o.user = ctx->user;
+		o.created = ctx->created;
 		rc = lora_store_add_peft_dir(ctx->store, dir, ref, &o, digest, &err);
 		free(prov2);
 		if (rc < 0) {

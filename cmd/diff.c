@@ -61,7 +61,7 @@ static int open_input(const struct cmd_ctx *ctx, const char *spec, struct input 
 		      struct lora_err *err)
 {
 	memset(in, 0, sizeof(*in));
-	if (lora_adapter_open(ctx->store, spec, &in->src, err) < 0)
+	if (lora_adapter_open(ctx->store, ctx->tmp_dir, spec, &in->src, err) < 0)
 		return -1;
 	in->provenance = provenance_of(ctx->store, spec, &in->src);
 	in->side.peft = in->src.peft;

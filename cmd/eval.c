@@ -24,13 +24,13 @@
 #define BATCH_TOKENS 2048   /* rows per forward pass: about this many positions */
 
 /* The adapter argument: a PEFT folder, a .lora package or a store REF. */
-static int attach_adapter(struct lora_net *net, const char *store, const char *spec,
+static int attach_adapter(struct lora_net *net, const struct cmd_ctx *ctx, const char *spec,
 			  struct lora_err *err)
 {
 	struct lora_adapter_src a = { 0 };
 	int rc;
 
-	if (lora_adapter_open(store, spec, &a, err) < 0)
+	if (lora_adapter_open(ctx->store, ctx->tmp_dir, spec, &a, err) < 0)
 		return -1;
 	rc = lora_net_load_peft(net, a.peft, a.ref, err);
 	lora_adapter_close(&a);
@@ -69,7 +69,7 @@ static int run_eval(const struct eval_opts *o, const struct cmd_ctx *ctx, struct
 	no.threads = (int)o->threads;
 	if (lora_net_open(&net, o->base, &no, err) < 0)
 		return -1;
-	if (o->adapter && attach_adapter(net, ctx->store, o->adapter, err) < 0)
+	if (o->adapter && attach_adapter(net, ctx, o->adapter, err) < 0)
 		goto out;
 	dopts.vocab_size = net->V;
 	if (lora_data_load(o->tokens, &dopts, &d, err) < 0)

@@ -175,8 +175,7 @@ static CMD(extract)
 		return cmd_usage(ctx, "give exactly one of --name NAME[:TAG] and -o DIR");
 	if (name) {
 		struct lora_ref r;
-		const char *td = getenv("TMPDIR");
-		size_t n = strlen(td && *td ? td : "/tmp") + 32;
+		size_t n = strlen(ctx->tmp_dir) + 32;
 		if (lora_ref_parse(name, &r, &err) < 0 || r.is_digest)
 			return r.is_digest ? cmd_usage(ctx, "--name wants NAME[:TAG]") : cmd_fail(&err);
 		snprintf(ref, sizeof(ref), "%s:%s", r.name, r.tag);
@@ -185,7 +184,7 @@ static CMD(extract)
 			return cmd_fail(&err);
 		if (!(tmp = malloc(n)))
 			return cmd_error("out of memory");
-		snprintf(tmp, n, "%s/lora-extract-XXXXXX", td && *td ? td : "/tmp");
+		snprintf(tmp, n, "%s/lora-extract-XXXXXX", ctx->tmp_dir);
 		if (!mkdtemp(tmp) || !(dir = lora_path_join(tmp, "adapter"))) {
 			free(tmp);
 			return cmd_error("cannot create a temporary folder");
@@ -215,6 +214,8 @@ static CMD(extract)
 		o.description = desc;
 		o.base_fingerprint = res.base_fingerprint;
 		o.provenance_json = res.provenance_json;
+		o.user = ctx->user;
+		o.created = ctx->created;
 		if (lora_store_add_peft_dir(ctx->store, dir, ref, &o, digest, &err) < 0) {
 			rc = cmd_fail(&err);
 			lora_extract_result_free(&res);

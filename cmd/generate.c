@@ -133,7 +133,7 @@ static int run_generate(const struct gen_opts *o, const struct cmd_ctx *ctx, str
 	if (lora_tok_vocab_size(tok) > net->V)
 		cmd_warn("the tokenizer has %d tokens, the model %d", (int)lora_tok_vocab_size(tok), net->V);
 	if (o->adapter) {
-		if (lora_adapter_open(ctx->store, o->adapter, &ad, err) < 0 ||
+		if (lora_adapter_open(ctx->store, ctx->tmp_dir, o->adapter, &ad, err) < 0 ||
 		    lora_net_load_peft(net, ad.peft, o->adapter, err) < 0)
 			goto out;
 	}

@@ -116,6 +116,8 @@ static CMD(import)
 		o.description = desc;
 		o.progress = on_progress;
 		o.progress_ctx = &prog;
+		o.user = ctx->user;
+		o.created = ctx->created;
 		rc = lora_store_add_peft_dir(ctx->store, path, name, &o, digest, &err);
 		cmd_progress_end(&prog);
 		if (rc < 0)

@@ -248,16 +248,16 @@ static int inspect_adapter(const char *dir, int json, int spectrum)
 }
 
 /* A store REF or a .lora file: the adapter plus what the store knows of it. */
-static int inspect_stored(const char *store, const char *spec, int json, int spectrum)
+static int inspect_stored(const struct cmd_ctx *ctx, const char *spec, int json, int spectrum)
 {
 	struct lora_err err = { 0 };
 	struct lora_adapter_src a = { 0 };
 	cJSON *d = NULL;
 	int rc;
 
-	if (lora_store_describe(store, spec, &d, &err) < 0)
+	if (lora_store_describe(ctx->store, spec, &d, &err) < 0)
 		return cmd_fail(&err);
-	if (lora_adapter_open(store, spec, &a, &err) < 0) {
+	if (lora_adapter_open(ctx->store, ctx->tmp_dir, spec, &a, &err) < 0) {
 		/* Unverifiable package: still show what the store says, then fail. */
 		if (!json)
 			stored_text(d);
@@ -443,7 +443,7 @@ static CMD(inspect)
 		if (stat(path, &sb) < 0 && (strchr(path, '/') || strstr(path, ".safetensors")))
 			return cmd_error("cannot open '%s': %s", path, strerror(errno));
 	}
-	return inspect_stored(ctx->store, path, json, spectrum);
+	return inspect_stored(ctx, path, json, spectrum);
 }
 
 const struct cmd_def cmd_inspect_entry = {

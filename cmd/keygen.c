@@ -15,7 +15,7 @@ static CMD(keygen)
 {
 	struct lora_err err = { 0 };
 	const char *id = NULL;
-	char *line = NULL;
+	char *line = NULL, ident[256];
 	int c, force = 0;
 
 	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
@@ -27,6 +27,10 @@ static CMD(keygen)
 	}
 	if (optind != argc)
 		return cmd_usage(ctx, "unexpected argument '%s'", argv[optind]);
+	if (!id) {   /* the default identity, $USER@hostname */
+		lora_store_default_identity(ctx->user, ident);
+		id = ident;
+	}
 	if (lora_store_keygen(ctx->store, id, force, &line, &err) < 0)
 		return cmd_fail(&err);
 	printf("%s\n", line);

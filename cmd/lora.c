@@ -19,6 +19,7 @@
 #include "cmd/cmd.h"
 #include "libadapter/base/blas.h"
 #include "libadapter/merge/merge.h"
+#include "libadapter/store/manifest.h"
 #include "train/cuda.h"
 
 
@@ -304,6 +305,36 @@ static const struct cmd_opt *global_opt(const char *arg, const char **val)
 	return NULL;
 }
 
+/*
+ * The environment the library is told about (cmd.h, struct cmd_ctx): the
+ * only getenv calls of the program are here and in cmd/ (tests/sh/layering_env.sh).
+ */
+static char *env_cache_dir(void)
+{
+	const char *x = getenv("XDG_CACHE_HOME"), *h = getenv("HOME"), *off = getenv("LORA_NO_CACHE");
+	const char *root = x && *x == '/' ? x : h && *h == '/' ? h : NULL;
+	const char *sub = root == x ? "/lora/tensor-lines" : "/.cache/lora/tensor-lines";
+	char *d;
+
+	if ((off && *off && strcmp(off, "0")) || !root)
+		return NULL;
+	if ((d = malloc(strlen(root) + strlen(sub) + 1)))
+		sprintf(d, "%s%s", root, sub);
+	return d;
+}
+
+static void env_to_ctx(struct cmd_ctx *ctx, char created[32])
+{
+	const char *td = getenv("TMPDIR"), *u = getenv("USER"), *sde = getenv("SOURCE_DATE_EPOCH");
+
+	ctx->tmp_dir = td && *td ? td : "/tmp";
+	ctx->user = u && *u ? u : NULL;
+	if (sde && *sde) {
+		lora_rfc3339(strtoll(sde, NULL, 10), created);
+		ctx->created = created;
+	}
+}
+
 static int finish_stdout(int rc)
 {
 	/* Report a failed write to stdout (a full disk, a closed pipe). */
@@ -319,7 +350,7 @@ int main(int argc, char **argv)
 {
 	struct cmd_ctx ctx = { 0 };
 	const struct cmd_def *def;
-	char *store = NULL, *store_opt = NULL;
+	char *store = NULL, *store_opt = NULL, *cache = NULL, created[32];
 	int i = 1, rc;
 
 	/* OpenBLAS's threads spin for a while after it loads: most commands never need them. */
@@ -374,9 +405,12 @@ int main(int argc, char **argv)
 			return cmd_error("cannot find the store: set --store, $LORA_HOME or $HOME");
 		ctx.store = store;
 	}
+	env_to_ctx(&ctx, created);
+	ctx.cache_dir = cache = env_cache_dir();
 	lora_merge_set_gpu(&lora_cuda_merge_lazy);   /* loads the CUDA plugin only for --device cuda */
 	optind = 0;  /* GNU getopt: reinitialise for the command's own argv */
 	rc = def->fn(argc - i, argv + i, &ctx);
 	free(store);
+	free(cache);
 	return finish_stdout(rc);
 }

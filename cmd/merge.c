@@ -22,6 +22,7 @@ int cmd_merge_open_set(struct cmd_ctx *ctx, char **args, int n, struct lora_merg
 {
 	struct lora_err err = { 0 };
 
+	set->tmp_dir = ctx->tmp_dir;
 	for (int i = 0; i < n; i++) {
 		char *spec;
 		double w;
@@ -55,6 +56,7 @@ static CMD(merge)
 	int c, rc;
 
 	o.store_dir = ctx->store;
+	o.cache_dir = ctx->cache_dir;
 	o.dtype = LORA_DT_INVALID;
 	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {

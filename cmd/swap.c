@@ -36,6 +36,8 @@ static CMD(swap)
 	int c, rc, none = 0;
 
 	o.store_dir = ctx->store;
+	o.cache_dir = ctx->cache_dir;
+	o.tmp_dir = ctx->tmp_dir;
 	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'b': o.base_dir = optarg; break;

@@ -357,6 +357,8 @@ static CMD(train)
 	}
 	o.work_dir = work;
 	o.resume = resume;
+	o.user = ctx->user;
+	o.created = ctx->created;
 	rc = run(ctx, &o, ref, work, key, description, json);
 out:
 	free(given);

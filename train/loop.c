@@ -1304,6 +1304,8 @@ int lora_trainer_publish(struct lora_trainer *tr, const char *store_dir, const c
 		goto out;
 	io.key_path = key_path;
 	io.description = description;
+	io.user = tr->o.user;
+	io.created = tr->o.created;
 	io.base_fingerprint = tr->base_fp;
 	io.provenance_json = prov;
 	/* training_log.jsonl and loss.svg in the folder are packaged with it */

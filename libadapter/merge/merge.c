@@ -108,8 +108,8 @@ static int folder_digest(const char *dir, char **out, struct lora_err *err)
  * file, else the resolved NAME:TAG) and a digest (the store's manifest
  * digest; for a folder, folder_digest(); for a file, its SHA-256).
  */
-static int adapter_open(const char *store_dir, const char *spec, struct lora_merge_adapter *a,
-			struct lora_err *err)
+static int adapter_open(const char *store_dir, const char *tmp_dir, const char *spec,
+			struct lora_merge_adapter *a, struct lora_err *err)
 {
 	struct lora_adapter_src *src = calloc(1, sizeof(*src));
 	int is_dir = lora_is_dir(spec), is_file = !is_dir && lora_is_file(spec);
@@ -121,7 +121,7 @@ static int adapter_open(const char *store_dir, const char *spec, struct lora_mer
 		free(src);
 		return lora_errf(err, "cannot open adapter '%s': no such folder or file", spec);
 	}
-	if (lora_adapter_open(store_dir, spec, src, err) < 0) {
+	if (lora_adapter_open(store_dir, tmp_dir, spec, src, err) < 0) {
 		free(src);
 		return -1;
 	}
@@ -171,7 +171,7 @@ int lora_merge_set_add(struct lora_merge_set *set, const char *store_dir, const 
 		return lora_errf(err, "out of memory");
 	set->a = na;
 	a.weight = weight;
-	if (adapter_open(store_dir, spec, &a, err) < 0) {
+	if (adapter_open(store_dir, set->tmp_dir, spec, &a, err) < 0) {
 		adapter_close(&a);
 		return -1;
 	}
@@ -502,20 +502,6 @@ struct lora_linecache {
 	struct lc_shard *s;
 };
 
-static char *cache_dir(void)
-{
-	const char *x = getenv("XDG_CACHE_HOME"), *h = getenv("HOME"), *off = getenv("LORA_NO_CACHE");
-	char *d = NULL;
-
-	if (off && *off && strcmp(off, "0"))
-		return NULL;
-	if (x && *x == '/')
-		return asprintf(&d, "%s/lora/tensor-lines", x) < 0 ? NULL : d;
-	if (h && *h == '/')
-		return asprintf(&d, "%s/.cache/lora/tensor-lines", h) < 0 ? NULL : d;
-	return NULL;
-}
-
 /* Append name -> line to a shard's cache; 0, or -1 when out of memory. */
 static int lc_append(struct lc_shard *c, const char *name, const char *line)
 {
@@ -562,14 +548,12 @@ static void lc_load(struct lc_shard *c)
 	free(text);
 }
 
-struct lora_linecache *lora_linecache_open(const struct lora_model *m)
+struct lora_linecache *lora_linecache_open(const struct lora_model *m, const char *dir)
 {
 	struct lora_linecache *c = calloc(1, sizeof(*c));
-	char *dir = cache_dir();
 
 	if (!c || !(c->s = calloc(m->n_shards ? m->n_shards : 1, sizeof(*c->s)))) {
 		free(c);
-		free(dir);
 		return NULL;
 	}
 	c->m = m;
@@ -591,7 +575,6 @@ struct lora_linecache *lora_linecache_open(const struct lora_model *m)
 		free(real);
 		free(path);
 	}
-	free(dir);
 	return c;
 }
 
@@ -2296,7 +2279,7 @@ static int merge_run(const struct lora_merge_opts *o, const struct lora_merge_se
 	}
 	if (lora_merge_plan_add(&j.plan, j.base, o->base_dir, set, 1.0, err) < 0)
 		goto out;
-	j.cache = lora_linecache_open(j.base);
+	j.cache = lora_linecache_open(j.base, o->cache_dir);
 	for (size_t i = 0; i < j.plan.n; i++) {
 		const char *l = lora_linecache_get(j.cache, lora_model_find(j.base, j.plan.t[i].name));
 		if (l)

@@ -207,21 +207,14 @@ static int show_adapter(const struct lora_peft *p, int json, int spectrum, cJSON
 	norms = calloc(p->n_modules + 1, sizeof(double));
 	if (!norms)
 		return cmd_error("out of memory");
-	for (size_t i = 0; i < p->n_modules; i++)
-		if (lora_peft_delta_norm(&p->modules[i], &norms[i], &err) < 0) {
-			rc = cmd_fail(&err);
-			goto out;
-		}
-	if (spectrum && !(sv = calloc(p->n_modules, sizeof(*sv)))) {
+	if (spectrum && !(sv = calloc(p->n_modules + 1, sizeof(*sv)))) {
 		rc = cmd_error("out of memory");
 		goto out;
 	}
-	for (size_t i = 0; sv && i < p->n_modules; i++)
-		if (!(sv[i] = calloc((size_t)p->modules[i].r, sizeof(double))) ||
-		    lora_module_spectrum(&p->modules[i], sv[i], &err) < 0) {
-			rc = sv[i] ? cmd_fail(&err) : cmd_error("out of memory");
-			goto out;
-		}
+	if (lora_peft_figures(p, norms, sv, &err) < 0) {
+		rc = cmd_fail(&err);
+		goto out;
+	}
 	if (json)
 		rc = adapter_json(p, norms, sv, stored);
 	else

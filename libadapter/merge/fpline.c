@@ -131,20 +131,6 @@ struct lora_linecache {
 	struct lc_shard *s;
 };
 
-static char *cache_dir(void)
-{
-	const char *x = getenv("XDG_CACHE_HOME"), *h = getenv("HOME"), *off = getenv("LORA_NO_CACHE");
-	char *d = NULL;
-
-	if (off && *off && strcmp(off, "0"))
-		return NULL;
-	if (x && *x == '/')
-		return asprintf(&d, "%s/lora/tensor-lines", x) < 0 ? NULL : d;
-	if (h && *h == '/')
-		return asprintf(&d, "%s/.cache/lora/tensor-lines", h) < 0 ? NULL : d;
-	return NULL;
-}
-
 /* Append name -> line to a shard's cache; 0, or -1 when out of memory. */
 static int lc_append(struct lc_shard *c, const char *name, const char *line)
 {
@@ -191,14 +177,12 @@ static void lc_load(struct lc_shard *c)
 	free(text);
 }
 
-struct lora_linecache *lora_linecache_open(const struct lora_model *m)
+struct lora_linecache *lora_linecache_open(const struct lora_model *m, const char *dir)
 {
 	struct lora_linecache *c = calloc(1, sizeof(*c));
-	char *dir = cache_dir();
 
 	if (!c || !(c->s = calloc(m->n_shards ? m->n_shards : 1, sizeof(*c->s)))) {
 		free(c);
-		free(dir);
 		return NULL;
 	}
 	c->m = m;
@@ -220,7 +204,6 @@ struct lora_linecache *lora_linecache_open(const struct lora_model *m)
 		free(real);
 		free(path);
 	}
-	free(dir);
 	return c;
 }
 

@@ -669,7 +669,7 @@ static int merge_run(const struct lora_merge_opts *o, const struct lora_merge_se
 	}
 	if (lora_merge_plan_add(&j.plan, j.base, o->base_dir, set, 1.0, err) < 0)
 		goto out;
-	j.cache = lora_linecache_open(j.base);
+	j.cache = lora_linecache_open(j.base, o->cache_dir);
 	for (size_t i = 0; i < j.plan.n; i++) {
 		const char *l = lora_linecache_get(j.cache, lora_model_find(j.base, j.plan.t[i].name));
 		if (l)

@@ -95,8 +95,8 @@ static int folder_digest(const char *dir, char **out, struct lora_err *err)
  * file, else the resolved NAME:TAG) and a digest (the store's manifest
  * digest; for a folder, folder_digest(); for a file, its SHA-256).
  */
-static int adapter_open(const char *store_dir, const char *spec, struct lora_merge_adapter *a,
-			struct lora_err *err)
+static int adapter_open(const char *store_dir, const char *tmp_dir, const char *spec,
+			struct lora_merge_adapter *a, struct lora_err *err)
 {
 	struct lora_adapter_src *src = calloc(1, sizeof(*src));
 	int is_dir = lora_is_dir(spec), is_file = !is_dir && lora_is_file(spec);
@@ -108,7 +108,7 @@ static int adapter_open(const char *store_dir, const char *spec, struct lora_mer
 		free(src);
 		return lora_errf(err, "cannot open adapter '%s': no such folder or file", spec);
 	}
-	if (lora_adapter_open(store_dir, spec, src, err) < 0) {
+	if (lora_adapter_open(store_dir, tmp_dir, spec, src, err) < 0) {
 		free(src);
 		return -1;
 	}
@@ -158,7 +158,7 @@ int lora_merge_set_add(struct lora_merge_set *set, const char *store_dir, const 
 		return lora_errf(err, "out of memory");
 	set->a = na;
 	a.weight = weight;
-	if (adapter_open(store_dir, spec, &a, err) < 0) {
+	if (adapter_open(store_dir, set->tmp_dir, spec, &a, err) < 0) {
 		adapter_close(&a);
 		return -1;
 	}

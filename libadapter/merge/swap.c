@@ -257,7 +257,7 @@ out:
 /* Exact mode: every rewritten tensor comes from the base, checked first. */
 static int prepare_exact(struct swap_job *j, const char *bdir, struct lora_err *err)
 {
-	struct lora_linecache *cache = lora_linecache_open(j->base);
+	struct lora_linecache *cache = lora_linecache_open(j->base, j->o->cache_dir);
 	int rc = prepare_exact_rows(j, bdir, cache, err);
 
 	lora_linecache_close(cache, rc == 0);
@@ -271,6 +271,7 @@ static int prepare_drift(struct swap_job *j, const char *why, struct lora_err *e
 		return lora_errf(err, "cannot swap '%s' without its base (%s): it was merged with "
 				      "--dtype %s; give the base with --base", j->o->model_dir, why,
 				 lora_merge_dtype_label(j->old.dtype));
+	j->old_set.tmp_dir = j->o->tmp_dir;
 	for (size_t i = 0; i < j->old.n_adapters; i++) {
 		const struct lora_merge_rec_adapter *ra = &j->old.adapters[i];
 		struct lora_err e2 = { 0 };

@@ -76,6 +76,8 @@ struct lora_swap_opts {
 	lora_progress_fn progress;
 	void *progress_ctx;
 	unsigned pause_us;        /* test hook: sleep after each step that writes (0: none) */
+	const char *cache_dir;    /* fingerprint line cache (lora_linecache_open); NULL: none */
+	const char *tmp_dir;      /* where recorded .lora adapters are unpacked; NULL: /tmp */
 };
 
 struct lora_swap_stats {

@@ -51,4 +51,19 @@ run "$LORA" merge --base "$B" "$A1" -o "$T/fa"; expect_rc 0
 for f in $(cd "$T/fa" && ls); do cmp -s "$T/m/$f" "$T/fa/$f" || t_fail "$f differs from a fresh merge"; done
 run "$LORA" inspect "$T/m"; expect_rc 0
 
+t_case swap_recover_finishes_it_and_nothing_more
+run "$LORA" merge --base "$B" "$A1" -o "$T/r"; expect_rc 0
+killed_swap "$T/r"
+run "$LORA" swap "$T/r" --recover; expect_rc 0
+expect_out "recovered $T/r"
+[ -e "$T/r/.lora-swap.journal" ] && t_fail "the journal is still there"
+run "$LORA" merge --base "$B" "$A2" -o "$T/fb"; expect_rc 0
+for f in $(cd "$T/fb" && ls); do cmp -s "$T/r/$f" "$T/fb/$f" || t_fail "$f differs from a fresh merge of the swapped-in set"; done
+before=$(state "$T/r")
+run "$LORA" swap "$T/r" --recover; expect_rc 0
+expect_out "nothing to recover"
+expect_eq "$(state "$T/r")" "$before" "a second --recover changed the folder"
+run "$LORA" swap "$T/r" --recover "$A1"; expect_rc 2
+expect_err "--recover takes only the model folder"
+
 t_end

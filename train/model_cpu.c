@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/decode_cpu.h"
 #include "train/pool.h"
 
 /*
@@ -1167,4 +1168,7 @@ const struct lora_backend lora_backend_cpu = {
 	.name = "cpu",
 	.run = cpu_run,
 	.release = cpu_release,
+	.kv_new = lora_cpu_kv_new,
+	.decode = lora_cpu_decode,
+	.kv_free = lora_cpu_kv_free,
 };

@@ -88,6 +88,7 @@ struct lora_fb_result {
 };
 
 struct lora_net;
+struct lora_kv;            /* a backend's key/value cache for generation */
 
 /* What a device backend implements; the CPU one is the reference. */
 struct lora_backend {
@@ -97,6 +98,20 @@ struct lora_backend {
 	int (*run)(struct lora_net *net, const struct lora_batch *b, int backward, double grad_scale,
 		   float *logits, struct lora_fb_result *res, struct lora_err *err);
 	void (*release)(struct lora_net *net);   /* free backend state (net->be_state) */
+	/*
+	 * Generation (train/generate.h calls these; no dropout, no gradients):
+	 * kv_new makes a key/value cache for positions 0 .. max_pos-1; decode
+	 * runs n tokens at positions pos .. pos+n-1 over the cache of the
+	 * positions before (prefill when n > 1, one step when n == 1), adds
+	 * theirs to it, and writes the logits [V] of the last into `logits`
+	 * and those [n, V] of each into `all` (either may be NULL).  The caller
+	 * checks ids and capacity.  A cache belongs to the net that made it;
+	 * make it after the adapters are loaded (decode refuses larger ranks).
+	 */
+	int (*kv_new)(struct lora_net *net, int max_pos, struct lora_kv **kv, struct lora_err *err);
+	int (*decode)(struct lora_net *net, struct lora_kv *kv, int pos, const int32_t *ids, int n,
+		      float *logits, float *all, struct lora_err *err);
+	void (*kv_free)(struct lora_net *net, struct lora_kv *kv);
 };
 extern const struct lora_backend lora_backend_cpu;
 

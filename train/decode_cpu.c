@@ -247,6 +247,10 @@ static void pass(struct lora_kv *g, const int32_t *ids, int n, int p0)
 		lin(g, l, LORA_T_Q, g->h, n, g->q);
 		lin(g, l, LORA_T_K, g->h, n, g->k);
 		lin(g, l, LORA_T_V, g->h, n, g->v);
+		if (bk->q_norm) {   /* each head of D: n·H query rows, n·KV key rows */
+			rmsnorm(g->q, bk->q_norm, n * net->H, D, net->eps, g->q);
+			rmsnorm(g->k, bk->k_norm, n * net->KV, D, net->eps, g->k);
+		}
 		for (int i = 0; i < n; i++) {
 			rope(g, g->q + (size_t)i * HD, net->H, p0 + i);
 			rope(g, g->k + (size_t)i * KVD, net->KV, p0 + i);

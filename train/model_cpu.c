@@ -53,6 +53,8 @@ struct acts {
 	float *x;                 /* [N, C] layer input (the residual stream) */
 	float *rstd1;             /* [N] 1/rms of x */
 	float *h1;                /* [N, C] input_layernorm(x): q/k/v input */
+	float *qkr;               /* [N, (H+KV)·D] q|k before their per-head norms (q_norm/k_norm only) */
+	float *qkrstd;            /* [N, H+KV] 1/rms of each of those heads */
 	float *q;                 /* [B, H, T, D] after RoPE */
 	float *k, *v;             /* [B, KV, T, D] (k after RoPE) */
 	float *lse;               /* [B, H, T] log-sum-exp of each attention row */
@@ -124,6 +126,8 @@ static size_t layout(struct cpu *c, const struct lora_net *net, int B, int T, fl
 		a->x = take(&p, N * C);
 		a->rstd1 = take(&p, N);
 		a->h1 = take(&p, N * C);
+		a->qkr = take(&p, net->qk_norm ? N * (HD + KVD) : 0);
+		a->qkrstd = take(&p, net->qk_norm ? N * (size_t)(net->H + net->KV) : 0);
 		a->q = take(&p, N * HD);
 		a->k = take(&p, N * KVD);
 		a->v = take(&p, N * KVD);
@@ -649,6 +653,74 @@ static void rmsnorm_bwd(struct cpu *c, const float *x, const float *w, const flo
 	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, rmsnorm_bwd_part, &j);
 }
 
+/*
+ * Per-head RMSNorm of q and k before RoPE (Qwen3's q_norm / k_norm): the
+ * first (H+KV)·D columns of each row of y [N, ld] are H query heads then KV
+ * key heads of D, each normalized as rmsnorm_part does with weight wq or wk,
+ * in place; raw [N, (H+KV)·D] keeps the input and rstd [N, H+KV] its 1/rms.
+ * Backward turns d(normed) in y into d(raw) in place.
+ */
+struct headnorm_job {
+	float *y;
+	int ld, H, KV, D;
+	const float *wq, *wk;
+	float eps;
+	float *raw, *rstd;
+};
+
+HOT static void headnorm_part(void *arg, size_t i0, size_t i1, int part)
+{
+	const struct headnorm_job *j = arg;
+	const int D = j->D, nh = j->H + j->KV;
+	(void)part;
+
+	for (size_t n = i0; n < i1; n++)
+		for (int h = 0; h < nh; h++) {
+			float *y = j->y + n * j->ld + (size_t)h * D, *x = j->raw + (n * nh + h) * D;
+			const float *w = h < j->H ? j->wq : j->wk;
+			double ss = 0.0;
+			float r;
+
+			memcpy(x, y, sizeof(float) * D);
+			for (int i = 0; i < D; i++)
+				ss += (double)x[i] * x[i];
+			r = 1.0f / sqrtf((float)(ss / D) + j->eps);
+			j->rstd[n * nh + h] = r;
+			for (int i = 0; i < D; i++)
+				y[i] = w[i] * (x[i] * r);
+		}
+}
+
+HOT static void headnorm_bwd_part(void *arg, size_t i0, size_t i1, int part)
+{
+	const struct headnorm_job *j = arg;
+	const int D = j->D, nh = j->H + j->KV;
+	(void)part;
+
+	for (size_t n = i0; n < i1; n++)
+		for (int h = 0; h < nh; h++) {
+			float *dy = j->y + n * j->ld + (size_t)h * D;
+			const float *x = j->raw + (n * nh + h) * D, *w = h < j->H ? j->wq : j->wk;
+			const float r = j->rstd[n * nh + h];
+			double dot = 0.0;
+			float kk;
+
+			for (int i = 0; i < D; i++)
+				dot += (double)w[i] * dy[i] * x[i];
+			kk = (float)(dot / D) * r * r * r;
+			for (int i = 0; i < D; i++)
+				dy[i] = r * (w[i] * dy[i]) - x[i] * kk;
+		}
+}
+
+static void headnorm(struct cpu *c, const struct lora_net *net, const struct lora_block *bk, float *y,
+		     int ld, int N, struct acts *a, int backward)
+{
+	struct headnorm_job j = {y, ld, net->H, net->KV, net->D, bk->q_norm, bk->k_norm, net->eps,
+				 a->qkr, a->qkrstd};
+	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, backward ? headnorm_bwd_part : headnorm_part, &j);
+}
+
 static void rope_tables(const struct lora_net *net, int T, float *cosb, float *sinb)
 {
 	const int half = net->D / 2;
@@ -948,6 +1020,8 @@ static void layer_fwd(const struct ctx *k, int l, struct acts *a, float *out)
 
 	rmsnorm(c, a->x, bk->ln1, N, C, net->eps, a->h1, a->rstd1);
 	lin_fwd(k, l, LORA_T_Q, 3, a->h1, c->tqkv, W3, a);
+	if (bk->q_norm)
+		headnorm(c, net, bk, c->tqkv, W3, N, a, 0);
 	heads(c, 1, c->tqkv, a->q, W3, N, T, net->H, net->D, 1);
 	heads(c, 1, c->tqkv + HD, a->k, W3, N, T, net->KV, net->D, 1);
 	heads(c, 1, c->tqkv + HD + KVD, a->v, W3, N, T, net->KV, net->D, 0);
@@ -983,6 +1057,8 @@ static void layer_bwd(const struct ctx *k, int l, struct acts *a, int need_dx)
 	heads(c, 0, c->dq, c->tqkv, W3, N, T, net->H, net->D, 1);
 	heads(c, 0, c->dk, c->tqkv + HD, W3, N, T, net->KV, net->D, 1);
 	heads(c, 0, c->dv, c->tqkv + HD + KVD, W3, N, T, net->KV, net->D, 0);
+	if (bk->q_norm)
+		headnorm(c, net, bk, c->tqkv, W3, N, a, 1);
 	lin_bwd(k, l, LORA_T_Q, 3, a->h1, c->tqkv, W3, need_dx ? c->dh : NULL, 0.0f, a);
 	if (need_dx)
 		rmsnorm_bwd(c, a->x, bk->ln1, a->rstd1, c->dh, N, C, c->dx, 1);

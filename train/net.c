@@ -152,7 +152,13 @@ static const char *const archs[][2] = {
 	{"LlamaForCausalLM", "llama"},
 	{"MistralForCausalLM", "mistral"},
 	{"Qwen2ForCausalLM", "qwen2"},
+	{"Qwen3ForCausalLM", "qwen3"},
 };
+
+static int is_arch(const struct lora_model_config *c, const char *arch, const char *type)
+{
+	return c->architecture[0] ? !strcmp(c->architecture, arch) : !strcmp(c->model_type, type);
+}
 
 static int check_arch(const struct lora_model_config *c, const char *dir, struct lora_err *err)
 {
@@ -160,7 +166,7 @@ static int check_arch(const struct lora_model_config *c, const char *dir, struct
 		if (c->architecture[0] ? !strcmp(c->architecture, archs[i][0])
 				       : !strcmp(c->model_type, archs[i][1]))
 			return 0;
-	return lora_errf(err, "model '%s': architecture '%s' is not supported (Llama, Mistral, Qwen2)",
+	return lora_errf(err, "model '%s': architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3)",
 			 dir, c->architecture[0] ? c->architecture : c->model_type);
 }
 
@@ -191,7 +197,7 @@ static int read_extra_config(struct lora_net *net, const char *dir, struct lora_
 	v = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
 	if (cJSON_IsNumber(v) && v->valuedouble >= 1 && v->valuedouble < 1e9)
 		window = (int)v->valuedouble;
-	if (!strcmp(net->cfg.model_type, "qwen2") || !strcmp(net->cfg.architecture, "Qwen2ForCausalLM")) {
+	if (is_arch(&net->cfg, "Qwen2ForCausalLM", "qwen2") || is_arch(&net->cfg, "Qwen3ForCausalLM", "qwen3")) {
 		v = cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window");
 		use_sw = cJSON_IsTrue(v);
 		v = cJSON_GetObjectItemCaseSensitive(root, "max_window_layers");
@@ -275,6 +281,14 @@ static int load_block(struct lora_net *net, int l, struct lora_err *err)
 	snprintf(name, sizeof(name), "model.layers.%d.post_attention_layernorm.weight", l);
 	if (load_vec(net->base, name, net->C, 0, &bk->ln2, err) < 0)
 		return -1;
+	if (net->qk_norm) {
+		snprintf(name, sizeof(name), "model.layers.%d.self_attn.q_norm.weight", l);
+		if (load_vec(net->base, name, net->D, 0, &bk->q_norm, err) < 0)
+			return -1;
+		snprintf(name, sizeof(name), "model.layers.%d.self_attn.k_norm.weight", l);
+		if (load_vec(net->base, name, net->D, 0, &bk->k_norm, err) < 0)
+			return -1;
+	}
 	for (int t = 0; t < LORA_NTARGET; t++) {
 		int n = lora_module_name(name, sizeof(name), l, (enum lora_target)t);
 
@@ -316,6 +330,7 @@ int lora_net_open(struct lora_net **out, const char *base_dir, const struct lora
 	net->eps = (float)c->rms_norm_eps;
 	if (check_dims(net, base_dir, err) < 0)
 		goto fail;
+	net->qk_norm = is_arch(c, "Qwen3ForCausalLM", "qwen3");
 	if (!(net->blocks = calloc((size_t)net->L, sizeof(*net->blocks))) ||
 	    !(net->inv_freq = malloc(sizeof(float) * (size_t)(net->D / 2)))) {
 		lora_errf(err, "out of memory");
@@ -351,6 +366,8 @@ void lora_net_close(struct lora_net *net)
 	for (int l = 0; net->blocks && l < net->L; l++) {
 		free(net->blocks[l].ln1);
 		free(net->blocks[l].ln2);
+		free(net->blocks[l].q_norm);
+		free(net->blocks[l].k_norm);
 		for (int t = 0; t < LORA_NTARGET; t++) {
 			lora_nf4_free(&net->blocks[l].lin[t].w.q);
 			free(net->blocks[l].lin[t].bias);

@@ -18,10 +18,13 @@
  * C hidden, F intermediate, L layers, H query heads, KV key/value heads
  * (H % KV == 0), D head dim, V vocab, r LoRA rank.
  *
- * Supported: LlamaForCausalLM (Llama 2/3, SmolLM2), MistralForCausalLM
- * (sliding window), Qwen2ForCausalLM (q/k/v biases, per-layer sliding window).
+ * Supported: LlamaForCausalLM (Llama 2/3/3.1/3.2 with llama3 rope scaling and
+ * tied embeddings, SmolLM2), MistralForCausalLM (sliding window),
+ * Qwen2ForCausalLM (q/k/v biases, per-layer sliding window), Qwen3ForCausalLM
+ * (RMSNorm of each query and key head before RoPE, q_norm / k_norm; layer_types).
  * Any linear may carry a bias when the checkpoint has one.  Others are refused
- * by name.
+ * by name (architecture, or the config field and value: hidden_act,
+ * rope_scaling).
  */
 #ifndef LORA_TRAIN_MODEL_H
 #define LORA_TRAIN_MODEL_H
@@ -68,6 +71,7 @@ struct lora_linear {
 
 struct lora_block {
 	float *ln1, *ln2;          /* [C] input / post-attention RMSNorm weights, fp32 */
+	float *q_norm, *k_norm;    /* [D] RMSNorm of each query / key head before RoPE (Qwen3), or NULL */
 	struct lora_linear lin[LORA_NTARGET];   /* indexed by enum lora_target */
 	int window;                /* sliding attention window in positions; 0 = full causal */
 };
@@ -128,6 +132,7 @@ struct lora_net {
 	struct lora_model_config cfg;
 	int C, F, L, H, KV, D, V;
 	float eps;                 /* rms_norm_eps */
+	int qk_norm;               /* blocks carry q_norm / k_norm (Qwen3) */
 	float *inv_freq;           /* [D/2] RoPE inverse frequencies after scaling */
 	struct lora_frozen embed;  /* [V, C] */
 	struct lora_frozen lm_head;   /* [V, C]; the embedding when tied */

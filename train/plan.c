@@ -50,6 +50,7 @@ static const char *const archs[][2] = {
 	{"LlamaForCausalLM", "llama"},
 	{"MistralForCausalLM", "mistral"},
 	{"Qwen2ForCausalLM", "qwen2"},
+	{"Qwen3ForCausalLM", "qwen3"},
 };
 
 /* out x in of decoder linear t */
@@ -87,6 +88,7 @@ static int finish_shape(struct lora_plan_shape *s, struct lora_err *err)
 	}
 	s->n_linear = per_layer * (uint64_t)s->L;
 	s->n_params = s->n_linear + (uint64_t)s->L * (bias + 2 * (uint64_t)s->C) + (uint64_t)s->C +
+		      (s->qk_norm ? (uint64_t)s->L * 2 * (uint64_t)s->D : 0) +
 		      (uint64_t)s->V * s->C * (s->tied ? 1 : 2);
 	return 0;
 }
@@ -102,7 +104,7 @@ int lora_plan_shape_from_config(const struct lora_model_config *c, struct lora_p
 				       : !strcmp(c->model_type, archs[i][1]))
 			break;
 	if (i == sizeof(archs) / sizeof(archs[0]))
-		return lora_errf(err, "architecture '%s' is not supported (Llama, Mistral, Qwen2)",
+		return lora_errf(err, "architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3)",
 				 c->architecture[0] ? c->architecture : c->model_type);
 	snprintf(s->architecture, sizeof(s->architecture), "%s", archs[i][0]);
 	s->C = c->hidden_size;
@@ -117,6 +119,7 @@ int lora_plan_shape_from_config(const struct lora_model_config *c, struct lora_p
 	s->qkv_bias = c->attention_bias || !strcmp(archs[i][1], "qwen2");
 	s->o_bias = c->attention_bias;
 	s->mlp_bias = c->mlp_bias;
+	s->qk_norm = !strcmp(archs[i][1], "qwen3");
 	s->dtype = !strcmp(c->torch_dtype, "float32") ? LORA_DT_F32
 		   : !strcmp(c->torch_dtype, "float16") ? LORA_DT_F16 : LORA_DT_BF16;
 	return finish_shape(s, err);
@@ -226,6 +229,8 @@ static uint64_t cpu_arena(const struct lora_plan_shape *s, const struct lora_pla
 	/* per layer: x, h1, xm, h2; rstd1, rstd2; q, att; k, v; lse; gate|up; act; u */
 	per = tk(N * C) * 4 + tk(N) * 2 + tk(N * HD) * 2 + tk(N * KVD) * 2 + tk(N * (uint64_t)s->H) +
 	      tk(N * 2 * F) + tk(N * F);
+	if (s->qk_norm)   /* q|k before their per-head norms, and 1/rms of each head */
+		per += tk(N * (HD + KVD)) + tk(N * (uint64_t)(s->H + s->KV));
 	if (lora)
 		for (int t = 0; t < LORA_NTARGET; t++)
 			per += (o->targets & (1u << t)) ? tk(N * R) : 0;
@@ -336,6 +341,8 @@ static void cuda_col(const struct lora_plan_shape *s, const struct lora_plan_opt
 	/* per token of one layer: the inputs of every linear and what attention and
 	 * SwiGLU need (bf16), two RMS statistics and the attention log-sum-exp (fp32) */
 	layer = 2 * (4 * C + 2 * HD + 2 * KVD + 3 * F + u) + 4 * (2 + (uint64_t)s->H);
+	if (s->qk_norm)   /* q|k before their per-head norms (bf16) and 1/rms of each head */
+		layer += 2 * (HD + KVD) + 4 * (uint64_t)(s->H + s->KV);
 	c->acts_full = N * (layer * L + 2 * 2 * C + 4);
 	c->acts_ckpt = N * (2 * C * L + layer + 2 * 2 * C + 4);
 	c->acts = o->checkpoint ? c->acts_ckpt : c->acts_full;

@@ -158,10 +158,12 @@ def nf4_roundtrip(model):
                 mod.weight.data.copy_(BF.dequantize_4bit(q, st).reshape(w.shape))
 
 
-def train(seqs, quant):
+def train(seqs, quant, base=BASE):
+    """The run on base (a model folder; families.py passes its own), frozen weights as quant says."""
     R = RUN
     CountingTrainer.micro = []
-    model = LlamaForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+                                                              attn_implementation="eager")
     if quant == "nf4":
         nf4_roundtrip(model)
     cfg = LoraConfig(r=R["rank"], lora_alpha=R["alpha"], lora_dropout=R["dropout"],

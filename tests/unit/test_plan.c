@@ -55,6 +55,7 @@ static char tmpdir[] = "/tmp/lora-test-plan-XXXXXX";
 
 struct mdims {
 	int C, F, L, H, KV, V, tied;
+	int qwen3;                 /* Qwen3ForCausalLM: per-head q_norm / k_norm tensors too */
 };
 
 static uint64_t rng = 0x243f6a8885a308d3ull;
@@ -93,6 +94,12 @@ static int write_model(const char *dir, const struct mdims *d)
 		snprintf(names[n], sizeof(names[n]), "model.layers.%d.post_attention_layernorm.weight", l);
 		specs[n] = (struct lora_st_spec){names[n], LORA_DT_BF16, 1, {(uint64_t)d->C}};
 		n++;
+		for (int qk = 0; d->qwen3 && qk < 2; qk++) {
+			snprintf(names[n], sizeof(names[n]), "model.layers.%d.self_attn.%c_norm.weight", l,
+				 qk ? 'k' : 'q');
+			specs[n] = (struct lora_st_spec){names[n], LORA_DT_BF16, 1, {(uint64_t)D}};
+			n++;
+		}
 		for (int t = 0; t < 7; t++) {
 			snprintf(names[n], sizeof(names[n]), "model.layers.%d.%s.weight", l, lin[t]);
 			specs[n] = (struct lora_st_spec){names[n], LORA_DT_BF16, 2,
@@ -126,11 +133,12 @@ static int write_model(const char *dir, const struct mdims *d)
 	free(path);
 	path = lora_path_join(dir, "config.json");
 	snprintf(cfg, sizeof(cfg),
-		 "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": %d,"
+		 "{\"architectures\": [\"%s\"], \"model_type\": \"%s\", \"hidden_size\": %d,"
 		 " \"intermediate_size\": %d, \"num_hidden_layers\": %d, \"num_attention_heads\": %d,"
 		 " \"num_key_value_heads\": %d, \"vocab_size\": %d, \"max_position_embeddings\": 4096,"
 		 " \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"torch_dtype\": \"bfloat16\"}\n",
-		 d->C, d->F, d->L, d->H, d->KV, d->V, d->tied ? "true" : "false");
+		 d->qwen3 ? "Qwen3ForCausalLM" : "LlamaForCausalLM", d->qwen3 ? "qwen3" : "llama", d->C, d->F,
+		 d->L, d->H, d->KV, d->V, d->tied ? "true" : "false");
 	rc = lora_write_file_atomic(path, cfg, strlen(cfg), 0644, &err);
 out:
 	if (rc)
@@ -426,7 +434,7 @@ static void check_lora_train(const char *dir, int quant_nf4, int ckpt)
 
 TEST(cpu_plan_matches_a_measured_step)
 {
-	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0};
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 0};
 	char dir[64];
 
 	snprintf(dir, sizeof(dir), "%s/untied", tmpdir);
@@ -455,7 +463,7 @@ TEST(cpu_plan_matches_a_measured_step)
 
 TEST(cpu_plan_tied_model)
 {
-	static const struct mdims d = {384, 1024, 2, 6, 2, 8192, 1};
+	static const struct mdims d = {384, 1024, 2, 6, 2, 8192, 1, 0};
 	char dir[64];
 
 	snprintf(dir, sizeof(dir), "%s/tied", tmpdir);
@@ -466,6 +474,24 @@ TEST(cpu_plan_tied_model)
 	}
 	{
 		struct run r = {dir, LORA_QUANT_NF4, 1, 4, 64, 0.05};
+		check_run(dir, &r);
+	}
+}
+
+/* Qwen3's per-head q/k norms keep q|k before the norm and 1/rms per head for backward. */
+TEST(cpu_plan_qwen3)
+{
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 1};
+	char dir[64];
+
+	snprintf(dir, sizeof(dir), "%s/qwen3", tmpdir);
+	CHECK(lora_mkdir_p(dir, 0755, NULL) == 0);
+	if (write_model(dir, &d) < 0) {
+		CHECK(0);
+		return;
+	}
+	for (int q = 0; q < 2; q++) {
+		struct run r = {dir, q ? LORA_QUANT_NF4 : LORA_QUANT_NONE, 0, 2, 192, 0.05};
 		check_run(dir, &r);
 	}
 }
@@ -583,6 +609,15 @@ TEST(refuses_unsupported_architectures)
 	CHECK(lora_model_config_parse(js, sizeof(js) - 1, "x", &cfg, &err) == 0);
 	CHECK(lora_plan_shape_from_config(&cfg, &s, &err) < 0);
 	CHECK(strstr(err.msg, "GPT2LMHeadModel") != NULL);
+	{
+		static const char moe[] = "{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"model_type\": "
+					  "\"qwen3_moe\", \"hidden_size\": 64, \"num_hidden_layers\": 2, "
+					  "\"num_attention_heads\": 4, \"vocab_size\": 100, \"intermediate_size\": 64}";
+
+		CHECK(lora_model_config_parse(moe, sizeof(moe) - 1, "x", &cfg, &err) == 0);
+		CHECK(lora_plan_shape_from_config(&cfg, &s, &err) < 0);
+		CHECK(strstr(err.msg, "Qwen3MoeForCausalLM") != NULL);
+	}
 }
 
 int main(void)
@@ -595,6 +630,7 @@ int main(void)
 	}
 	RUN(cpu_plan_matches_a_measured_step);
 	RUN(cpu_plan_tied_model);
+	RUN(cpu_plan_qwen3);
 	RUN(llama3_8b_counts);
 	RUN(fit_is_the_largest_that_fits);
 	RUN(refuses_unsupported_architectures);

@@ -14,6 +14,8 @@ For each model M (see MODELS) this writes into tests/fixtures/families/:
   merge_cases.json, merge_expect/<case>.safetensors
                       merge_oracle.py's cases: M's adapter merged into M (bf16): "ref.<tensor>" the
                       fp64 result rounded once, "peft.<tensor>" peft's fp32 merge rounded to bf16
+  phi3/, phi3.adapter/ (MERGE_ONLY) a Phi-3 model and a peft adapter on its fused qkv_proj and
+                      gate_up_proj, for a merge case only (lora does not train Phi-3 yet)
   versions.json       package versions
 
 Rerun (bitsandbytes for the NF4 round trip, e.g. pip install --target DIR bitsandbytes):
@@ -25,7 +27,8 @@ import numpy as np
 import torch
 import transformers
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -54,6 +57,16 @@ MODELS = {
         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
         dict(r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"])),
+}
+
+# Models lora does not train yet, for the merge cases only: Phi-3's fused qkv_proj and gate_up_proj
+# are LoRA targets as they are (merge goes by module name, whatever the family)
+MERGE_ONLY = {
+    "phi3": (Phi3ForCausalLM, Phi3Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128, tie_word_embeddings=False, rms_norm_eps=1e-5,
+        max_position_embeddings=128, initializer_range=0.1, pad_token_id=0),
+        dict(r=4, lora_alpha=8, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),
 }
 
 
@@ -161,6 +174,11 @@ def main():
         greedy += greedy_cases(name, base, g)
         curve(name, base)
         merges.append(merge_case(name, base, adapter))
+    for name, (cls, cfg, lcfg) in MERGE_ONLY.items():
+        if only and name not in only:
+            continue
+        base = TM.build_base(name, cls, cfg)
+        merges.append(merge_case(name, base, TM.build_adapter(name, base, lcfg)))
     with open(gpath, "w") as f:
         json.dump({"versions": TM.VERSIONS, "max_new_tokens": GG.K, "cases": greedy}, f, indent=1)
         f.write("\n")

@@ -673,6 +673,13 @@ TEST(families_refuse_what_they_do_not_support)
 		"Qwen3MoeForCausalLM", "not supported");
 	refused("{\"architectures\": [\"Qwen3ForCausalLM\"], \"model_type\": \"qwen3\", "
 		"\"hidden_act\": \"gelu\", " SIZES "}", "hidden_act", "gelu");
+	/* not yet trained here (tests/fixtures/families/phi3 is merged, see test_merge_oracle) */
+	refused("{\"architectures\": [\"Phi3ForCausalLM\"], \"model_type\": \"phi3\", " SIZES "}",
+		"Phi3ForCausalLM", "not supported");
+	refused("{\"architectures\": [\"Gemma2ForCausalLM\"], \"model_type\": \"gemma2\", " SIZES "}",
+		"Gemma2ForCausalLM", "not supported");
+	refused("{\"architectures\": [\"Gemma3ForCausalLM\"], \"model_type\": \"gemma3_text\", " SIZES "}",
+		"Gemma3ForCausalLM", "not supported");
 	refused("{\"architectures\": [\"Qwen3ForCausalLM\"], \"model_type\": \"qwen3\", "
 		"\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}, " SIZES "}", "rope_scaling", "yarn");
 	refused("{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", "

@@ -31,6 +31,7 @@ struct lora_kv {
 	float *t;                 /* [NCHUNK, C] o_proj / down_proj output */
 	float *g, *up;            /* [NCHUNK, F] */
 	float *u;                 /* [NCHUNK, max r] LoRA inner activations */
+	float *fz;                /* [NCHUNK, max(H·D + 2·KV·D, 2F)] a fused linear's output (Phi-3) */
 	float *p;                 /* [P] attention probabilities of one query */
 	float *cs, *sn;           /* [D/2] RoPE of one position */
 	float *wbuf;              /* [WCHUNK] */
@@ -69,6 +70,7 @@ static size_t layout(struct lora_kv *g, float *base)
 	g->up = take(&p, NCHUNK * F);
 	g->R = R;
 	g->u = take(&p, NCHUNK * R);
+	g->fz = take(&p, net->fused ? NCHUNK * (HD + 2 * KVD > 2 * F ? HD + 2 * KVD : 2 * F) : 0);
 	g->p = take(&p, (size_t)g->P);
 	g->cs = take(&p, (size_t)net->D / 2);
 	g->sn = take(&p, (size_t)net->D / 2);
@@ -244,9 +246,19 @@ static void pass(struct lora_kv *g, const int32_t *ids, int n, int p0)
 		const struct lora_block *bk = &net->blocks[l];
 
 		rmsnorm(g->x, bk->ln1, n, C, net->eps, g->h);
-		lin(g, l, LORA_T_Q, g->h, n, g->q);
-		lin(g, l, LORA_T_K, g->h, n, g->k);
-		lin(g, l, LORA_T_V, g->h, n, g->v);
+		if (net->fused) {   /* qkv_proj: rows [q | k | v] */
+			lin(g, l, LORA_T_Q, g->h, n, g->fz);
+			for (int i = 0; i < n; i++) {
+				const float *r = g->fz + (size_t)i * (HD + 2 * KVD);
+				memcpy(g->q + (size_t)i * HD, r, sizeof(float) * HD);
+				memcpy(g->k + (size_t)i * KVD, r + HD, sizeof(float) * KVD);
+				memcpy(g->v + (size_t)i * KVD, r + HD + KVD, sizeof(float) * KVD);
+			}
+		} else {
+			lin(g, l, LORA_T_Q, g->h, n, g->q);
+			lin(g, l, LORA_T_K, g->h, n, g->k);
+			lin(g, l, LORA_T_V, g->h, n, g->v);
+		}
 		if (bk->q_norm) {   /* each head of D: n·H query rows, n·KV key rows */
 			rmsnorm(g->q, bk->q_norm, n * net->H, D, net->eps, g->q);
 			rmsnorm(g->k, bk->k_norm, n * net->KV, D, net->eps, g->k);
@@ -266,8 +278,16 @@ static void pass(struct lora_kv *g, const int32_t *ids, int n, int p0)
 		for (size_t i = 0; i < (size_t)n * C; i++)
 			g->x[i] += g->t[i];
 		rmsnorm(g->x, bk->ln2, n, C, net->eps, g->h);
-		lin(g, l, LORA_T_GATE, g->h, n, g->g);
-		lin(g, l, LORA_T_UP, g->h, n, g->up);
+		if (net->fused) {   /* gate_up_proj: rows [gate | up] */
+			lin(g, l, LORA_T_GATE, g->h, n, g->fz);
+			for (int i = 0; i < n; i++) {
+				memcpy(g->g + (size_t)i * F, g->fz + (size_t)i * 2 * F, sizeof(float) * F);
+				memcpy(g->up + (size_t)i * F, g->fz + (size_t)i * 2 * F + F, sizeof(float) * F);
+			}
+		} else {
+			lin(g, l, LORA_T_GATE, g->h, n, g->g);
+			lin(g, l, LORA_T_UP, g->h, n, g->up);
+		}
 		for (size_t i = 0; i < (size_t)n * F; i++)
 			g->g[i] = g->g[i] / (1.0f + expf(-g->g[i])) * g->up[i];
 		lin(g, l, LORA_T_DOWN, g->g, n, g->t);

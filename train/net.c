@@ -153,6 +153,7 @@ static const char *const archs[][2] = {
 	{"MistralForCausalLM", "mistral"},
 	{"Qwen2ForCausalLM", "qwen2"},
 	{"Qwen3ForCausalLM", "qwen3"},
+	{"Phi3ForCausalLM", "phi3"},
 };
 
 static int is_arch(const struct lora_model_config *c, const char *arch, const char *type)
@@ -166,7 +167,7 @@ static int check_arch(const struct lora_model_config *c, const char *dir, struct
 		if (c->architecture[0] ? !strcmp(c->architecture, archs[i][0])
 				       : !strcmp(c->model_type, archs[i][1]))
 			return 0;
-	return lora_errf(err, "model '%s': architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3)",
+	return lora_errf(err, "model '%s': architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3, Phi-3)",
 			 dir, c->architecture[0] ? c->architecture : c->model_type);
 }
 
@@ -192,6 +193,11 @@ static int read_extra_config(struct lora_net *net, const char *dir, struct lora_
 		v = cJSON_GetObjectItemCaseSensitive(root, "hidden_activation");
 	if (cJSON_IsString(v) && strcmp(v->valuestring, "silu") && strcmp(v->valuestring, "swish")) {
 		lora_errf(err, "'%s': hidden_act '%s' is not supported (silu)", path, v->valuestring);
+		goto out;
+	}
+	v = cJSON_GetObjectItemCaseSensitive(root, "partial_rotary_factor");
+	if (cJSON_IsNumber(v) && v->valuedouble != 1.0) {
+		lora_errf(err, "'%s': partial_rotary_factor %g is not supported (1)", path, v->valuedouble);
 		goto out;
 	}
 	v = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
@@ -271,7 +277,7 @@ static int load_block(struct lora_net *net, int l, struct lora_err *err)
 {
 	struct lora_block *bk = &net->blocks[l];
 	const int HD = net->H * net->D, KVD = net->KV * net->D;
-	const int rows[LORA_NTARGET] = {HD, KVD, KVD, net->C, net->F, net->F, net->C};
+	int rows[LORA_NTARGET] = {HD, KVD, KVD, net->C, net->F, net->F, net->C};
 	const int cols[LORA_NTARGET] = {net->C, net->C, net->C, HD, net->C, net->C, net->F};
 	char name[160];
 
@@ -289,9 +295,19 @@ static int load_block(struct lora_net *net, int l, struct lora_err *err)
 		if (load_vec(net->base, name, net->D, 0, &bk->k_norm, err) < 0)
 			return -1;
 	}
+	if (net->fused) {   /* q|k|v and gate|up stacked as model_cpu.c stacks them anyway */
+		rows[LORA_T_Q] = HD + 2 * KVD;
+		rows[LORA_T_K] = rows[LORA_T_V] = 0;
+		rows[LORA_T_GATE] = 2 * net->F;
+		rows[LORA_T_UP] = 0;
+	}
 	for (int t = 0; t < LORA_NTARGET; t++) {
-		int n = lora_module_name(name, sizeof(name), l, (enum lora_target)t);
+		int n = lora_net_module_name(net, name, sizeof(name), l, (enum lora_target)t);
 
+		if (n < 0) {   /* a part of a fused linear */
+			bk->lin[t].w = (struct lora_frozen){0, cols[t], LORA_WF_F32, NULL, {0}};
+			continue;
+		}
 		snprintf(name + n, sizeof(name) - (size_t)n, ".weight");
 		if (load_frozen(net->base, name, rows[t], cols[t], net->opts.quant == LORA_QUANT_NF4,
 				&bk->lin[t].w, err) < 0)
@@ -331,6 +347,7 @@ int lora_net_open(struct lora_net **out, const char *base_dir, const struct lora
 	if (check_dims(net, base_dir, err) < 0)
 		goto fail;
 	net->qk_norm = is_arch(c, "Qwen3ForCausalLM", "qwen3");
+	net->fused = is_arch(c, "Phi3ForCausalLM", "phi3");
 	if (!(net->blocks = calloc((size_t)net->L, sizeof(*net->blocks))) ||
 	    !(net->inv_freq = malloc(sizeof(float) * (size_t)(net->D / 2)))) {
 		lora_errf(err, "out of memory");
@@ -436,6 +453,59 @@ static int build_arena(struct lora_net *net, const int *r, const float *scale, s
 	return 0;
 }
 
+const char *lora_net_target_name(const struct lora_net *net, enum lora_target t)
+{
+	if (!net->fused)
+		return lora_target_names[t];
+	switch (t) {
+	case LORA_T_Q: return "qkv_proj";
+	case LORA_T_GATE: return "gate_up_proj";
+	case LORA_T_K: case LORA_T_V: case LORA_T_UP: return NULL;
+	default: return lora_target_names[t];
+	}
+}
+
+int lora_net_module_name(const struct lora_net *net, char *buf, size_t len, int layer, enum lora_target t)
+{
+	const char *n = lora_net_target_name(net, t);
+
+	if (!n) {
+		if (len)
+			buf[0] = 0;
+		return -1;
+	}
+	return snprintf(buf, len, "model.layers.%d.%s.%s", layer, t <= LORA_T_O ? "self_attn" : "mlp", n);
+}
+
+int lora_net_module_parse(const struct lora_net *net, const char *name, int *layer, enum lora_target *t)
+{
+	char want[160];
+	int l;
+
+	if (!net->fused)
+		return lora_module_parse(name, layer, t);
+	if (sscanf(name, "model.layers.%d.", &l) != 1 || l < 0 || l >= net->L)
+		return -1;
+	for (int i = 0; i < LORA_NTARGET; i++)
+		if (lora_net_module_name(net, want, sizeof(want), l, (enum lora_target)i) > 0 &&
+		    !strcmp(want, name)) {
+			*layer = l;
+			*t = (enum lora_target)i;
+			return 0;
+		}
+	return -1;
+}
+
+unsigned lora_net_targets(const struct lora_net *net, unsigned mask)
+{
+	const unsigned qkv = (1u << LORA_T_Q) | (1u << LORA_T_K) | (1u << LORA_T_V);
+	const unsigned gu = (1u << LORA_T_GATE) | (1u << LORA_T_UP);
+
+	if (!net->fused)
+		return mask;
+	return (mask & ~(qkv | gu)) | (mask & qkv ? 1u << LORA_T_Q : 0) | (mask & gu ? 1u << LORA_T_GATE : 0);
+}
+
 const struct lora_mod *lora_net_mod(const struct lora_net *net, int layer, enum lora_target t)
 {
 	if (layer < 0 || layer >= net->L || (unsigned)t >= LORA_NTARGET || !net->blocks[layer].lin[t].has_lora)
@@ -461,13 +531,14 @@ int lora_net_init_lora(struct lora_net *net, const struct lora_cfg *cfg, struct 
 		goto out;
 	}
 	for (size_t i = 0; i < nm; i++)
-		if (cfg->targets & (1u << (i % LORA_NTARGET))) {
+		if (lora_net_targets(net, cfg->targets) & (1u << (i % LORA_NTARGET))) {
 			r[i] = cfg->rank;
 			s[i] = (float)lora_scale(cfg->rank, cfg->alpha, cfg->rslora);
 		}
 	if (build_arena(net, r, s, err) < 0)
 		goto out;
 	net->lcfg = *cfg;
+	net->lcfg.targets = lora_net_targets(net, cfg->targets);
 	for (int l = 0; l < net->L; l++)
 		for (int t = 0; t < LORA_NTARGET; t++) {
 			const struct lora_linear *lin = &net->blocks[l].lin[t];
@@ -517,7 +588,7 @@ int lora_net_load_peft(struct lora_net *net, const struct lora_peft *p, const ch
 		int l;
 		const struct lora_frozen *w;
 
-		if (lora_module_parse(m->name, &l, &t) < 0 || l >= net->L) {
+		if (lora_net_module_parse(net, m->name, &l, &t) < 0 || l >= net->L) {
 			lora_errf(err, "adapter '%s' targets '%s', which is not a linear layer of this model",
 				  label, m->name);
 			goto out;
@@ -541,7 +612,7 @@ int lora_net_load_peft(struct lora_net *net, const struct lora_peft *p, const ch
 		int l;
 		float *a, *b;
 
-		lora_module_parse(m->name, &l, &t);
+		lora_net_module_parse(net, m->name, &l, &t);
 		if (!(a = lora_peft_load_f32(m->A, err)) || !(b = lora_peft_load_f32(m->B, err))) {
 			free(a);
 			goto out;
@@ -607,7 +678,7 @@ static char *adapter_config_json(const struct lora_net *net, const char *base_na
 			a = module_alpha(net, m);
 			if (m->r == net->lcfg.rank && fabs(a - base_alpha) <= 1e-6 * base_alpha)
 				continue;
-			lora_module_name(name, sizeof(name), l, (enum lora_target)t);
+			lora_net_module_name(net, name, sizeof(name), l, (enum lora_target)t);
 			lora_buf_printf(&b, "%s\n    ", first ? "" : ",");
 			lora_buf_json_str(&b, name);
 			lora_buf_printf(&b, ": %.17g", a);
@@ -633,7 +704,7 @@ static char *adapter_config_json(const struct lora_net *net, const char *base_na
 
 			if (!m || m->r == net->lcfg.rank)
 				continue;
-			lora_module_name(name, sizeof(name), l, (enum lora_target)t);
+			lora_net_module_name(net, name, sizeof(name), l, (enum lora_target)t);
 			lora_buf_printf(&b, "%s\n    ", first ? "" : ",");
 			lora_buf_json_str(&b, name);
 			lora_buf_printf(&b, ": %d", m->r);
@@ -644,7 +715,7 @@ static char *adapter_config_json(const struct lora_net *net, const char *base_na
 	first = 1;
 	for (int t = 0; t < LORA_NTARGET; t++)
 		if (net->lcfg.targets & (1u << t)) {
-			lora_buf_printf(&b, "%s\"%s\"", first ? "" : ", ", lora_target_names[t]);
+			lora_buf_printf(&b, "%s\"%s\"", first ? "" : ", ", lora_net_target_name(net, (enum lora_target)t));
 			first = 0;
 		}
 	lora_buf_printf(&b, "],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": false,\n"
@@ -685,7 +756,7 @@ int lora_net_save_adapter(const struct lora_net *net, const char *dir, const cha
 
 			if (!lin->has_lora)
 				continue;
-			lora_module_name(mod, sizeof(mod), l, (enum lora_target)t);
+			lora_net_module_name(net, mod, sizeof(mod), l, (enum lora_target)t);
 			for (int ab = 0; ab < 2; ab++, n++) {
 				snprintf(names[n], sizeof(names[n]), "base_model.model.%s.lora_%c.weight", mod,
 					 ab ? 'B' : 'A');

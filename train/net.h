@@ -21,10 +21,12 @@
  * Supported: LlamaForCausalLM (Llama 2/3/3.1/3.2 with llama3 rope scaling and
  * tied embeddings, SmolLM2), MistralForCausalLM (sliding window),
  * Qwen2ForCausalLM (q/k/v biases, per-layer sliding window), Qwen3ForCausalLM
- * (RMSNorm of each query and key head before RoPE, q_norm / k_norm; layer_types).
+ * (RMSNorm of each query and key head before RoPE, q_norm / k_norm; layer_types),
+ * Phi3ForCausalLM (fused qkv_proj and gate_up_proj, the LoRA targets as they are:
+ * see `fused` and lora_net_module_name).
  * Any linear may carry a bias when the checkpoint has one.  Others are refused
  * by name (architecture, or the config field and value: hidden_act,
- * rope_scaling).
+ * rope_scaling, partial_rotary_factor).
  */
 #ifndef LORA_TRAIN_MODEL_H
 #define LORA_TRAIN_MODEL_H
@@ -133,6 +135,9 @@ struct lora_net {
 	int C, F, L, H, KV, D, V;
 	float eps;                 /* rms_norm_eps */
 	int qk_norm;               /* blocks carry q_norm / k_norm (Qwen3) */
+	int fused;                 /* Phi-3: q|k|v is one linear, qkv_proj, in lin[LORA_T_Q] (rows
+				      H·D + 2·KV·D), gate|up one, gate_up_proj, in lin[LORA_T_GATE]
+				      (rows 2F); lin[K], lin[V], lin[UP] have 0 rows and no LoRA */
 	float *inv_freq;           /* [D/2] RoPE inverse frequencies after scaling */
 	struct lora_frozen embed;  /* [V, C] */
 	struct lora_frozen lm_head;   /* [V, C]; the embedding when tied */
@@ -170,6 +175,18 @@ int lora_net_load_adapter(struct lora_net *net, const char *peft_dir, struct lor
  */
 int lora_net_save_adapter(const struct lora_net *net, const char *dir, const char *base_name,
 			  struct lora_err *err);
+/*
+ * Module names as this family spells them: PEFT's name of target t
+ * ("qkv_proj" for Q on Phi-3), or NULL where the family has no such linear;
+ * the full module name ("model.layers.3.self_attn.qkv_proj"; -1 when none);
+ * its inverse (-1 when not a linear of this model); and a target mask as
+ * the family applies it (Phi-3: any of q,k,v -> qkv_proj, gate/up -> gate_up_proj).
+ */
+const char *lora_net_target_name(const struct lora_net *net, enum lora_target t);
+int lora_net_module_name(const struct lora_net *net, char *buf, size_t len, int layer, enum lora_target t);
+int lora_net_module_parse(const struct lora_net *net, const char *name, int *layer, enum lora_target *t);
+unsigned lora_net_targets(const struct lora_net *net, unsigned mask);
+
 /* Adapter of a module, or NULL. */
 const struct lora_mod *lora_net_mod(const struct lora_net *net, int layer, enum lora_target t);
 

@@ -51,6 +51,7 @@ static const char *const archs[][2] = {
 	{"MistralForCausalLM", "mistral"},
 	{"Qwen2ForCausalLM", "qwen2"},
 	{"Qwen3ForCausalLM", "qwen3"},
+	{"Phi3ForCausalLM", "phi3"},
 };
 
 /* out x in of decoder linear t */
@@ -59,13 +60,35 @@ static void lin_dims(const struct lora_plan_shape *s, int t, uint64_t *out, uint
 	const uint64_t C = (uint64_t)s->C, F = (uint64_t)s->F, HD = (uint64_t)s->H * s->D,
 		       KVD = (uint64_t)s->KV * s->D;
 
+	if (s->fused && (t == LORA_T_K || t == LORA_T_V || t == LORA_T_UP)) {
+		*out = 0;   /* part of qkv_proj / gate_up_proj */
+		*in = C;
+		return;
+	}
 	switch (t) {
-	case LORA_T_Q: *out = HD; *in = C; break;
+	case LORA_T_Q: *out = s->fused ? HD + 2 * KVD : HD; *in = C; break;
 	case LORA_T_O: *out = C; *in = HD; break;
-	case LORA_T_GATE: case LORA_T_UP: *out = F; *in = C; break;
+	case LORA_T_GATE: case LORA_T_UP: *out = s->fused ? 2 * F : F; *in = C; break;
 	case LORA_T_DOWN: *out = C; *in = F; break;
 	default: *out = KVD; *in = C; break;   /* k, v */
 	}
+}
+
+/* Does target t carry LoRA under o (Phi-3: any of q,k,v on qkv_proj, gate/up on gate_up_proj)? */
+static int lora_on(const struct lora_plan_shape *s, const struct lora_plan_opts *o, int t)
+{
+	const unsigned qkv = (1u << LORA_T_Q) | (1u << LORA_T_K) | (1u << LORA_T_V);
+	const unsigned gu = (1u << LORA_T_GATE) | (1u << LORA_T_UP);
+
+	if (!s->fused)
+		return (o->targets >> t) & 1;
+	if (t == LORA_T_K || t == LORA_T_V || t == LORA_T_UP)
+		return 0;
+	if (t == LORA_T_Q)
+		return (o->targets & qkv) != 0;
+	if (t == LORA_T_GATE)
+		return (o->targets & gu) != 0;
+	return (o->targets >> t) & 1;
 }
 
 static int finish_shape(struct lora_plan_shape *s, struct lora_err *err)
@@ -104,7 +127,7 @@ int lora_plan_shape_from_config(const struct lora_model_config *c, struct lora_p
 				       : !strcmp(c->model_type, archs[i][1]))
 			break;
 	if (i == sizeof(archs) / sizeof(archs[0]))
-		return lora_errf(err, "architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3)",
+		return lora_errf(err, "architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3, Phi-3)",
 				 c->architecture[0] ? c->architecture : c->model_type);
 	snprintf(s->architecture, sizeof(s->architecture), "%s", archs[i][0]);
 	s->C = c->hidden_size;
@@ -120,6 +143,7 @@ int lora_plan_shape_from_config(const struct lora_model_config *c, struct lora_p
 	s->o_bias = c->attention_bias;
 	s->mlp_bias = c->mlp_bias;
 	s->qk_norm = !strcmp(archs[i][1], "qwen3");
+	s->fused = !strcmp(archs[i][1], "phi3");
 	s->dtype = !strcmp(c->torch_dtype, "float32") ? LORA_DT_F32
 		   : !strcmp(c->torch_dtype, "float16") ? LORA_DT_F16 : LORA_DT_BF16;
 	return finish_shape(s, err);
@@ -154,7 +178,7 @@ static uint64_t lora_count(const struct lora_plan_shape *s, const struct lora_pl
 	uint64_t n = 0;
 
 	for (int t = 0; t < LORA_NTARGET; t++)
-		if (o->targets & (1u << t)) {
+		if (lora_on(s, o, t)) {
 			uint64_t out, in;
 			lin_dims(s, t, &out, &in);
 			n += (uint64_t)o->rank * (in + out);
@@ -169,7 +193,7 @@ static uint64_t nf4_linears(const struct lora_plan_shape *s)
 	for (int t = 0; t < LORA_NTARGET; t++) {
 		uint64_t out, in;
 		lin_dims(s, t, &out, &in);
-		n += lora_nf4_bytes(out * in);
+		n += out ? lora_nf4_bytes(out * in) : 0;
 	}
 	return n * (uint64_t)s->L;
 }
@@ -186,7 +210,7 @@ static uint64_t max_lora_in(const struct lora_plan_shape *s, const struct lora_p
 	uint64_t mx = 0;
 
 	for (int t = 0; t < LORA_NTARGET; t++)
-		if (o->targets & (1u << t)) {
+		if (lora_on(s, o, t)) {
 			uint64_t out, in;
 			lin_dims(s, t, &out, &in);
 			mx = in > mx ? in : mx;
@@ -233,7 +257,7 @@ static uint64_t cpu_arena(const struct lora_plan_shape *s, const struct lora_pla
 		per += tk(N * (HD + KVD)) + tk(N * (uint64_t)(s->H + s->KV));
 	if (lora)
 		for (int t = 0; t < LORA_NTARGET; t++)
-			per += (o->targets & (1u << t)) ? tk(N * R) : 0;
+			per += lora_on(s, o, t) ? tk(N * R) : 0;
 	a = per * n_acts + (o->checkpoint ? tk(N * C) * (uint64_t)s->L : 0);
 	a += tk(N * C) * 2 + tk(N);   /* xL, hf, rstd_f: the final residual and norm */
 	/* dx, dh, to; q|k|v before RoPE; datt, dq; dk, dv; dact; d gate|up; du; S, P per
@@ -337,7 +361,7 @@ static void cuda_col(const struct lora_plan_shape *s, const struct lora_plan_opt
 	memset(c, 0, sizeof(*c));
 	if (lora)
 		for (int t = 0; t < LORA_NTARGET; t++)
-			u += (o->targets & (1u << t)) ? (uint64_t)o->rank : 0;
+			u += lora_on(s, o, t) ? (uint64_t)o->rank : 0;
 	/* per token of one layer: the inputs of every linear and what attention and
 	 * SwiGLU need (bf16), two RMS statistics and the attention log-sum-exp (fp32) */
 	layer = 2 * (4 * C + 2 * HD + 2 * KVD + 3 * F + u) + 4 * (2 + (uint64_t)s->H);

@@ -14,8 +14,7 @@ For each model M (see MODELS) this writes into tests/fixtures/families/:
   merge_cases.json, merge_expect/<case>.safetensors
                       merge_oracle.py's cases: M's adapter merged into M (bf16): "ref.<tensor>" the
                       fp64 result rounded once, "peft.<tensor>" peft's fp32 merge rounded to bf16
-  phi3/, phi3.adapter/ (MERGE_ONLY) a Phi-3 model and a peft adapter on its fused qkv_proj and
-                      gate_up_proj, for a merge case only (lora does not train Phi-3 yet)
+  (MERGE_ONLY: models for a merge case only; none at present)
   versions.json       package versions
 
 Rerun (bitsandbytes for the NF4 round trip, e.g. pip install --target DIR bitsandbytes):
@@ -57,17 +56,20 @@ MODELS = {
         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
         dict(r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"])),
-}
-
-# Models lora does not train yet, for the merge cases only: Phi-3's fused qkv_proj and gate_up_proj
-# are LoRA targets as they are (merge goes by module name, whatever the family)
-MERGE_ONLY = {
+    # Phi-3: fused qkv_proj and gate_up_proj, the LoRA targets as they are
     "phi3": (Phi3ForCausalLM, Phi3Config(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=128, tie_word_embeddings=False, rms_norm_eps=1e-5,
-        max_position_embeddings=128, initializer_range=0.1, pad_token_id=0),
+        max_position_embeddings=128, initializer_range=0.1, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2),
         dict(r=4, lora_alpha=8, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),
 }
+
+MERGE_ONLY = {}
+# LoRA'd linears of a family, as loop_peft.train takes them (None: the seven of a Llama block)
+FUSED = [(0, "self_attn", "qkv_proj"), (3, "self_attn", "o_proj"), (4, "mlp", "gate_up_proj"),
+         (6, "mlp", "down_proj")]
+TARGETS = {"phi3": FUSED}
 
 
 def expect(name, cls, cfg, lcfg, g):
@@ -130,7 +132,7 @@ def curve(name, base):
     rows = [(ids, labels if labels is not None else list(ids)) for ids, labels in rows]
     R = LP.RUN
     seqs = LP.packed_sequences(rows, R["seed"], R["seq_len"], R["steps"] * R["grad_accum"] * R["batch"])
-    warmup, steps, norms = LP.train(seqs, "none", base)
+    warmup, steps, norms = LP.train(seqs, "none", base, TARGETS.get(name))
     out = {"run": R, "warmup_steps": warmup, "base": "tests/fixtures/families/" + name,
            "data": "tests/fixtures/loop/peft_train.jsonl", "steps": steps, "final_param_norms": norms}
     with open(os.path.join(OUT, name + ".curve.json"), "w") as f:

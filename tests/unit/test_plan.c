@@ -56,6 +56,7 @@ static char tmpdir[] = "/tmp/lora-test-plan-XXXXXX";
 struct mdims {
 	int C, F, L, H, KV, V, tied;
 	int qwen3;                 /* Qwen3ForCausalLM: per-head q_norm / k_norm tensors too */
+	int phi3;                  /* Phi3ForCausalLM: qkv_proj and gate_up_proj fused */
 };
 
 static uint64_t rng = 0x243f6a8885a308d3ull;
@@ -101,9 +102,20 @@ static int write_model(const char *dir, const struct mdims *d)
 			n++;
 		}
 		for (int t = 0; t < 7; t++) {
-			snprintf(names[n], sizeof(names[n]), "model.layers.%d.%s.weight", l, lin[t]);
-			specs[n] = (struct lora_st_spec){names[n], LORA_DT_BF16, 2,
-							 {(uint64_t)rows[t], (uint64_t)cols[t]}};
+			const char *name = lin[t];
+			int r = rows[t];
+
+			if (d->phi3 && (t == 1 || t == 2 || t == 5))
+				continue;   /* inside qkv_proj / gate_up_proj */
+			if (d->phi3 && t == 0) {
+				name = "self_attn.qkv_proj";
+				r = HD + 2 * KVD;
+			} else if (d->phi3 && t == 4) {
+				name = "mlp.gate_up_proj";
+				r = 2 * d->F;
+			}
+			snprintf(names[n], sizeof(names[n]), "model.layers.%d.%s.weight", l, name);
+			specs[n] = (struct lora_st_spec){names[n], LORA_DT_BF16, 2, {(uint64_t)r, (uint64_t)cols[t]}};
 			n++;
 		}
 	}
@@ -137,7 +149,8 @@ static int write_model(const char *dir, const struct mdims *d)
 		 " \"intermediate_size\": %d, \"num_hidden_layers\": %d, \"num_attention_heads\": %d,"
 		 " \"num_key_value_heads\": %d, \"vocab_size\": %d, \"max_position_embeddings\": 4096,"
 		 " \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"torch_dtype\": \"bfloat16\"}\n",
-		 d->qwen3 ? "Qwen3ForCausalLM" : "LlamaForCausalLM", d->qwen3 ? "qwen3" : "llama", d->C, d->F,
+		 d->qwen3 ? "Qwen3ForCausalLM" : d->phi3 ? "Phi3ForCausalLM" : "LlamaForCausalLM",
+		 d->qwen3 ? "qwen3" : d->phi3 ? "phi3" : "llama", d->C, d->F,
 		 d->L, d->H, d->KV, d->V, d->tied ? "true" : "false");
 	rc = lora_write_file_atomic(path, cfg, strlen(cfg), 0644, &err);
 out:
@@ -434,7 +447,7 @@ static void check_lora_train(const char *dir, int quant_nf4, int ckpt)
 
 TEST(cpu_plan_matches_a_measured_step)
 {
-	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 0};
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 0, 0};
 	char dir[64];
 
 	snprintf(dir, sizeof(dir), "%s/untied", tmpdir);
@@ -463,7 +476,7 @@ TEST(cpu_plan_matches_a_measured_step)
 
 TEST(cpu_plan_tied_model)
 {
-	static const struct mdims d = {384, 1024, 2, 6, 2, 8192, 1, 0};
+	static const struct mdims d = {384, 1024, 2, 6, 2, 8192, 1, 0, 0};
 	char dir[64];
 
 	snprintf(dir, sizeof(dir), "%s/tied", tmpdir);
@@ -481,10 +494,28 @@ TEST(cpu_plan_tied_model)
 /* Qwen3's per-head q/k norms keep q|k before the norm and 1/rms per head for backward. */
 TEST(cpu_plan_qwen3)
 {
-	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 1};
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 1, 0};
 	char dir[64];
 
 	snprintf(dir, sizeof(dir), "%s/qwen3", tmpdir);
+	CHECK(lora_mkdir_p(dir, 0755, NULL) == 0);
+	if (write_model(dir, &d) < 0) {
+		CHECK(0);
+		return;
+	}
+	for (int q = 0; q < 2; q++) {
+		struct run r = {dir, q ? LORA_QUANT_NF4 : LORA_QUANT_NONE, 0, 2, 192, 0.05};
+		check_run(dir, &r);
+	}
+}
+
+/* Phi-3: one qkv_proj and one gate_up_proj a layer (fewer, wider LoRA modules; NF4 per fused tensor). */
+TEST(cpu_plan_phi3)
+{
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 0, 1};
+	char dir[64];
+
+	snprintf(dir, sizeof(dir), "%s/phi3", tmpdir);
 	CHECK(lora_mkdir_p(dir, 0755, NULL) == 0);
 	if (write_model(dir, &d) < 0) {
 		CHECK(0);
@@ -631,6 +662,7 @@ int main(void)
 	RUN(cpu_plan_matches_a_measured_step);
 	RUN(cpu_plan_tied_model);
 	RUN(cpu_plan_qwen3);
+	RUN(cpu_plan_phi3);
 	RUN(llama3_8b_counts);
 	RUN(fit_is_the_largest_that_fits);
 	RUN(refuses_unsupported_architectures);

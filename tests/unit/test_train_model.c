@@ -30,7 +30,7 @@
 #include "tests/t.h"
 
 static const char *const models[] = {"llama_tied", "llama3_untied", "qwen2", "mistral_window",
-				     "families/qwen3", "families/llama32_tied"};
+				     "families/qwen3", "families/llama32_tied", "families/phi3"};
 
 /* Fixture path of model M ("train/M", or M itself when it names its folder) plus suffix. */
 static void model_rel(char *rel, size_t n, const char *model, const char *suffix)
@@ -128,7 +128,7 @@ static int compare_grads(const struct lora_net *net, const struct lora_st *st, c
 
 			if (!m)
 				continue;
-			lora_module_name(mod, sizeof(mod), l, (enum lora_target)t);
+			lora_net_module_name(net, mod, sizeof(mod), l, (enum lora_target)t);
 			for (int ab = 0; ab < 2; ab++) {
 				const size_t n = ab ? (size_t)lin->w.rows * m->r : (size_t)m->r * lin->w.cols;
 				const float *g = net->grads + (ab ? m->b_off : m->a_off);
@@ -216,6 +216,9 @@ TEST(qwen3_qk_norm_nf4) { check_model("families/qwen3", LORA_QUANT_NF4); }
 /* Llama 3.2: tied embeddings with llama3 rope scaling */
 TEST(llama32_tied_llama3_rope_none) { check_model("families/llama32_tied", LORA_QUANT_NONE); }
 TEST(llama32_tied_llama3_rope_nf4) { check_model("families/llama32_tied", LORA_QUANT_NF4); }
+/* Phi-3: fused qkv_proj and gate_up_proj, LoRA on the fused modules, NF4 of the fused tensors */
+TEST(phi3_fused_none) { check_model("families/phi3", LORA_QUANT_NONE); }
+TEST(phi3_fused_nf4) { check_model("families/phi3", LORA_QUANT_NF4); }
 
 /* One row of 120 tokens: attention runs in two query blocks, the window cuts across them. */
 static void check_long(const char *model)
@@ -253,6 +256,7 @@ TEST(long_row_full_causal) { check_long("llama_tied"); }
 TEST(long_row_sliding_window) { check_long("mistral_window"); }
 TEST(long_row_qwen3) { check_long("families/qwen3"); }
 TEST(long_row_llama32_tied) { check_long("families/llama32_tied"); }
+TEST(long_row_phi3) { check_long("families/phi3"); }
 
 /* Gradients with activation checkpointing are bit-identical to those without. */
 TEST(checkpointing_is_bit_identical)
@@ -673,9 +677,11 @@ TEST(families_refuse_what_they_do_not_support)
 		"Qwen3MoeForCausalLM", "not supported");
 	refused("{\"architectures\": [\"Qwen3ForCausalLM\"], \"model_type\": \"qwen3\", "
 		"\"hidden_act\": \"gelu\", " SIZES "}", "hidden_act", "gelu");
-	/* not yet trained here (tests/fixtures/families/phi3 is merged, see test_merge_oracle) */
-	refused("{\"architectures\": [\"Phi3ForCausalLM\"], \"model_type\": \"phi3\", " SIZES "}",
-		"Phi3ForCausalLM", "not supported");
+	refused("{\"architectures\": [\"Phi3ForCausalLM\"], \"model_type\": \"phi3\", "
+		"\"partial_rotary_factor\": 0.75, " SIZES "}", "partial_rotary_factor", "0.75");
+	refused("{\"architectures\": [\"Phi3ForCausalLM\"], \"model_type\": \"phi3\", \"rope_scaling\": "
+		"{\"type\": \"longrope\", \"long_factor\": [1.0], \"short_factor\": [1.0]}, " SIZES "}",
+		"rope_scaling", "longrope");
 	refused("{\"architectures\": [\"Gemma2ForCausalLM\"], \"model_type\": \"gemma2\", " SIZES "}",
 		"Gemma2ForCausalLM", "not supported");
 	refused("{\"architectures\": [\"Gemma3ForCausalLM\"], \"model_type\": \"gemma3_text\", " SIZES "}",
@@ -775,6 +781,9 @@ int main(void)
 	RUN(qwen3_qk_norm_nf4);
 	RUN(llama32_tied_llama3_rope_none);
 	RUN(llama32_tied_llama3_rope_nf4);
+	RUN(phi3_fused_none);
+	RUN(phi3_fused_nf4);
+	RUN(long_row_phi3);
 	RUN(long_row_qwen3);
 	RUN(long_row_llama32_tied);
 	printf("  largest errors: logits %.3g abs, loss %.3g rel, gradients %.3g rel (norm-wise)\n",

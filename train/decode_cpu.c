@@ -170,6 +170,20 @@ static void rmsnorm(const float *x, const float *w, int n, int C, float eps, flo
 	}
 }
 
+/* torch's gelu(approximate="tanh"), as model_cpu.c computes it */
+static inline float gelu_tanh(float x)
+{
+	const float inner = 0.7978845608028654f * (x + 0.044715f * (x * x * x));
+	return 0.5f * x * (1.0f + tanhf(inner));
+}
+
+/* Gemma 2's final soft-capping of n·V logits in place */
+static void final_cap(const struct lora_net *net, float *z, size_t n)
+{
+	for (size_t i = 0; net->final_softcap > 0 && i < n; i++)
+		z[i] = tanhf(z[i] / net->final_softcap) * net->final_softcap;
+}
+
 /* Rotate nh heads of one token in place at position pos (x·cos + rotate_half(x)·sin). */
 static void rope(struct lora_kv *g, float *x, int nh, int pos)
 {
@@ -201,7 +215,7 @@ static void attention(struct lora_kv *g, int l, int p0, int n)
 {
 	const struct lora_net *net = g->net;
 	const int H = net->H, D = net->D, HD = H * D, grp = H / net->KV, window = net->blocks[l].window;
-	const float scaling = (float)pow((double)D, -0.5);
+	const float scaling = net->attn_scale, cap = net->attn_softcap;
 
 	for (int i = 0; i < n; i++) {
 		const int p = p0 + i, lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
@@ -217,6 +231,8 @@ static void attention(struct lora_kv *g, int l, int p0, int n)
 				for (int d = 0; d < D; d++)
 					s += qh[d] * kj[d];
 				s = s * scaling;
+				if (cap > 0)   /* Gemma 2's soft-capping */
+					s = tanhf(s / cap) * cap;
 				g->p[j] = s;
 				m = s > m ? s : m;
 			}
@@ -242,6 +258,8 @@ static void pass(struct lora_kv *g, const int32_t *ids, int n, int p0)
 
 	for (int i = 0; i < n; i++)
 		lora_frozen_rows(&net->embed, ids[i], 1, g->x + (size_t)i * C);
+	for (size_t i = 0; net->embed_scale != 1.0f && i < (size_t)n * C; i++)
+		g->x[i] *= net->embed_scale;
 	for (int l = 0; l < net->L; l++) {
 		const struct lora_block *bk = &net->blocks[l];
 
@@ -275,6 +293,8 @@ static void pass(struct lora_kv *g, const int32_t *ids, int n, int p0)
 		}
 		attention(g, l, p0, n);
 		lin(g, l, LORA_T_O, g->att, n, g->t);
+		if (bk->post_attn)
+			rmsnorm(g->t, bk->post_attn, n, C, net->eps, g->t);
 		for (size_t i = 0; i < (size_t)n * C; i++)
 			g->x[i] += g->t[i];
 		rmsnorm(g->x, bk->ln2, n, C, net->eps, g->h);
@@ -289,8 +309,10 @@ static void pass(struct lora_kv *g, const int32_t *ids, int n, int p0)
 			lin(g, l, LORA_T_UP, g->h, n, g->up);
 		}
 		for (size_t i = 0; i < (size_t)n * F; i++)
-			g->g[i] = g->g[i] / (1.0f + expf(-g->g[i])) * g->up[i];
+			g->g[i] = (net->gelu ? gelu_tanh(g->g[i]) : g->g[i] / (1.0f + expf(-g->g[i]))) * g->up[i];
 		lin(g, l, LORA_T_DOWN, g->g, n, g->t);
+		if (bk->post_ff)
+			rmsnorm(g->t, bk->post_ff, n, C, net->eps, g->t);
 		for (size_t i = 0; i < (size_t)n * C; i++)
 			g->x[i] += g->t[i];
 	}
@@ -316,6 +338,7 @@ int lora_cpu_decode(struct lora_net *net, struct lora_kv *g, int pos, const int3
 		if (all) {
 			rmsnorm(g->x, net->norm_f, m, C, net->eps, g->h);
 			frozen_xwt(g, &net->lm_head, g->h, m, all + (size_t)i0 * V);
+			final_cap(net, all + (size_t)i0 * V, (size_t)m * V);
 		}
 		if (logits && i0 + m == n) {
 			if (all) {
@@ -323,6 +346,7 @@ int lora_cpu_decode(struct lora_net *net, struct lora_kv *g, int pos, const int3
 			} else {
 				rmsnorm(g->x + (size_t)(m - 1) * C, net->norm_f, 1, C, net->eps, g->h);
 				frozen_xwt(g, &net->lm_head, g->h, 1, logits);
+				final_cap(net, logits, (size_t)V);
 			}
 		}
 	}

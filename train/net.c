@@ -154,6 +154,7 @@ static const char *const archs[][2] = {
 	{"Qwen2ForCausalLM", "qwen2"},
 	{"Qwen3ForCausalLM", "qwen3"},
 	{"Phi3ForCausalLM", "phi3"},
+	{"Gemma2ForCausalLM", "gemma2"},
 };
 
 static int is_arch(const struct lora_model_config *c, const char *arch, const char *type)
@@ -167,17 +168,32 @@ static int check_arch(const struct lora_model_config *c, const char *dir, struct
 		if (c->architecture[0] ? !strcmp(c->architecture, archs[i][0])
 				       : !strcmp(c->model_type, archs[i][1]))
 			return 0;
-	return lora_errf(err, "model '%s': architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3, Phi-3)",
+	return lora_errf(err, "model '%s': architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2)",
 			 dir, c->architecture[0] ? c->architecture : c->model_type);
 }
 
-/* Fields model.h does not carry: hidden_act and the sliding-window layout. */
+/* A positive number field, or null/absent (0); anything else is refused naming it. */
+static int get_pos(const cJSON *root, const char *key, const char *path, double *out, struct lora_err *err)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+
+	*out = 0;
+	if (!v || cJSON_IsNull(v))
+		return 0;
+	if (!cJSON_IsNumber(v) || !(v->valuedouble > 0) || !(v->valuedouble < 1e9))
+		return lora_errf(err, "'%s': %s is not a positive number", path, key);
+	*out = v->valuedouble;
+	return 0;
+}
+
+/* Fields model.h does not carry: hidden_act, the sliding-window layout, Gemma's scalars. */
 static int read_extra_config(struct lora_net *net, const char *dir, struct lora_err *err)
 {
 	char *path = lora_path_join(dir, "config.json"), *text = NULL;
 	cJSON *root = NULL;
 	const cJSON *v, *types;
 	int window = 0, use_sw = 1, max_window_layers = 0, rc = -1;
+	double x;
 	size_t len;
 
 	if (!path)
@@ -191,7 +207,29 @@ static int read_extra_config(struct lora_net *net, const char *dir, struct lora_
 	v = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
 	if (!v)
 		v = cJSON_GetObjectItemCaseSensitive(root, "hidden_activation");
-	if (cJSON_IsString(v) && strcmp(v->valuestring, "silu") && strcmp(v->valuestring, "swish")) {
+	if (net->gemma) {
+		const cJSON *h = cJSON_GetObjectItemCaseSensitive(root, "hidden_activation");
+		const char *act = cJSON_IsString(h) ? h->valuestring : cJSON_IsString(v) ? v->valuestring
+											 : "gelu_pytorch_tanh";
+
+		if (strcmp(act, "gelu_pytorch_tanh")) {
+			lora_errf(err, "'%s': hidden_activation '%s' is not supported (gelu_pytorch_tanh)", path,
+				  act);
+			goto out;
+		}
+		net->gelu = 1;
+		if (get_pos(root, "query_pre_attn_scalar", path, &x, err) < 0)
+			goto out;
+		if (x > 0)
+			net->attn_scale = (float)pow(x, -0.5);
+		if (get_pos(root, "attn_logit_softcapping", path, &x, err) < 0)
+			goto out;
+		net->attn_softcap = (float)x;
+		if (get_pos(root, "final_logit_softcapping", path, &x, err) < 0)
+			goto out;
+		net->final_softcap = (float)x;
+		net->embed_scale = (float)sqrt((double)net->C);
+	} else if (cJSON_IsString(v) && strcmp(v->valuestring, "silu") && strcmp(v->valuestring, "swish")) {
 		lora_errf(err, "'%s': hidden_act '%s' is not supported (silu)", path, v->valuestring);
 		goto out;
 	}
@@ -273,6 +311,13 @@ static int check_dims(const struct lora_net *n, const char *dir, struct lora_err
 
 /* ------------------------------------------------------------ open/close */
 
+/* Gemma's RMSNorms scale by (1 + w): stored so, the product is the one transformers computes. */
+static void unit_offset(const struct lora_net *net, float *w, int n)
+{
+	for (int i = 0; net->gemma && w && i < n; i++)
+		w[i] = 1.0f + w[i];
+}
+
 static int load_block(struct lora_net *net, int l, struct lora_err *err)
 {
 	struct lora_block *bk = &net->blocks[l];
@@ -284,9 +329,22 @@ static int load_block(struct lora_net *net, int l, struct lora_err *err)
 	snprintf(name, sizeof(name), "model.layers.%d.input_layernorm.weight", l);
 	if (load_vec(net->base, name, net->C, 0, &bk->ln1, err) < 0)
 		return -1;
-	snprintf(name, sizeof(name), "model.layers.%d.post_attention_layernorm.weight", l);
+	snprintf(name, sizeof(name), net->gemma ? "model.layers.%d.pre_feedforward_layernorm.weight"
+						 : "model.layers.%d.post_attention_layernorm.weight", l);
 	if (load_vec(net->base, name, net->C, 0, &bk->ln2, err) < 0)
 		return -1;
+	if (net->gemma) {
+		snprintf(name, sizeof(name), "model.layers.%d.post_attention_layernorm.weight", l);
+		if (load_vec(net->base, name, net->C, 0, &bk->post_attn, err) < 0)
+			return -1;
+		snprintf(name, sizeof(name), "model.layers.%d.post_feedforward_layernorm.weight", l);
+		if (load_vec(net->base, name, net->C, 0, &bk->post_ff, err) < 0)
+			return -1;
+		unit_offset(net, bk->ln1, net->C);
+		unit_offset(net, bk->ln2, net->C);
+		unit_offset(net, bk->post_attn, net->C);
+		unit_offset(net, bk->post_ff, net->C);
+	}
 	if (net->qk_norm) {
 		snprintf(name, sizeof(name), "model.layers.%d.self_attn.q_norm.weight", l);
 		if (load_vec(net->base, name, net->D, 0, &bk->q_norm, err) < 0)
@@ -348,6 +406,9 @@ int lora_net_open(struct lora_net **out, const char *base_dir, const struct lora
 		goto fail;
 	net->qk_norm = is_arch(c, "Qwen3ForCausalLM", "qwen3");
 	net->fused = is_arch(c, "Phi3ForCausalLM", "phi3");
+	net->gemma = is_arch(c, "Gemma2ForCausalLM", "gemma2");
+	net->embed_scale = 1.0f;
+	net->attn_scale = (float)pow((double)net->D, -0.5);
 	if (!(net->blocks = calloc((size_t)net->L, sizeof(*net->blocks))) ||
 	    !(net->inv_freq = malloc(sizeof(float) * (size_t)(net->D / 2)))) {
 		lora_errf(err, "out of memory");
@@ -359,6 +420,7 @@ int lora_net_open(struct lora_net **out, const char *base_dir, const struct lora
 	if (load_frozen(net->base, "model.embed_tokens.weight", net->V, net->C, 0, &net->embed, err) < 0 ||
 	    load_vec(net->base, "model.norm.weight", net->C, 0, &net->norm_f, err) < 0)
 		goto fail;
+	unit_offset(net, net->norm_f, net->C);
 	/* tied: the embedding is the output layer, whatever else the file holds */
 	if (c->tie_word_embeddings)
 		net->lm_head = net->embed;
@@ -384,6 +446,8 @@ void lora_net_close(struct lora_net *net)
 		free(net->blocks[l].ln1);
 		free(net->blocks[l].ln2);
 		free(net->blocks[l].q_norm);
+		free(net->blocks[l].post_attn);
+		free(net->blocks[l].post_ff);
 		free(net->blocks[l].k_norm);
 		for (int t = 0; t < LORA_NTARGET; t++) {
 			lora_nf4_free(&net->blocks[l].lin[t].w.q);

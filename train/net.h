@@ -23,10 +23,13 @@
  * Qwen2ForCausalLM (q/k/v biases, per-layer sliding window), Qwen3ForCausalLM
  * (RMSNorm of each query and key head before RoPE, q_norm / k_norm; layer_types),
  * Phi3ForCausalLM (fused qkv_proj and gate_up_proj, the LoRA targets as they are:
- * see `fused` and lora_net_module_name).
+ * see `fused` and lora_net_module_name), Gemma2ForCausalLM (see `gemma`: scaled
+ * embeddings, (1 + w) norms stored as such, post_attn / post_ff norms, GELU-tanh,
+ * attention and final soft-capping, query_pre_attn_scalar; fp32 throughout, the
+ * embedding scale too, as transformers computes an fp32 model).
  * Any linear may carry a bias when the checkpoint has one.  Others are refused
  * by name (architecture, or the config field and value: hidden_act,
- * rope_scaling, partial_rotary_factor).
+ * rope_scaling, partial_rotary_factor, hidden_activation).
  */
 #ifndef LORA_TRAIN_MODEL_H
 #define LORA_TRAIN_MODEL_H
@@ -74,6 +77,9 @@ struct lora_linear {
 struct lora_block {
 	float *ln1, *ln2;          /* [C] input / post-attention RMSNorm weights, fp32 */
 	float *q_norm, *k_norm;    /* [D] RMSNorm of each query / key head before RoPE (Qwen3), or NULL */
+	float *post_attn, *post_ff;   /* [C] Gemma 2: RMSNorm of the attention output and of the MLP
+					 output before each residual add (ln2 is then
+					 pre_feedforward_layernorm), or NULL */
 	struct lora_linear lin[LORA_NTARGET];   /* indexed by enum lora_target */
 	int window;                /* sliding attention window in positions; 0 = full causal */
 };
@@ -135,6 +141,12 @@ struct lora_net {
 	int C, F, L, H, KV, D, V;
 	float eps;                 /* rms_norm_eps */
 	int qk_norm;               /* blocks carry q_norm / k_norm (Qwen3) */
+	int gemma;                 /* Gemma 2: the fields below, (1 + w) norms, post-attention/MLP norms */
+	int gelu;                  /* MLP gate gelu_pytorch_tanh instead of SiLU (Gemma 2) */
+	float embed_scale;         /* embeddings times this (Gemma 2: sqrt(C) in fp32), else 1 */
+	float attn_scale;          /* attention scores times this: D^-0.5, or query_pre_attn_scalar^-0.5 */
+	float attn_softcap;        /* scores -> cap·tanh(scores/cap) when > 0 (Gemma 2) */
+	float final_softcap;       /* logits -> cap·tanh(logits/cap) when > 0 (Gemma 2) */
 	int fused;                 /* Phi-3: q|k|v is one linear, qkv_proj, in lin[LORA_T_Q] (rows
 				      H·D + 2·KV·D), gate|up one, gate_up_proj, in lin[LORA_T_GATE]
 				      (rows 2F); lin[K], lin[V], lin[UP] have 0 rows and no LoRA */

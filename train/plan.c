@@ -52,6 +52,7 @@ static const char *const archs[][2] = {
 	{"Qwen2ForCausalLM", "qwen2"},
 	{"Qwen3ForCausalLM", "qwen3"},
 	{"Phi3ForCausalLM", "phi3"},
+	{"Gemma2ForCausalLM", "gemma2"},
 };
 
 /* out x in of decoder linear t */
@@ -112,6 +113,7 @@ static int finish_shape(struct lora_plan_shape *s, struct lora_err *err)
 	s->n_linear = per_layer * (uint64_t)s->L;
 	s->n_params = s->n_linear + (uint64_t)s->L * (bias + 2 * (uint64_t)s->C) + (uint64_t)s->C +
 		      (s->qk_norm ? (uint64_t)s->L * 2 * (uint64_t)s->D : 0) +
+		      (s->gemma ? (uint64_t)s->L * 2 * (uint64_t)s->C : 0) +
 		      (uint64_t)s->V * s->C * (s->tied ? 1 : 2);
 	return 0;
 }
@@ -127,7 +129,7 @@ int lora_plan_shape_from_config(const struct lora_model_config *c, struct lora_p
 				       : !strcmp(c->model_type, archs[i][1]))
 			break;
 	if (i == sizeof(archs) / sizeof(archs[0]))
-		return lora_errf(err, "architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3, Phi-3)",
+		return lora_errf(err, "architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2)",
 				 c->architecture[0] ? c->architecture : c->model_type);
 	snprintf(s->architecture, sizeof(s->architecture), "%s", archs[i][0]);
 	s->C = c->hidden_size;
@@ -144,6 +146,7 @@ int lora_plan_shape_from_config(const struct lora_model_config *c, struct lora_p
 	s->mlp_bias = c->mlp_bias;
 	s->qk_norm = !strcmp(archs[i][1], "qwen3");
 	s->fused = !strcmp(archs[i][1], "phi3");
+	s->gemma = !strcmp(archs[i][1], "gemma2");
 	s->dtype = !strcmp(c->torch_dtype, "float32") ? LORA_DT_F32
 		   : !strcmp(c->torch_dtype, "float16") ? LORA_DT_F16 : LORA_DT_BF16;
 	return finish_shape(s, err);
@@ -255,6 +258,8 @@ static uint64_t cpu_arena(const struct lora_plan_shape *s, const struct lora_pla
 	      tk(N * 2 * F) + tk(N * F);
 	if (s->qk_norm)   /* q|k before their per-head norms, and 1/rms of each head */
 		per += tk(N * (HD + KVD)) + tk(N * (uint64_t)(s->H + s->KV));
+	if (s->gemma)     /* o_proj and down_proj outputs before their norms, 1/rms of each */
+		per += tk(N * C) * 2 + tk(N) * 2;
 	if (lora)
 		for (int t = 0; t < LORA_NTARGET; t++)
 			per += lora_on(s, o, t) ? tk(N * R) : 0;
@@ -263,7 +268,7 @@ static uint64_t cpu_arena(const struct lora_plan_shape *s, const struct lora_pla
 	/* dx, dh, to; q|k|v before RoPE; datt, dq; dk, dv; dact; d gate|up; du; S, P per
 	 * thread; RoPE tables */
 	w = tk(N * C) * 3 + tk(N * (HD + 2 * KVD)) + tk(N * HD) * 2 + tk(N * KVD) * 2 + tk(N * F) +
-	    tk(N * 2 * F) + tk(N * R) + tk(th * qb * T) * 2 + tk(T * (uint64_t)(s->D / 2)) * 2;
+	    tk(N * 2 * F) + tk(N * R) + tk(th * qb * T) * (s->gemma ? 3 : 2) + tk(T * (uint64_t)(s->D / 2)) * 2;
 	nc = CPU_LOGIT_CHUNK / V;
 	nc = nc < 1 ? 1 : nc > N ? N : nc;
 	/* logits of a chunk, the chunk's token losses (double), exponentials per thread */
@@ -367,6 +372,8 @@ static void cuda_col(const struct lora_plan_shape *s, const struct lora_plan_opt
 	layer = 2 * (4 * C + 2 * HD + 2 * KVD + 3 * F + u) + 4 * (2 + (uint64_t)s->H);
 	if (s->qk_norm)   /* q|k before their per-head norms (bf16) and 1/rms of each head */
 		layer += 2 * (HD + KVD) + 4 * (uint64_t)(s->H + s->KV);
+	if (s->gemma)     /* the two linear outputs before their post norms, and 1/rms of each */
+		layer += 2 * 2 * C + 4 * 2;
 	c->acts_full = N * (layer * L + 2 * 2 * C + 4);
 	c->acts_ckpt = N * (2 * C * L + layer + 2 * 2 * C + 4);
 	c->acts = o->checkpoint ? c->acts_ckpt : c->acts_full;

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import transformers
 from safetensors.torch import save_file
-from transformers import (LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3Config,
-                          Qwen3ForCausalLM)
+from transformers import (Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, Phi3Config,
+                          Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -63,6 +63,17 @@ MODELS = {
         max_position_embeddings=128, initializer_range=0.1, pad_token_id=0, bos_token_id=1,
         eos_token_id=2),
         dict(r=4, lora_alpha=8, target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])),
+    # Gemma 2: embeddings times sqrt(64), (1 + w) norms, post-attention / pre- and post-feed-forward
+    # norms, GELU-tanh gate, attention and final soft-capping small enough to bite, a scaling of
+    # query_pre_attn_scalar 24 != head_dim 16, sliding (window 6) then full layers, tied embeddings
+    "gemma2": (Gemma2ForCausalLM, Gemma2Config(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=128, tie_word_embeddings=True, rms_norm_eps=1e-6,
+        max_position_embeddings=128, initializer_range=0.1, query_pre_attn_scalar=24,
+        attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"], pad_token_id=0, eos_token_id=1,
+        bos_token_id=2),
+        dict(r=4, lora_alpha=8, target_modules="all-linear")),
 }
 
 MERGE_ONLY = {}

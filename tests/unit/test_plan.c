@@ -57,6 +57,7 @@ struct mdims {
 	int C, F, L, H, KV, V, tied;
 	int qwen3;                 /* Qwen3ForCausalLM: per-head q_norm / k_norm tensors too */
 	int phi3;                  /* Phi3ForCausalLM: qkv_proj and gate_up_proj fused */
+	int gemma2;                /* Gemma2ForCausalLM: pre/post feed-forward norms too */
 };
 
 static uint64_t rng = 0x243f6a8885a308d3ull;
@@ -95,6 +96,12 @@ static int write_model(const char *dir, const struct mdims *d)
 		snprintf(names[n], sizeof(names[n]), "model.layers.%d.post_attention_layernorm.weight", l);
 		specs[n] = (struct lora_st_spec){names[n], LORA_DT_BF16, 1, {(uint64_t)d->C}};
 		n++;
+		for (int pf = 0; d->gemma2 && pf < 2; pf++) {
+			snprintf(names[n], sizeof(names[n]), "model.layers.%d.%s_feedforward_layernorm.weight", l,
+				 pf ? "post" : "pre");
+			specs[n] = (struct lora_st_spec){names[n], LORA_DT_BF16, 1, {(uint64_t)d->C}};
+			n++;
+		}
 		for (int qk = 0; d->qwen3 && qk < 2; qk++) {
 			snprintf(names[n], sizeof(names[n]), "model.layers.%d.self_attn.%c_norm.weight", l,
 				 qk ? 'k' : 'q');
@@ -148,10 +155,12 @@ static int write_model(const char *dir, const struct mdims *d)
 		 "{\"architectures\": [\"%s\"], \"model_type\": \"%s\", \"hidden_size\": %d,"
 		 " \"intermediate_size\": %d, \"num_hidden_layers\": %d, \"num_attention_heads\": %d,"
 		 " \"num_key_value_heads\": %d, \"vocab_size\": %d, \"max_position_embeddings\": 4096,"
-		 " \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"torch_dtype\": \"bfloat16\"}\n",
-		 d->qwen3 ? "Qwen3ForCausalLM" : d->phi3 ? "Phi3ForCausalLM" : "LlamaForCausalLM",
-		 d->qwen3 ? "qwen3" : d->phi3 ? "phi3" : "llama", d->C, d->F,
-		 d->L, d->H, d->KV, d->V, d->tied ? "true" : "false");
+		 " \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"torch_dtype\": \"bfloat16\"%s}\n",
+		 d->qwen3 ? "Qwen3ForCausalLM" : d->phi3 ? "Phi3ForCausalLM" : d->gemma2 ? "Gemma2ForCausalLM"
+											 : "LlamaForCausalLM",
+		 d->qwen3 ? "qwen3" : d->phi3 ? "phi3" : d->gemma2 ? "gemma2" : "llama", d->C, d->F,
+		 d->L, d->H, d->KV, d->V, d->tied ? "true" : "false",
+		 d->gemma2 ? ", \"attn_logit_softcapping\": 50.0, \"final_logit_softcapping\": 30.0" : "");
 	rc = lora_write_file_atomic(path, cfg, strlen(cfg), 0644, &err);
 out:
 	if (rc)
@@ -447,7 +456,7 @@ static void check_lora_train(const char *dir, int quant_nf4, int ckpt)
 
 TEST(cpu_plan_matches_a_measured_step)
 {
-	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 0, 0};
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 0, 0, 0};
 	char dir[64];
 
 	snprintf(dir, sizeof(dir), "%s/untied", tmpdir);
@@ -476,7 +485,7 @@ TEST(cpu_plan_matches_a_measured_step)
 
 TEST(cpu_plan_tied_model)
 {
-	static const struct mdims d = {384, 1024, 2, 6, 2, 8192, 1, 0, 0};
+	static const struct mdims d = {384, 1024, 2, 6, 2, 8192, 1, 0, 0, 0};
 	char dir[64];
 
 	snprintf(dir, sizeof(dir), "%s/tied", tmpdir);
@@ -494,7 +503,7 @@ TEST(cpu_plan_tied_model)
 /* Qwen3's per-head q/k norms keep q|k before the norm and 1/rms per head for backward. */
 TEST(cpu_plan_qwen3)
 {
-	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 1, 0};
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 1, 0, 0};
 	char dir[64];
 
 	snprintf(dir, sizeof(dir), "%s/qwen3", tmpdir);
@@ -512,10 +521,29 @@ TEST(cpu_plan_qwen3)
 /* Phi-3: one qkv_proj and one gate_up_proj a layer (fewer, wider LoRA modules; NF4 per fused tensor). */
 TEST(cpu_plan_phi3)
 {
-	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 0, 1};
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 0, 1, 0};
 	char dir[64];
 
 	snprintf(dir, sizeof(dir), "%s/phi3", tmpdir);
+	CHECK(lora_mkdir_p(dir, 0755, NULL) == 0);
+	if (write_model(dir, &d) < 0) {
+		CHECK(0);
+		return;
+	}
+	for (int q = 0; q < 2; q++) {
+		struct run r = {dir, q ? LORA_QUANT_NF4 : LORA_QUANT_NONE, 0, 2, 192, 0.05};
+		check_run(dir, &r);
+	}
+}
+
+/* Gemma 2: post-attention and post-feed-forward norms keep their inputs; attention soft-capping
+ * (transformers' default 50) keeps d capped / d score per thread. */
+TEST(cpu_plan_gemma2)
+{
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 1, 0, 0, 1};
+	char dir[64];
+
+	snprintf(dir, sizeof(dir), "%s/gemma2", tmpdir);
 	CHECK(lora_mkdir_p(dir, 0755, NULL) == 0);
 	if (write_model(dir, &d) < 0) {
 		CHECK(0);
@@ -663,6 +691,7 @@ int main(void)
 	RUN(cpu_plan_tied_model);
 	RUN(cpu_plan_qwen3);
 	RUN(cpu_plan_phi3);
+	RUN(cpu_plan_gemma2);
 	RUN(llama3_8b_counts);
 	RUN(fit_is_the_largest_that_fits);
 	RUN(refuses_unsupported_architectures);

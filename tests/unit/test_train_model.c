@@ -30,7 +30,7 @@
 #include "tests/t.h"
 
 static const char *const models[] = {"llama_tied", "llama3_untied", "qwen2", "mistral_window",
-				     "families/qwen3", "families/llama32_tied", "families/phi3"};
+				     "families/qwen3", "families/llama32_tied", "families/phi3", "families/gemma2"};
 
 /* Fixture path of model M ("train/M", or M itself when it names its folder) plus suffix. */
 static void model_rel(char *rel, size_t n, const char *model, const char *suffix)
@@ -219,6 +219,9 @@ TEST(llama32_tied_llama3_rope_nf4) { check_model("families/llama32_tied", LORA_Q
 /* Phi-3: fused qkv_proj and gate_up_proj, LoRA on the fused modules, NF4 of the fused tensors */
 TEST(phi3_fused_none) { check_model("families/phi3", LORA_QUANT_NONE); }
 TEST(phi3_fused_nf4) { check_model("families/phi3", LORA_QUANT_NF4); }
+/* Gemma 2: scaled embeddings, (1 + w) and post norms, GELU-tanh, soft-capping, query_pre_attn_scalar */
+TEST(gemma2_none) { check_model("families/gemma2", LORA_QUANT_NONE); }
+TEST(gemma2_nf4) { check_model("families/gemma2", LORA_QUANT_NF4); }
 
 /* One row of 120 tokens: attention runs in two query blocks, the window cuts across them. */
 static void check_long(const char *model)
@@ -257,6 +260,7 @@ TEST(long_row_sliding_window) { check_long("mistral_window"); }
 TEST(long_row_qwen3) { check_long("families/qwen3"); }
 TEST(long_row_llama32_tied) { check_long("families/llama32_tied"); }
 TEST(long_row_phi3) { check_long("families/phi3"); }
+TEST(long_row_gemma2) { check_long("families/gemma2"); }
 
 /* Gradients with activation checkpointing are bit-identical to those without. */
 TEST(checkpointing_is_bit_identical)
@@ -682,8 +686,8 @@ TEST(families_refuse_what_they_do_not_support)
 	refused("{\"architectures\": [\"Phi3ForCausalLM\"], \"model_type\": \"phi3\", \"rope_scaling\": "
 		"{\"type\": \"longrope\", \"long_factor\": [1.0], \"short_factor\": [1.0]}, " SIZES "}",
 		"rope_scaling", "longrope");
-	refused("{\"architectures\": [\"Gemma2ForCausalLM\"], \"model_type\": \"gemma2\", " SIZES "}",
-		"Gemma2ForCausalLM", "not supported");
+	refused("{\"architectures\": [\"Gemma2ForCausalLM\"], \"model_type\": \"gemma2\", "
+		"\"hidden_activation\": \"gelu\", " SIZES "}", "hidden_activation", "gelu");
 	refused("{\"architectures\": [\"Gemma3ForCausalLM\"], \"model_type\": \"gemma3_text\", " SIZES "}",
 		"Gemma3ForCausalLM", "not supported");
 	refused("{\"architectures\": [\"Qwen3ForCausalLM\"], \"model_type\": \"qwen3\", "
@@ -784,6 +788,9 @@ int main(void)
 	RUN(phi3_fused_none);
 	RUN(phi3_fused_nf4);
 	RUN(long_row_phi3);
+	RUN(gemma2_none);
+	RUN(gemma2_nf4);
+	RUN(long_row_gemma2);
 	RUN(long_row_qwen3);
 	RUN(long_row_llama32_tied);
 	printf("  largest errors: logits %.3g abs, loss %.3g rel, gradients %.3g rel (norm-wise)\n",

@@ -185,12 +185,12 @@ static void final_cap(const struct lora_net *net, float *z, size_t n)
 }
 
 /* Rotate nh heads of one token in place at position pos (x·cos + rotate_half(x)·sin). */
-static void rope(struct lora_kv *g, float *x, int nh, int pos)
+static void rope(struct lora_kv *g, const float *inv_freq, float *x, int nh, int pos)
 {
 	const int D = g->net->D, half = D / 2;
 
 	for (int i = 0; i < half; i++) {
-		float a = g->net->inv_freq[i] * (float)pos;
+		float a = inv_freq[i] * (float)pos;
 		g->cs[i] = cosf(a);
 		g->sn[i] = sinf(a);
 	}
@@ -282,8 +282,10 @@ static void pass(struct lora_kv *g, const int32_t *ids, int n, int p0)
 			rmsnorm(g->k, bk->k_norm, n * net->KV, D, net->eps, g->k);
 		}
 		for (int i = 0; i < n; i++) {
-			rope(g, g->q + (size_t)i * HD, net->H, p0 + i);
-			rope(g, g->k + (size_t)i * KVD, net->KV, p0 + i);
+			const float *f = bk->local_rope ? net->inv_freq_local : net->inv_freq;
+
+			rope(g, f, g->q + (size_t)i * HD, net->H, p0 + i);
+			rope(g, f, g->k + (size_t)i * KVD, net->KV, p0 + i);
 			for (int h = 0; h < net->KV; h++) {
 				memcpy(kv_at(g, g->kc, l, h, p0 + i), g->k + (size_t)i * KVD + (size_t)h * D,
 				       sizeof(float) * D);

@@ -89,6 +89,7 @@ struct cpu {
 	float *S, *P;             /* [threads][QB, T] attention scores / probabilities (and dS) */
 	float *G;                 /* [threads][QB, T] d capped / d score (attention soft-capping only) */
 	float *cosb, *sinb;       /* [T, D/2] */
+	float *cosl, *sinl;       /* [T, D/2] of net->inv_freq_local (Gemma 3's sliding layers) */
 	float *wbuf;              /* [WCHUNK] */
 	float *logit;             /* [NC, V] */
 	double *tok_loss;         /* [NC] per-token loss of a chunk (-1: unlabelled) */
@@ -174,6 +175,8 @@ static size_t layout(struct cpu *c, const struct lora_net *net, int B, int T, fl
 	c->G = take(&p, net->attn_softcap > 0 ? (size_t)c->nthreads * (T < QB ? T : QB) * T : 0);
 	c->cosb = take(&p, (size_t)T * (net->D / 2));
 	c->sinb = take(&p, (size_t)T * (net->D / 2));
+	c->cosl = take(&p, net->inv_freq_local ? (size_t)T * (net->D / 2) : 0);
+	c->sinl = take(&p, net->inv_freq_local ? (size_t)T * (net->D / 2) : 0);
 	c->wbuf = take(&p, WCHUNK);
 	c->nc = net->opts.logit_tokens > 0 ? net->opts.logit_tokens : (int)(LOGIT_CHUNK / (size_t)net->V);
 	if (c->nc < 1)
@@ -729,13 +732,13 @@ static void headnorm(struct cpu *c, const struct lora_net *net, const struct lor
 	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, backward ? headnorm_bwd_part : headnorm_part, &j);
 }
 
-static void rope_tables(const struct lora_net *net, int T, float *cosb, float *sinb)
+static void rope_tables(const struct lora_net *net, const float *inv_freq, int T, float *cosb, float *sinb)
 {
 	const int half = net->D / 2;
 
 	for (int t = 0; t < T; t++)
 		for (int i = 0; i < half; i++) {
-			float a = net->inv_freq[i] * (float)t;
+			float a = inv_freq[i] * (float)t;
 			cosb[t * half + i] = cosf(a);
 			sinb[t * half + i] = sinf(a);
 		}
@@ -811,7 +814,9 @@ HOT static void from_heads_part(void *arg, size_t i0, size_t i1, int part)
 static void heads(struct cpu *c, int to, const float *src, float *dst, int ld, int N, int T, int nh,
 		  int D, int rope)
 {
-	struct heads_job j = {src, dst, ld, T, nh, D, c->cosb, c->sinb, rope};
+	/* rope: 0 none, 1 the model's tables, 2 the sliding layers' own (Gemma 3) */
+	struct heads_job j = {src, dst, ld, T, nh, D, rope == 2 ? c->cosl : c->cosb, rope == 2 ? c->sinl : c->sinb,
+			      rope};
 	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, to ? to_heads_part : from_heads_part, &j);
 }
 
@@ -1076,8 +1081,8 @@ static void layer_fwd(const struct ctx *k, int l, struct acts *a, float *out)
 	lin_fwd(k, l, LORA_T_Q, 3, a->h1, c->tqkv, W3, a);
 	if (bk->q_norm)
 		headnorm(c, net, bk, c->tqkv, W3, N, a, 0);
-	heads(c, 1, c->tqkv, a->q, W3, N, T, net->H, net->D, 1);
-	heads(c, 1, c->tqkv + HD, a->k, W3, N, T, net->KV, net->D, 1);
+	heads(c, 1, c->tqkv, a->q, W3, N, T, net->H, net->D, bk->local_rope ? 2 : 1);
+	heads(c, 1, c->tqkv + HD, a->k, W3, N, T, net->KV, net->D, bk->local_rope ? 2 : 1);
 	heads(c, 1, c->tqkv + HD + KVD, a->v, W3, N, T, net->KV, net->D, 0);
 	attn(k, bk, a, 0);
 	lin_fwd(k, l, LORA_T_O, 1, a->att, bk->post_attn ? a->o_raw : c->to, C, a);
@@ -1118,8 +1123,8 @@ static void layer_bwd(const struct ctx *k, int l, struct acts *a, int need_dx)
 		rmsnorm_bwd(c, a->o_raw, bk->post_attn, a->rstd3, c->dx, N, C, c->to, 0);
 	lin_bwd(k, l, LORA_T_O, 1, a->att, bk->post_attn ? c->to : c->dx, C, c->datt, 0.0f, a);
 	attn(k, bk, a, 1);
-	heads(c, 0, c->dq, c->tqkv, W3, N, T, net->H, net->D, 1);
-	heads(c, 0, c->dk, c->tqkv + HD, W3, N, T, net->KV, net->D, 1);
+	heads(c, 0, c->dq, c->tqkv, W3, N, T, net->H, net->D, bk->local_rope ? 2 : 1);
+	heads(c, 0, c->dk, c->tqkv + HD, W3, N, T, net->KV, net->D, bk->local_rope ? 2 : 1);
 	heads(c, 0, c->dv, c->tqkv + HD + KVD, W3, N, T, net->KV, net->D, 0);
 	if (bk->q_norm)
 		headnorm(c, net, bk, c->tqkv, W3, N, a, 1);
@@ -1286,7 +1291,9 @@ static int cpu_run(struct lora_net *net, const struct lora_batch *b, int backwar
 	for (int n = 0; n < k.N; n++)
 		res->tokens += target_of(b, n) >= 0;
 	scale = grad_scale > 0 ? grad_scale : res->tokens ? 1.0 / (double)res->tokens : 0.0;
-	rope_tables(net, b->T, c->cosb, c->sinb);
+	rope_tables(net, net->inv_freq, b->T, c->cosb, c->sinb);
+	if (net->inv_freq_local)
+		rope_tables(net, net->inv_freq_local, b->T, c->cosl, c->sinl);
 
 	/* embedding -> layers -> final norm -> loss */
 	{

@@ -155,6 +155,7 @@ static const char *const archs[][2] = {
 	{"Qwen3ForCausalLM", "qwen3"},
 	{"Phi3ForCausalLM", "phi3"},
 	{"Gemma2ForCausalLM", "gemma2"},
+	{"Gemma3ForCausalLM", "gemma3_text"},
 };
 
 static int is_arch(const struct lora_model_config *c, const char *arch, const char *type)
@@ -168,7 +169,7 @@ static int check_arch(const struct lora_model_config *c, const char *dir, struct
 		if (c->architecture[0] ? !strcmp(c->architecture, archs[i][0])
 				       : !strcmp(c->model_type, archs[i][1]))
 			return 0;
-	return lora_errf(err, "model '%s': architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2)",
+	return lora_errf(err, "model '%s': architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3)",
 			 dir, c->architecture[0] ? c->architecture : c->model_type);
 }
 
@@ -255,6 +256,8 @@ static int read_extra_config(struct lora_net *net, const char *dir, struct lora_
 		if (cJSON_IsString(ty))
 			sliding = window > 0 && !strcmp(ty->valuestring, "sliding_attention");
 		net->blocks[l].window = sliding ? window : 0;
+		net->blocks[l].local_rope = net->inv_freq_local && cJSON_IsString(ty) &&
+					    !strcmp(ty->valuestring, "sliding_attention");
 	}
 	rc = 0;
 out:
@@ -264,12 +267,15 @@ out:
 	return rc;
 }
 
-/* RoPE inverse frequencies as transformers computes them (fp32). */
+/* RoPE inverse frequencies as transformers computes them (fp32); local: the sliding layers' plain
+ * base (Gemma 3's rope_local_base_freq) into inv_freq_local. */
 static void rope_freqs(struct lora_net *net)
 {
 	const struct lora_model_config *c = &net->cfg;
 	const int half = net->D / 2;
 
+	for (int i = 0; net->inv_freq_local && i < half; i++)
+		net->inv_freq_local[i] = 1.0f / powf((float)c->rope_local_theta, (float)(2 * i) / (float)net->D);
 	for (int i = 0; i < half; i++) {
 		float e = (float)(2 * i) / (float)net->D;
 		float f = 1.0f / powf((float)c->rope_theta, e);
@@ -352,6 +358,8 @@ static int load_block(struct lora_net *net, int l, struct lora_err *err)
 		snprintf(name, sizeof(name), "model.layers.%d.self_attn.k_norm.weight", l);
 		if (load_vec(net->base, name, net->D, 0, &bk->k_norm, err) < 0)
 			return -1;
+		unit_offset(net, bk->q_norm, net->D);
+		unit_offset(net, bk->k_norm, net->D);
 	}
 	if (net->fused) {   /* q|k|v and gate|up stacked as model_cpu.c stacks them anyway */
 		rows[LORA_T_Q] = HD + 2 * KVD;
@@ -406,11 +414,17 @@ int lora_net_open(struct lora_net **out, const char *base_dir, const struct lora
 		goto fail;
 	net->qk_norm = is_arch(c, "Qwen3ForCausalLM", "qwen3");
 	net->fused = is_arch(c, "Phi3ForCausalLM", "phi3");
-	net->gemma = is_arch(c, "Gemma2ForCausalLM", "gemma2");
+	net->gemma = is_arch(c, "Gemma2ForCausalLM", "gemma2") || is_arch(c, "Gemma3ForCausalLM", "gemma3_text");
+	net->qk_norm = net->qk_norm || is_arch(c, "Gemma3ForCausalLM", "gemma3_text");
 	net->embed_scale = 1.0f;
 	net->attn_scale = (float)pow((double)net->D, -0.5);
 	if (!(net->blocks = calloc((size_t)net->L, sizeof(*net->blocks))) ||
 	    !(net->inv_freq = malloc(sizeof(float) * (size_t)(net->D / 2)))) {
+		lora_errf(err, "out of memory");
+		goto fail;
+	}
+	if (c->rope_local_theta > 0 && (c->rope_local_theta != c->rope_theta || c->rope_type != LORA_ROPE_DEFAULT) &&
+	    !(net->inv_freq_local = malloc(sizeof(float) * (size_t)(net->D / 2)))) {
 		lora_errf(err, "out of memory");
 		goto fail;
 	}
@@ -456,6 +470,7 @@ void lora_net_close(struct lora_net *net)
 	}
 	free(net->blocks);
 	free(net->inv_freq);
+	free(net->inv_freq_local);
 	free(net->norm_f);
 	free(net->params);
 	free(net->grads);

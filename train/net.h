@@ -26,7 +26,9 @@
  * see `fused` and lora_net_module_name), Gemma2ForCausalLM (see `gemma`: scaled
  * embeddings, (1 + w) norms stored as such, post_attn / post_ff norms, GELU-tanh,
  * attention and final soft-capping, query_pre_attn_scalar; fp32 throughout, the
- * embedding scale too, as transformers computes an fp32 model).
+ * embedding scale too, as transformers computes an fp32 model), Gemma3ForCausalLM
+ * (Gemma 2's layout without caps, plus (1 + w) q_norm / k_norm and the sliding
+ * layers' RoPE base: inv_freq_local, local_rope).
  * Any linear may carry a bias when the checkpoint has one.  Others are refused
  * by name (architecture, or the config field and value: hidden_act,
  * rope_scaling, partial_rotary_factor, hidden_activation).
@@ -82,6 +84,7 @@ struct lora_block {
 					 pre_feedforward_layernorm), or NULL */
 	struct lora_linear lin[LORA_NTARGET];   /* indexed by enum lora_target */
 	int window;                /* sliding attention window in positions; 0 = full causal */
+	int local_rope;            /* RoPE from net->inv_freq_local (Gemma 3's sliding layers) */
 };
 
 /* One batch: rows of token ids, right-padded to T. */
@@ -151,6 +154,7 @@ struct lora_net {
 				      H·D + 2·KV·D), gate|up one, gate_up_proj, in lin[LORA_T_GATE]
 				      (rows 2F); lin[K], lin[V], lin[UP] have 0 rows and no LoRA */
 	float *inv_freq;           /* [D/2] RoPE inverse frequencies after scaling */
+	float *inv_freq_local;     /* [D/2] those of sliding layers when their base differs (Gemma 3), or NULL */
 	struct lora_frozen embed;  /* [V, C] */
 	struct lora_frozen lm_head;   /* [V, C]; the embedding when tied */
 	float *norm_f;             /* [C] final RMSNorm weight */

@@ -53,6 +53,7 @@ static const char *const archs[][2] = {
 	{"Qwen3ForCausalLM", "qwen3"},
 	{"Phi3ForCausalLM", "phi3"},
 	{"Gemma2ForCausalLM", "gemma2"},
+	{"Gemma3ForCausalLM", "gemma3_text"},
 };
 
 /* out x in of decoder linear t */
@@ -129,7 +130,7 @@ int lora_plan_shape_from_config(const struct lora_model_config *c, struct lora_p
 				       : !strcmp(c->model_type, archs[i][1]))
 			break;
 	if (i == sizeof(archs) / sizeof(archs[0]))
-		return lora_errf(err, "architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2)",
+		return lora_errf(err, "architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3)",
 				 c->architecture[0] ? c->architecture : c->model_type);
 	snprintf(s->architecture, sizeof(s->architecture), "%s", archs[i][0]);
 	s->C = c->hidden_size;
@@ -144,9 +145,12 @@ int lora_plan_shape_from_config(const struct lora_model_config *c, struct lora_p
 	s->qkv_bias = c->attention_bias || !strcmp(archs[i][1], "qwen2");
 	s->o_bias = c->attention_bias;
 	s->mlp_bias = c->mlp_bias;
-	s->qk_norm = !strcmp(archs[i][1], "qwen3");
+	s->qk_norm = !strcmp(archs[i][1], "qwen3") || !strcmp(archs[i][1], "gemma3_text");
 	s->fused = !strcmp(archs[i][1], "phi3");
-	s->gemma = !strcmp(archs[i][1], "gemma2");
+	s->gemma = !strcmp(archs[i][1], "gemma2") || !strcmp(archs[i][1], "gemma3_text");
+	s->attn_cap = !strcmp(archs[i][1], "gemma2");
+	s->local_rope = c->rope_local_theta > 0 &&
+			(c->rope_local_theta != c->rope_theta || c->rope_type != LORA_ROPE_DEFAULT);
 	s->dtype = !strcmp(c->torch_dtype, "float32") ? LORA_DT_F32
 		   : !strcmp(c->torch_dtype, "float16") ? LORA_DT_F16 : LORA_DT_BF16;
 	return finish_shape(s, err);
@@ -268,7 +272,8 @@ static uint64_t cpu_arena(const struct lora_plan_shape *s, const struct lora_pla
 	/* dx, dh, to; q|k|v before RoPE; datt, dq; dk, dv; dact; d gate|up; du; S, P per
 	 * thread; RoPE tables */
 	w = tk(N * C) * 3 + tk(N * (HD + 2 * KVD)) + tk(N * HD) * 2 + tk(N * KVD) * 2 + tk(N * F) +
-	    tk(N * 2 * F) + tk(N * R) + tk(th * qb * T) * (s->gemma ? 3 : 2) + tk(T * (uint64_t)(s->D / 2)) * 2;
+	    tk(N * 2 * F) + tk(N * R) + tk(th * qb * T) * (s->attn_cap ? 3 : 2) +
+	    tk(T * (uint64_t)(s->D / 2)) * (s->local_rope ? 4 : 2);
 	nc = CPU_LOGIT_CHUNK / V;
 	nc = nc < 1 ? 1 : nc > N ? N : nc;
 	/* logits of a chunk, the chunk's token losses (double), exponentials per thread */

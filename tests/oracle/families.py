@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import transformers
 from safetensors.torch import save_file
-from transformers import (Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, Phi3Config,
+from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Phi3Config,
                           Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,6 +73,17 @@ MODELS = {
         attn_logit_softcapping=2.0, final_logit_softcapping=3.0, sliding_window=6,
         layer_types=["sliding_attention", "full_attention"], pad_token_id=0, eos_token_id=1,
         bos_token_id=2),
+        dict(r=4, lora_alpha=8, target_modules="all-linear")),
+    # Gemma 3 (text): Gemma 2's layout without soft-capping, (1 + w) q/k norms per head, and two
+    # RoPE bases: 10000 on the sliding layers, 1e6 with linear scaling 8 on the full ones
+    "gemma3": (Gemma3ForCausalLM, Gemma3TextConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=128, tie_word_embeddings=True, rms_norm_eps=1e-6,
+        max_position_embeddings=128, initializer_range=0.1, query_pre_attn_scalar=24, sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}},
+        pad_token_id=0, eos_token_id=1, bos_token_id=2),
         dict(r=4, lora_alpha=8, target_modules="all-linear")),
 }
 

@@ -229,7 +229,7 @@ int main(void)
 	}
 	/* tests/oracle/families.py: the same run on each family's tiny model (weights as stored) */
 	{
-		static const char *const fams[] = {"qwen3", "llama32_tied", "phi3", "gemma2"};
+		static const char *const fams[] = {"qwen3", "llama32_tied", "phi3", "gemma2", "gemma3"};
 
 		for (size_t i = 0; i < sizeof(fams) / sizeof(fams[0]); i++) {
 			char rel[128], tag[64], *cp, *ct = NULL;

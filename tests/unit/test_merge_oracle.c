@@ -305,7 +305,7 @@ TEST(family_cases)
 	       "vs peft: %llu of %llu more than 1 ulp away\n", n, (unsigned long long)bf16_total,
 	       (unsigned long long)bf16_exact, (unsigned long long)bf16_over1,
 	       (unsigned long long)peft_over1, (unsigned long long)peft_total);
-	CHECK(n >= 3 && bf16_total > 10000);
+	CHECK(n >= 5 && bf16_total > 10000);
 	CHECKF(bf16_exact * 10000 >= bf16_total * 9999, "%llu of %llu exact",
 	       (unsigned long long)bf16_exact, (unsigned long long)bf16_total);
 	CHECK(bf16_over1 == 0);

@@ -30,7 +30,8 @@
 #include "tests/t.h"
 
 static const char *const models[] = {"llama_tied", "llama3_untied", "qwen2", "mistral_window",
-				     "families/qwen3", "families/llama32_tied", "families/phi3", "families/gemma2"};
+				     "families/qwen3", "families/llama32_tied", "families/phi3", "families/gemma2",
+				     "families/gemma3"};
 
 /* Fixture path of model M ("train/M", or M itself when it names its folder) plus suffix. */
 static void model_rel(char *rel, size_t n, const char *model, const char *suffix)
@@ -222,6 +223,9 @@ TEST(phi3_fused_nf4) { check_model("families/phi3", LORA_QUANT_NF4); }
 /* Gemma 2: scaled embeddings, (1 + w) and post norms, GELU-tanh, soft-capping, query_pre_attn_scalar */
 TEST(gemma2_none) { check_model("families/gemma2", LORA_QUANT_NONE); }
 TEST(gemma2_nf4) { check_model("families/gemma2", LORA_QUANT_NF4); }
+/* Gemma 3: (1 + w) q/k norms, local and global RoPE bases (linear scaling on the global), no caps */
+TEST(gemma3_none) { check_model("families/gemma3", LORA_QUANT_NONE); }
+TEST(gemma3_nf4) { check_model("families/gemma3", LORA_QUANT_NF4); }
 
 /* One row of 120 tokens: attention runs in two query blocks, the window cuts across them. */
 static void check_long(const char *model)
@@ -261,6 +265,7 @@ TEST(long_row_qwen3) { check_long("families/qwen3"); }
 TEST(long_row_llama32_tied) { check_long("families/llama32_tied"); }
 TEST(long_row_phi3) { check_long("families/phi3"); }
 TEST(long_row_gemma2) { check_long("families/gemma2"); }
+TEST(long_row_gemma3) { check_long("families/gemma3"); }
 
 /* Gradients with activation checkpointing are bit-identical to those without. */
 TEST(checkpointing_is_bit_identical)
@@ -688,8 +693,11 @@ TEST(families_refuse_what_they_do_not_support)
 		"rope_scaling", "longrope");
 	refused("{\"architectures\": [\"Gemma2ForCausalLM\"], \"model_type\": \"gemma2\", "
 		"\"hidden_activation\": \"gelu\", " SIZES "}", "hidden_activation", "gelu");
-	refused("{\"architectures\": [\"Gemma3ForCausalLM\"], \"model_type\": \"gemma3_text\", " SIZES "}",
-		"Gemma3ForCausalLM", "not supported");
+	refused("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"model_type\": \"gemma3\", "
+		SIZES "}", "Gemma3ForConditionalGeneration", "not supported");
+	refused("{\"architectures\": [\"Gemma3ForCausalLM\"], \"model_type\": \"gemma3_text\", \"rope_parameters\": "
+		"{\"sliding_attention\": {\"rope_type\": \"yarn\", \"rope_theta\": 1e4}, \"full_attention\": "
+		"{\"rope_type\": \"default\", \"rope_theta\": 1e6}}, " SIZES "}", "sliding_attention", "yarn");
 	refused("{\"architectures\": [\"Qwen3ForCausalLM\"], \"model_type\": \"qwen3\", "
 		"\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}, " SIZES "}", "rope_scaling", "yarn");
 	refused("{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", "
@@ -791,6 +799,9 @@ int main(void)
 	RUN(gemma2_none);
 	RUN(gemma2_nf4);
 	RUN(long_row_gemma2);
+	RUN(gemma3_none);
+	RUN(gemma3_nf4);
+	RUN(long_row_gemma3);
 	RUN(long_row_qwen3);
 	RUN(long_row_llama32_tied);
 	printf("  largest errors: logits %.3g abs, loss %.3g rel, gradients %.3g rel (norm-wise)\n",

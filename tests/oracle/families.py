@@ -15,6 +15,8 @@ For each model M (see MODELS) this writes into tests/fixtures/families/:
                       merge_oracle.py's cases: M's adapter merged into M (bf16): "ref.<tensor>" the
                       fp64 result rounded once, "peft.<tensor>" peft's fp32 merge rounded to bf16
   (MERGE_ONLY: models for a merge case only; none at present)
+  eval.expect.json    for each M: what train_model.py's eval_loss gives on tests/fixtures/train/eval.jsonl
+                      ("none"/"nf4" x "base"/"adapter": token-weighted mean loss and token count)
   versions.json       package versions
 
 Rerun (bitsandbytes for the NF4 round trip, e.g. pip install --target DIR bitsandbytes):
@@ -182,8 +184,29 @@ def merge_case(name, base, adapter):
     return {"name": name, "base": name, "dtype": "auto", "adapters": [{"path": name + ".adapter", "weight": 1.0}]}
 
 
+def eval_expect():
+    with open(os.path.join(HERE, "..", "fixtures", "train", "eval.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    out = {"versions": TM.VERSIONS, "data": "tests/fixtures/train/eval.jsonl"}
+    for name in MODELS:
+        base = os.path.join(OUT, name)
+        e = {}
+        for quant in ("none", "nf4"):
+            for with_adapter in (False, True):
+                loss, count = TM.eval_loss(base, base + ".adapter" if with_adapter else None, rows, quant)
+                e[f"{quant}.{'adapter' if with_adapter else 'base'}"] = {"loss": loss, "tokens": count}
+        out[name] = e
+        print(name, "eval", e)
+    with open(os.path.join(OUT, "eval.expect.json"), "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
 def main():
     only = sys.argv[1:]
+    if only == ["eval"]:   # only eval.expect.json, from the model folders already written
+        eval_expect()
+        return
     os.makedirs(OUT, exist_ok=True)
     greedy, merges = [], []
     gpath, mpath = os.path.join(OUT, "greedy.json"), os.path.join(OUT, "merge_cases.json")
@@ -209,6 +232,7 @@ def main():
     with open(mpath, "w") as f:
         json.dump({"cases": merges}, f, indent=2)
         f.write("\n")
+    eval_expect()
     with open(os.path.join(OUT, "versions.json"), "w") as f:
         json.dump(TM.VERSIONS, f, indent=1, sort_keys=True)
         f.write("\n")

@@ -441,7 +441,7 @@ static int base_fingerprint(struct lora_trainer *tr, struct lora_err *err)
 			char buf[128];
 			if (!lora_net_mod(net, l, (enum lora_target)t))
 				continue;
-			lora_module_name(buf, sizeof(buf), l, (enum lora_target)t);
+			lora_net_module_name(net, buf, sizeof(buf), l, (enum lora_target)t);
 			if (!(names[n++] = strdup(buf))) {
 				lora_errf(err, "out of memory");
 				goto out;

@@ -87,6 +87,20 @@ static int parse_rope_scaling(const cJSON *root, struct lora_model_config *c, co
 		return 0;
 	if (!cJSON_IsObject(rs))
 		return lora_errf(err, "'%s': rope_scaling is not an object", label);
+	if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(rs, "full_attention"))) {
+		/* one set per layer type (Gemma 3): the sliding layers' plain theta, then the full ones' */
+		const cJSON *sl = cJSON_GetObjectItemCaseSensitive(rs, "sliding_attention");
+
+		if (cJSON_IsObject(sl)) {
+			t = cJSON_GetObjectItemCaseSensitive(sl, "rope_type");
+			if (cJSON_IsString(t) && strcmp(t->valuestring, "default"))
+				return lora_errf(err, "'%s': rope_parameters sliding_attention type '%s' is not "
+						 "supported (default)", label, t->valuestring);
+			if (get_num(sl, "rope_theta", 0.0, &c->rope_local_theta, label, err) < 0)
+				return -1;
+		}
+		rs = cJSON_GetObjectItemCaseSensitive(rs, "full_attention");
+	}
 	if (get_num(rs, "rope_theta", c->rope_theta, &c->rope_theta, label, err) < 0)
 		return -1;
 	t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
@@ -147,6 +161,7 @@ int lora_model_config_parse(const char *json, size_t len, const char *label,
 		    err) < 0 ||
 	    get_num(root, "rms_norm_eps", 1e-6, &c->rms_norm_eps, label, err) < 0 ||
 	    get_num(root, "rope_theta", 10000.0, &c->rope_theta, label, err) < 0 ||
+	    get_num(root, "rope_local_base_freq", 0.0, &c->rope_local_theta, label, err) < 0 ||
 	    parse_rope_scaling(root, c, label, err) < 0)
 		goto out;
 	if (get_int(root, "head_dim", c->num_attention_heads > 0 ? c->hidden_size / c->num_attention_heads : 0,

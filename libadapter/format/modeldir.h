@@ -38,6 +38,8 @@ struct lora_model_config {
 	double rope_low_freq_factor;  /* llama3 */
 	double rope_high_freq_factor; /* llama3 */
 	int rope_original_max_pos;    /* llama3 */
+	double rope_local_theta;      /* Gemma 3: rope_theta of the sliding layers (rope_parameters'
+					 sliding_attention, or rope_local_base_freq); 0 when absent */
 	int tie_word_embeddings;
 	int attention_bias;           /* q/k/v/o biases (Qwen2 forces q/k/v) */
 	int mlp_bias;

@@ -4,8 +4,8 @@
  * A model's own `chat_template` (Jinja source) is run by the interpreter in
  * jinja.h, as transformers' apply_chat_template runs it, with the variables
  * messages, tools (none), documents (none), add_generation_prompt, bos_token
- * and eos_token (tests/oracle/chat_templates.py checks the text byte for byte
- * on real models' templates).  strftime_now is left undefined, so templates
+ * and eos_token (tests/unit/test_jinja.c checks the interpreter byte for byte
+ * against transformers on real models' templates).  strftime_now is left undefined, so templates
  * that print today's date take their own fallback and a data set renders the
  * same on every day.
  *

@@ -1096,6 +1096,22 @@ static struct node *p_stmt(struct parser *P)
 	      ? " here (no block is open to close)" : "");
 }
 
+/* "'else' or 'endfor'": the tags that close the open block. */
+static const char *ends_str(const char *const *ends, char *buf, size_t n)
+{
+	size_t w = 0;
+
+	buf[0] = 0;
+	for (int j = 0; ends[j] && w < n; j++) {
+		int k = snprintf(buf + w, n - w, "%s'%s'", j ? " or " : "", ends[j]);
+
+		if (k < 0)
+			break;
+		w += (size_t)k;
+	}
+	return buf;
+}
+
 static struct node *p_body(struct parser *P, const char *const *ends)
 {
 	struct node *b = mk(P, N_BODY);
@@ -1103,8 +1119,11 @@ static struct node *p_body(struct parser *P, const char *const *ends)
 	for (;;) {
 		struct token *t = cur(P);
 		if (t->k == TK_EOF) {
-			if (ends)
-				pfail(P, "unexpected end of template (expected '%s')", ends[0]);
+			if (ends) {
+				char want[128];
+
+				pfail(P, "unexpected end of template (expected %s)", ends_str(ends, want, sizeof(want)));
+			}
 			break;
 		}
 		if (t->k == TK_TEXT) {
@@ -1123,12 +1142,20 @@ static struct node *p_body(struct parser *P, const char *const *ends)
 			add_child(P, b, x);
 		} else if (t->k == TK_BLOCK_BEGIN) {
 			P->i++;
-			if (ends && cur(P)->k == TK_NAME)
+			if (ends && cur(P)->k == TK_NAME) {
+				const char *kw = cur(P)->s;
+
 				for (int j = 0; ends[j]; j++)
-					if (!strcmp(cur(P)->s, ends[j])) {
+					if (!strcmp(kw, ends[j])) {
 						P->depth--;
 						return b;
 					}
+				if (!strncmp(kw, "end", 3) || !strcmp(kw, "else") || !strcmp(kw, "elif")) {
+					char want[128];
+
+					pfail(P, "unexpected '%s' (expected %s)", kw, ends_str(ends, want, sizeof(want)));
+				}
+			}
 			add_child(P, b, p_stmt(P));
 		} else {
 			pfail(P, "unexpected token");
@@ -2597,7 +2624,7 @@ static struct jv call_value(struct rs *R, const struct jv *f, const struct args 
 	if (f->t == J_UNDEF)
 		rfail(R, "'%s' is undefined (called as a function)", f->name ? f->name : "value");
 	if (f->t != J_FUNC)
-		rfail(R, "a %s is not callable", type_name(f));
+		rfail(R, "%s %s is not callable", strchr("aeiou", type_name(f)[0]) ? "an" : "a", type_name(f));
 	switch (f->fn) {
 	case F_RANGE: {
 		int64_t lo = 0, hi, st = 1;

@@ -6,8 +6,9 @@
  * lstrip_blocks=True, the loopcontrols extension, keep_trailing_newline=False,
  * no autoescape, its `tojson` override (json.dumps with ensure_ascii=False,
  * indent, separators, sort_keys), and the globals raise_exception,
- * strftime_now, namespace, dict.  tests/oracle/chat_templates.py checks the
- * output byte for byte against transformers on real models' templates.
+ * strftime_now, namespace, dict.  tests/unit/test_jinja.c checks the output
+ * byte for byte against transformers on ten families' templates and against
+ * jinja2 feature by feature (fixtures written by tests/oracle/jinja_chat.py).
  *
  *   struct lora_jinja *t;
  *   if (lora_jinja_parse(src, strlen(src), NULL, &t, &err) < 0) ...   // "template line 3: ..."
@@ -33,6 +34,8 @@
  *               indent int items join last length list lower map max min
  *               reject rejectattr replace reverse round safe select selectattr
  *               sort string sum title tojson trim unique upper wordcount
+ *               (upper lower title capitalize, as filters, methods and
+ *               tests, map ASCII letters only; Python maps all of Unicode)
  *   tests       boolean callable defined divisibleby eq equalto escaped even
  *               false float ge gt in integer iterable le lower lt mapping ne
  *               none number odd sameas sequence string true undefined upper ==

@@ -1,7 +1,7 @@
 /*
  * test_tok_chat.c - chat templates through chat.h: the model's own (Jinja)
  * and the two built in.  The rendered text of real conversations is checked
- * against transformers in test_data_oracle.c and test_chat_oracle.c; here:
+ * against transformers in test_data_oracle.c and test_jinja.c; here:
  * families, errors, loss spans (incremental and {% generation %}),
  * generation prompts.
  */

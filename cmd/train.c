@@ -281,7 +281,7 @@ static const struct cmd_opt opts[] = {
 	{ "resume", 0, NULL, "continue the interrupted run of NAME:TAG from its checkpoint", O_RESUME, 0, 0 },
 	{ "skip-bad-rows", 0, NULL, "skip and count bad rows instead of stopping at the first", O_SKIP_BAD_ROWS, 0, 0 },
 	{ "no-pack", 0, NULL, "one row per sequence, padded, instead of packing", O_NO_PACK, 0, 0 },
-	{ "chat-template", 0, "NAME", "chatml or llama3 for {\"messages\"} rows (default: the model's own)",
+	{ "chat-template", 0, "NAME|FILE", "chatml, llama3 or a Jinja file for {\"messages\"} rows (default: the model's own)",
 	  O_CHAT_TEMPLATE, 0, 0 },
 	{ "grad-checkpoint", 0, NULL, "recompute activations in backward (less memory)", O_GRAD_CKPT, 0, 0 },
 	{ "device", 0, "D", "auto (default), cpu or cuda", O_DEVICE, 0, 0 },

@@ -261,6 +261,27 @@ if [ -x "$MK" ]; then
 	run "$LORA" train --base "$T/qm" --data "$T/chat.jsonl" --name chat --steps 1 --chat-template jinja
 	expect_rc 2
 	expect_err "--chat-template"
+	# ... or given as a Jinja file (Phi-3.5's template), whose errors name the template line
+	printf '%s' "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}{{'<|system|>
+' + message['content'] + '<|end|>
+'}}{% elif message['role'] == 'user' %}{{'<|user|>
+' + message['content'] + '<|end|>
+'}}{% elif message['role'] == 'assistant' %}{{'<|assistant|>
+' + message['content'] + '<|end|>
+'}}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>
+' }}{% else %}{{ eos_token }}{% endif %}" >"$T/phi3.jinja"
+	run "$LORA" train --base "$T/qm" --data "$T/chat.jsonl" --name chatf --steps 1 --seq-len 32 \
+		--chat-template "$T/phi3.jinja" --threads 1 --json
+	expect_rc 0
+	printf '{%% for m in messages %%}\n{{ m.content }\n{%% endfor %%}' >"$T/bad.jinja"
+	run "$LORA" train --base "$T/qm" --data "$T/chat.jsonl" --name chatf --steps 1 --chat-template "$T/bad.jinja"
+	expect_rc 1
+	expect_err "template line 2"
+	printf "{{ raise_exception('no ' ~ messages[0].role ~ ' here') }}" >"$T/raise.jinja"
+	run "$LORA" train --base "$T/qm" --data "$T/chat.jsonl" --name chatf --steps 1 --chat-template "$T/raise.jinja"
+	expect_rc 1
+	expect_err "$T/chat.jsonl:1:"
+	expect_err "no user here"
 else
 	echo "  (no mktiny in \$LORA_TOOLS: skipped)"
 fi

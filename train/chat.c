@@ -2,6 +2,7 @@
  * chat.c - chat rendering with loss spans: the model's Jinja template, or the
  * built-in ChatML and Llama-3 (see chat.h).
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,9 +220,75 @@ static int jinja_one(const struct lora_chat *c, const struct lora_chat_msg *m, s
 	return rc;
 }
 
-static int starts_with(const struct lora_buf *a, size_t a0, const struct lora_buf *p)
+/* The first (or, with last, the last) occurrence of nd[0, nl) in h[from, to), or SIZE_MAX. */
+static size_t find(const char *h, size_t from, size_t to, const char *nd, size_t nl, int last)
 {
-	return a->len - a0 >= p->len && (!p->len || !memcmp(a->data + a0, p->data, p->len));
+	size_t r = SIZE_MAX;
+
+	for (size_t at = from; nl && at <= to && to - at >= nl; at++)
+		if (!memcmp(h + at, nd, nl)) {
+			r = at;
+			if (!last)
+				break;
+		}
+	return r;
+}
+
+/*
+ * Where assistant turn i lies in the whole conversation's text T[0, tl), from
+ * p = render(m[:i], generation prompt) and f = render(m[:i+1]), `prev` being
+ * where the turn before it ended.  When p is a prefix of f and f of T, the turn
+ * starts after the generation prompt; templates that render a turn
+ * differently once later messages follow are handled when one of the two
+ * still is a prefix of T: p is (Qwen3 drops the reasoning of earlier turns)
+ * - the turn starts after it; f is (Mistral moves the system prompt to the
+ * last user turn) - the turn starts at the last place its answer appears
+ * before f's end.  The turn ends with the first end of turn after its answer
+ * (the family's marker, or eos_token where turns end with it: Mistral), marker
+ * included, or else where f ends.  The answer is the content as templates
+ * print it: after any </think>, less surrounding white space.  0 when the turn
+ * cannot be found.
+ */
+static int find_turn(const struct lora_chat *c, const char *T, size_t tl, const struct lora_buf *p,
+		     const struct lora_buf *f, const char *content, size_t prev, size_t *a, size_t *b)
+{
+	const char *mk = c->end_marker ? c->end_marker : c->eos && *c->eos ? c->eos : NULL;
+	const char *ans = content ? content : "", *th;
+	size_t al, q = SIZE_MAX, fe = 0, e;
+	int p_ok = p->len <= tl && p->len >= prev && (!p->len || !memcmp(T, p->data, p->len));
+	int f_ok = f->len <= tl && (!f->len || !memcmp(T, f->data, f->len));
+
+	if ((th = strstr(ans, "</think>")))
+		ans = th + strlen("</think>");
+	while (*ans && strchr(" \t\r\n", *ans))
+		ans++;
+	al = strlen(ans);
+	while (al && strchr(" \t\r\n", ans[al - 1]))
+		al--;
+	if (f_ok) {
+		fe = f->len;
+		while (fe > prev && fe > (p_ok ? p->len : 0) && strchr(" \t\r\n", T[fe - 1]))
+			fe--;
+	}
+	if (p_ok) {
+		*a = p->len;
+		q = find(T, *a, f_ok ? fe : tl, ans, al, 0);
+	} else if (f_ok && fe > prev) {
+		if ((q = find(T, prev, fe, ans, al, 1)) == SIZE_MAX)
+			return 0;
+		*a = q;
+	} else {
+		return 0;
+	}
+	if (mk) {
+		e = find(T, q != SIZE_MAX ? q + al : *a, f_ok ? fe : tl, mk, strlen(mk), 0);
+		if (e != SIZE_MAX) {
+			*b = e + strlen(mk);
+			return 1;
+		}
+	}
+	*b = fe;
+	return f_ok && fe >= *a;
 }
 
 static int render_jinja(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, int agp,
@@ -257,7 +324,8 @@ static int render_jinja(const struct lora_chat *c, const struct lora_chat_msg *m
 				goto fail;
 			if (jinja_one(c, m, i + 1, 0, &f, NULL, NULL, err) < 0)
 				goto fail;
-			if (!starts_with(&f, 0, &p) || !starts_with(text, t0, &f)) {
+			if (!find_turn(c, text->data + t0, text->len - t0, &p, &f, m[i].content,
+				       nsp ? sp[nsp - 1].end - t0 : 0, &a, &b)) {
 				lora_buf_free(&p);
 				lora_buf_free(&f);
 				free(sp);
@@ -266,10 +334,6 @@ static int render_jinja(const struct lora_chat *c, const struct lora_chat_msg *m
 						      "incrementally (a template with {%% generation %%} blocks can mark it)",
 						 i + 1);
 			}
-			a = p.len;
-			b = f.len;
-			while (b > a && strchr(" \t\r\n", f.data[b - 1]))
-				b--;
 			lora_buf_free(&p);
 			lora_buf_free(&f);
 			if (!(g = realloc(sp, (nsp + 1) * sizeof(*sp)))) {

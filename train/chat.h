@@ -13,12 +13,17 @@
  * rendered, as transformers' return_assistant_tokens_mask takes them; for a
  * template without them, each assistant turn i is found by rendering the
  * conversation incrementally: from the end of render(msgs[:i],
- * add_generation_prompt) to the end of render(msgs[:i+1]), less trailing
- * whitespace (the newline after an end-of-turn marker is layout the model
- * never generates: it stops at the marker).  Both renders must be prefixes of
- * the whole conversation's text; a template that renders earlier turns
- * differently once later turns follow (Qwen3 drops earlier <think> blocks) is
- * an error naming the turn.
+ * add_generation_prompt) to the first end-of-turn marker after the answer
+ * (the family's, or eos_token where turns end with it), marker included, or
+ * else to the end of render(msgs[:i+1]) less trailing white space (the
+ * newline after the marker is layout the model never generates).  Templates
+ * that render a turn differently once later turns follow still work while one
+ * of the two renders is a prefix of the whole text: Qwen3 drops earlier
+ * <think> blocks (the prompt is a prefix: the turn runs from it to its marker
+ * in the whole text), Mistral moves the system prompt to the last user turn
+ * (the turn is a prefix: it starts where its answer last appears).  Otherwise
+ * it is an error naming the turn.  tests/unit/test_jinja.c checks the text and
+ * the spans on ten families' templates.
  *
  * Two templates are built in, by name, rendered by C code:
  *
@@ -27,9 +32,7 @@
  *            conversation has none, e.g. Qwen2 and SmolLM2]
  *   Llama-3  {bos}<|start_header_id|>{role}<|end_header_id|>\n\n{content|trim}<|eot_id|> ...
  *
- * add_generation_prompt appends the opening of an assistant turn.  Any other
- * template is an error that names the family when it can tell (Llama-2
- * [INST], Gemma, Llama-3.1 date header, Qwen3 <think>, ...).
+ * add_generation_prompt appends the opening of an assistant turn.
  *
  * Rendering also reports which byte ranges of the text are the model's to
  * learn: each assistant turn's content plus its end-of-turn marker.

@@ -3655,7 +3655,8 @@ int lora_jinja_render(const struct lora_jinja *t, const cJSON *vars, const struc
 		global_fn(R, "namespace", F_NAMESPACE);
 		global_fn(R, "dict", F_DICT);
 		global_fn(R, "raise_exception", F_RAISE);
-		global_fn(R, "strftime_now", F_STRFTIME);
+		if (now)   /* else undefined: `strftime_now is defined` is false and templates take their fallback */
+			global_fn(R, "strftime_now", F_STRFTIME);
 		if (vars)
 			cJSON_ArrayForEach(c, vars) if (c->string) set_var(R, c->string, from_json(R, c, 0));
 		exec_body(R, t->root);

@@ -44,7 +44,7 @@
  *               replace upper lower title capitalize find count join format
  *               ({} and {0} fields only); dict: get items keys values
  *   globals     range, namespace, dict, raise_exception, strftime_now (the time
- *               is the caller's, never the clock's)
+ *               is the caller's, never the clock's; without one, undefined)
  *   undefined   jinja2's default Undefined: prints as "", is false, iterates
  *               empty, has length 0; an attribute of it, arithmetic on it and
  *               tojson of it are errors
@@ -95,8 +95,8 @@ int lora_jinja_has_generation(const struct lora_jinja *t);
 
 /*
  * Render with the variables of the JSON object `vars` (may be NULL), appending
- * to `out`.  `now` is what strftime_now formats (NULL: strftime_now is an
- * error).  When gen is not NULL, the [start, end) byte ranges of `out` (counted
+ * to `out`.  `now` is what strftime_now formats (NULL: strftime_now is
+ * undefined, so `strftime_now is defined` is false and calling it an error).  When gen is not NULL, the [start, end) byte ranges of `out` (counted
  * from out->len at entry) that {% generation %} blocks rendered are returned
  * as a malloc'd array of pairs (gen[2i], gen[2i+1]); free it.  A
  * raise_exception() in the template is an error whose message is the

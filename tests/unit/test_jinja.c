@@ -19,6 +19,7 @@
 
 #include "tests/t.h"
 #include "tests/unit/t_json.h"
+#include "train/chat.h"
 #include "train/jinja.h"
 
 static struct tm fixture_now(const cJSON *doc)
@@ -177,6 +178,93 @@ TEST(chat_templates_match_transformers)
 	}
 	CHECKF(fams >= 6 && n >= 100, "%d templates, %d cases", fams, n);
 	CHECKF(ok == n, "%d of %d cases as transformers", ok, n);
+	cJSON_Delete(doc);
+}
+
+/*
+ * The same conversations through chat.h, as training renders {"messages"}
+ * rows: the text is transformers', and each assistant turn has a loss span
+ * that holds its answer (after any </think>) and ends with the family's end
+ * of turn.
+ */
+TEST(chat_rows_of_real_templates_and_their_loss_spans)
+{
+	cJSON *doc = t_read_json_fixture("jinja/chat.json");
+	const cJSON *tpls = cJSON_GetObjectItemCaseSensitive(doc, "templates");
+	const cJSON *c;
+	int n = 0, multi = 0;
+
+	CHECK(doc != NULL);
+	if (!doc)
+		return;
+	cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(doc, "cases")) {
+		const char *name = str(c, "template"), *conv = str(c, "conversation"), *expect = str(c, "expect");
+		const cJSON *vars = cJSON_GetObjectItemCaseSensitive(c, "vars");
+		const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(vars, "messages"), *e;
+		const char *tpl = str(cJSON_GetObjectItemCaseSensitive(tpls, name), "template");
+		struct lora_chat_msg m[16];
+		size_t nm = 0, na = 0, nsp = 0;
+		struct lora_chat ch;
+		struct lora_err err = { 0 };
+		struct lora_buf b = LORA_BUF_INIT;
+		struct lora_span *sp = NULL;
+
+		/* what training renders: no generation prompt, no extra variables */
+		if (!expect || !tpl || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(vars, "add_generation_prompt")) ||
+		    cJSON_GetArraySize(vars) != 6 + (str(vars, "unk_token") != NULL) + (str(vars, "pad_token") != NULL) +
+		    (str(vars, "mask_token") != NULL) - (str(vars, "bos_token") == NULL))
+			continue;
+		cJSON_ArrayForEach(e, msgs) {
+			if (nm == 16)
+				break;
+			m[nm].role = str(e, "role");
+			m[nm].content = str(e, "content");
+			m[nm].json = e;
+			na += m[nm].role && !strcmp(m[nm].role, "assistant");
+			nm++;
+		}
+		CHECK(lora_chat_jinja(tpl, str(vars, "bos_token"), str(vars, "eos_token"), &ch, &err) == 0);
+		if (lora_chat_render(&ch, m, nm, 0, &b, &sp, &nsp, &err) < 0) {
+			CHECKF(0, "%s/%s: %s", name, conv, err.msg);
+		} else {
+			CHECKF(b.data && !strcmp(b.data, expect), "%s/%s: the text is not transformers'", name, conv);
+			CHECKF(nsp == na, "%s/%s: %zu spans for %zu assistant turns", name, conv, nsp, na);
+			for (size_t i = 0, k = 0; i < nm && k < nsp; i++) {
+				const char *ans, *th;
+				char want[512], got[2048];
+				size_t wl, gl = sp[k].end - sp[k].start;
+
+				if (strcmp(m[i].role, "assistant"))
+					continue;
+				ans = m[i].content;
+				if ((th = strstr(ans, "</think>")))
+					ans = th + strlen("</think>");
+				while (*ans && strchr(" \t\r\n", *ans))
+					ans++;
+				wl = strlen(ans);
+				while (wl && strchr(" \t\r\n", ans[wl - 1]))
+					wl--;
+				snprintf(want, sizeof(want), "%.*s", (int)wl, ans);
+				snprintf(got, sizeof(got), "%.*s", (int)gl, b.data + sp[k].start);
+				CHECKF(sp[k].start <= sp[k].end && sp[k].end <= b.len && (!k || sp[k - 1].end <= sp[k].start),
+				       "%s/%s: span %zu [%zu, %zu)", name, conv, k, sp[k].start, sp[k].end);
+				CHECKF(strstr(got, want) != NULL, "%s/%s: span %zu '%s' lacks '%s'", name, conv, k, got, want);
+				if (ch.end_marker || *ch.eos) {
+					const char *mk = ch.end_marker ? ch.end_marker : ch.eos;
+
+					CHECKF(gl >= strlen(mk) && !strcmp(got + gl - strlen(mk), mk), "%s/%s: span %zu '%s' does "
+					       "not end with %s", name, conv, k, got, mk);
+				}
+				k++;
+			}
+			n++;
+			multi += na > 1;
+		}
+		free(sp);
+		lora_buf_free(&b);
+		lora_chat_free(&ch);
+	}
+	CHECKF(n >= 40 && multi >= 10, "%d conversations, %d with several assistant turns", n, multi);
 	cJSON_Delete(doc);
 }
 
@@ -465,6 +553,7 @@ TEST(mutated_templates_never_crash)
 int main(void)
 {
 	RUN(chat_templates_match_transformers);
+	RUN(chat_rows_of_real_templates_and_their_loss_spans);
 	RUN(features_match_jinja2);
 	RUN(errors_come_back_with_a_message);
 	RUN(limits_stop_runaway_templates);

@@ -109,6 +109,24 @@ TEST(incremental_spans_of_a_model_template)
 	free(sp);
 	sp = NULL;
 	lora_buf_free(&b);
+	/* the earlier turn as the whole conversation renders it: from its prompt to its end marker */
+	CHECKF(lora_chat_render(&c, m, 4, 0, &b, &sp, &n, &err) == 0, "%s", err.msg);
+	CHECK(n == 2 && sp);
+	if (n == 2 && sp) {
+		CHECKF(sp[0].end - sp[0].start == strlen(" Yo <|im_end|>") &&
+		       !strncmp(b.data + sp[0].start, " Yo <|im_end|>", sp[0].end - sp[0].start), "%.*s",
+		       (int)(sp[0].end - sp[0].start), b.data + sp[0].start);
+		CHECKF(sp[1].end - sp[1].start == strlen("<think></think>Ciao<|im_end|>") &&
+		       !strncmp(b.data + sp[1].start, "<think></think>Ciao<|im_end|>", sp[1].end - sp[1].start), "%.*s",
+		       (int)(sp[1].end - sp[1].start), b.data + sp[1].start);
+	}
+	free(sp);
+	sp = NULL;
+	lora_buf_free(&b);
+	lora_chat_free(&c);
+	/* a template whose prompt itself changes (it counts the messages): no span can be found */
+	CHECK(lora_chat_jinja("{{ messages | length }}\n{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+			      "<|im_end|>\n{% endfor %}", NULL, NULL, &c, &err) == 0);
 	CHECK(lora_chat_render(&c, m, 4, 0, &b, &sp, &n, &err) < 0);
 	CHECKF(strstr(err.msg, "renders message 2 differently"), "%s", err.msg);
 	lora_buf_free(&b);

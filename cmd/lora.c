@@ -46,16 +46,22 @@ static const struct cmd_def commands[] = {
 	  "  --key LINE    the public key as text instead of PUBKEY_FILE\n"
 	  "  --json        one JSON document on stdout\n" },
 	{ "import", cmd_import, CMD_NEED_STORE, "add a .lora package or a PEFT folder to the store",
-	  "lora import PATH [--name NAME[:TAG]] [--allow-untrusted] [--key FILE] [--description TEXT] [--base DIR]",
+	  "lora import PATH [--name NAME[:TAG]] [--allow-untrusted] [--key FILE] [--description TEXT] [--base DIR]\n"
+	  "lora import FILE.gguf --base DIR [--name NAME[:TAG]] [--key FILE] [--description TEXT]",
 	  "  --name NAME[:TAG]   store it under this name (tag 'latest' when absent)\n"
 	  "  --allow-untrusted   accept an unsigned package or an unknown signer\n"
 	  "  --key FILE          sign a folder with this OpenSSH ed25519 key\n"
 	  "  --description TEXT  a description for the manifest of a folder\n"
-	  "  --base DIR          record the fingerprint of this base model\n" },
+	  "  --base DIR          record the fingerprint of this base model (needed for a .gguf file)\n" },
 	{ "export", cmd_export, CMD_NEED_STORE, "write a stored adapter as a .lora file or PEFT folder",
-	  "lora export REF -o PATH [--format lora|peft]",
-	  "  -o, --output PATH   the .lora file ('-' for stdout) or the folder to write\n"
-	  "  --format lora|peft  a package (default) or a PEFT folder\n" },
+	  "lora export REF -o PATH [--format lora|peft]\n"
+	  "lora export REF -o FILE.gguf --format gguf --base DIR\n"
+	  "lora export REF -o DIR --format ollama --base DIR [--from MODEL]",
+	  "  -o, --output PATH   the .lora file ('-' for stdout), the folder or the .gguf file to write\n"
+	  "  --format FORMAT     lora (a package, default), peft (a folder), gguf (a llama.cpp\n"
+	  "                      LoRA adapter) or ollama (adapter.gguf and a Modelfile)\n"
+	  "  --base DIR          the base model folder (gguf, ollama): names, heads, fingerprint\n"
+	  "  --from MODEL        the Modelfile's FROM (ollama; default: the absolute --base path)\n" },
 	{ "list", cmd_list, CMD_NEED_STORE, "list the adapters in the store",
 	  "lora list [--json]",
 	  "  --json        one JSON document on stdout\n" },

@@ -218,7 +218,7 @@ def ppl(binary, model, text, lora=None):
     for line in (p.stdout + p.stderr).splitlines():
         if "Final estimate: PPL =" in line:
             return float(line.split("=")[1].split()[0])
-    sys.exit("gguf_oracle: no PPL in llama-perplexity output")
+    sys.exit("gguf_oracle: no PPL in llama-perplexity output of %s:\n%s" % (" ".join(cmd), p.stderr[-2000:]))
 
 
 def perplexity(args, base_dir):
@@ -260,9 +260,35 @@ def perplexity(args, base_dir):
            "ppl_base": ppl(binary, base_gguf, txt), "ppl_converter": ppl(binary, base_gguf, txt, conv_gguf),
            "ppl_lora_export": ppl(binary, base_gguf, txt, ours)}
     res["rel_diff"] = abs(res["ppl_lora_export"] - res["ppl_converter"]) / res["ppl_converter"]
+    # rsLoRA + patterns: the converter ignores them, so compare our file with
+    # peft's merge_and_unload() of the same adapter, converted as a full model
+    import torch
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+    pat = os.path.join(OUT, "patterns")
+    merged = os.path.join(tmp, "merged")
+    pm = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32), pat)
+    pm.merge_and_unload().save_pretrained(merged, safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(base_dir, f), merged)
+    merged_gguf = os.path.join(tmp, "merged.gguf")
+    subprocess.run([sys.executable, shim, "--outtype", "f32", "--outfile", merged_gguf, merged], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    ours_pat = os.path.join(tmp, "ours-patterns.gguf")
+    subprocess.run([args.lora, "import", pat, "--name", "patterns", "--base", base_dir], check=True, env=lenv,
+                   capture_output=True)
+    subprocess.run([args.lora, "export", "patterns", "--format", "gguf", "--base", base_dir, "-o", ours_pat],
+                   check=True, env=lenv)
+    res["patterns"] = {"ppl_peft_merged": ppl(binary, merged_gguf, txt),
+                       "ppl_lora_export": ppl(binary, base_gguf, txt, ours_pat),
+                       "ppl_converter": ppl(binary, base_gguf, txt, os.path.join(OUT, "patterns.gguf"))}
+    rp = res["patterns"]
+    rp["rel_diff_ours_vs_merged"] = abs(rp["ppl_lora_export"] - rp["ppl_peft_merged"]) / rp["ppl_peft_merged"]
     print(json.dumps(res, indent=1))
     if res["rel_diff"] > 1e-4 or not res["ppl_lora_export"] < res["ppl_base"]:
         sys.exit("gguf_oracle: perplexity check failed")
+    if rp["rel_diff_ours_vs_merged"] > 1e-4:
+        sys.exit("gguf_oracle: patterns perplexity differs from the merged model's")
     return res
 
 

@@ -16,6 +16,8 @@ It writes into tests/fixtures/gguf/:
   plain.gguf            convert_lora_to_gguf.py --outtype f32 of plain/
   patterns/             use_rslora + rank_pattern + alpha_pattern (q,k,v,o,down)
   patterns.gguf         the converter's output for patterns/ (see below)
+  base-qwen2/, qwen2/,  a tiny Qwen2ForCausalLM (bf16, q/k/v biases) and an all-linear
+  qwen2.gguf            adapter on it: architecture "qwen2", no q/k row permutation
   expected.json         per variant: the KV set of the converter's file (key,
                         GGUF type, value), and per tensor name, ggml dims, ggml
                         type; for patterns, per module the factor by which the
@@ -117,6 +119,21 @@ def tiny_llama(seed):
     return m
 
 
+def tiny_qwen2(seed):
+    """Qwen2 (q/k/v biases, no rotary row permutation in llama.cpp's converter), saved as bf16."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(seed)
+    tok_cfg = json.load(open(os.path.join(TOK, "config.json")))
+    cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=tok_cfg["vocab_size"], max_position_embeddings=256,
+                      tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    m = Qwen2ForCausalLM(cfg).to(torch.bfloat16)
+    m.name_or_path = BASE_NAME + "-qwen2"
+    m.config._name_or_path = BASE_NAME + "-qwen2"
+    return m
+
+
 def save_base(model, d):
     os.makedirs(d, exist_ok=True)
     model.save_pretrained(d, safe_serialization=True)
@@ -130,8 +147,8 @@ def save_base(model, d):
 def make_adapter(base_dir, name, seed, **lcfg):
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaForCausalLM
-    model = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     model.name_or_path = BASE_NAME
     torch.manual_seed(seed)
     pm = get_peft_model(model, LoraConfig(init_lora_weights=False, lora_dropout=0.0, **lcfg))
@@ -335,19 +352,26 @@ def main():
     if os.path.exists(base_dir):
         shutil.rmtree(base_dir)
     save_base(tiny_llama(seed=1), base_dir)
+    qwen_dir = os.path.join(OUT, "base-qwen2")
+    if os.path.exists(qwen_dir):
+        shutil.rmtree(qwen_dir)
+    save_base(tiny_qwen2(seed=2), qwen_dir)
 
     variants = {
         "plain": dict(r=4, lora_alpha=8, target_modules=ALL_LINEAR),
         "patterns": dict(r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"],
                          rank_pattern={"k_proj": 2, "model.layers.1.self_attn.q_proj": 8},
                          alpha_pattern={"v_proj": 3, "down_proj": 12}),
+        "qwen2": dict(r=4, lora_alpha=16, target_modules=ALL_LINEAR),
     }
+    bases = {"qwen2": qwen_dir}
     expected = {"versions": versions(args.llama_cpp), "base": BASE_NAME, "variants": {}}
     for i, (name, lc) in enumerate(variants.items()):
-        pm, d = make_adapter(base_dir, name, seed=10 + i, **lc)
+        bd = bases.get(name, base_dir)
+        pm, d = make_adapter(bd, name, seed=10 + i, **lc)
         # PEFT keeps the f32 factors; the fixtures store them as saved.
         g = os.path.join(OUT, name + ".gguf")
-        convert(args.llama_cpp, base_dir, d, g)
+        convert(args.llama_cpp, bd, d, g)
         _, kvs, tensors = read_gguf(g)
         v = {"kv": [k for k in kvs if k["key"] in ("general.architecture", "general.type", "adapter.type",
                                                   "adapter.lora.alpha")],
@@ -357,6 +381,10 @@ def main():
         print(f"{name}: {len(tensors)} tensors, {os.path.getsize(g)} bytes")
     if args.perplexity:
         expected["perplexity"] = perplexity(args, base_dir)
+    elif os.path.exists(os.path.join(OUT, "expected.json")):
+        old = json.load(open(os.path.join(OUT, "expected.json")))
+        if "perplexity" in old:
+            expected["perplexity"] = old["perplexity"]
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1, sort_keys=True)
         f.write("\n")

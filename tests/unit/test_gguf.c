@@ -26,15 +26,26 @@
 
 static char tmpdir[] = "/tmp/test_gguf.XXXXXX";
 
-static struct lora_model *open_base(void)
+/* the base of a variant: Llama, or Qwen2 for "qwen2" */
+static const char *base_of(const char *variant)
+{
+	return strcmp(variant, "qwen2") ? "gguf/base" : "gguf/base-qwen2";
+}
+
+static struct lora_model *open_base_rel(const char *rel)
 {
 	struct lora_err err = { 0 };
 	struct lora_model *m = NULL;
-	char *p = t_fixture("gguf/base");
+	char *p = t_fixture(rel);
 	if (lora_model_open(p, 1, &m, &err) < 0)
 		fprintf(stderr, "  %s\n", err.msg);
 	free(p);
 	return m;
+}
+
+static struct lora_model *open_base(void)
+{
+	return open_base_rel("gguf/base");
 }
 
 static struct lora_peft *open_adapter(const char *v)
@@ -62,7 +73,7 @@ static struct lora_gguf *open_gguf(const char *path)
 static char *export_to(const char *variant)
 {
 	struct lora_err err = { 0 };
-	struct lora_model *m = open_base();
+	struct lora_model *m = open_base_rel(base_of(variant));
 	struct lora_peft *a = open_adapter(variant);
 	char *out = malloc(strlen(tmpdir) + 32);
 	sprintf(out, "%s/%s.gguf", tmpdir, variant);
@@ -186,6 +197,8 @@ out:
 
 TEST(plain_matches_converter_bytes) { compare_to_converter("plain", 1); }
 TEST(patterns_fold_scale_into_b) { compare_to_converter("patterns", 0); }
+/* Qwen2: architecture "qwen2", and no q/k row permutation (bytes equal only if we do not permute) */
+TEST(qwen2_matches_converter_bytes) { compare_to_converter("qwen2", 1); }
 
 /* the converter's own file parses, and says what llama.cpp checks */
 TEST(reads_converter_file)
@@ -208,7 +221,7 @@ TEST(reads_converter_file)
 static void round_trip(const char *variant, double tol)
 {
 	struct lora_err err = { 0 };
-	struct lora_model *m = open_base();
+	struct lora_model *m = open_base_rel(base_of(variant));
 	struct lora_peft *a = open_adapter(variant), *b = NULL;
 	char *g = export_to(variant), dir[256];
 
@@ -250,6 +263,7 @@ out:
 
 TEST(round_trip_plain_exact) { round_trip("plain", 1e-15); }
 TEST(round_trip_patterns_delta_w) { round_trip("patterns", 2e-7); }
+TEST(round_trip_qwen2_exact) { round_trip("qwen2", 1e-15); }
 
 TEST(converter_file_imports)
 {
@@ -472,8 +486,10 @@ int main(void)
 	RUN(reads_converter_file);
 	RUN(plain_matches_converter_bytes);
 	RUN(patterns_fold_scale_into_b);
+	RUN(qwen2_matches_converter_bytes);
 	RUN(round_trip_plain_exact);
 	RUN(round_trip_patterns_delta_w);
+	RUN(round_trip_qwen2_exact);
 	RUN(converter_file_imports);
 	RUN(refusals_name_the_module);
 	RUN(hostile_truncations_and_flips);

@@ -26,7 +26,7 @@
 CMD(keygen) WEAK; CMD(trust) WEAK; CMD(import) WEAK; CMD(export) WEAK; CMD(list) WEAK;
 CMD(verify) WEAK; CMD(rm) WEAK; CMD(tag) WEAK; CMD(diff) WEAK; CMD(merge) WEAK; CMD(swap) WEAK;
 CMD(train) WEAK; CMD(eval) WEAK; CMD(plan) WEAK; CMD(generate) WEAK; CMD(tokenize) WEAK;
-CMD(combine) WEAK; CMD(extract) WEAK;
+CMD(combine) WEAK; CMD(extract) WEAK; CMD(push) WEAK; CMD(pull) WEAK;
 static CMD(help);
 
 static const struct cmd_def commands[] = {
@@ -56,6 +56,18 @@ static const struct cmd_def commands[] = {
 	  "lora export REF -o PATH [--format lora|peft]",
 	  "  -o, --output PATH   the .lora file ('-' for stdout) or the folder to write\n"
 	  "  --format lora|peft  a package (default) or a PEFT folder\n" },
+	{ "push", cmd_push, CMD_NEED_STORE, "send a stored adapter to an OCI registry",
+	  "lora push REF HOST[:PORT]/REPOSITORY[:TAG] [--insecure] [--chunk-size BYTES] [--json]",
+	  "  --insecure          plain http (loopback hosts may use it without this)\n"
+	  "  --chunk-size BYTES  upload blobs larger than this in chunks of it (64 MiB)\n"
+	  "  --json              one JSON document on stdout\n" },
+	{ "pull", cmd_pull, CMD_NEED_STORE, "fetch an adapter from an OCI registry into the store",
+	  "lora pull HOST[:PORT]/REPOSITORY[:TAG|@sha256:DIGEST] [--name NAME[:TAG]] [--insecure] [--allow-untrusted] [--json]",
+	  "  --name NAME[:TAG]   store it under this name (default: the repository's last\n"
+	  "                      component and the tag)\n"
+	  "  --insecure          plain http (loopback hosts may use it without this)\n"
+	  "  --allow-untrusted   accept an unsigned adapter or an unknown signer\n"
+	  "  --json              one JSON document on stdout\n" },
 	{ "list", cmd_list, CMD_NEED_STORE, "list the adapters in the store",
 	  "lora list [--json]",
 	  "  --json        one JSON document on stdout\n" },

@@ -1817,6 +1817,20 @@ static void store_gc(const char *store, int blocking)
 	}
 	closedir(d);
 	d = NULL;
+	/* index.json written aside by a process killed before its rename (we hold the index lock) */
+	if ((d = opendir(store))) {
+		while ((de = readdir(d))) {
+			char *p;
+			if (strncmp(de->d_name, ".index.json.tmp.", 16))
+				continue;
+			p = lora_path_join(store, de->d_name);
+			if (p)
+				unlink(p);
+			free(p);
+		}
+		closedir(d);
+		d = NULL;
+	}
 	td = spath(store, "tmp");
 	if (td && (d = opendir(td))) {
 		while ((de = readdir(d))) {

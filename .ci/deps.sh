@@ -4,7 +4,8 @@
 # when everything is there.
 set -e
 PKGS="make gcc pkg-config libc6-dev libarchive-dev libssl-dev libcjson-dev libopenblas-dev
-      liblapacke-dev libpcre2-dev openssh-client tar coreutils groff-base jq"
+      liblapacke-dev libpcre2-dev libcurl4-openssl-dev openssh-client tar coreutils groff-base jq
+      docker-registry apache2-utils curl"
 # Optional tools the tests use when present (skopeo for OCI interop,
 # rsvg-convert for loss plots); installed where the registry has them.
 OPT_PKGS="skopeo librsvg2-bin"

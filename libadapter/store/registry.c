@@ -663,6 +663,9 @@ static int http_once(struct reg *r, int method, const char *url, const char *con
 	curl_easy_setopt(r->h, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(r->h, CURLOPT_LOW_SPEED_TIME, timeout);
 	curl_easy_setopt(r->h, CURLOPT_USERAGENT, "lora/" LORA_VERSION);
+	/* large buffers: a blob moves in few callbacks (hash and write in big pieces) */
+	curl_easy_setopt(r->h, CURLOPT_BUFFERSIZE, 1L << 20);
+	curl_easy_setopt(r->h, CURLOPT_UPLOAD_BUFFERSIZE, 2L << 20);
 	curl_easy_setopt(r->h, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(r->h, CURLOPT_HEADERDATA, rs);
 	curl_easy_setopt(r->h, CURLOPT_WRITEFUNCTION, on_write);

@@ -17,15 +17,17 @@ static void on_progress(void *ctx, double done, double total)
 	cmd_progress_update(p, done, NULL);
 }
 
-CMD(pull)
+static const struct cmd_opt opts[] = {
+	{ "name", 'n', "NAME[:TAG]", "store it under this name (default: the repository's last\n"
+				     "component and the tag)", 'n', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ "insecure", 0, NULL, "plain http (loopback hosts may use it without this)", 'i', 0, 0 },
+	{ "allow-untrusted", 0, NULL, "accept an unsigned adapter or an unknown signer", 'u', 0, 0 },
+	{ "json", 0, NULL, "one JSON document on stdout", 'j', 0, 0 },
+	{ 0 }
+};
+
+static CMD(pull)
 {
-	static const struct option longopts[] = {
-		{ "name", required_argument, NULL, 'n' },
-		{ "insecure", no_argument, NULL, 'i' },
-		{ "allow-untrusted", no_argument, NULL, 'u' },
-		{ "json", no_argument, NULL, 'j' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct lora_err err = { 0 };
 	struct lora_registry_opts o = { 0 };
 	struct lora_pull_result res;
@@ -34,7 +36,7 @@ CMD(pull)
 	char *cfg;
 	int c, json = 0, allow = 0, rc;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "n:", longopts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'n': name = optarg; break;
 		case 'i': o.insecure = 1; break;
@@ -70,3 +72,9 @@ CMD(pull)
 	printf("%s %s\n", res.ref, res.digest);
 	return 0;
 }
+
+const struct cmd_def cmd_pull_entry = {
+	"pull", cmd_pull, CMD_NEED_STORE, "fetch an adapter from an OCI registry into the store",
+	"lora pull HOST[:PORT]/REPOSITORY[:TAG|@sha256:DIGEST] [--name NAME[:TAG]] [--insecure] [--allow-untrusted] [--json]",
+	opts, 22, NULL
+};

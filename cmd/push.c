@@ -17,14 +17,15 @@ static void on_progress(void *ctx, double done, double total)
 	cmd_progress_update(p, done, NULL);
 }
 
-CMD(push)
+static const struct cmd_opt opts[] = {
+	{ "insecure", 0, NULL, "plain http (loopback hosts may use it without this)", 'i', 0, 0 },
+	{ "chunk-size", 0, "BYTES", "upload blobs larger than this in chunks of it (64 MiB)", 'c', 0, 0 },
+	{ "json", 0, NULL, "one JSON document on stdout", 'j', 0, 0 },
+	{ 0 }
+};
+
+static CMD(push)
 {
-	static const struct option longopts[] = {
-		{ "insecure", no_argument, NULL, 'i' },
-		{ "chunk-size", required_argument, NULL, 'c' },
-		{ "json", no_argument, NULL, 'j' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct lora_err err = { 0 };
 	struct lora_registry_opts o = { 0 };
 	struct lora_push_result res;
@@ -33,11 +34,11 @@ CMD(push)
 	long chunk = 0;
 	int c, json = 0, rc;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "", longopts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'i': o.insecure = 1; break;
 		case 'c':
-			if (cmd_parse_long(ctx, "--chunk-size", optarg, 1024, 1L << 40, &chunk) < 0)
+			if (cmd_optarg_long(ctx, 1024, 1L << 40, &chunk) < 0)
 				return 2;
 			break;
 		case 'j': json = 1; break;
@@ -74,3 +75,9 @@ CMD(push)
 	       res.n_blobs, (unsigned long long)res.bytes_uploaded);
 	return 0;
 }
+
+const struct cmd_def cmd_push_entry = {
+	"push", cmd_push, CMD_NEED_STORE, "send a stored adapter to an OCI registry",
+	"lora push REF HOST[:PORT]/REPOSITORY[:TAG] [--insecure] [--chunk-size BYTES] [--json]",
+	opts, 22, NULL
+};

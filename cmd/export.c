@@ -7,20 +7,22 @@
 #include "libadapter/store/gguf_export.h"
 #include "libadapter/store/store.h"
 
-CMD(export)
+static const struct cmd_opt opts[] = {
+	{ "output", 'o', "PATH", "the .lora file ('-' for stdout), the folder or the .gguf file to write", 'o', 0, 0 },
+	{ "format", 'f', "FORMAT", "lora (a package, default), peft (a folder), gguf (a llama.cpp\n"
+				   "LoRA adapter) or ollama (adapter.gguf and a Modelfile)", 'f', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ "base", 'b', "DIR", "the base model folder (gguf, ollama): names, heads, fingerprint", 'b', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ "from", 0, "MODEL", "the Modelfile's FROM (ollama; default: the absolute --base path)", 'F', 0, 0 },
+	{ 0 }
+};
+
+static CMD(export)
 {
-	static const struct option longopts[] = {
-		{ "output", required_argument, NULL, 'o' },
-		{ "format", required_argument, NULL, 'f' },
-		{ "base", required_argument, NULL, 'b' },
-		{ "from", required_argument, NULL, 'F' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct lora_err err = { 0 };
 	const char *out = NULL, *format = NULL, *base = NULL, *from = NULL;
 	int c, rc;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "o:f:b:", longopts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'o': out = optarg; break;
 		case 'f': format = optarg; break;
@@ -55,11 +57,19 @@ CMD(export)
 			return cmd_usage(ctx, "--format %s writes a %s; give -o %s", format,
 					 *format == 'g' ? "file" : "folder", *format == 'g' ? "FILE.gguf" : "DIR");
 		if (*format == 'g')
-			rc = lora_store_export_gguf(ctx->store, argv[optind], base, out, &err);
+			rc = lora_store_export_gguf(ctx->store, ctx->tmp_dir, argv[optind], base, out, &err);
 		else
-			rc = lora_store_export_ollama(ctx->store, argv[optind], base, from, out, &err);
+			rc = lora_store_export_ollama(ctx->store, ctx->tmp_dir, argv[optind], base, from, out, &err);
 	} else {
 		return cmd_usage(ctx, "bad value '%s' for --format (lora, peft, gguf or ollama)", format);
 	}
 	return rc < 0 ? cmd_fail(&err) : 0;
 }
+
+const struct cmd_def cmd_export_entry = {
+	"export", cmd_export, CMD_NEED_STORE, "write a stored adapter as a .lora file or PEFT folder",
+	"lora export REF -o PATH [--format lora|peft]\n"
+	"lora export REF -o FILE.gguf --format gguf --base DIR\n"
+	"lora export REF -o DIR --format ollama --base DIR [--from MODEL]",
+	opts, 22, NULL
+};

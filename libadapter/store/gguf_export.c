@@ -51,15 +51,15 @@ static int check_base(const struct lora_adapter_src *a, const struct lora_model 
 	return 0;
 }
 
-int lora_store_export_gguf(const char *store_dir, const char *spec, const char *base_dir, const char *out_path,
-			   struct lora_err *err)
+int lora_store_export_gguf(const char *store_dir, const char *tmp_dir, const char *spec, const char *base_dir,
+			   const char *out_path, struct lora_err *err)
 {
 	struct lora_adapter_src a = { 0 };
 	struct lora_model *m = NULL;
 	char name[256];
 	int rc = -1;
 
-	if (lora_adapter_open(store_dir, spec, &a, err) < 0)
+	if (lora_adapter_open(store_dir, tmp_dir, spec, &a, err) < 0)
 		return -1;
 	if (lora_model_open(base_dir, 1, &m, err) < 0 || check_base(&a, m, err) < 0)
 		goto out;
@@ -94,8 +94,8 @@ static int dir_usable(const char *dir, struct lora_err *err)
 	return 0;
 }
 
-int lora_store_export_ollama(const char *store_dir, const char *spec, const char *base_dir, const char *from,
-			     const char *out_dir, struct lora_err *err)
+int lora_store_export_ollama(const char *store_dir, const char *tmp_dir, const char *spec, const char *base_dir,
+			     const char *from, const char *out_dir, struct lora_err *err)
 {
 	char absbase[PATH_MAX], *gg = NULL, *mf = NULL, *txt = NULL;
 	size_t n;
@@ -121,7 +121,7 @@ int lora_store_export_ollama(const char *store_dir, const char *spec, const char
 		lora_errf(err, "out of memory");
 		goto out;
 	}
-	if (lora_store_export_gguf(store_dir, spec, base_dir, gg, err) < 0)
+	if (lora_store_export_gguf(store_dir, tmp_dir, spec, base_dir, gg, err) < 0)
 		goto out;
 	snprintf(txt, n, "# lora export --format ollama of %s; ollama create NAME -f Modelfile\nFROM %s\n"
 		 "ADAPTER ./adapter.gguf\n", spec, from);

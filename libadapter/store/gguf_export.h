@@ -20,16 +20,16 @@
 #include "libadapter/store/store.h"
 
 /* REF as a llama.cpp LoRA GGUF file; base_dir is the base model folder (config and tensors). */
-int lora_store_export_gguf(const char *store_dir, const char *spec, const char *base_dir, const char *out_path,
-			   struct lora_err *err);
+int lora_store_export_gguf(const char *store_dir, const char *tmp_dir, const char *spec, const char *base_dir,
+			   const char *out_path, struct lora_err *err);
 
 /*
  * REF as an Ollama folder out_dir (must not exist or be empty): adapter.gguf
  * and a Modelfile whose FROM is `from` (an Ollama model name such as
  * "llama3.2:1b", or a path), or the absolute path of base_dir when NULL.
  */
-int lora_store_export_ollama(const char *store_dir, const char *spec, const char *base_dir, const char *from,
-			     const char *out_dir, struct lora_err *err);
+int lora_store_export_ollama(const char *store_dir, const char *tmp_dir, const char *spec, const char *base_dir,
+			     const char *from, const char *out_dir, struct lora_err *err);
 
 /*
  * Import a llama.cpp LoRA GGUF file as ref (NAME[:TAG]), signed like a

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/ops_cpu.h"
 #include "train/pool.h"
 
 /*
@@ -1168,3 +1169,68 @@ const struct lora_backend lora_backend_cpu = {
 	.run = cpu_run,
 	.release = cpu_release,
 };
+
+/* ------------------------------------------------------------ single ops (train/ops_cpu.h) */
+
+/* The loops above on whole arrays, on the calling thread: the CUDA kernels' twins. */
+
+void lora_cpu_rmsnorm(const float *x, const float *w, int N, int C, float eps, float *y, float *rstd)
+{
+	struct norm_job j = {x, w, NULL, y, rstd, C, eps, 0};
+	rmsnorm_part(&j, 0, (size_t)N, 0);
+}
+
+void lora_cpu_rmsnorm_bwd(const float *x, const float *w, const float *rstd, const float *dy, int N, int C,
+			  float *dx, int accumulate)
+{
+	struct norm_job j = {x, w, dy, dx, (float *)rstd, C, 0.0f, accumulate};
+	rmsnorm_bwd_part(&j, 0, (size_t)N, 0);
+}
+
+void lora_cpu_rope_tables(const float *inv_freq, int D, int T, float *cosb, float *sinb)
+{
+	struct lora_net n;
+
+	memset(&n, 0, sizeof(n));
+	n.D = D;
+	n.inv_freq = (float *)inv_freq;
+	rope_tables(&n, T, cosb, sinb);
+}
+
+void lora_cpu_to_heads(const float *src, int ld, float *dst, int B, int T, int nh, int D, const float *cosb,
+		       const float *sinb, int rope)
+{
+	struct heads_job j = {src, dst, ld, T, nh, D, cosb, sinb, rope};
+	to_heads_part(&j, 0, (size_t)B * T, 0);
+}
+
+void lora_cpu_from_heads(const float *src, float *dst, int ld, int B, int T, int nh, int D,
+			 const float *cosb, const float *sinb, int rope)
+{
+	struct heads_job j = {src, dst, ld, T, nh, D, cosb, sinb, rope};
+	from_heads_part(&j, 0, (size_t)B * T, 0);
+}
+
+void lora_cpu_swiglu(const float *gu, int N, int F, float *act)
+{
+	struct glu_job j = {gu, NULL, act, NULL, F};
+	swiglu_part(&j, 0, (size_t)N, 0);
+}
+
+void lora_cpu_swiglu_bwd(const float *gu, const float *dact, int N, int F, float *dgu)
+{
+	struct glu_job j = {gu, dact, NULL, dgu, F};
+	swiglu_bwd_part(&j, 0, (size_t)N, 0);
+}
+
+void lora_cpu_add(const float *a, const float *b, float *y, size_t n)
+{
+	struct ew e = {EW_ADD, a, b, y};
+	ew_part(&e, 0, n, 0);
+}
+
+void lora_cpu_addmul(const float *a, const float *b, float *y, size_t n)
+{
+	struct ew e = {EW_ADDMUL, a, b, y};
+	ew_part(&e, 0, n, 0);
+}

@@ -1,7 +1,10 @@
 // simt.cc - the fiber scheduler behind tests/simt/simt.h (see there).
 //
-// A block is n fibers on ucontext stacks, run round-robin by the calling
+// A block is n fibers on their own stacks, run round-robin by the calling
 // thread: a fiber runs until it waits (barrier or warp rendezvous) or ends.
+// On x86-64 a fiber switch is a few instructions (simt_switch below: the
+// callee-saved registers and the FP control words, no system call); elsewhere
+// ucontext, whose swapcontext also saves the signal mask (a system call each).
 // When no fiber can run: if every live fiber waits at the barrier, all are
 // released; otherwise the block is stuck, which aborts with its state.
 #include "tests/simt/simt.h"
@@ -11,6 +14,29 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <vector>
+
+#if defined(__x86_64__)
+#define SIMT_FAST_SWITCH 1
+// Save the callee-saved registers, MXCSR and the x87 control word on this
+// stack, store its pointer in *from, and resume the stack at to.
+extern "C" void simt_switch(void **from, void *to);
+asm(".text\n"
+    ".globl simt_switch\n"
+    ".type simt_switch,@function\n"
+    "simt_switch:\n"
+    "\tpushq %rbp\n\tpushq %rbx\n\tpushq %r12\n\tpushq %r13\n\tpushq %r14\n\tpushq %r15\n"
+    "\tsubq $8, %rsp\n\tstmxcsr (%rsp)\n\tfnstcw 4(%rsp)\n"
+    "\tmovq %rsp, (%rdi)\n"
+    "\tmovq %rsi, %rsp\n"
+    "\tldmxcsr (%rsp)\n\tfldcw 4(%rsp)\n\taddq $8, %rsp\n"
+    "\tpopq %r15\n\tpopq %r14\n\tpopq %r13\n\tpopq %r12\n\tpopq %rbx\n\tpopq %rbp\n"
+    "\tret\n"
+    ".size simt_switch, .-simt_switch\n"
+    ".section .note.GNU-stack,\"\",@progbits\n"
+    ".text\n");
+#else
+#define SIMT_FAST_SWITCH 0
+#endif
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -56,7 +82,8 @@ constexpr size_t kMaxShared = 227 << 10;   // sm_90's opt-in maximum per block
 enum State { RUN, AT_BARRIER, AT_WARP, DONE };
 
 struct Fiber {
-	ucontext_t ctx;
+	ucontext_t ctx;                 // without the fast switch
+	void *sp = nullptr;             // with it: the saved stack pointer
 	void *stack = nullptr;
 	State state = RUN;
 	uint3 tid;
@@ -79,6 +106,7 @@ struct Block {
 	unsigned n = 0;
 	unsigned cur = 0;
 	ucontext_t sched;
+	void *sched_sp = nullptr;
 	void (*body)(void *) = nullptr;
 	void *arg = nullptr;
 	const void *sched_bottom = nullptr;   // the scheduler's stack, for ASan
@@ -123,7 +151,11 @@ void yield()
 #if SIMT_ASAN
 	__sanitizer_start_switch_fiber(&me.fake, b->sched_bottom, b->sched_size);
 #endif
+#if SIMT_FAST_SWITCH
+	simt_switch(&me.sp, b->sched_sp);
+#else
 	swapcontext(&me.ctx, &b->sched);
+#endif
 #if SIMT_ASAN
 	__sanitizer_finish_switch_fiber(me.fake, nullptr, nullptr);
 #endif
@@ -142,7 +174,13 @@ void fiber_main()
 #if SIMT_ASAN
 	__sanitizer_start_switch_fiber(nullptr, b->sched_bottom, b->sched_size);
 #endif
+#if SIMT_FAST_SWITCH
+	void *dead;
+	simt_switch(&dead, b->sched_sp);
+#else
 	setcontext(&b->sched);
+#endif
+	abort();   // never resumed
 }
 
 void switch_to(Block *b, unsigned i)
@@ -154,7 +192,11 @@ void switch_to(Block *b, unsigned i)
 #if SIMT_ASAN
 	__sanitizer_start_switch_fiber(&b->sched_fake, f.stack, kStack);
 #endif
+#if SIMT_FAST_SWITCH
+	simt_switch(&b->sched_sp, f.sp);
+#else
 	swapcontext(&b->sched, &f.ctx);
+#endif
 #if SIMT_ASAN
 	__sanitizer_finish_switch_fiber(b->sched_fake, nullptr, nullptr);
 #endif
@@ -177,11 +219,24 @@ void run_block(Block *b, bool reverse)
 
 		f.state = RUN;
 		f.stack = stack_at(i);
+#if SIMT_FAST_SWITCH
+		/* What simt_switch pops, top down: a fake return address for fiber_main (so
+		 * it starts with the stack aligned as after a call), fiber_main for ret,
+		 * six registers, then MXCSR and the x87 control word. */
+		uint64_t *top = (uint64_t *)((char *)f.stack + kStack);
+		top[-1] = 0;
+		top[-2] = (uint64_t)(uintptr_t)&fiber_main;
+		for (int r = 3; r <= 8; r++)
+			top[-r] = 0;
+		top[-9] = 0x1f80u | (uint64_t)0x037fu << 32;
+		f.sp = &top[-9];
+#else
 		getcontext(&f.ctx);
 		f.ctx.uc_stack.ss_sp = f.stack;
 		f.ctx.uc_stack.ss_size = kStack;
 		f.ctx.uc_link = &b->sched;
 		makecontext(&f.ctx, fiber_main, 0);
+#endif
 	}
 	for (Warp &w : b->w)
 		w.arrived = 0;

@@ -1,0 +1,491 @@
+/*
+ * test_kernels.c - every CUDA kernel against its CPU twin (train/ops_cpu.h,
+ * train/nf4.c, train/optim.c), through the plugin's table (kernels/abi.h).
+ *
+ * Built twice from this one source: in `make check` over the CPU execution
+ * layer (tests/simt, the .cu files compiled by g++), and in `make check-cuda`
+ * linked against the real liblora_cuda.so, where the same cases and
+ * tolerances run on the GPU (and under compute-sanitizer).
+ *
+ * Each case draws fresh random inputs, fills the outputs with NaN (0xff
+ * bytes) before the kernel runs, and compares every element: |got - ref| <=
+ * tol, the tolerance stated beside each comparison from the arithmetic
+ * (u = 2^-24, the unit roundoff of fp32; a sum of k fp32 terms in any order
+ * is off by at most about k·u relative to the sum of their magnitudes).
+ * Shapes are odd on purpose: not multiples of a block or warp, one token,
+ * one element, several rows per block stride.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/abi.h"
+#include "libadapter/base/dtype.h"
+#include "tests/t.h"
+#include "train/nf4.h"
+#include "train/ops_cpu.h"
+#include "train/optim.h"
+
+#define U 0x1p-24   /* fp32 unit roundoff */
+
+static const struct lora_cuda_abi *K;
+
+/* ------------------------------------------------------------ helpers */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rnd64(void)
+{
+	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* uniform in [-a, a) */
+static float urand(float a)
+{
+	return (float)((double)(rnd64() >> 11) * 0x1p-53 * 2.0 - 1.0) * a;
+}
+
+static void fill(float *x, size_t n, float a)
+{
+	for (size_t i = 0; i < n; i++)
+		x[i] = urand(a);
+}
+
+static void *xmalloc(size_t bytes)
+{
+	void *p = malloc(bytes ? bytes : 1);
+	if (!p)
+		abort();
+	return p;
+}
+
+static void *dev(size_t bytes)
+{
+	void *p = NULL;
+	int st = K->malloc(&p, bytes);
+	if (st) {
+		fprintf(stderr, "device malloc of %zu bytes: %s\n", bytes, K->strerror(st));
+		abort();
+	}
+	return p;
+}
+
+static void *up(const void *host, size_t bytes)
+{
+	void *d = dev(bytes);
+	CHECK(K->memcpy(d, host, bytes, NULL) == 0);
+	return d;
+}
+
+/* NaN in every fp32 (and an all-ones pattern in anything else) */
+static void *poisoned(size_t bytes)
+{
+	void *d = dev(bytes);
+	CHECK(K->memset(d, 0xff, bytes, NULL) == 0);
+	return d;
+}
+
+static void down(void *host, const void *d, size_t bytes)
+{
+	CHECK(K->stream_sync(NULL) == 0);
+	CHECK(K->memcpy(host, d, bytes, NULL) == 0);
+	CHECK(K->stream_sync(NULL) == 0);
+}
+
+/* Elements with |got - ref| > abs + rel·|ref| (NaN counts), the first few printed. */
+static size_t cmp(const char *what, const float *got, const float *ref, size_t n, double abs_tol,
+		  double rel_tol, const double *tol_i)
+{
+	size_t bad = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		const double t = abs_tol + rel_tol * fabs(ref[i]) + (tol_i ? tol_i[i] : 0.0);
+		if (!(fabs((double)got[i] - (double)ref[i]) <= t)) {
+			if (bad < 4)
+				fprintf(stderr, "  %s[%zu] = %.9g, twin %.9g (tolerance %.3g)\n", what, i, got[i],
+					ref[i], t);
+			bad++;
+		}
+	}
+	if (bad)
+		fprintf(stderr, "  %s: %zu of %zu elements off\n", what, bad, n);
+	return bad;
+}
+
+/* ------------------------------------------------------------ the table */
+
+TEST(table)
+{
+	CHECK(K->version == LORA_CUDA_ABI_VERSION);
+	CHECK(K->size == sizeof(struct lora_cuda_abi));
+	/* every entry filled: the table is a row of function pointers after the header */
+	CHECK(K->query && K->strerror && K->malloc && K->memcpy && K->gemm && K->nf4_dequant && K->rmsnorm_fwd &&
+	      K->rmsnorm_bwd && K->rope_table && K->rope_fwd && K->rope_bwd && K->swiglu_fwd && K->swiglu_bwd &&
+	      K->add && K->addmul && K->grad_norm && K->adamw && K->merge_init && K->blas_create);
+	printf("  plugin: %s\n", K->build);
+}
+
+/* ------------------------------------------------------------ nf4 */
+
+/* Same operations in the same order as lora_nf4_dequant: equal bit for bit (tolerance 0). */
+static void nf4_case(uint64_t n, uint64_t start, uint64_t count)
+{
+	struct lora_nf4 q;
+	struct lora_err err = {0};
+	float *w = xmalloc(n * sizeof(float)), *ref = xmalloc(count * sizeof(float));
+	float *got = xmalloc(count * sizeof(float));
+	uint16_t *got16 = xmalloc(count * 2), *ref16 = xmalloc(count * 2);
+
+	for (uint64_t i = 0; i < n; i++)   /* blocks of very different scales */
+		w[i] = urand(1.0f) * (float)(1 + (i / 64) % 7) * 0.01f;
+	CHECKF(lora_nf4_quantize(&q, w, LORA_DT_F32, n, &err) == 0, "%s", err.msg);
+	lora_nf4_dequant(&q, start, count, ref);
+	for (uint64_t i = 0; i < count; i++)
+		ref16[i] = lora_f32_to_bf16(ref[i]);
+	{
+		uint8_t *pk = up(q.packed, (n + 1) / 2), *qa = up(q.qabsmax, q.nb);
+		float *a2 = up(q.absmax2, q.ng * sizeof(float)), *c8 = up(lora_code8, sizeof(lora_code8));
+		void *o = poisoned(count * sizeof(float)), *o16 = poisoned(count * 2);
+
+		CHECK(K->nf4_dequant(pk, qa, a2, q.offset, c8, start, count, o, 0, NULL) == 0);
+		CHECK(K->nf4_dequant(pk, qa, a2, q.offset, c8, start, count, o16, 1, NULL) == 0);
+		down(got, o, count * sizeof(float));
+		down(got16, o16, count * 2);
+		CHECKF(memcmp(got, ref, count * sizeof(float)) == 0, "n %llu [%llu, +%llu): fp32 differs",
+		       (unsigned long long)n, (unsigned long long)start, (unsigned long long)count);
+		CHECKF(memcmp(got16, ref16, count * 2) == 0, "n %llu: bf16 differs", (unsigned long long)n);
+		cmp("nf4", got, ref, count, 0.0, 0.0, NULL);
+		K->free(pk), K->free(qa), K->free(a2), K->free(c8), K->free(o), K->free(o16);
+	}
+	lora_nf4_free(&q);
+	free(w), free(ref), free(got), free(got16), free(ref16);
+}
+
+TEST(nf4_dequant)
+{
+	nf4_case(1, 0, 1);
+	nf4_case(63, 0, 63);                    /* one partial block */
+	nf4_case(64 * 257 + 37, 0, 64 * 257 + 37);   /* 258 blocks: two groups of absmax2, odd tail */
+	nf4_case(64 * 257 + 37, 101, 5000);     /* a window starting on a low nibble */
+	nf4_case(64 * 300, 64 * 256 - 3, 771);  /* across the group boundary */
+}
+
+/* ------------------------------------------------------------ rmsnorm */
+
+static void rmsnorm_case(int N, int C)
+{
+	const size_t nc = (size_t)N * C;
+	float *x = xmalloc(nc * 4), *w = xmalloc(C * 4), *dy = xmalloc(nc * 4), *dx0 = xmalloc(nc * 4);
+	float *y = xmalloc(nc * 4), *rs = xmalloc(N * 4), *dx = xmalloc(nc * 4);
+	float *gy = xmalloc(nc * 4), *grs = xmalloc(N * 4), *gdx = xmalloc(nc * 4);
+	double *tol = xmalloc(nc * sizeof(double));
+	const float eps = 1e-5f;
+	/* fp32 sums: a thread adds ceil(C/256) terms, then 5 + 3 butterfly/tree levels */
+	const double k = (double)((C + 255) / 256 + 8);
+
+	fill(x, nc, 2.0f);
+	fill(w, C, 1.5f);
+	fill(dy, nc, 1.0f);
+	fill(dx0, nc, 1.0f);
+	for (int n = 0; n < N; n += 3)   /* rows of another scale */
+		for (int i = 0; i < C; i++)
+			x[(size_t)n * C + i] *= 1e-3f;
+	lora_cpu_rmsnorm(x, w, N, C, eps, y, rs);
+	{
+		float *dxd = up(x, nc * 4), *dw = up(w, C * 4), *ddy = up(dy, nc * 4);
+		float *dyo = poisoned(nc * 4), *drs = poisoned(N * 4), *ddx = poisoned(nc * 4);
+
+		CHECK(K->rmsnorm_fwd(dxd, dw, N, C, eps, dyo, drs, NULL) == 0);
+		down(gy, dyo, nc * 4);
+		down(grs, drs, N * 4);
+		/* rstd: the sum of squares (positive terms) within k·u, the mean, the sqrt
+		 * (halves it) and the division: (k/2 + 3)·u relative.  y: two products more. */
+		CHECK(cmp("rstd", grs, rs, N, 0.0, (k / 2 + 3) * U, NULL) == 0);
+		CHECK(cmp("rmsnorm y", gy, y, nc, 0.0, (k / 2 + 5) * U, NULL) == 0);
+
+		for (int acc = 0; acc < 2; acc++) {
+			/* backward from the CPU's rstd, so only the dot product's sum differs */
+			float *drs_ref = up(rs, N * 4);
+			memcpy(dx, dx0, nc * 4);
+			lora_cpu_rmsnorm_bwd(x, w, rs, dy, N, C, dx, acc);
+			if (acc) {
+				K->free(ddx);
+				ddx = up(dx0, nc * 4);
+			}
+			CHECK(K->rmsnorm_bwd(dxd, dw, drs_ref, ddy, N, C, ddx, acc, NULL) == 0);
+			down(gdx, ddx, nc * 4);
+			/* dx = r·w·dy - x·kk, kk = r³·dot/C: dot's error is k·u of S = Σ|w·dy·x|
+			 * (terms of both signs: relative to S, not to dot); each term of dx is
+			 * then off by a few roundings of its own magnitude. */
+			for (int n = 0; n < N; n++) {
+				const float r = rs[n];
+				double S = 0.0;
+				for (int i = 0; i < C; i++)
+					S += fabs((double)w[i] * dy[(size_t)n * C + i] * x[(size_t)n * C + i]);
+				for (int i = 0; i < C; i++) {
+					const size_t j = (size_t)n * C + i;
+					const double t1 = fabs((double)r * w[i] * dy[j]);
+					const double t2 = fabs((double)x[j]) * r * r * r * S / C;
+					tol[j] = 4 * U * (t1 + t2 + (acc ? fabs(dx0[j]) : 0.0)) + (k + 6) * U * t2;
+				}
+			}
+			CHECK(cmp("rmsnorm dx", gdx, dx, nc, 0.0, 2 * U, tol) == 0);
+			K->free(drs_ref);
+		}
+		K->free(dxd), K->free(dw), K->free(ddy), K->free(dyo), K->free(drs), K->free(ddx);
+	}
+	free(x), free(w), free(dy), free(dx0), free(y), free(rs), free(dx), free(gy), free(grs), free(gdx), free(tol);
+}
+
+TEST(rmsnorm)
+{
+	rmsnorm_case(1, 1);
+	rmsnorm_case(3, 7);
+	rmsnorm_case(5, 300);       /* a thread holds 2 terms, most only 1 */
+	rmsnorm_case(17, 1000);
+	rmsnorm_case(2, 4099);      /* 17 terms per thread */
+}
+
+/* ------------------------------------------------------------ rope */
+
+static void rope_case(int B, int T, int nh, int D, int extra_cols)
+{
+	const int half = D / 2, ld = nh * D + extra_cols;
+	const size_t N = (size_t)B * T, ntok = N * ld, nhead = N * nh * D;
+	float *inv = xmalloc(half * 4), *cs = xmalloc((size_t)T * half * 4), *sn = xmalloc((size_t)T * half * 4);
+	float *gcs = xmalloc((size_t)T * half * 4), *gsn = xmalloc((size_t)T * half * 4);
+	float *src = xmalloc(ntok * 4), *hd = xmalloc(nhead * 4), *ref = xmalloc(nhead * 4), *got = xmalloc(nhead * 4);
+	float *tref = xmalloc(ntok * 4), *tgot = xmalloc(ntok * 4);
+
+	for (int i = 0; i < half; i++)
+		inv[i] = (float)pow(10000.0, -2.0 * i / D);
+	lora_cpu_rope_tables(inv, D, T, cs, sn);
+	fill(src, ntok, 1.0f);
+	fill(hd, nhead, 1.0f);
+	{
+		float *dinv = up(inv, half * 4), *dcs = poisoned((size_t)T * half * 4), *dsn = poisoned((size_t)T * half * 4);
+		float *ccs = up(cs, (size_t)T * half * 4), *csn = up(sn, (size_t)T * half * 4);
+		float *dsrc = up(src, ntok * 4), *dhd = up(hd, nhead * 4);
+
+		CHECK(K->rope_table(dinv, T, half, dcs, dsn, NULL) == 0);
+		down(gcs, dcs, (size_t)T * half * 4);
+		down(gsn, dsn, (size_t)T * half * 4);
+		/* cosf/sinf: 2 ulp on a GPU (CUDA guide, full range), < 1 ulp in glibc, of values
+		 * <= 1 and of the same argument inv_freq·t (one fp32 product on both): 4u absolute */
+		CHECK(cmp("rope cos", gcs, cs, (size_t)T * half, 4 * U, 0.0, NULL) == 0);
+		CHECK(cmp("rope sin", gsn, sn, (size_t)T * half, 4 * U, 0.0, NULL) == 0);
+
+		for (int rope = 0; rope < 2; rope++) {
+			/* from the CPU's tables the rotation is the same two products and a sum per
+			 * element, in the same order: equal (tolerance 0) */
+			float *o = poisoned(nhead * 4), *to = dev(ntok * 4);
+			lora_cpu_to_heads(src, ld, ref, B, T, nh, D, cs, sn, rope);
+			CHECK(K->rope_fwd(dsrc, ld, o, B, T, nh, D, ccs, csn, rope, NULL) == 0);
+			down(got, o, nhead * 4);
+			CHECK(cmp("rope fwd", got, ref, nhead, 0.0, 0.0, NULL) == 0);
+
+			/* backward writes only the head columns of each token row: those start
+			 * as NaN, the others as random values that must stay */
+			fill(tref, ntok, 1.0f);
+			for (size_t i = 0; i < ntok; i++)
+				if ((int)(i % ld) < nh * D)
+					memset(&tref[i], 0xff, 4);
+			CHECK(K->memcpy(to, tref, ntok * 4, NULL) == 0);
+			lora_cpu_from_heads(hd, tref, ld, B, T, nh, D, cs, sn, rope);
+			CHECK(K->rope_bwd(dhd, to, ld, B, T, nh, D, ccs, csn, rope, NULL) == 0);
+			down(tgot, to, ntok * 4);
+			CHECKF(memcmp(tgot, tref, ntok * 4) == 0, "rope bwd B %d T %d nh %d D %d rope %d", B, T, nh, D,
+			       rope);
+			K->free(o), K->free(to);
+		}
+		K->free(dinv), K->free(dcs), K->free(dsn), K->free(ccs), K->free(csn), K->free(dsrc), K->free(dhd);
+	}
+	free(inv), free(cs), free(sn), free(gcs), free(gsn), free(src), free(hd), free(ref), free(got), free(tref),
+		free(tgot);
+}
+
+TEST(rope)
+{
+	rope_case(1, 1, 1, 2, 0);       /* one token, one pair */
+	rope_case(2, 5, 3, 8, 16);      /* q inside a q|k|v row: ld > nh·D */
+	rope_case(3, 37, 2, 64, 64);
+	rope_case(1, 300, 1, 128, 0);   /* long positions: large cos/sin arguments */
+}
+
+/* ------------------------------------------------------------ swiglu */
+
+static void swiglu_case(int N, int F)
+{
+	const size_t nf = (size_t)N * F;
+	float *gu = xmalloc(2 * nf * 4), *da = xmalloc(nf * 4), *act = xmalloc(nf * 4), *gact = xmalloc(nf * 4);
+	float *dgu = xmalloc(2 * nf * 4), *gdgu = xmalloc(2 * nf * 4);
+	double *tol = xmalloc(2 * nf * sizeof(double));
+
+	fill(gu, 2 * nf, 8.0f);
+	fill(da, nf, 1.0f);
+	lora_cpu_swiglu(gu, N, F, act);
+	lora_cpu_swiglu_bwd(gu, da, N, F, dgu);
+	{
+		float *dg = up(gu, 2 * nf * 4), *dda = up(da, nf * 4), *o = poisoned(nf * 4), *o2 = poisoned(2 * nf * 4);
+
+		CHECK(K->swiglu_fwd(dg, N, F, o, NULL) == 0);
+		CHECK(K->swiglu_bwd(dg, dda, N, F, o2, NULL) == 0);
+		down(gact, o, nf * 4);
+		down(gdgu, o2, 2 * nf * 4);
+		/* e^-g: the CPU's vexpf within 1e-7 relative, a GPU's expf within 2 ulp (2.4e-7);
+		 * 1/(1+e) carries that error at most, then 3 roundings: 4e-7 + 3u < 6e-7 */
+		CHECK(cmp("swiglu act", gact, act, nf, 1e-37, 6e-7, NULL) == 0);
+		/* backward: s within 4e-7 relative; d gate has 1 - s, whose error is 4e-7·s
+		 * absolute, times |g|: so |da·up|·(|g| + 1)·1e-6 absolute on top */
+		for (size_t n = 0; n < (size_t)N; n++)
+			for (int i = 0; i < F; i++) {
+				const double g = gu[n * 2 * F + i], u = gu[n * 2 * F + F + i], d = da[n * F + i];
+				tol[n * 2 * F + i] = fabs(d * u) * (fabs(g) + 1.0) * 1e-6;
+				tol[n * 2 * F + F + i] = 0.0;
+			}
+		CHECK(cmp("swiglu dgu", gdgu, dgu, 2 * nf, 1e-37, 8e-7, tol) == 0);
+		K->free(dg), K->free(dda), K->free(o), K->free(o2);
+	}
+	free(gu), free(da), free(act), free(gact), free(dgu), free(gdgu), free(tol);
+}
+
+TEST(swiglu)
+{
+	swiglu_case(1, 1);
+	swiglu_case(3, 37);
+	swiglu_case(7, 1001);
+}
+
+/* ------------------------------------------------------------ residual */
+
+static void ew_case(size_t n)
+{
+	float *a = xmalloc(n * 4), *b = xmalloc(n * 4), *y = xmalloc(n * 4), *y0 = xmalloc(n * 4), *g = xmalloc(n * 4);
+
+	fill(a, n, 3.0f);
+	fill(b, n, 3.0f);
+	fill(y0, n, 3.0f);
+	{
+		float *da = up(a, n * 4), *db = up(b, n * 4), *dy = poisoned(n * 4);
+
+		/* one rounding each, as the CPU: equal (tolerance 0) */
+		lora_cpu_add(a, b, y, n);
+		CHECK(K->add(da, db, dy, n, NULL) == 0);
+		down(g, dy, n * 4);
+		CHECK(cmp("add", g, y, n, 0.0, 0.0, NULL) == 0);
+		memcpy(y, y0, n * 4);
+		lora_cpu_addmul(a, b, y, n);
+		CHECK(K->memcpy(dy, y0, n * 4, NULL) == 0);
+		CHECK(K->addmul(da, db, dy, n, NULL) == 0);
+		down(g, dy, n * 4);
+		CHECK(cmp("addmul", g, y, n, 0.0, 0.0, NULL) == 0);
+		K->free(da), K->free(db), K->free(dy);
+	}
+	free(a), free(b), free(y), free(y0), free(g);
+}
+
+TEST(residual)
+{
+	ew_case(1);
+	ew_case(1000);
+	ew_case(256 * 65535 + 77);   /* more than one grid-stride pass */
+}
+
+/* ------------------------------------------------------------ clipping + AdamW */
+
+static void adamw_case(size_t n, double max_norm, double wd, float gscale)
+{
+	struct lora_optim_cfg cfg;
+	struct lora_adamw opt;
+	struct lora_err err = {0};
+	float *p = xmalloc(n * 4), *g = xmalloc(n * 4), *gc = xmalloc(n * 4);
+	float *gp = xmalloc(n * 4), *gm = xmalloc(n * 4), *gv = xmalloc(n * 4);
+	float *dp, *dg, *dm, *dv, *dcoef, coef;
+	double *dscr, *dnorm, norm;
+
+	lora_optim_defaults(&cfg);
+	cfg.max_grad_norm = max_norm;
+	cfg.weight_decay = wd;
+	fill(p, n, 0.1f);
+	CHECK(lora_adamw_init(&opt, n, &err) == 0);
+	dp = up(p, n * 4);
+	dm = dev(n * 4);
+	dv = dev(n * 4);
+	CHECK(K->memset(dm, 0, n * 4, NULL) == 0 && K->memset(dv, 0, n * 4, NULL) == 0);
+	dg = dev(n * 4);
+	dscr = dev(LORA_CUDA_NORM_BLOCKS * sizeof(double));
+	dnorm = dev(sizeof(double));
+	dcoef = dev(sizeof(float));
+	for (int step = 0; step < 3; step++) {
+		const double lr = 1e-3 * (step + 1);
+		struct lora_cuda_adamw k;
+		double cpu_norm;
+
+		fill(g, n, gscale);
+		memcpy(gc, g, n * 4);
+		CHECK(K->memcpy(dg, g, n * 4, NULL) == 0);
+		CHECK(K->memset(dnorm, 0xff, sizeof(double), NULL) == 0 && K->memset(dcoef, 0xff, 4, NULL) == 0);
+		cpu_norm = lora_clip_grad_norm(gc, n, max_norm);
+		lora_adamw_step(&opt, &cfg, p, gc, lr);
+		lora_adamw_consts(&cfg, step + 1, lr, &k);
+		CHECK(K->grad_norm(dg, n, (float)max_norm, dscr, dnorm, dcoef, NULL) == 0);
+		CHECK(K->adamw(dp, dg, dm, dv, n, k, dcoef, NULL) == 0);
+		down(&norm, dnorm, sizeof(double));
+		down(&coef, dcoef, sizeof(float));
+		down(gp, dp, n * 4);
+		down(gm, dm, n * 4);
+		down(gv, dv, n * 4);
+		/* both sum g² in double, in another order: n·2^-53 relative */
+		CHECK_NEAR(norm, cpu_norm, 0.0, (double)(n + 8) * 0x1p-53);
+		/* fp32 norm rounds alike unless the doubles straddle a rounding point (then one
+		 * ulp of coef, 2u relative in the clipped gradient); everything else in AdamW is
+		 * the same operations in the same order: equal when coef is */
+		{
+			const float cpu_coef = (float)max_norm / ((float)cpu_norm + 1e-6f);
+			const int same = max_norm <= 0.0 || (float)norm == (float)cpu_norm;
+			if (max_norm > 0.0)
+				CHECK_NEAR(coef, cpu_coef, 0.0, same ? 0.0 : 2 * U);
+			else
+				CHECK(coef == 1.0f);
+			/* m and v after t steps: each step's gradient within 2u; p moves by at most lr
+			 * per step, its update within a few u of that: loose bound 16u·lr·t + 4u|p| */
+			CHECK(cmp("adamw m", gm, opt.m, n, 0.0, same ? 0.0 : 8 * U, NULL) == 0);
+			CHECK(cmp("adamw v", gv, opt.v, n, 0.0, same ? 0.0 : 8 * U, NULL) == 0);
+			CHECK(cmp("adamw p", gp, p, n, same ? 0.0 : 16 * U * 1e-3 * 6, same ? 0.0 : 4 * U, NULL) == 0);
+		}
+	}
+	K->free(dp), K->free(dg), K->free(dm), K->free(dv), K->free(dscr), K->free(dnorm), K->free(dcoef);
+	lora_adamw_free(&opt);
+	free(p), free(g), free(gc), free(gp), free(gm), free(gv);
+}
+
+TEST(adamw_clip)
+{
+	adamw_case(1, 1.0, 0.0, 1.0f);
+	adamw_case(1000, 1.0, 0.01, 1.0f);          /* clipped (norm ~18), weight decay */
+	adamw_case(100003, 1e9, 0.0, 1e-3f);        /* not clipped */
+	adamw_case(100003, 0.0, 0.1, 1.0f);         /* no clipping asked */
+	adamw_case(256 * 256 * 3 + 5, 0.5, 0.0, 2.0f);   /* several elements per thread in the norm */
+}
+
+int main(void)
+{
+	K = lora_cuda_plugin(LORA_CUDA_ABI_VERSION);
+	if (!K) {
+		printf("FAIL plugin_table\n");
+		return 1;
+	}
+	RUN(table);
+	RUN(nf4_dequant);
+	RUN(rmsnorm);
+	RUN(rope);
+	RUN(swiglu);
+	RUN(residual);
+	RUN(adamw_clip);
+	return t_done();
+}

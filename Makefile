@@ -49,7 +49,7 @@ LDFLAGS   += $(SANFLAGS)
 # (__fmaf_rn).  Only lora_cuda_plugin is exported (-fvisibility=hidden).
 CU_ARCHS  ?= 80 86 89 90 120
 CU_GENCODE := $(foreach a,$(CU_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
-             -gencode arch=compute_$(lastword $(CU_ARCHS)),code=compute_$(lastword $(CU_ARCHS)))
+             -gencode arch=compute_$(lastword $(CU_ARCHS)),code=compute_$(lastword $(CU_ARCHS))
 ifeq ($(CUDA),1)
 CU_SRC    := $(wildcard kernels/*.cu)
 CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/%.o)
@@ -68,12 +68,15 @@ endif
 # the kernel tests against their CPU twins.  device.cu, merge.cu and
 # blas_dev.cu talk to the CUDA runtime and cuBLAS: the layer has its own.
 SIMT_CXX  ?= g++
-SIMT_FLAGS := $(OPT) -g -std=c++17 -Wall -Wextra -ffp-contract=off -pthread -I. \
+SIMT_FLAGS := $(OPT) -g -std=c++17 -Wall -Wextra -ffp-contract=off -fPIC -pthread -I. \
              -I/usr/include/x86_64-linux-gnu $(SANFLAGS)
 SIMT_CU   := $(filter-out kernels/device.cu kernels/merge.cu kernels/blas_dev.cu,$(wildcard kernels/*.cu))
 SIMT_OBJ  := $(SIMT_CU:%.cu=$(BUILD)/simt/%.o) \
              $(patsubst %.cc,$(BUILD)/simt/%.o,$(filter-out tests/simt/test_%,$(wildcard tests/simt/*.cc)))
 SIMT_TESTS := $(BUILD)/tests/test_simt $(BUILD)/tests/test_kernels
+# Plugins for the loader's tests (tests/sh/cuda_plugin.sh): the layer as a
+# liblora_cuda.so, and one that speaks another ABI version.
+SIMT_PLUGINS := $(BUILD)/tools/liblora_cuda_simt.so $(BUILD)/tools/liblora_cuda_v0.so
 
 LIB_SRC   := $(wildcard libadapter/*/*.c)
 TRAIN_SRC := $(wildcard train/*.c)
@@ -141,6 +144,14 @@ $(BUILD)/libsimt.a: $(SIMT_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+$(BUILD)/tools/liblora_cuda_simt.so: $(BUILD)/libsimt.a
+	@mkdir -p $(dir $@)
+	$(SIMT_CXX) $(SIMT_FLAGS) $(LDFLAGS) -shared -o $@ -Wl,--whole-archive $< -Wl,--no-whole-archive -lopenblas
+
+$(BUILD)/tools/liblora_cuda_v0.so: tests/simt/fake_plugin.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -shared -DFAKE_VERSION=0 -o $@ $<
+
 $(BUILD)/tests/test_simt: tests/simt/test_simt.cc $(BUILD)/libsimt.a $(BUILD)/libadapter.a
 	@mkdir -p $(dir $@)
 	$(SIMT_CXX) $(SIMT_FLAGS) $(LDFLAGS) -x c++ -include tests/simt/simt.h -o $@ $< -x none \
@@ -161,13 +172,13 @@ $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libadapter.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libadapter.a $(LDLIBS)
 
-tools: $(TOOLS)
+tools: $(TOOLS) $(SIMT_PLUGINS)
 
 deps:
 	@sh .ci/deps.sh
 
 check: deps
-	@$(MAKE) --no-print-directory lora $(TESTS) $(TOOLS)
+	@$(MAKE) --no-print-directory lora $(TESTS) $(TOOLS) $(SIMT_PLUGINS)
 	@LORA=$(CURDIR)/$(BUILD)/lora LORA_TOOLS=$(CURDIR)/$(BUILD)/tools ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 sh tests/run.sh $(BUILD)
 

@@ -563,7 +563,6 @@ int main(int argc, char **argv)
 			return cmd_error("cannot find the store: set --store, $LORA_HOME or $HOME");
 		ctx.store = store;
 	}
-	lora_merge_set_gpu(&lora_cuda_merge_lazy);   /* loads the CUDA plugin only for --device cuda */
 	optind = 0;  /* GNU getopt: reinitialise for the command's own argv */
 	rc = def->fn(argc - i, argv + i, &ctx);
 	free(store);

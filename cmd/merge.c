@@ -5,6 +5,7 @@
 
 #include "cmd/cmd.h"
 #include "libadapter/merge/merge.h"
+#include "train/cuda.h"
 
 static void on_progress(void *ctx, uint64_t done, uint64_t total)
 {
@@ -54,6 +55,7 @@ CMD(merge)
 
 	o.store_dir = ctx->store;
 	o.dtype = LORA_DT_INVALID;
+	o.gpu = &lora_cuda_merge_lazy;
 	while ((c = cmd_getopt(ctx, argc, argv, "b:o:", longopts)) != -1) {
 		switch (c) {
 		case 'b': o.base_dir = optarg; break;
@@ -67,7 +69,7 @@ CMD(merge)
 			if (!strcmp(optarg, "cpu"))
 				o.device = LORA_DEVICE_CPU;
 			else if (!strcmp(optarg, "cuda"))
-				o.device = LORA_DEVICE_CUDA;
+				o.device = LORA_DEVICE_CUDA;   /* o.gpu loads the plugin only then */
 			else
 				return cmd_usage(ctx, "bad value '%s' for --device (cpu or cuda)", optarg);
 			break;

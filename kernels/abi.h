@@ -123,6 +123,16 @@ struct lora_cuda_abi {
 			 lora_stream s);
 	int (*adamw)(float *p, const float *g, float *m, float *v, size_t n, struct lora_cuda_adamw k,
 		     const float *coef, lora_stream s);
+	/* lora.cu: the LoRA term of a linear through gemm (h made for stream s), fp32:
+	 * forward   u [N, r] = xa·Aᵀ,  y [N, ldy] += scale·u·Bᵀ      (A [r, in], B [out, r])
+	 * backward  gB += scale·dyᵀ·u,  du [N, r] = scale·dy·B,  gA += duᵀ·xa,
+	 *           dx [N, in] += du·A, or with dropout (mask not NULL) xd = du·A, dx += xd·mask.
+	 * xa is the LoRA input (x, or x·mask); dx NULL: no input gradient. */
+	int (*lora_fwd)(void *h, const float *xa, int N, int in, int out, int r, const float *A,
+			const float *B, float scale, float *u, float *y, int ldy, lora_stream s);
+	int (*lora_bwd)(void *h, const float *xa, const float *dy, int lddy, const float *u, int N, int in,
+			int out, int r, const float *A, const float *B, float scale, float *gA, float *gB,
+			float *du, float *dx, const float *mask, float *xd, lora_stream s);
 };
 
 typedef const struct lora_cuda_abi *(*lora_cuda_plugin_fn)(int abi_version);

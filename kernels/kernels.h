@@ -56,6 +56,12 @@ int lora_k_grad_norm(const float *g, size_t n, float max_norm, double *scratch, 
 int lora_k_adamw(float *p, const float *g, float *m, float *v, size_t n, struct lora_cuda_adamw k,
 		 const float *coef, lora_stream s);
 
+int lora_k_lora_fwd(void *h, const float *xa, int N, int in, int out, int r, const float *A, const float *B,
+		    float scale, float *u, float *y, int ldy, lora_stream s);
+int lora_k_lora_bwd(void *h, const float *xa, const float *dy, int lddy, const float *u, int N, int in, int out,
+		    int r, const float *A, const float *B, float scale, float *gA, float *gB, float *du, float *dx,
+		    const float *mask, float *xd, lora_stream s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -47,6 +47,8 @@ static lora_cuda_abi make_table()
 	t.addmul = lora_k_addmul;
 	t.grad_norm = lora_k_grad_norm;
 	t.adamw = lora_k_adamw;
+	t.lora_fwd = lora_k_lora_fwd;
+	t.lora_bwd = lora_k_lora_bwd;
 	return t;
 }
 

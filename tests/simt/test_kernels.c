@@ -15,6 +15,7 @@
  * Shapes are odd on purpose: not multiples of a block or warp, one token,
  * one element, several rows per block stride.
  */
+#include <cblas.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -126,7 +127,8 @@ TEST(table)
 	/* every entry filled: the table is a row of function pointers after the header */
 	CHECK(K->query && K->strerror && K->malloc && K->memcpy && K->gemm && K->nf4_dequant && K->rmsnorm_fwd &&
 	      K->rmsnorm_bwd && K->rope_table && K->rope_fwd && K->rope_bwd && K->swiglu_fwd && K->swiglu_bwd &&
-	      K->add && K->addmul && K->grad_norm && K->adamw && K->merge_init && K->blas_create);
+	      K->add && K->addmul && K->grad_norm && K->adamw && K->merge_init && K->blas_create && K->lora_fwd &&
+	      K->lora_bwd);
 	printf("  plugin: %s\n", K->build);
 }
 
@@ -473,6 +475,180 @@ TEST(adamw_clip)
 	adamw_case(256 * 256 * 3 + 5, 0.5, 0.0, 2.0f);   /* several elements per thread in the norm */
 }
 
+/* ------------------------------------------------------------ gemm wrapper, LoRA path */
+
+static void sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb,
+		  float beta, float *c, int ldc)
+{
+	cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n, k, alpha, a,
+		    lda, b, ldb, beta, c, ldc);
+}
+
+static float *absdup(const float *x, size_t n)
+{
+	float *y = xmalloc(n * 4);
+	for (size_t i = 0; i < n; i++)
+		y[i] = fabsf(x[i]);
+	return y;
+}
+
+/* tol[i] = kk·u·mag[i]: a sum of at most kk products in another order, mag = Σ|terms| */
+static double *tol_of(const float *mag, size_t n, double kk)
+{
+	double *t = xmalloc(n * sizeof(double));
+	for (size_t i = 0; i < n; i++)
+		t[i] = kk * U * mag[i];
+	return t;
+}
+
+/* One product through the wrapper, bf16 or fp32 operands, against sgemm on the same
+ * (bf16-rounded, widened: exact) values. */
+static void gemm_case(void *h, int ta, int tb, int m, int n, int k, int bf)
+{
+	const int ra = ta ? k : m, ca = ta ? m : k, rb = tb ? n : k, cb = tb ? k : n;
+	const size_t na = (size_t)ra * ca, nb = (size_t)rb * cb, nc = (size_t)m * n;
+	float *a = xmalloc(na * 4), *b = xmalloc(nb * 4), *c0 = xmalloc(nc * 4), *c = xmalloc(nc * 4), *g = xmalloc(nc * 4);
+	uint16_t *a16 = xmalloc(na * 2), *b16 = xmalloc(nb * 2);
+	float *aa, *ab, *mag;
+	double *tol;
+
+	fill(a, na, 1.0f);
+	fill(b, nb, 1.0f);
+	fill(c0, nc, 1.0f);
+	for (size_t i = 0; i < na; i++)
+		a16[i] = lora_f32_to_bf16(a[i]), a[i] = bf ? lora_bf16_to_f32(a16[i]) : a[i];
+	for (size_t i = 0; i < nb; i++)
+		b16[i] = lora_f32_to_bf16(b[i]), b[i] = bf ? lora_bf16_to_f32(b16[i]) : b[i];
+	memcpy(c, c0, nc * 4);
+	sgemm(ta, tb, m, n, k, 0.75f, a, ca, b, cb, 0.5f, c, n);
+	aa = absdup(a, na), ab = absdup(b, nb), mag = absdup(c0, nc);
+	sgemm(ta, tb, m, n, k, 0.75f, aa, ca, ab, cb, 0.5f, mag, n);
+	tol = tol_of(mag, nc, k + 2);
+	{
+		void *da = bf ? up(a16, na * 2) : up(a, na * 4), *db = bf ? up(b16, nb * 2) : up(b, nb * 4);
+		float *dc = up(c0, nc * 4);
+
+		CHECK(K->gemm(h, ta, tb, m, n, k, 0.75f, da, bf, ca, db, bf, cb, 0.5f, dc, n) == 0);
+		down(g, dc, nc * 4);
+		CHECKF(cmp("gemm", g, c, nc, 0.0, 0.0, tol) == 0, "ta %d tb %d %dx%dx%d bf16 %d", ta, tb, m, n, k, bf);
+		K->free(da), K->free(db), K->free(dc);
+	}
+	free(a), free(b), free(c0), free(c), free(g), free(a16), free(b16), free(aa), free(ab), free(mag), free(tol);
+}
+
+TEST(gemm)
+{
+	void *h = NULL;
+
+	CHECK(K->blas_create(&h, NULL) == 0);
+	for (int ta = 0; ta < 2; ta++)
+		for (int tb = 0; tb < 2; tb++)
+			for (int bf = 0; bf < 2; bf++) {
+				gemm_case(h, ta, tb, 1, 1, 1, bf);
+				gemm_case(h, ta, tb, 17, 33, 65, bf);
+				gemm_case(h, ta, tb, 3, 130, 7, bf);
+			}
+	K->blas_destroy(h);
+}
+
+/* The sequence of lin_fwd / lin_bwd (train/model_cpu.c) on the CPU, on whatever arrays it is given
+ * (the values, or their magnitudes for the tolerances). */
+static void lora_ref(const float *xa, const float *dy, int lddy, int N, int in, int out, int r, const float *A,
+		     const float *B, float scale, float *u, float *y, int ldy, float *gA, float *gB, float *du,
+		     float *dx, const float *mask, float *xd)
+{
+	sgemm(0, 1, N, r, in, 1.0f, xa, in, A, in, 0.0f, u, r);
+	sgemm(0, 1, N, out, r, scale, u, r, B, r, 1.0f, y, ldy);
+	sgemm(1, 0, out, r, N, scale, dy, lddy, u, r, 1.0f, gB, r);
+	sgemm(0, 0, N, r, out, scale, dy, lddy, B, r, 0.0f, du, r);
+	sgemm(1, 0, r, in, N, 1.0f, du, r, xa, in, 1.0f, gA, in);
+	if (!mask) {
+		sgemm(0, 0, N, in, r, 1.0f, du, r, A, in, 1.0f, dx, in);
+	} else {
+		sgemm(0, 0, N, in, r, 1.0f, du, r, A, in, 0.0f, xd, in);
+		lora_cpu_addmul(xd, mask, dx, (size_t)N * in);
+	}
+}
+
+static void lora_case(int N, int in, int out, int r, int ldy, int dropout)
+{
+	const size_t nx = (size_t)N * in, ny = (size_t)N * ldy, nu = (size_t)N * r;
+	const size_t nA = (size_t)r * in, nB = (size_t)out * r;
+	const float scale = 2.0f;
+	float *x = xmalloc(nx * 4), *mask = xmalloc(nx * 4), *A = xmalloc(nA * 4), *B = xmalloc(nB * 4);
+	float *dy = xmalloc(ny * 4), *y0 = xmalloc(ny * 4), *gA0 = xmalloc(nA * 4), *gB0 = xmalloc(nB * 4);
+	float *dx0 = xmalloc(nx * 4);
+	float *ref[7], *mag[7], *got[7];
+	const size_t len[7] = {nu, ny, nA, nB, nu, nx, nx};
+	const char *name[7] = {"lora u", "lora y", "lora gA", "lora gB", "lora du", "lora dx", "lora xd"};
+	/* inner sizes met along the chain: u (in), y (+r), gB (+N), du (out), gA (+N), dx (+r) */
+	const double kk[7] = {in + 2, in + r + 4, in + N + 4, out + 2, out + N + 4, out + r + 4, out + r + 4};
+	void *h = NULL;
+
+	fill(x, nx, 1.0f);
+	for (size_t i = 0; i < nx; i++)
+		mask[i] = dropout && (rnd64() & 3) == 0 ? 0.0f : (dropout ? 1.0f / 0.75f : 1.0f);
+	for (size_t i = 0; i < nx; i++)
+		x[i] *= mask[i];   /* xa = x·mask, as lora_input makes it */
+	fill(A, nA, 0.3f);
+	fill(B, nB, 0.3f);
+	fill(dy, ny, 1.0f);
+	fill(y0, ny, 1.0f);
+	fill(gA0, nA, 0.1f);
+	fill(gB0, nB, 0.1f);
+	fill(dx0, nx, 1.0f);
+	for (int v = 0; v < 7; v++) {
+		ref[v] = xmalloc(len[v] * 4), mag[v] = xmalloc(len[v] * 4), got[v] = xmalloc(len[v] * 4);
+	}
+	memcpy(ref[1], y0, ny * 4), memcpy(ref[2], gA0, nA * 4), memcpy(ref[3], gB0, nB * 4), memcpy(ref[5], dx0, nx * 4);
+	lora_ref(x, dy, ldy, N, in, out, r, A, B, scale, ref[0], ref[1], ldy, ref[2], ref[3], ref[4], ref[5],
+		 dropout ? mask : NULL, ref[6]);
+	{
+		float *ax = absdup(x, nx), *aA = absdup(A, nA), *aB = absdup(B, nB), *ady = absdup(dy, ny);
+		float *ay = absdup(y0, ny), *agA = absdup(gA0, nA), *agB = absdup(gB0, nB), *adx = absdup(dx0, nx);
+		memcpy(mag[1], ay, ny * 4), memcpy(mag[2], agA, nA * 4), memcpy(mag[3], agB, nB * 4), memcpy(mag[5], adx, nx * 4);
+		lora_ref(ax, ady, ldy, N, in, out, r, aA, aB, scale, mag[0], mag[1], ldy, mag[2], mag[3], mag[4], mag[5],
+			 dropout ? mask : NULL, mag[6]);
+		free(ax), free(aA), free(aB), free(ady), free(ay), free(agA), free(agB), free(adx);
+	}
+	CHECK(K->blas_create(&h, NULL) == 0);
+	{
+		float *dX = up(x, nx * 4), *dM = up(mask, nx * 4), *dA = up(A, nA * 4), *dB = up(B, nB * 4);
+		float *dDY = up(dy, ny * 4), *dY = up(y0, ny * 4), *dgA = up(gA0, nA * 4), *dgB = up(gB0, nB * 4);
+		float *dU = poisoned(nu * 4), *dDU = poisoned(nu * 4), *dDX = up(dx0, nx * 4), *dXD = poisoned(nx * 4);
+		float *dv[7] = {dU, dY, dgA, dgB, dDU, dDX, dXD};
+
+		CHECK(K->lora_fwd(h, dX, N, in, out, r, dA, dB, scale, dU, dY, ldy, NULL) == 0);
+		CHECK(K->lora_bwd(h, dX, dDY, ldy, dU, N, in, out, r, dA, dB, scale, dgA, dgB, dDU, dDX,
+				  dropout ? dM : NULL, dXD, NULL) == 0);
+		for (int v = 0; v < 7; v++) {
+			double *tol;
+			if (v == 6 && !dropout)
+				continue;
+			down(got[v], dv[v], len[v] * 4);
+			tol = tol_of(mag[v], len[v], kk[v]);
+			CHECKF(cmp(name[v], got[v], ref[v], len[v], 0.0, 0.0, tol) == 0, "N %d in %d out %d r %d dropout %d",
+			       N, in, out, r, dropout);
+			free(tol);
+		}
+		for (int v = 0; v < 7; v++)
+			K->free(dv[v]);
+		K->free(dX), K->free(dM), K->free(dA), K->free(dB), K->free(dDY);
+	}
+	K->blas_destroy(h);
+	for (int v = 0; v < 7; v++)
+		free(ref[v]), free(mag[v]), free(got[v]);
+	free(x), free(mask), free(A), free(B), free(dy), free(y0), free(gA0), free(gB0), free(dx0);
+}
+
+TEST(lora_path)
+{
+	lora_case(1, 1, 1, 1, 1, 0);
+	lora_case(7, 33, 20, 4, 20, 0);
+	lora_case(7, 33, 20, 4, 52, 1);     /* y inside a wider row (q of q|k|v), dropout */
+	lora_case(37, 64, 96, 16, 96, 1);
+}
+
 int main(void)
 {
 	K = lora_cuda_plugin(LORA_CUDA_ABI_VERSION);
@@ -487,5 +663,7 @@ int main(void)
 	RUN(swiglu);
 	RUN(residual);
 	RUN(adamw_clip);
+	RUN(gemm);
+	RUN(lora_path);
 	return t_done();
 }

@@ -159,8 +159,9 @@ $(BUILD)/tests/test_simt: tests/simt/test_simt.cc $(BUILD)/libsimt.a $(BUILD)/li
 
 $(BUILD)/tests/test_kernels: tests/simt/test_kernels.c $(BUILD)/libsimt.a $(BUILD)/libtrain.a $(BUILD)/libadapter.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@.o $<
-	$(SIMT_CXX) $(LDFLAGS) -o $@ $@.o $(BUILD)/libsimt.a $(BUILD)/libtrain.a $(BUILD)/libadapter.a $(LDLIBS)
+	@mkdir -p $(BUILD)/simt/tests
+	$(CC) $(CFLAGS) -c -o $(BUILD)/simt/tests/test_kernels.o $<
+	$(SIMT_CXX) $(LDFLAGS) -o $@ $(BUILD)/simt/tests/test_kernels.o $(BUILD)/libsimt.a $(BUILD)/libtrain.a $(BUILD)/libadapter.a $(LDLIBS)
 
 # The same kernel tests linked against the real plugin (make check-cuda).
 $(BUILD)/tests-gpu/test_kernels: tests/simt/test_kernels.c $(PLUGIN) $(BUILD)/libtrain.a $(BUILD)/libadapter.a

@@ -133,6 +133,18 @@ struct lora_cuda_abi {
 	int (*lora_bwd)(void *h, const float *xa, const float *dy, int lddy, const float *u, int N, int in,
 			int out, int r, const float *A, const float *B, float scale, float *gA, float *gB,
 			float *du, float *dx, const float *mask, float *xd, lora_stream s);
+	/* xent.cu: cross-entropy over vocabulary chunks of logits z [nc, ld] (the chunk's
+	 * columns v0..v0+vc-1 of each row at z), targets tgt [nc] (< 0: unlabelled).
+	 * xent_stats per chunk (first: the first chunk) keeps m [nc] (fp32 max), s [nc]
+	 * (double sum of e^(z - m)) and zt [nc] (the target's logit); xent_loss then
+	 * gives loss [nc] (double; -1 unlabelled); xent_grad per chunk turns z into
+	 * d logits = (softmax - onehot)·scale (0 for unlabelled rows). */
+	int (*xent_stats)(const float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, float *m,
+			  double *s, float *zt, int first, lora_stream st);
+	int (*xent_loss)(const float *m, const double *s, const float *zt, const int32_t *tgt, int nc,
+			 double *loss, lora_stream st);
+	int (*xent_grad)(float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, const float *m,
+			 const double *s, float scale, lora_stream st);
 };
 
 typedef const struct lora_cuda_abi *(*lora_cuda_plugin_fn)(int abi_version);

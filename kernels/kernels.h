@@ -61,6 +61,12 @@ int lora_k_lora_fwd(void *h, const float *xa, int N, int in, int out, int r, con
 int lora_k_lora_bwd(void *h, const float *xa, const float *dy, int lddy, const float *u, int N, int in, int out,
 		    int r, const float *A, const float *B, float scale, float *gA, float *gB, float *du, float *dx,
 		    const float *mask, float *xd, lora_stream s);
+int lora_k_xent_stats(const float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, float *m, double *s,
+		      float *zt, int first, lora_stream st);
+int lora_k_xent_loss(const float *m, const double *s, const float *zt, const int32_t *tgt, int nc, double *loss,
+		     lora_stream st);
+int lora_k_xent_grad(float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, const float *m, const double *s,
+		     float scale, lora_stream st);
 
 #ifdef __cplusplus
 }

@@ -49,6 +49,9 @@ static lora_cuda_abi make_table()
 	t.adamw = lora_k_adamw;
 	t.lora_fwd = lora_k_lora_fwd;
 	t.lora_bwd = lora_k_lora_bwd;
+	t.xent_stats = lora_k_xent_stats;
+	t.xent_loss = lora_k_xent_loss;
+	t.xent_grad = lora_k_xent_grad;
 	return t;
 }
 

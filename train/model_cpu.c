@@ -1234,3 +1234,46 @@ void lora_cpu_addmul(const float *a, const float *b, float *y, size_t n)
 	struct ew e = {EW_ADDMUL, a, b, y};
 	ew_part(&e, 0, n, 0);
 }
+
+void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int backward, double *tok_loss)
+{
+	struct lora_net n;
+	struct cpu c;
+	struct lora_batch b;
+	struct ctx k;
+	int32_t *labels = malloc(sizeof(int32_t) * ((size_t)nc + 1));
+	float *e = backward ? NULL : malloc(sizeof(float) * (size_t)V);
+
+	if (!labels || (!backward && !e)) {
+		free(labels);
+		free(e);
+		for (int i = 0; i < nc; i++)
+			tok_loss[i] = NAN;
+		return;
+	}
+	/* one row of nc + 1 positions whose labels are the targets shifted by one (target_of) */
+	labels[0] = -100;
+	memcpy(labels + 1, tgt, sizeof(int32_t) * (size_t)nc);
+	memset(&n, 0, sizeof(n));
+	memset(&c, 0, sizeof(c));
+	memset(&b, 0, sizeof(b));
+	n.V = V;
+	c.logit = z;
+	c.tok_loss = tok_loss;
+	c.tmp_e = e;
+	b.B = 1;
+	b.T = nc + 1;
+	b.ids = labels;
+	b.labels = labels;
+	k.net = &n;
+	k.c = &c;
+	k.b = &b;
+	k.N = nc;
+	k.dropout = 0;
+	{
+		struct head_job j = {&k, 0, backward, scale};
+		head_part(&j, 0, (size_t)nc, 0);
+	}
+	free(labels);
+	free(e);
+}

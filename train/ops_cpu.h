@@ -10,6 +10,7 @@
 #define LORA_TRAIN_OPS_CPU_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* rmsnorm_part: y [N, C] = w · x · rstd, rstd [N] */
 void lora_cpu_rmsnorm(const float *x, const float *w, int N, int C, float eps, float *y, float *rstd);
@@ -30,5 +31,8 @@ void lora_cpu_swiglu_bwd(const float *gu, const float *dact, int N, int F, float
 /* ew_part: y = a + b (EW_ADD), y += a·b (EW_ADDMUL) */
 void lora_cpu_add(const float *a, const float *b, float *y, size_t n);
 void lora_cpu_addmul(const float *a, const float *b, float *y, size_t n);
+/* head_part: the cross-entropy of each of nc rows of logits z [nc, V] against tgt [nc] (< 0:
+ * unlabelled, loss -1) into tok_loss [nc]; with backward, z becomes (softmax - onehot)·scale */
+void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int backward, double *tok_loss);
 
 #endif

@@ -128,7 +128,7 @@ TEST(table)
 	CHECK(K->query && K->strerror && K->malloc && K->memcpy && K->gemm && K->nf4_dequant && K->rmsnorm_fwd &&
 	      K->rmsnorm_bwd && K->rope_table && K->rope_fwd && K->rope_bwd && K->swiglu_fwd && K->swiglu_bwd &&
 	      K->add && K->addmul && K->grad_norm && K->adamw && K->merge_init && K->blas_create && K->lora_fwd &&
-	      K->lora_bwd);
+	      K->lora_bwd && K->xent_stats && K->xent_loss && K->xent_grad);
 	printf("  plugin: %s\n", K->build);
 }
 
@@ -649,6 +649,73 @@ TEST(lora_path)
 	lora_case(37, 64, 96, 16, 96, 1);
 }
 
+/* ------------------------------------------------------------ cross-entropy */
+
+static void xent_case(int nc, int V, int vc, float zscale)
+{
+	const size_t nz = (size_t)nc * V;
+	const float scale = 0.125f;
+	float *z = xmalloc(nz * 4), *dl = xmalloc(nz * 4), *got = xmalloc(nz * 4);
+	int32_t *tgt = xmalloc((size_t)nc * 4);
+	double *loss = xmalloc((size_t)nc * 8), *loss2 = xmalloc((size_t)nc * 8), *gl = xmalloc((size_t)nc * 8);
+
+	fill(z, nz, zscale);
+	for (int i = 0; i < nc; i++)
+		tgt[i] = i % 5 == 3 ? -100 : (int32_t)(rnd64() % (uint64_t)V);   /* every 5th row unlabelled */
+	if (nc > 1)
+		tgt[1] = V - 1;   /* the target in the last, partial chunk */
+	memcpy(dl, z, nz * 4);
+	lora_cpu_xent(dl, tgt, nc, V, scale, 1, loss);
+	{
+		float *tmp = xmalloc(nz * 4);   /* the forward-only branch gives the same losses */
+		memcpy(tmp, z, nz * 4);
+		lora_cpu_xent(tmp, tgt, nc, V, scale, 0, loss2);
+		CHECK(memcmp(loss, loss2, (size_t)nc * 8) == 0);
+		free(tmp);
+	}
+	{
+		float *dz = up(z, nz * 4), *dm = poisoned((size_t)nc * 4), *dzt = poisoned((size_t)nc * 4);
+		int32_t *dt = up(tgt, (size_t)nc * 4);
+		double *ds = poisoned((size_t)nc * 8), *dlo = poisoned((size_t)nc * 8);
+		double *tol = xmalloc(nz * sizeof(double));
+
+		for (int v0 = 0; v0 < V; v0 += vc)
+			CHECK(K->xent_stats(dz + v0, V, nc, v0, V - v0 < vc ? V - v0 : vc, dt, dm, ds, dzt, v0 == 0, NULL) == 0);
+		CHECK(K->xent_loss(dm, ds, dzt, dt, nc, dlo, NULL) == 0);
+		for (int v0 = 0; v0 < V; v0 += vc)
+			CHECK(K->xent_grad(dz + v0, V, nc, v0, V - v0 < vc ? V - v0 : vc, dt, dm, ds, scale, NULL) == 0);
+		down(gl, dlo, (size_t)nc * 8);
+		down(got, dz, nz * 4);
+		/* The sum of e^(z - max): each term within |z - max|·u (the fp32 argument, from
+		 * chunk-wise maxima) + 2.4e-7 (expf, vs the CPU's vexpf within 1e-7), so the
+		 * log of the sum is within (2·zscale·u + 3.5e-7) absolute, plus the double sums */
+		for (int i = 0; i < nc; i++) {
+			if (tgt[i] < 0) {
+				CHECK(gl[i] == -1.0);
+				continue;
+			}
+			CHECK_NEAR(gl[i], loss[i], 2.0 * zscale * U + 3.5e-7, 1e-12);
+		}
+		/* d logits: e^(z - max) (same max: exact) within 3.4e-7 relative, times scale/s,
+		 * s within the same bound as above, so relative 2·(2·zscale·u + 3.5e-7) + 2u;
+		 * at the target, minus scale: that error is absolute, from |p·scale| <= scale */
+		for (size_t i = 0; i < nz; i++)
+			tol[i] = (2.0 * (2.0 * zscale * U + 3.5e-7) + 2 * U) * scale;
+		CHECK(cmp("xent dlogits", got, dl, nz, 1e-37, 2.0 * (2.0 * zscale * U + 3.5e-7) + 2 * U, tol) == 0);
+		K->free(dz), K->free(dm), K->free(dzt), K->free(dt), K->free(ds), K->free(dlo);
+		free(tol);
+	}
+	free(z), free(dl), free(got), free(tgt), free(loss), free(loss2), free(gl);
+}
+
+TEST(xent)
+{
+	xent_case(1, 1, 256, 1.0f);       /* one token, one word */
+	xent_case(4, 1001, 256, 8.0f);    /* 4 chunks, the last partial; an unlabelled row */
+	xent_case(11, 700, 1000, 8.0f);   /* one chunk wider than the vocabulary */
+	xent_case(9, 3000, 97, 20.0f);    /* many odd chunks, a wide range of logits */
+}
+
 int main(void)
 {
 	K = lora_cuda_plugin(LORA_CUDA_ABI_VERSION);
@@ -665,5 +732,6 @@ int main(void)
 	RUN(adamw_clip);
 	RUN(gemm);
 	RUN(lora_path);
+	RUN(xent);
 	return t_done();
 }

@@ -126,7 +126,7 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -c -o $@ $<
+	$(NVCC) $(NVFLAGS) -MMD -MP -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libtrain.a $(BUILD)/libadapter.a
 	@mkdir -p $(dir $@)
@@ -221,4 +221,4 @@ install: lora
 clean:
 	rm -rf build build-cpu build-san build-san-cpu build-fuzz lora liblora_cuda.so
 
--include $(ALL_OBJ:.o=.d) $(SIMT_OBJ:.o=.d)
+-include $(ALL_OBJ:.o=.d) $(SIMT_OBJ:.o=.d) $(CU_OBJ:.o=.d)

@@ -145,6 +145,10 @@ struct lora_cuda_abi {
 			 double *loss, lora_stream st);
 	int (*xent_grad)(float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, const float *m,
 			 const double *s, float scale, lora_stream st);
+	/* attn_fwd.cu: causal GQA attention, q [B, H, T, D], k, v [B, KV, T, D] -> att [B·T, H·D],
+	 * lse [B, H, T]; window 0 or the sliding window in positions; D <= 128. */
+	int (*attn_fwd)(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+			float scaling, int window, float *att, float *lse, lora_stream s);
 };
 
 typedef const struct lora_cuda_abi *(*lora_cuda_plugin_fn)(int abi_version);

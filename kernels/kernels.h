@@ -67,6 +67,8 @@ int lora_k_xent_loss(const float *m, const double *s, const float *zt, const int
 		     lora_stream st);
 int lora_k_xent_grad(float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, const float *m, const double *s,
 		     float scale, lora_stream st);
+int lora_k_attn_fwd(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+		    float scaling, int window, float *att, float *lse, lora_stream s);
 
 #ifdef __cplusplus
 }

@@ -52,6 +52,7 @@ static lora_cuda_abi make_table()
 	t.xent_stats = lora_k_xent_stats;
 	t.xent_loss = lora_k_xent_loss;
 	t.xent_grad = lora_k_xent_grad;
+	t.attn_fwd = lora_k_attn_fwd;
 	return t;
 }
 

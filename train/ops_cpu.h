@@ -34,5 +34,9 @@ void lora_cpu_addmul(const float *a, const float *b, float *y, size_t n);
 /* head_part: the cross-entropy of each of nc rows of logits z [nc, V] against tgt [nc] (< 0:
  * unlabelled, loss -1) into tok_loss [nc]; with backward, z becomes (softmax - onehot)·scale */
 void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int backward, double *tok_loss);
+/* attn_fwd_part: causal GQA attention of q [B, H, T, D] over k, v [B, KV, T, D] (sliding window
+ * when window > 0) into att [B·T, H·D] and lse [B, H, T]; -1 when out of memory */
+int lora_cpu_attn_fwd(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+		      int window, float *att, float *lse);
 
 #endif

@@ -128,7 +128,7 @@ TEST(table)
 	CHECK(K->query && K->strerror && K->malloc && K->memcpy && K->gemm && K->nf4_dequant && K->rmsnorm_fwd &&
 	      K->rmsnorm_bwd && K->rope_table && K->rope_fwd && K->rope_bwd && K->swiglu_fwd && K->swiglu_bwd &&
 	      K->add && K->addmul && K->grad_norm && K->adamw && K->merge_init && K->blas_create && K->lora_fwd &&
-	      K->lora_bwd && K->xent_stats && K->xent_loss && K->xent_grad);
+	      K->lora_bwd && K->xent_stats && K->xent_loss && K->xent_grad && K->attn_fwd);
 	printf("  plugin: %s\n", K->build);
 }
 
@@ -716,6 +716,72 @@ TEST(xent)
 	xent_case(9, 3000, 97, 20.0f);    /* many odd chunks, a wide range of logits */
 }
 
+/* ------------------------------------------------------------ attention */
+
+static void attn_case(int B, int H, int KV, int T, int D, int window, float qs)
+{
+	const size_t nq = (size_t)B * H * T * D, nkv = (size_t)B * KV * T * D, nl = (size_t)B * H * T;
+	const float scaling = (float)pow((double)D, -0.5);
+	float *q = xmalloc(nq * 4), *k = xmalloc(nkv * 4), *v = xmalloc(nkv * 4);
+	float *att = xmalloc(nq * 4), *lse = xmalloc(nl * 4), *gatt = xmalloc(nq * 4), *glse = xmalloc(nl * 4);
+	double *tatt = xmalloc(nq * sizeof(double)), *tlse = xmalloc(nl * sizeof(double));
+
+	fill(q, nq, qs);
+	fill(k, nkv, qs);
+	fill(v, nkv, 1.0f);
+	CHECK(lora_cpu_attn_fwd(q, k, v, B, H, KV, T, D, window, att, lse) == 0);
+	/*
+	 * Per query row with nk keys: |s| <= A = scaling·max_j Σ|q·k|, and s itself is off
+	 * by D·u·A (another summation order).  Each probability is off by that, by expf's
+	 * 2 ulp (2.4e-7; the CPU's vexpf 1e-7), and by one more expf and rounding each time
+	 * the running max grows (at most nk times): δ = 3.5e-7·(nk + 1) + 2·(D + 2)·u·A.
+	 * out is a weighted mean of v: within 2δ·max|v| + 4u|out|; lse within δ + 2u|lse|.
+	 */
+	for (int b = 0; b < B; b++)
+		for (int h = 0; h < H; h++)
+			for (int i = 0; i < T; i++) {
+				const int kvh = h / (H / KV), lo = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+				const float *qi = q + (((size_t)b * H + h) * T + i) * D;
+				const float *kb = k + ((size_t)b * KV + kvh) * T * D, *vb = v + ((size_t)b * KV + kvh) * T * D;
+				double A = 0.0, vmax = 0.0, delta;
+				for (int j = lo; j <= i; j++) {
+					double dot = 0.0;
+					for (int d = 0; d < D; d++) {
+						dot += fabs((double)qi[d] * kb[(size_t)j * D + d]);
+						vmax = fmax(vmax, fabs(vb[(size_t)j * D + d]));
+					}
+					A = fmax(A, dot * scaling);
+				}
+				delta = 3.5e-7 * (i - lo + 2) + 2.0 * (D + 2) * U * A;
+				tlse[((size_t)b * H + h) * T + i] = delta;
+				for (int d = 0; d < D; d++)
+					tatt[((size_t)b * T + i) * H * D + (size_t)h * D + d] = 2.0 * delta * vmax;
+			}
+	{
+		float *dq = up(q, nq * 4), *dk = up(k, nkv * 4), *dv = up(v, nkv * 4);
+		float *da = poisoned(nq * 4), *dl = poisoned(nl * 4);
+
+		CHECK(K->attn_fwd(dq, dk, dv, B, H, KV, T, D, scaling, window, da, dl, NULL) == 0);
+		down(gatt, da, nq * 4);
+		down(glse, dl, nl * 4);
+		CHECKF(cmp("attn out", gatt, att, nq, 0.0, 4 * U, tatt) == 0, "B %d H %d KV %d T %d D %d window %d", B, H,
+		       KV, T, D, window);
+		CHECKF(cmp("attn lse", glse, lse, nl, 0.0, 2 * U, tlse) == 0, "B %d H %d KV %d T %d D %d window %d", B, H,
+		       KV, T, D, window);
+		K->free(dq), K->free(dk), K->free(dv), K->free(da), K->free(dl);
+	}
+	free(q), free(k), free(v), free(att), free(lse), free(gatt), free(glse), free(tatt), free(tlse);
+}
+
+TEST(attn_fwd)
+{
+	attn_case(1, 1, 1, 1, 1, 0, 1.0f);       /* one token */
+	attn_case(2, 4, 4, 37, 16, 0, 1.0f);     /* GQA ratio 1, T not a multiple of the tiles */
+	attn_case(2, 6, 2, 70, 24, 0, 2.0f);     /* ratio 3, two query blocks, three key tiles */
+	attn_case(1, 4, 1, 131, 64, 19, 2.0f);   /* ratio 4, sliding window inside the tiles */
+	attn_case(1, 2, 2, 65, 128, 64, 1.0f);   /* head dim 128, window = one query block */
+}
+
 int main(void)
 {
 	K = lora_cuda_plugin(LORA_CUDA_ABI_VERSION);
@@ -733,5 +799,6 @@ int main(void)
 	RUN(gemm);
 	RUN(lora_path);
 	RUN(xent);
+	RUN(attn_fwd);
 	return t_done();
 }

@@ -36,12 +36,12 @@ static int split_weight(const struct cmd_ctx *ctx, const char *spec, struct inpu
 	return (in->spec = strndup(spec, (size_t)(at - spec))) ? 0 : cmd_error("out of memory");
 }
 
-static int open_input(const char *store, struct input *in, struct lora_err *err)
+static int open_input(const struct cmd_ctx *ctx, struct input *in, struct lora_err *err)
 {
 	char *w, hex[65];
 	int rc;
 
-	if (lora_adapter_open(store, in->spec, &in->src, err) < 0)
+	if (lora_adapter_open(ctx->store, ctx->tmp_dir, in->spec, &in->src, err) < 0)
 		return -1;
 	if (in->src.digest[0]) {
 		snprintf(in->digest, sizeof(in->digest), "%s", in->src.digest);
@@ -125,14 +125,13 @@ static const char *common_fingerprint(const struct input *in, int n)
 }
 
 /* A fresh temporary folder; the adapter is built in <it>/adapter. */
-static char *make_tmpdir(void)
+static char *make_tmpdir(const char *td)
 {
-	const char *td = getenv("TMPDIR");
-	size_t n = strlen(td && *td ? td : "/tmp") + 32;
+	size_t n = strlen(td) + 32;
 	char *p = malloc(n);
 
 	if (p) {
-		snprintf(p, n, "%s/lora-combine-XXXXXX", td && *td ? td : "/tmp");
+		snprintf(p, n, "%s/lora-combine-XXXXXX", td);
 		if (!mkdtemp(p)) {
 			free(p);
 			p = NULL;
@@ -141,19 +140,21 @@ static char *make_tmpdir(void)
 	return p;
 }
 
-CMD(combine)
+static const struct cmd_opt opts[] = {
+	{ "method", 0, "M", "cat: exact sum (rank = sum of ranks); svd: exact sum truncated\n"
+			   "to rank R; linear: PEFT's linear (equal ranks, not the exact sum)", 'm', 0, 0 },
+	{ "rank", 0, "R", "rank for --method svd (default: the largest input rank)", 'r', 0, 0 },
+	{ "name", 0, "NAME[:TAG]", "add the result to the store, signed", 'n', 0, 0 },
+	{ "output", 'o', "DIR", "write a PEFT folder instead", 'o', 0, 0 },
+	{ "dtype", 0, "D", "dtype of the written tensors (default fp32)", 'd', 0, 0 },
+	{ "key", 0, "FILE", "signing key (default: the store's key)", 'k', 0, 0 },
+	{ "description", 0, "T", "description recorded in the manifest", 'D', 0, 0 },
+	{ "json", 0, NULL, "one JSON document on stdout", 'j', 0, 0 },
+	{ 0 }
+};
+
+static CMD(combine)
 {
-	static const struct option opts[] = {
-		{ "method", required_argument, NULL, 'm' },
-		{ "rank", required_argument, NULL, 'r' },
-		{ "name", required_argument, NULL, 'n' },
-		{ "output", required_argument, NULL, 'o' },
-		{ "dtype", required_argument, NULL, 'd' },
-		{ "json", no_argument, NULL, 'j' },
-		{ "key", required_argument, NULL, 'k' },
-		{ "description", required_argument, NULL, 'D' },
-		{ 0 }
-	};
 	struct lora_combine_params p = { .method = -1, .dtype = LORA_DT_F32 };
 	struct lora_combine_result res = { 0 };
 	struct lora_combine_input *ci = NULL;
@@ -164,14 +165,14 @@ CMD(combine)
 	int c, json = 0, rc = 1, n = 0;
 	long rank = 0;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "o:", opts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'm':
 			if ((p.method = lora_combine_method_parse(optarg)) < 0)
 				return cmd_usage(ctx, "unknown method '%s' (cat, svd or linear)", optarg);
 			break;
 		case 'r':
-			if (cmd_parse_long(ctx, "--rank", optarg, 1, 1000000, &rank) < 0)
+			if (cmd_optarg_long(ctx, 1, 1000000, &rank) < 0)
 				return 2;
 			break;
 		case 'n': name = optarg; break;
@@ -213,7 +214,7 @@ CMD(combine)
 	for (int i = 0; i < n; i++) {
 		if ((rc = split_weight(ctx, argv[optind + i], &in[i])) != 0)
 			goto out;
-		if (open_input(ctx->store, &in[i], &err) < 0) {
+		if (open_input(ctx, &in[i], &err) < 0) {
 			rc = cmd_fail(&err);
 			goto out;
 		}
@@ -221,7 +222,7 @@ CMD(combine)
 						     in[i].src.digest[0] ? in[i].src.ref : NULL, in[i].digest };
 	}
 	if (name) {
-		if (!(tmp = make_tmpdir()) || !(dir = lora_path_join(tmp, "adapter"))) {
+		if (!(tmp = make_tmpdir(ctx->tmp_dir)) || !(dir = lora_path_join(tmp, "adapter"))) {
 			rc = cmd_error("cannot create a temporary folder");
 			goto out;
 		}
@@ -237,6 +238,8 @@ CMD(combine)
 		o.description = desc;
 		o.base_fingerprint = common_fingerprint(in, n);
 		o.provenance_json = prov2;
+		o.user = ctx->user;
+		o.created = ctx->created;
 		rc = lora_store_add_peft_dir(ctx->store, dir, ref, &o, digest, &err);
 		free(prov2);
 		if (rc < 0) {
@@ -260,3 +263,10 @@ out:
 	free(tmp);
 	return rc;
 }
+
+const struct cmd_def cmd_combine_entry = {
+	"combine", cmd_combine, CMD_NEED_STORE, "build one adapter from several",
+	"lora combine REF[@W]... --method cat|svd|linear (--name NAME[:TAG] | -o DIR) [--rank R]\n"
+	"      [--dtype fp32|bf16|fp16] [--key FILE] [--description TEXT] [--json]",
+	opts, 19, NULL
+};

@@ -1,5 +1,4 @@
 /* diff.c - `lora diff A B`: how two adapters differ, module by module. */
-#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,7 +60,7 @@ static int open_input(const struct cmd_ctx *ctx, const char *spec, struct input 
 		      struct lora_err *err)
 {
 	memset(in, 0, sizeof(*in));
-	if (lora_adapter_open(ctx->store, spec, &in->src, err) < 0)
+	if (lora_adapter_open(ctx->store, ctx->tmp_dir, spec, &in->src, err) < 0)
 		return -1;
 	in->provenance = provenance_of(ctx->store, spec, &in->src);
 	in->side.peft = in->src.peft;
@@ -78,84 +77,6 @@ static void close_input(struct input *in)
 {
 	lora_adapter_close(&in->src);
 	cJSON_free(in->provenance);
-}
-
-/* -------------------------------------------------------------- layers */
-
-/* The first all-digit component of a module name ("model.layers.12.mlp" -> 12), else -1. */
-static long layer_of(const char *name)
-{
-	const char *p = name;
-
-	while ((p = strchr(p, '.'))) {
-		const char *q = ++p;
-		while (isdigit((unsigned char)*q))
-			q++;
-		if (q > p && (*q == '.' || !*q))
-			return strtol(p, NULL, 10);
-	}
-	return -1;
-}
-
-struct layer {
-	long idx;                     /* -1: modules outside numbered layers */
-	double inner, den, d2, na2, nb2;
-	size_t n;
-};
-
-static int cmp_layer(const void *x, const void *y)
-{
-	long a = ((const struct layer *)x)->idx, b = ((const struct layer *)y)->idx;
-	return (a > b) - (a < b);
-}
-
-/* Per-layer sums, sorted by layer; *n_out layers.  NULL on allocation failure. */
-static struct layer *layers(const struct lora_diff *d, size_t *n_out)
-{
-	struct layer *L = calloc(d->n_modules + 1, sizeof(*L));
-	size_t n = 0;
-
-	if (!L)
-		return NULL;
-	for (size_t i = 0; i < d->n_modules; i++) {
-		const struct lora_diff_module *m = &d->modules[i];
-		long idx = layer_of(m->name);
-		struct layer *l = NULL;
-		for (size_t k = 0; k < n && !l; k++)
-			if (L[k].idx == idx)
-				l = &L[k];
-		if (!l) {
-			l = &L[n++];
-			l->idx = idx;
-		}
-		l->n++;
-		l->na2 += m->cmp.norm_a * m->cmp.norm_a;
-		l->nb2 += m->cmp.norm_b * m->cmp.norm_b;
-		if (m->shape_differs)
-			l->d2 += m->cmp.norm_a * m->cmp.norm_a + m->cmp.norm_b * m->cmp.norm_b;
-		else
-			l->d2 += m->cmp.distance * m->cmp.distance;
-		if (m->where == LORA_DIFF_BOTH && !m->shape_differs) {
-			l->inner += m->cmp.inner;
-			l->den += m->cmp.norm_a * m->cmp.norm_b;
-		}
-	}
-	qsort(L, n, sizeof(*L), cmp_layer);
-	/* numbered layers first, the rest last */
-	if (n && L[0].idx == -1) {
-		struct layer other = L[0];
-		memmove(L, L + 1, (n - 1) * sizeof(*L));
-		L[n - 1] = other;
-	}
-	*n_out = n;
-	return L;
-}
-
-/* Cosine of a layer: the ΔW of all its modules as one vector. */
-static double layer_cosine(const struct layer *l)
-{
-	double c = l->na2 > 0 && l->nb2 > 0 ? l->inner / sqrt(l->na2 * l->nb2) : NAN;
-	return c > 1 ? 1 : c < -1 ? -1 : c;
 }
 
 /* ---------------------------------------------------------------- text */
@@ -194,7 +115,7 @@ static void side_line(const char *tag, const struct lora_diff_side *s)
 }
 
 static void print_text(const struct lora_diff_side *a, const struct lora_diff_side *b,
-		       const struct lora_diff *d, const struct layer *L, size_t nl)
+		       const struct lora_diff *d, const struct lora_diff_layer *L, size_t nl)
 {
 	int any = 0;
 
@@ -238,7 +159,7 @@ static void print_text(const struct lora_diff_side *a, const struct lora_diff_si
 
 	printf("\ncosine by layer (all modules of the layer as one vector; '|' is 0, left is negative)\n");
 	for (size_t i = 0; i < nl; i++) {
-		double c = layer_cosine(&L[i]), rel = sqrt(L[i].d2) / fmax(sqrt(L[i].na2), sqrt(L[i].nb2));
+		double c = lora_diff_layer_cosine(&L[i]), rel = sqrt(L[i].d2) / fmax(sqrt(L[i].na2), sqrt(L[i].nb2));
 		if (L[i].idx >= 0)
 			printf("  layer %-5ld ", L[i].idx);
 		else
@@ -306,7 +227,7 @@ static cJSON *raw(const char *json)
 }
 
 static int print_json(const struct lora_diff_side *a, const struct lora_diff_side *b,
-		      const struct lora_diff *d, const struct layer *L, size_t nl)
+		      const struct lora_diff *d, const struct lora_diff_layer *L, size_t nl)
 {
 	cJSON *o = cJSON_CreateObject(), *set, *mods, *sum, *oa, *ob, *lay;
 
@@ -366,7 +287,7 @@ static int print_json(const struct lora_diff_side *a, const struct lora_diff_sid
 		cJSON_AddItemToObject(e, "layer", L[i].idx >= 0 ? cJSON_CreateNumber((double)L[i].idx) :
 								 cJSON_CreateNull());
 		cJSON_AddNumberToObject(e, "modules", (double)L[i].n);
-		cJSON_AddItemToObject(e, "cosine", jnum(layer_cosine(&L[i])));
+		cJSON_AddItemToObject(e, "cosine", jnum(lora_diff_layer_cosine(&L[i])));
 		cJSON_AddItemToObject(e, "distance", jnum(sqrt(L[i].d2)));
 		cJSON_AddItemToArray(lay, e);
 	}
@@ -375,26 +296,27 @@ static int print_json(const struct lora_diff_side *a, const struct lora_diff_sid
 
 /* ----------------------------------------------------------------- main */
 
-CMD(diff)
+static const struct cmd_opt opts[] = {
+	{ "json", 0, NULL, "one JSON document on stdout", 'j', 0, 0 },
+	{ "threads", 0, "N", "worker threads (default: one per CPU)", 't', 0, 0 },
+	{ 0 }
+};
+
+static CMD(diff)
 {
-	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "threads", required_argument, NULL, 't' },
-		{ 0 }
-	};
 	struct lora_err err = { 0 };
 	struct input a = { 0 }, b = { 0 };
 	struct lora_diff d;
-	struct layer *L = NULL;
+	struct lora_diff_layer *L = NULL;
 	size_t nl = 0;
 	int c, json = 0, rc;
 	long threads = 0;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "", opts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'j': json = 1; break;
 		case 't':
-			if (cmd_parse_long(ctx, "--threads", optarg, 0, 64, &threads) < 0)
+			if (cmd_optarg_long(ctx, 0, 64, &threads) < 0)
 				return 2;
 			break;
 		default: return 2;
@@ -412,7 +334,7 @@ CMD(diff)
 		rc = cmd_fail(&err);
 		goto out;
 	}
-	L = layers(&d, &nl);
+	L = lora_diff_layers(&d, &nl);
 	if (!L) {
 		rc = cmd_error("out of memory");
 	} else if (json) {
@@ -428,3 +350,9 @@ out:
 	close_input(&b);
 	return rc;
 }
+
+const struct cmd_def cmd_diff_entry = {
+	"diff", cmd_diff, CMD_NEED_STORE, "compare two adapters module by module",
+	"lora diff REF REF [--json] [--threads N]",
+	opts, 16, NULL
+};

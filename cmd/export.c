@@ -6,18 +6,19 @@
 #include "cmd/cmd.h"
 #include "libadapter/store/store.h"
 
-CMD(export)
+static const struct cmd_opt opts[] = {
+	{ "output", 'o', "PATH", "the .lora file ('-' for stdout) or the folder to write", 'o', 0, 0 },
+	{ "format", 'f', "lora|peft", "a package (default) or a PEFT folder", 'f', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ 0 }
+};
+
+static CMD(export)
 {
-	static const struct option longopts[] = {
-		{ "output", required_argument, NULL, 'o' },
-		{ "format", required_argument, NULL, 'f' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct lora_err err = { 0 };
 	const char *out = NULL, *format = NULL;
 	int c, rc;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "o:f:", longopts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'o': out = optarg; break;
 		case 'f': format = optarg; break;
@@ -44,3 +45,9 @@ CMD(export)
 	}
 	return rc < 0 ? cmd_fail(&err) : 0;
 }
+
+const struct cmd_def cmd_export_entry = {
+	"export", cmd_export, CMD_NEED_STORE, "write a stored adapter as a .lora file or PEFT folder",
+	"lora export REF -o PATH [--format lora|peft]",
+	opts, 22, NULL
+};

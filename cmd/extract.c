@@ -94,24 +94,26 @@ static int report(const char *out, const char *ref, const char *digest,
 	return 0;
 }
 
-CMD(extract)
+static const struct cmd_opt opts[] = {
+	{ "base", 0, "DIR", NULL, 'b', 0, 0 },
+	{ "tuned", 0, "DIR", NULL, 't', 0, 0 },
+	{ "rank", 0, "R", "rank of the adapter", 'r', 0, 0 },
+	{ "targets", 0, "LIST", "comma-separated module names (q_proj,v_proj); default: every\n"
+				"2-d weight inside numbered layers (all linear layers)", 'T', 0, 0 },
+	{ "name", 0, "NAME[:TAG]", "add the result to the store, signed", 'n', 0, 0 },
+	{ "output", 'o', "DIR", "write a PEFT folder instead", 'o', 0, 0 },
+	{ "iters", 0, "N", "power iterations of the randomized SVD (default 2)", 'i', 0, 0 },
+	{ "oversample", 0, "P", "extra random directions (default 10)", 'p', 0, 0 },
+	{ "seed", 0, "S", "random seed (default 0)", 's', 0, 0 },
+	{ "dtype", 0, "D", "dtype of the written tensors (default fp32)", 'd', 0, 0 },
+	{ "key", 0, "FILE", "signing key (default: the store's key)", 'k', 0, 0 },
+	{ "description", 0, "T", "description recorded in the manifest", 'D', 0, 0 },
+	{ "json", 0, NULL, "one JSON document on stdout", 'j', 0, 0 },
+	{ 0 }
+};
+
+static CMD(extract)
 {
-	static const struct option opts[] = {
-		{ "base", required_argument, NULL, 'b' },
-		{ "tuned", required_argument, NULL, 't' },
-		{ "rank", required_argument, NULL, 'r' },
-		{ "targets", required_argument, NULL, 'T' },
-		{ "name", required_argument, NULL, 'n' },
-		{ "output", required_argument, NULL, 'o' },
-		{ "dtype", required_argument, NULL, 'd' },
-		{ "iters", required_argument, NULL, 'i' },
-		{ "oversample", required_argument, NULL, 'p' },
-		{ "seed", required_argument, NULL, 's' },
-		{ "json", no_argument, NULL, 'j' },
-		{ "key", required_argument, NULL, 'k' },
-		{ "description", required_argument, NULL, 'D' },
-		{ 0 }
-	};
 	struct lora_extract_params p = { .oversample = -1, .iters = -1, .dtype = LORA_DT_F32 };
 	struct lora_extract_result res = { 0 };
 	struct lora_err err = { 0 };
@@ -122,7 +124,7 @@ CMD(extract)
 	long v;
 	int c, json = 0, rc;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "o:", opts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'b': base = optarg; break;
 		case 't': tuned = optarg; break;
@@ -133,22 +135,22 @@ CMD(extract)
 		case 'k': key = optarg; break;
 		case 'D': desc = optarg; break;
 		case 'r':
-			if (cmd_parse_long(ctx, "--rank", optarg, 1, 100000, &v) < 0)
+			if (cmd_optarg_long(ctx, 1, 100000, &v) < 0)
 				return 2;
 			p.rank = (int)v;
 			break;
 		case 'i':
-			if (cmd_parse_long(ctx, "--iters", optarg, 0, 20, &v) < 0)
+			if (cmd_optarg_long(ctx, 0, 20, &v) < 0)
 				return 2;
 			p.iters = (int)v;
 			break;
 		case 'p':
-			if (cmd_parse_long(ctx, "--oversample", optarg, 0, 1000, &v) < 0)
+			if (cmd_optarg_long(ctx, 0, 1000, &v) < 0)
 				return 2;
 			p.oversample = (int)v;
 			break;
 		case 's':
-			if (cmd_parse_long(ctx, "--seed", optarg, 0, 0x7fffffffL, &v) < 0)
+			if (cmd_optarg_long(ctx, 0, 0x7fffffffL, &v) < 0)
 				return 2;
 			p.seed = (uint64_t)v;
 			break;
@@ -173,8 +175,7 @@ CMD(extract)
 		return cmd_usage(ctx, "give exactly one of --name NAME[:TAG] and -o DIR");
 	if (name) {
 		struct lora_ref r;
-		const char *td = getenv("TMPDIR");
-		size_t n = strlen(td && *td ? td : "/tmp") + 32;
+		size_t n = strlen(ctx->tmp_dir) + 32;
 		if (lora_ref_parse(name, &r, &err) < 0 || r.is_digest)
 			return r.is_digest ? cmd_usage(ctx, "--name wants NAME[:TAG]") : cmd_fail(&err);
 		snprintf(ref, sizeof(ref), "%s:%s", r.name, r.tag);
@@ -183,7 +184,7 @@ CMD(extract)
 			return cmd_fail(&err);
 		if (!(tmp = malloc(n)))
 			return cmd_error("out of memory");
-		snprintf(tmp, n, "%s/lora-extract-XXXXXX", td && *td ? td : "/tmp");
+		snprintf(tmp, n, "%s/lora-extract-XXXXXX", ctx->tmp_dir);
 		if (!mkdtemp(tmp) || !(dir = lora_path_join(tmp, "adapter"))) {
 			free(tmp);
 			return cmd_error("cannot create a temporary folder");
@@ -213,6 +214,8 @@ CMD(extract)
 		o.description = desc;
 		o.base_fingerprint = res.base_fingerprint;
 		o.provenance_json = res.provenance_json;
+		o.user = ctx->user;
+		o.created = ctx->created;
 		if (lora_store_add_peft_dir(ctx->store, dir, ref, &o, digest, &err) < 0) {
 			rc = cmd_fail(&err);
 			lora_extract_result_free(&res);
@@ -230,3 +233,11 @@ out:
 	free(dir);
 	return rc;
 }
+
+const struct cmd_def cmd_extract_entry = {
+	"extract", cmd_extract, CMD_NEED_STORE, "turn a full fine-tune into an adapter",
+	"lora extract --base DIR --tuned DIR --rank R [--targets LIST] (--name NAME[:TAG] | -o DIR)\n"
+	"      [--iters N] [--oversample P] [--seed S] [--dtype fp32|bf16|fp16]\n"
+	"      [--key FILE] [--description TEXT] [--json]",
+	opts, 19, NULL
+};

@@ -133,7 +133,7 @@ static int run_generate(const struct gen_opts *o, const struct cmd_ctx *ctx, str
 	if (lora_tok_vocab_size(tok) > net->V)
 		cmd_warn("the tokenizer has %d tokens, the model %d", (int)lora_tok_vocab_size(tok), net->V);
 	if (o->adapter) {
-		if (lora_adapter_open(ctx->store, o->adapter, &ad, err) < 0 ||
+		if (lora_adapter_open(ctx->store, ctx->tmp_dir, o->adapter, &ad, err) < 0 ||
 		    lora_net_load_peft(net, ad.peft, o->adapter, err) < 0)
 			goto out;
 	}
@@ -242,50 +242,51 @@ static void print_json(const struct gen_opts *o, const struct gen_out *r)
 	lora_buf_free(&b);
 }
 
-CMD(generate)
+enum { O_BASE = 256, O_ADAPTER, O_PROMPT, O_MAX, O_TEMP, O_TOPP, O_SEED, O_QUANT, O_CHAT,
+       O_NOCHAT, O_JSON, O_THREADS };
+static const struct cmd_opt opts[] = {
+	{ "base", 0, "DIR", "the Hugging Face model folder (with tokenizer.json)", O_BASE, 0, 0 },
+	{ "adapter", 0, "REF|PATH", "a stored adapter, a .lora package or a PEFT folder", O_ADAPTER, 0, 0 },
+	{ "prompt", 0, "TEXT", "what to continue (or, for a chat model, the user's turn)", O_PROMPT, 0, 0 },
+	{ "max-tokens", 0, "N", "stop after N new tokens (128)", O_MAX, 0, 0 },
+	{ "temperature", 0, "T", "0: greedy; default 0.7", O_TEMP, 0, 0 },
+	{ "top-p", 0, "P", "sample from the smallest set of tokens holding P of the mass (0.9)", O_TOPP, 0, 0 },
+	{ "seed", 0, "S", "random stream of the sampler (42): same seed, same text", O_SEED, 0, 0 },
+	{ "quant", 0, "nf4|none", "NF4 frozen weights as QLoRA trains them (default), or as stored", O_QUANT, 0, 0 },
+	{ "chat", 0, NULL, "use the model's chat template (default: when it has one)", O_CHAT, CMD_OPT_JOIN_NEXT, 0 },
+	{ "no-chat", 0, NULL, NULL, O_NOCHAT, 0, 0 },
+	{ "json", 0, NULL, "{\"text\", \"prompt_tokens\", \"tokens\", \"stop\", ...} at the end", O_JSON, 0, 0 },
+	{ "threads", 0, "N", "BLAS threads", O_THREADS, 0, 0 },
+	{ 0 }
+};
+
+static CMD(generate)
 {
-	enum { O_BASE = 256, O_ADAPTER, O_PROMPT, O_MAX, O_TEMP, O_TOPP, O_SEED, O_QUANT, O_CHAT,
-	       O_NOCHAT, O_JSON, O_THREADS };
-	static const struct option opts[] = {
-		{ "base", required_argument, NULL, O_BASE },
-		{ "adapter", required_argument, NULL, O_ADAPTER },
-		{ "prompt", required_argument, NULL, O_PROMPT },
-		{ "max-tokens", required_argument, NULL, O_MAX },
-		{ "temperature", required_argument, NULL, O_TEMP },
-		{ "top-p", required_argument, NULL, O_TOPP },
-		{ "seed", required_argument, NULL, O_SEED },
-		{ "quant", required_argument, NULL, O_QUANT },
-		{ "chat", no_argument, NULL, O_CHAT },
-		{ "no-chat", no_argument, NULL, O_NOCHAT },
-		{ "json", no_argument, NULL, O_JSON },
-		{ "threads", required_argument, NULL, O_THREADS },
-		{ 0 }
-	};
 	struct gen_opts o = { .max_tokens = 128, .temperature = 0.7, .top_p = 0.9, .seed = 42,
 			      .quant = LORA_QUANT_NF4, .chat = -1 };
 	struct gen_out r = { .text = LORA_BUF_INIT };
 	struct lora_err err = { 0 };
 	int c, rc = 0;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "", opts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case O_BASE: o.base = optarg; break;
 		case O_ADAPTER: o.adapter = optarg; break;
 		case O_PROMPT: o.prompt = optarg; break;
 		case O_MAX:
-			if (cmd_parse_long(ctx, "--max-tokens", optarg, 1, 1 << 20, &o.max_tokens) < 0)
+			if (cmd_optarg_long(ctx, 1, 1 << 20, &o.max_tokens) < 0)
 				return 2;
 			break;
 		case O_TEMP:
-			if (cmd_parse_double(ctx, "--temperature", optarg, 0, 100, &o.temperature) < 0)
+			if (cmd_optarg_double(ctx, 0, 100, &o.temperature) < 0)
 				return 2;
 			break;
 		case O_TOPP:
-			if (cmd_parse_double(ctx, "--top-p", optarg, 1e-9, 1, &o.top_p) < 0)
+			if (cmd_optarg_double(ctx, 1e-9, 1, &o.top_p) < 0)
 				return 2;
 			break;
 		case O_SEED:
-			if (cmd_parse_long(ctx, "--seed", optarg, 0, 0x7fffffffffffffffL, &o.seed) < 0)
+			if (cmd_optarg_long(ctx, 0, 0x7fffffffffffffffL, &o.seed) < 0)
 				return 2;
 			break;
 		case O_QUANT:
@@ -296,7 +297,7 @@ CMD(generate)
 		case O_NOCHAT: o.chat = 0; break;
 		case O_JSON: o.json = 1; break;
 		case O_THREADS:
-			if (cmd_parse_long(ctx, "--threads", optarg, 1, 1024, &o.threads) < 0)
+			if (cmd_optarg_long(ctx, 1, 1024, &o.threads) < 0)
 				return 2;
 			break;
 		default: return 2;
@@ -317,3 +318,10 @@ CMD(generate)
 		return cmd_error("cannot write the result: %s", strerror(errno));
 	return 0;
 }
+
+const struct cmd_def cmd_generate_entry = {
+	"generate", cmd_generate, CMD_NEED_STORE, "sample text from a model and adapter",
+	"lora generate --base DIR [--adapter REF|PATH] --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S] "
+	"[--quant nf4|none] [--chat|--no-chat] [--json] [--threads N]",
+	opts, 22, NULL
+};

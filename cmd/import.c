@@ -61,23 +61,24 @@ static void on_progress(void *ctx, double done, double total)
 	cmd_progress_update(p, done, NULL);
 }
 
-CMD(import)
+static const struct cmd_opt opts[] = {
+	{ "name", 'n', "NAME[:TAG]", "store it under this name (tag 'latest' when absent)", 'n', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ "allow-untrusted", 0, NULL, "accept an unsigned package or an unknown signer", 'u', 0, 0 },
+	{ "key", 'k', "FILE", "sign a folder with this OpenSSH ed25519 key", 'k', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ "description", 'd', "TEXT", "a description for the manifest of a folder", 'd', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ "base", 'b', "DIR", "record the fingerprint of this base model", 'b', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ 0 }
+};
+
+static CMD(import)
 {
-	static const struct option longopts[] = {
-		{ "name", required_argument, NULL, 'n' },
-		{ "allow-untrusted", no_argument, NULL, 'u' },
-		{ "key", required_argument, NULL, 'k' },
-		{ "description", required_argument, NULL, 'd' },
-		{ "base", required_argument, NULL, 'b' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct lora_err err = { 0 };
 	const char *name = NULL, *key = NULL, *desc = NULL, *base = NULL, *path;
 	char ref[LORA_REF_MAX], digest[72], fp[72];
 	struct cmd_progress prog;
 	int c, allow = 0, rc;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "n:k:d:b:", longopts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'n': name = optarg; break;
 		case 'u': allow = 1; break;
@@ -115,6 +116,8 @@ CMD(import)
 		o.description = desc;
 		o.progress = on_progress;
 		o.progress_ctx = &prog;
+		o.user = ctx->user;
+		o.created = ctx->created;
 		rc = lora_store_add_peft_dir(ctx->store, path, name, &o, digest, &err);
 		cmd_progress_end(&prog);
 		if (rc < 0)
@@ -144,3 +147,9 @@ CMD(import)
 	printf("%s %s\n", ref, digest);
 	return 0;
 }
+
+const struct cmd_def cmd_import_entry = {
+	"import", cmd_import, CMD_NEED_STORE, "add a .lora package or a PEFT folder to the store",
+	"lora import PATH [--name NAME[:TAG]] [--allow-untrusted] [--key FILE] [--description TEXT] [--base DIR]",
+	opts, 22, NULL
+};

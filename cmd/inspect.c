@@ -207,21 +207,14 @@ static int show_adapter(const struct lora_peft *p, int json, int spectrum, cJSON
 	norms = calloc(p->n_modules + 1, sizeof(double));
 	if (!norms)
 		return cmd_error("out of memory");
-	for (size_t i = 0; i < p->n_modules; i++)
-		if (lora_peft_delta_norm(&p->modules[i], &norms[i], &err) < 0) {
-			rc = cmd_fail(&err);
-			goto out;
-		}
-	if (spectrum && !(sv = calloc(p->n_modules, sizeof(*sv)))) {
+	if (spectrum && !(sv = calloc(p->n_modules + 1, sizeof(*sv)))) {
 		rc = cmd_error("out of memory");
 		goto out;
 	}
-	for (size_t i = 0; sv && i < p->n_modules; i++)
-		if (!(sv[i] = calloc((size_t)p->modules[i].r, sizeof(double))) ||
-		    lora_module_spectrum(&p->modules[i], sv[i], &err) < 0) {
-			rc = sv[i] ? cmd_fail(&err) : cmd_error("out of memory");
-			goto out;
-		}
+	if (lora_peft_figures(p, norms, sv, &err) < 0) {
+		rc = cmd_fail(&err);
+		goto out;
+	}
 	if (json)
 		rc = adapter_json(p, norms, sv, stored);
 	else
@@ -248,16 +241,16 @@ static int inspect_adapter(const char *dir, int json, int spectrum)
 }
 
 /* A store REF or a .lora file: the adapter plus what the store knows of it. */
-static int inspect_stored(const char *store, const char *spec, int json, int spectrum)
+static int inspect_stored(const struct cmd_ctx *ctx, const char *spec, int json, int spectrum)
 {
 	struct lora_err err = { 0 };
 	struct lora_adapter_src a = { 0 };
 	cJSON *d = NULL;
 	int rc;
 
-	if (lora_store_describe(store, spec, &d, &err) < 0)
+	if (lora_store_describe(ctx->store, spec, &d, &err) < 0)
 		return cmd_fail(&err);
-	if (lora_adapter_open(store, spec, &a, &err) < 0) {
+	if (lora_adapter_open(ctx->store, ctx->tmp_dir, spec, &a, &err) < 0) {
 		/* Unverifiable package: still show what the store says, then fail. */
 		if (!json)
 			stored_text(d);
@@ -396,17 +389,18 @@ static int has_file(const char *dir, const char *name)
 	return r;
 }
 
-CMD(inspect)
+static const struct cmd_opt opts[] = {
+	{ "json", 0, NULL, "one JSON document on stdout", 'j', 0, 0 },
+	{ "spectrum", 0, NULL, "singular values per module and an effective rank", 's', 0, 0 },
+	{ 0 }
+};
+
+static CMD(inspect)
 {
-	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "spectrum", no_argument, NULL, 's' },
-		{ 0 }
-	};
 	int c, json = 0, spectrum = 0;
 	const char *path;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "", opts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'j': json = 1; break;
 		case 's': spectrum = 1; break;
@@ -442,5 +436,11 @@ CMD(inspect)
 		if (stat(path, &sb) < 0 && (strchr(path, '/') || strstr(path, ".safetensors")))
 			return cmd_error("cannot open '%s': %s", path, strerror(errno));
 	}
-	return inspect_stored(ctx->store, path, json, spectrum);
+	return inspect_stored(ctx, path, json, spectrum);
 }
+
+const struct cmd_def cmd_inspect_entry = {
+	"inspect", cmd_inspect, CMD_NEED_STORE, "describe an adapter or a model folder",
+	"lora inspect (PATH | REF) [--json] [--spectrum]",
+	opts, 16, NULL
+};

@@ -98,18 +98,19 @@ static int print_json(const struct lora_store_item *it, size_t n)
 	return 0;
 }
 
-CMD(list)
+static const struct cmd_opt opts[] = {
+	{ "json", 'j', NULL, "one JSON document on stdout", 'j', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ 0 }
+};
+
+static CMD(list)
 {
-	static const struct option longopts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct lora_err err = { 0 };
 	struct lora_store_item *it;
 	size_t n;
 	int c, json = 0, w_ref = 8, w_base = 4, w_t = 7, w_sig = 6;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "j", longopts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'j': json = 1; break;
 		default: return 2;
@@ -169,3 +170,9 @@ CMD(list)
 	lora_store_items_free(it, n);
 	return 0;
 }
+
+const struct cmd_def cmd_list_entry = {
+	"list", cmd_list, CMD_NEED_STORE, "list the adapters in the store",
+	"lora list [--json]",
+	opts, 16, NULL
+};

@@ -5,6 +5,7 @@
 
 #include "cmd/cmd.h"
 #include "libadapter/merge/merge.h"
+#include "libadapter/merge/swap.h"
 #include "train/cuda.h"
 
 static void on_progress(void *ctx, uint64_t done, uint64_t total)
@@ -23,6 +24,7 @@ int cmd_merge_open_set(struct cmd_ctx *ctx, char **args, int n, struct lora_merg
 {
 	struct lora_err err = { 0 };
 
+	set->tmp_dir = ctx->tmp_dir;
 	for (int i = 0; i < n; i++) {
 		char *spec;
 		double w;
@@ -36,16 +38,18 @@ int cmd_merge_open_set(struct cmd_ctx *ctx, char **args, int n, struct lora_merg
 	return 0;
 }
 
-CMD(merge)
+static const struct cmd_opt opts[] = {
+	{ "base", 'b', "DIR", "the base model folder", 'b', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ "output", 'o', "DIR", "the merged folder to create (must not exist)", 'o', 0, 0 },
+	{ "dtype", 0, "TYPE", "output dtype of float tensors (auto: each keeps its own)", 'd', 0, 0 },
+	{ "device", 0, "DEV", "cpu (default) or cuda for the B·A products", 'D', 0, 0 },
+	{ "force", 0, NULL, "merge adapters made for another base (fingerprint)", 'f', 0, 0 },
+	{ NULL, 0, "REF@WEIGHT", "a PEFT folder, .lora file or stored adapter, times WEIGHT", 0, 0, 0 },
+	{ 0 }
+};
+
+static CMD(merge)
 {
-	static const struct option longopts[] = {
-		{ "base", required_argument, NULL, 'b' },
-		{ "output", required_argument, NULL, 'o' },
-		{ "dtype", required_argument, NULL, 'd' },
-		{ "device", required_argument, NULL, 'D' },
-		{ "force", no_argument, NULL, 'f' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct lora_merge_opts o = { 0 };
 	struct lora_merge_set set = { 0 };
 	struct lora_merge_stats st;
@@ -54,9 +58,10 @@ CMD(merge)
 	int c, rc;
 
 	o.store_dir = ctx->store;
+	o.cache_dir = ctx->cache_dir;
 	o.dtype = LORA_DT_INVALID;
 	o.gpu = &lora_cuda_merge_lazy;
-	while ((c = cmd_getopt(ctx, argc, argv, "b:o:", longopts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'b': o.base_dir = optarg; break;
 		case 'o': o.out_dir = optarg; break;
@@ -87,6 +92,11 @@ CMD(merge)
 		lora_merge_set_free(&set);
 		return rc;
 	}
+	/* A base whose swap was interrupted is finished first (merge is a command that writes). */
+	if (lora_merged_recover(o.base_dir, &err) < 0) {
+		lora_merge_set_free(&set);
+		return cmd_fail(&err);
+	}
 	cmd_progress_start(&prog, ctx, "merging", 1);
 	o.progress = on_progress;
 	o.progress_ctx = &prog;
@@ -105,3 +115,9 @@ CMD(merge)
 	lora_merge_set_free(&set);
 	return 0;
 }
+
+const struct cmd_def cmd_merge_entry = {
+	"merge", cmd_merge, CMD_NEED_STORE, "merge adapters into a new base model folder",
+	"lora merge --base DIR REF[@WEIGHT]... -o OUTDIR [--dtype auto|bf16|fp16|fp32] [--device cpu|cuda] [--force]",
+	opts, 20, NULL
+};

@@ -267,57 +267,40 @@ static void print_text(const struct plan_args *a, const char *label, const struc
 
 enum {
 	O_BASE = 256, O_CONFIG, O_RANK, O_ALPHA, O_TARGETS, O_QUANT, O_BATCH, O_SEQ, O_ACCUM,
-	O_CKPT, O_NOCKPT, O_PAGED, O_NOPAGED, O_DROPOUT, O_GPUMEM, O_DEVICE, O_JSON, O_THREADS, O_IGNORED,
+	O_CKPT, O_NOCKPT, O_PAGED, O_NOPAGED, O_DROPOUT, O_GPUMEM, O_DEVICE, O_JSON, O_THREADS,
 	O_IGNORED_FLAG
+};
+
+/* lora train's options that are not here are accepted and ignored (.also below) */
+extern const struct cmd_def cmd_train_entry __attribute__((weak));
+static const struct cmd_opt opts[] = {
+	{ "base", 0, "DIR", "a model folder (config.json; weights' dtype from the files)", O_BASE, 0, 0 },
+	{ "config", 0, "FILE", "a config.json alone", O_CONFIG, 0, 0 },
+	{ "rank", 0, "R", "LoRA rank (16)", O_RANK, 0, 0 },
+	{ "alpha", 0, "A", NULL, O_ALPHA, 0, 0 },
+	{ "targets", 0, "LIST", "all-linear (default) or q_proj,v_proj,...", O_TARGETS, 0, 0 },
+	{ "quant", 0, "nf4|none", "the column the run would use: QLoRA (default) or LoRA", O_QUANT, 0, 0 },
+	{ "batch", 0, "B", "rows per micro-batch (4)", O_BATCH, 0, 0 },
+	{ "seq-len", 0, "T", "tokens per row (512, or the model's limit)", O_SEQ, 0, 0 },
+	{ "grad-accum", 0, "G", "accepted; does not change memory", O_ACCUM, 0, 0 },
+	{ "grad-checkpoint", 0, NULL, "keep one input per layer and recompute (also --checkpointing;\n"
+				      "--no-checkpointing, the default)", O_CKPT, 0, 0 },
+	{ "checkpointing", 0, NULL, NULL, O_CKPT, 0, 0 },
+	{ "no-checkpointing", 0, NULL, NULL, O_NOCKPT, 0, 0 },
+	{ "paged", 0, NULL, "paged AdamW states (default, cuda); --no-paged", O_PAGED, 0, 0 },
+	{ "no-paged", 0, NULL, NULL, O_NOPAGED, 0, 0 },
+	{ "dropout", 0, "P", "LoRA dropout (0.05)", O_DROPOUT, 0, 0 },
+	{ "gpu-mem", 0, "GB", "also the largest --seq-len and --batch that fit in GB GiB", O_GPUMEM, 0, 0 },
+	{ "device", 0, "cpu|cuda", "the CPU trainer (measured) or the CUDA estimate (default)", O_DEVICE, 0, 0 },
+	{ "threads", 0, "N", "cpu: the trainer's threads (default: one per CPU)", O_THREADS, 0, 0 },
+	{ "json", 0, NULL, "one JSON document, sizes in bytes", O_JSON, 0, 0 },
+	{ "pack", 0, NULL, NULL, O_IGNORED_FLAG, 0, 0 },     /* spellings lora train does not take */
+	{ "rslora", 0, NULL, NULL, O_IGNORED_FLAG, 0, 0 },
+	{ 0 }
 };
 
 static int parse(int argc, char **argv, struct cmd_ctx *ctx, struct plan_args *a)
 {
-	static const struct option opts[] = {
-		{ "base", required_argument, NULL, O_BASE },
-		{ "config", required_argument, NULL, O_CONFIG },
-		{ "rank", required_argument, NULL, O_RANK },
-		{ "alpha", required_argument, NULL, O_ALPHA },
-		{ "targets", required_argument, NULL, O_TARGETS },
-		{ "quant", required_argument, NULL, O_QUANT },
-		{ "batch", required_argument, NULL, O_BATCH },
-		{ "seq-len", required_argument, NULL, O_SEQ },
-		{ "grad-accum", required_argument, NULL, O_ACCUM },
-		{ "checkpointing", no_argument, NULL, O_CKPT },
-		{ "grad-checkpoint", no_argument, NULL, O_CKPT },
-		{ "no-checkpointing", no_argument, NULL, O_NOCKPT },
-		{ "paged", no_argument, NULL, O_PAGED },
-		{ "no-paged", no_argument, NULL, O_NOPAGED },
-		{ "dropout", required_argument, NULL, O_DROPOUT },
-		{ "gpu-mem", required_argument, NULL, O_GPUMEM },
-		{ "device", required_argument, NULL, O_DEVICE },
-		{ "json", no_argument, NULL, O_JSON },
-		/* lora train options that do not change memory */
-		{ "data", required_argument, NULL, O_IGNORED },
-		{ "eval-data", required_argument, NULL, O_IGNORED },
-		{ "eval-split", required_argument, NULL, O_IGNORED },
-		{ "name", required_argument, NULL, O_IGNORED },
-		{ "lr", required_argument, NULL, O_IGNORED },
-		{ "schedule", required_argument, NULL, O_IGNORED },
-		{ "warmup", required_argument, NULL, O_IGNORED },
-		{ "steps", required_argument, NULL, O_IGNORED },
-		{ "epochs", required_argument, NULL, O_IGNORED },
-		{ "max-grad-norm", required_argument, NULL, O_IGNORED },
-		{ "weight-decay", required_argument, NULL, O_IGNORED },
-		{ "seed", required_argument, NULL, O_IGNORED },
-		{ "eval-every", required_argument, NULL, O_IGNORED },
-		{ "save-every", required_argument, NULL, O_IGNORED },
-		{ "threads", required_argument, NULL, O_THREADS },
-		{ "key", required_argument, NULL, O_IGNORED },
-		{ "resume", no_argument, NULL, O_IGNORED_FLAG },
-		{ "no-pack", no_argument, NULL, O_IGNORED_FLAG },
-		{ "pack", no_argument, NULL, O_IGNORED_FLAG },
-		{ "skip-bad-rows", no_argument, NULL, O_IGNORED_FLAG },
-		{ "rslora", no_argument, NULL, O_IGNORED_FLAG },
-		{ "chat-template", required_argument, NULL, O_IGNORED },
-		{ "description", required_argument, NULL, O_IGNORED },
-		{ 0 }
-	};
 	long v;
 	double d;
 	int c;
@@ -328,17 +311,17 @@ static int parse(int argc, char **argv, struct cmd_ctx *ctx, struct plan_args *a
 	/* as the trainer: OpenBLAS's thread count, one per CPU unless told */
 	v = sysconf(_SC_NPROCESSORS_ONLN);
 	a->o.threads = v > 0 && v <= 1024 ? (int)v : 1;
-	while ((c = cmd_getopt(ctx, argc, argv, "", opts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case O_BASE: a->base = optarg; break;
 		case O_CONFIG: a->config = optarg; break;
 		case O_RANK:
-			if (cmd_parse_long(ctx, "--rank", optarg, 1, 65536, &v) < 0)
+			if (cmd_optarg_long(ctx, 1, 65536, &v) < 0)
 				return 2;
 			a->o.rank = (int)v;
 			break;
 		case O_ALPHA:
-			if (cmd_parse_double(ctx, "--alpha", optarg, 1e-9, 1e9, &d) < 0)
+			if (cmd_optarg_double(ctx, 1e-9, 1e9, &d) < 0)
 				return 2;
 			break;
 		case O_TARGETS: {
@@ -353,17 +336,17 @@ static int parse(int argc, char **argv, struct cmd_ctx *ctx, struct plan_args *a
 			a->o.quant_nf4 = !strcmp(optarg, "nf4");
 			break;
 		case O_BATCH:
-			if (cmd_parse_long(ctx, "--batch", optarg, 1, 65536, &v) < 0)
+			if (cmd_optarg_long(ctx, 1, 65536, &v) < 0)
 				return 2;
 			a->o.batch = (int)v;
 			break;
 		case O_SEQ:
-			if (cmd_parse_long(ctx, "--seq-len", optarg, 1, 1 << 20, &v) < 0)
+			if (cmd_optarg_long(ctx, 1, 1 << 20, &v) < 0)
 				return 2;
 			a->o.seq_len = (int)v;
 			break;
 		case O_ACCUM:
-			if (cmd_parse_long(ctx, "--grad-accum", optarg, 1, 1 << 20, &v) < 0)
+			if (cmd_optarg_long(ctx, 1, 1 << 20, &v) < 0)
 				return 2;
 			a->o.grad_accum = (int)v;
 			break;
@@ -372,11 +355,11 @@ static int parse(int argc, char **argv, struct cmd_ctx *ctx, struct plan_args *a
 		case O_PAGED: a->o.paged = 1; break;
 		case O_NOPAGED: a->o.paged = 0; break;
 		case O_DROPOUT:
-			if (cmd_parse_double(ctx, "--dropout", optarg, 0, 0.999, &a->o.dropout) < 0)
+			if (cmd_optarg_double(ctx, 0, 0.999, &a->o.dropout) < 0)
 				return 2;
 			break;
 		case O_GPUMEM:
-			if (cmd_parse_double(ctx, "--gpu-mem", optarg, 0.001, 1 << 24, &a->gpu_mem) < 0)
+			if (cmd_optarg_double(ctx, 0.001, 1 << 24, &a->gpu_mem) < 0)
 				return 2;
 			break;
 		case O_DEVICE:
@@ -389,11 +372,11 @@ static int parse(int argc, char **argv, struct cmd_ctx *ctx, struct plan_args *a
 			break;
 		case O_JSON: a->json = 1; break;
 		case O_THREADS:
-			if (cmd_parse_long(ctx, "--threads", optarg, 1, 1024, &v) < 0)
+			if (cmd_optarg_long(ctx, 1, 1024, &v) < 0)
 				return 2;
 			a->o.threads = (int)v;
 			break;
-		case O_IGNORED: case O_IGNORED_FLAG: break;
+		case CMD_OPT_ALSO: case O_IGNORED_FLAG: break;
 		default: return 2;
 		}
 	}
@@ -404,7 +387,7 @@ static int parse(int argc, char **argv, struct cmd_ctx *ctx, struct plan_args *a
 	return 0;
 }
 
-CMD(plan)
+static CMD(plan)
 {
 	struct plan_args a;
 	struct lora_plan_shape s;
@@ -433,3 +416,9 @@ CMD(plan)
 		return cmd_error("cannot write the result: %s", strerror(errno));
 	return 0;
 }
+
+const struct cmd_def cmd_plan_entry = {
+	"plan", cmd_plan, 0, "estimate the memory a training run needs",
+	"lora plan (--base DIR | --config FILE) [training options] [--gpu-mem GB] [--device cpu|cuda] [--json]",
+	opts, 22, &cmd_train_entry
+};

@@ -7,14 +7,13 @@
 #include "libadapter/store/store.h"
 #include "train/ckpt.h"
 
-CMD(rm)
+static CMD(rm)
 {
-	static const struct option longopts[] = { { NULL, 0, NULL, 0 } };
 	struct lora_err err = { 0 };
 	char *removed = NULL;
 	int c, rc = 0;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "", longopts)) != -1)
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1)
 		return 2;
 	if (optind + 1 != argc)
 		return cmd_usage(ctx, optind >= argc ? "rm needs a REF" : "rm takes one REF");
@@ -46,3 +45,9 @@ CMD(rm)
 	free(removed);
 	return rc;
 }
+
+const struct cmd_def cmd_rm_entry = {
+	"rm", cmd_rm, CMD_NEED_STORE, "remove an adapter name from the store",
+	"lora rm REF",
+	NULL, 0, NULL
+};

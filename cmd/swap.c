@@ -6,6 +6,8 @@
 #include "cmd/cmd.h"
 #include "libadapter/merge/merge.h"
 #include "libadapter/merge/swap.h"
+#include "libadapter/base/fsutil.h"
+#include "libadapter/format/modeldir.h"
 
 int cmd_merge_open_set(struct cmd_ctx *ctx, char **args, int n, struct lora_merge_set *set);
 
@@ -19,32 +21,69 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 	cmd_progress_update(p, (double)done, extra);
 }
 
-CMD(swap)
+/* `lora swap DIR --recover`: finish what a killed swap left, nothing more. */
+static int recover_only(struct cmd_ctx *ctx, const char *dir, int extra)
 {
-	static const struct option longopts[] = {
-		{ "base", required_argument, NULL, 'b' },
-		{ "none", no_argument, NULL, 'n' },
-		{ NULL, 0, NULL, 0 },
-	};
+	struct lora_err err = { 0 };
+	char *j = NULL, *jn = NULL;
+	int pending;
+
+	if (extra)
+		return cmd_usage(ctx, "--recover takes only the model folder");
+	if (!lora_is_dir(dir))
+		return cmd_error("'%s' is not a folder", dir);
+	j = lora_path_join(dir, LORA_SWAP_JOURNAL);
+	jn = lora_path_join(dir, LORA_SWAP_JOURNAL_NEW);
+	if (!j || !jn) {
+		free(j);
+		free(jn);
+		return cmd_error("out of memory");
+	}
+	pending = lora_is_file(j) || lora_is_file(jn);
+	free(j);
+	free(jn);
+	if (lora_merged_recover(dir, &err) < 0)
+		return cmd_fail(&err);
+	if (pending)
+		printf("recovered %s: the interrupted swap is finished or rolled back\n", dir);
+	else
+		printf("nothing to recover in %s\n", dir);
+	return 0;
+}
+
+static const struct cmd_opt opts[] = {
+	{ "none", 0, NULL, "remove every adapter (the base's tensors)", 'n', 0, 0 },
+	{ "base", 'b', "DIR", "recompute from this base (default: the recorded one)", 'b', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ "recover", 0, NULL, "only finish (or roll back) an interrupted swap", 'r', 0, 0 },
+	{ 0 }
+};
+
+static CMD(swap)
+{
 	struct lora_swap_opts o = { 0 };
 	struct lora_merge_set set = { 0 };
 	struct lora_swap_stats st;
 	struct lora_err err = { 0 };
 	struct cmd_progress prog;
 	const char *pause = getenv("LORA_TEST_SWAP_PAUSE_US");
-	int c, rc, none = 0;
+	int c, rc, none = 0, recover = 0;
 
 	o.store_dir = ctx->store;
-	while ((c = cmd_getopt(ctx, argc, argv, "b:", longopts)) != -1) {
+	o.cache_dir = ctx->cache_dir;
+	o.tmp_dir = ctx->tmp_dir;
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'b': o.base_dir = optarg; break;
 		case 'n': none = 1; break;
+		case 'r': recover = 1; break;
 		default: return 2;
 		}
 	}
 	if (optind >= argc)
 		return cmd_usage(ctx, "name the merged model folder");
 	o.model_dir = argv[optind++];
+	if (recover)
+		return recover_only(ctx, o.model_dir, none || o.base_dir || optind < argc);
 	if (none && optind < argc)
 		return cmd_usage(ctx, "--none takes no adapters");
 	if (!none && optind >= argc)
@@ -76,3 +115,9 @@ CMD(swap)
 	lora_merge_set_free(&set);
 	return 0;
 }
+
+const struct cmd_def cmd_swap_entry = {
+	"swap", cmd_swap, CMD_NEED_STORE, "change the adapters merged into a model folder in place",
+	"lora swap MODEL_DIR (REF[@WEIGHT]... | --none) [--base DIR]\nlora swap MODEL_DIR --recover",
+	opts, 20, NULL
+};

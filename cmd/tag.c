@@ -4,15 +4,14 @@
 #include "cmd/cmd.h"
 #include "libadapter/store/store.h"
 
-CMD(tag)
+static CMD(tag)
 {
-	static const struct option longopts[] = { { NULL, 0, NULL, 0 } };
 	struct lora_err err = { 0 };
 	struct lora_ref r;
 	char digest[72];
 	int c;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "", longopts)) != -1)
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1)
 		return 2;
 	if (optind + 2 != argc)
 		return cmd_usage(ctx, "tag needs REF and NAME[:TAG]");
@@ -27,3 +26,9 @@ CMD(tag)
 	printf("%s:%s %s\n", r.name, r.tag, digest);
 	return 0;
 }
+
+const struct cmd_def cmd_tag_entry = {
+	"tag", cmd_tag, CMD_NEED_STORE, "give a stored adapter another name",
+	"lora tag REF NAME[:TAG]",
+	NULL, 0, NULL
+};

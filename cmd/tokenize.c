@@ -143,22 +143,24 @@ static int do_encode(const struct lora_tok *tok, const struct lora_buf *in, int 
 	return 0;
 }
 
-CMD(tokenize)
+static const struct cmd_opt opts[] = {
+	{ "base", 0, "DIR", "model folder with tokenizer.json (and tokenizer_config.json)", 'b', 0, 0 },
+	{ "json", 0, NULL, "one JSON document: ids, tokens, offsets, count", 'j', 0, 0 },
+	{ "no-special", 0, NULL, "do not add BOS/EOS (with --decode: leave special tokens out)", 'n', 0, 0 },
+	{ "decode", 0, NULL, "read token ids and print the text they stand for", 'd', 0, 0 },
+	{ NULL, 0, "TEXT", "the text (arguments joined by spaces); standard input when absent", 0, 0, 0 },
+	{ 0 }
+};
+
+static CMD(tokenize)
 {
-	static const struct option opts[] = {
-		{ "base", required_argument, NULL, 'b' },
-		{ "json", no_argument, NULL, 'j' },
-		{ "decode", no_argument, NULL, 'd' },
-		{ "no-special", no_argument, NULL, 'n' },
-		{ NULL, 0, NULL, 0 },
-	};
 	const char *base = NULL;
 	int json = 0, decode = 0, no_special = 0, c, rc;
 	struct lora_tok *tok = NULL;
 	struct lora_err err = { 0 };
 	struct lora_buf in = LORA_BUF_INIT;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "", opts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'b': base = optarg; break;
 		case 'j': json = 1; break;
@@ -179,3 +181,9 @@ CMD(tokenize)
 	lora_tok_free(tok);
 	return rc;
 }
+
+const struct cmd_def cmd_tokenize_entry = {
+	"tokenize", cmd_tokenize, 0, "turn text into token ids with a model's tokenizer",
+	"lora tokenize --base DIR [--json] [--no-special] [--decode] [TEXT...]",
+	opts, 17, NULL
+};

@@ -40,16 +40,16 @@ static int apply(const struct cmd_ctx *ctx, int id, const char *v, struct lora_t
 	long l;
 	double d;
 
-#define LONG(name, lo, hi) if (cmd_parse_long(ctx, name, v, lo, hi, &l) < 0) return 2
-#define DBL(name, lo, hi) if (cmd_parse_double(ctx, name, v, lo, hi, &d) < 0) return 2
+#define LONG(lo, hi) if (cmd_parse_long(ctx, cmd_opt_flag(ctx, id), v, lo, hi, &l) < 0) return 2
+#define DBL(lo, hi) if (cmd_parse_double(ctx, cmd_opt_flag(ctx, id), v, lo, hi, &d) < 0) return 2
 	switch (id) {
 	case O_BASE: o->base_dir = v; break;
 	case O_DATA: o->data_path = v; break;
 	case O_EVAL_DATA: o->eval_path = v; o->eval_split = 0; break;
-	case O_EVAL_SPLIT: DBL("--eval-split", 1e-6, 0.5); o->eval_split = d; o->eval_path = NULL; break;
-	case O_RANK: LONG("--rank", 1, 65536); o->lora.rank = (int)l; break;
-	case O_ALPHA: DBL("--alpha", 1e-6, 1e6); o->lora.alpha = d; break;
-	case O_DROPOUT: DBL("--dropout", 0, 0.99); o->lora.dropout = d; break;
+	case O_EVAL_SPLIT: DBL(1e-6, 0.5); o->eval_split = d; o->eval_path = NULL; break;
+	case O_RANK: LONG(1, 65536); o->lora.rank = (int)l; break;
+	case O_ALPHA: DBL(1e-6, 1e6); o->lora.alpha = d; break;
+	case O_DROPOUT: DBL(0, 0.99); o->lora.dropout = d; break;
 	case O_TARGETS:
 		if (lora_targets_parse(v, &o->lora.targets, &err) < 0)
 			return cmd_usage(ctx, "%s", err.msg);
@@ -58,33 +58,33 @@ static int apply(const struct cmd_ctx *ctx, int id, const char *v, struct lora_t
 		if (lora_quant_parse(v, &o->quant) < 0)
 			return cmd_usage(ctx, "--quant is nf4 or none, not '%s'", v);
 		break;
-	case O_LR: DBL("--lr", 1e-12, 1e300); o->optim.lr = d; break;
+	case O_LR: DBL(1e-12, 1e300); o->optim.lr = d; break;
 	case O_SCHEDULE:
 		if (lora_sched_parse(v, &o->optim.sched) < 0)
 			return cmd_usage(ctx, "--schedule is cosine, linear or constant, not '%s'", v);
 		break;
 	case O_WARMUP:
-		DBL("--warmup", 0, 1e12);
+		DBL(0, 1e12);
 		if (d >= 1 && d != floor(d))
 			return cmd_usage(ctx, "--warmup is a fraction below 1 or a whole number of steps, not '%s'", v);
 		o->warmup = d;
 		break;
-	case O_STEPS: LONG("--steps", 1, 1000000000000L); o->steps = l; o->epochs = 0; break;
-	case O_EPOCHS: DBL("--epochs", 1e-6, 1e6); o->epochs = d; o->steps = 0; break;
-	case O_BATCH: LONG("--batch", 1, 65536); o->batch = (int)l; break;
-	case O_GRAD_ACCUM: LONG("--grad-accum", 1, 65536); o->grad_accum = (int)l; break;
-	case O_SEQ_LEN: LONG("--seq-len", 2, 1 << 20); o->seq_len = (int)l; break;
-	case O_MAX_GRAD_NORM: DBL("--max-grad-norm", 0, 1e30); o->optim.max_grad_norm = d; break;
-	case O_WEIGHT_DECAY: DBL("--weight-decay", 0, 1e6); o->optim.weight_decay = d; break;
-	case O_SEED: LONG("--seed", 0, 0x7fffffffffffffffL); o->seed = (uint64_t)l; break;
-	case O_EVAL_EVERY: LONG("--eval-every", 1, 1000000000000L); o->eval_every = l; break;
-	case O_SAVE_EVERY: LONG("--save-every", 1, 1000000000000L); o->save_every = l; break;
+	case O_STEPS: LONG(1, 1000000000000L); o->steps = l; o->epochs = 0; break;
+	case O_EPOCHS: DBL(1e-6, 1e6); o->epochs = d; o->steps = 0; break;
+	case O_BATCH: LONG(1, 65536); o->batch = (int)l; break;
+	case O_GRAD_ACCUM: LONG(1, 65536); o->grad_accum = (int)l; break;
+	case O_SEQ_LEN: LONG(2, 1 << 20); o->seq_len = (int)l; break;
+	case O_MAX_GRAD_NORM: DBL(0, 1e30); o->optim.max_grad_norm = d; break;
+	case O_WEIGHT_DECAY: DBL(0, 1e6); o->optim.weight_decay = d; break;
+	case O_SEED: LONG(0, 0x7fffffffffffffffL); o->seed = (uint64_t)l; break;
+	case O_EVAL_EVERY: LONG(1, 1000000000000L); o->eval_every = l; break;
+	case O_SAVE_EVERY: LONG(1, 1000000000000L); o->save_every = l; break;
 	case O_DEVICE:
 		if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda"))
 			return cmd_usage(ctx, "--device is auto, cpu or cuda, not '%s'", v);
 		o->device = v;
 		break;
-	case O_THREADS: LONG("--threads", 1, 1024); o->threads = (int)l; break;
+	case O_THREADS: LONG(1, 1024); o->threads = (int)l; break;
 	case O_SKIP_BAD_ROWS: o->skip_bad_rows = 1; break;
 	case O_NO_PACK: o->no_pack = 1; break;
 	case O_CHAT_TEMPLATE:
@@ -250,44 +250,50 @@ out:
 	return rc;
 }
 
-CMD(train)
+/* Also the options lora plan accepts (cmd/plan.c's .also): a train command line can be planned. */
+static const struct cmd_opt opts[] = {
+	{ "base", 0, "DIR", "the Hugging Face model folder to adapt", O_BASE, 0, 0 },
+	{ "data", 0, "FILE", "JSONL rows: {\"text\"}, {\"prompt\",\"completion\"}, {\"messages\"} or\n"
+			     "{\"input_ids\",\"labels\"}", O_DATA, 0, 0 },
+	{ "name", 0, "NAME[:TAG]", "the adapter's name in the store (tag 'latest' when absent)", O_NAME, 0, 0 },
+	{ "rank", 0, "R", "LoRA rank (16)", O_RANK, 0, 0 },
+	{ "alpha", 0, "A", "LoRA alpha; scale alpha/r (32)", O_ALPHA, 0, 0 },
+	{ "dropout", 0, "P", "dropout on the LoRA path (0.05)", O_DROPOUT, 0, 0 },
+	{ "targets", 0, "LIST", "all-linear (default) or q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+	  O_TARGETS, 0, 0 },
+	{ "quant", 0, "nf4|none", "frozen weights in NF4 (QLoRA, default) or as stored", O_QUANT, 0, 0 },
+	{ "lr", 0, "LR", "peak learning rate (2e-4)", O_LR, 0, 0 },
+	{ "schedule", 0, "S", "cosine (default), linear or constant, after warmup", O_SCHEDULE, 0, 0 },
+	{ "warmup", 0, "W", "warmup: a fraction of the steps below 1, or a step count (0.03)", O_WARMUP, 0, 0 },
+	{ "steps", 0, "N", "optimizer steps; or --epochs E, passes over the data (1 epoch)", O_STEPS, 0, 0 },
+	{ "epochs", 0, "E", NULL, O_EPOCHS, 0, 0 },
+	{ "batch", 0, "B", "rows per micro-batch (4)", O_BATCH, 0, 0 },
+	{ "grad-accum", 0, "G", "micro-batches per optimizer step (4)", O_GRAD_ACCUM, 0, 0 },
+	{ "seq-len", 0, "T", "tokens per row; rows are packed to it (512, or the model's limit)", O_SEQ_LEN, 0, 0 },
+	{ "max-grad-norm", 0, "X", "clip the gradient norm to X; 0: no clipping (0.3)", O_MAX_GRAD_NORM, 0, 0 },
+	{ "weight-decay", 0, "X", "AdamW decoupled weight decay (0)", O_WEIGHT_DECAY, 0, 0 },
+	{ "seed", 0, "S", "initialization, dropout, data order and split (42)", O_SEED, 0, 0 },
+	{ "eval-data", 0, "FILE", "rows to evaluate on; or --eval-split F to hold out a fraction of --data",
+	  O_EVAL_DATA, 0, 0 },
+	{ "eval-split", 0, "F", NULL, O_EVAL_SPLIT, 0, 0 },
+	{ "eval-every", 0, "K", "steps between evaluations (a tenth of the run)", O_EVAL_EVERY, 0, 0 },
+	{ "save-every", 0, "K", "steps between checkpoints (100)", O_SAVE_EVERY, 0, 0 },
+	{ "resume", 0, NULL, "continue the interrupted run of NAME:TAG from its checkpoint", O_RESUME, 0, 0 },
+	{ "skip-bad-rows", 0, NULL, "skip and count bad rows instead of stopping at the first", O_SKIP_BAD_ROWS, 0, 0 },
+	{ "no-pack", 0, NULL, "one row per sequence, padded, instead of packing", O_NO_PACK, 0, 0 },
+	{ "chat-template", 0, "NAME", "chatml or llama3 for {\"messages\"} rows (default: the model's own)",
+	  O_CHAT_TEMPLATE, 0, 0 },
+	{ "grad-checkpoint", 0, NULL, "recompute activations in backward (less memory)", O_GRAD_CKPT, 0, 0 },
+	{ "device", 0, "D", "auto (default), cpu or cuda", O_DEVICE, 0, 0 },
+	{ "threads", 0, "N", "CPU threads", O_THREADS, 0, 0 },
+	{ "description", 0, "TEXT", "a description for the manifest", O_DESCRIPTION, 0, 0 },
+	{ "key", 0, "FILE", "sign with this OpenSSH ed25519 key (default: the store's key)", O_KEY, 0, 0 },
+	{ "json", 0, NULL, "one JSON document with the result on stdout", O_JSON, 0, 0 },
+	{ 0 }
+};
+
+static CMD(train)
 {
-	static const struct option opts[] = {
-		{ "base", required_argument, NULL, O_BASE },
-		{ "data", required_argument, NULL, O_DATA },
-		{ "name", required_argument, NULL, O_NAME },
-		{ "rank", required_argument, NULL, O_RANK },
-		{ "alpha", required_argument, NULL, O_ALPHA },
-		{ "dropout", required_argument, NULL, O_DROPOUT },
-		{ "targets", required_argument, NULL, O_TARGETS },
-		{ "quant", required_argument, NULL, O_QUANT },
-		{ "lr", required_argument, NULL, O_LR },
-		{ "schedule", required_argument, NULL, O_SCHEDULE },
-		{ "warmup", required_argument, NULL, O_WARMUP },
-		{ "steps", required_argument, NULL, O_STEPS },
-		{ "epochs", required_argument, NULL, O_EPOCHS },
-		{ "batch", required_argument, NULL, O_BATCH },
-		{ "grad-accum", required_argument, NULL, O_GRAD_ACCUM },
-		{ "seq-len", required_argument, NULL, O_SEQ_LEN },
-		{ "max-grad-norm", required_argument, NULL, O_MAX_GRAD_NORM },
-		{ "weight-decay", required_argument, NULL, O_WEIGHT_DECAY },
-		{ "seed", required_argument, NULL, O_SEED },
-		{ "eval-every", required_argument, NULL, O_EVAL_EVERY },
-		{ "save-every", required_argument, NULL, O_SAVE_EVERY },
-		{ "resume", no_argument, NULL, O_RESUME },
-		{ "device", required_argument, NULL, O_DEVICE },
-		{ "threads", required_argument, NULL, O_THREADS },
-		{ "eval-data", required_argument, NULL, O_EVAL_DATA },
-		{ "eval-split", required_argument, NULL, O_EVAL_SPLIT },
-		{ "skip-bad-rows", no_argument, NULL, O_SKIP_BAD_ROWS },
-		{ "no-pack", no_argument, NULL, O_NO_PACK },
-		{ "chat-template", required_argument, NULL, O_CHAT_TEMPLATE },
-		{ "grad-checkpoint", no_argument, NULL, O_GRAD_CKPT },
-		{ "description", required_argument, NULL, O_DESCRIPTION },
-		{ "key", required_argument, NULL, O_KEY },
-		{ "json", no_argument, NULL, O_JSON },
-		{ 0 }
-	};
 	/* every option in the order given: applied after the checkpoint's settings */
 	struct given { int id; const char *v; } *given = calloc((size_t)argc + 1, sizeof(*given));
 	struct lora_train_opts o;
@@ -299,7 +305,7 @@ CMD(train)
 
 	if (!given)
 		return cmd_error("out of memory");
-	while ((c = cmd_getopt(ctx, argc, argv, "", opts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case O_NAME: name = optarg; break;
 		case O_RESUME: resume = 1; break;
@@ -351,6 +357,8 @@ CMD(train)
 	}
 	o.work_dir = work;
 	o.resume = resume;
+	o.user = ctx->user;
+	o.created = ctx->created;
 	rc = run(ctx, &o, ref, work, key, description, json);
 out:
 	free(given);
@@ -358,3 +366,10 @@ out:
 	free(keep);
 	return rc;
 }
+
+const struct cmd_def cmd_train_entry = {
+	"train", cmd_train, CMD_NEED_STORE, "train a LoRA/QLoRA adapter into the store",
+	"lora train --base DIR --data FILE --name NAME[:TAG] [--rank R] [--alpha A] [--targets LIST] [--quant nf4|none] [--lr LR] [--steps N | --epochs E] [--batch B] [--grad-accum G] [--seq-len T] [options]\n"
+	"lora train --name NAME[:TAG] --resume [options]",
+	opts, 24, NULL
+};

@@ -11,19 +11,22 @@
 #include "libadapter/store/manifest.h"
 #include "libadapter/store/store.h"
 
+enum { SUB_ADD = 1, SUB_LIST = 2, SUB_RM = 4 };   /* which subcommand takes an option */
+static const struct cmd_opt opts[] = {
+	{ "key", 'k', "LINE", "the public key as text instead of PUBKEY_FILE", 'k', CMD_OPT_SHORT_UNLISTED, SUB_ADD },
+	{ "json", 'j', NULL, "one JSON document on stdout", 'j', CMD_OPT_SHORT_UNLISTED, SUB_LIST },
+	{ 0 }
+};
+
 static int trust_add(int argc, char **argv, struct cmd_ctx *ctx)
 {
-	static const struct option longopts[] = {
-		{ "key", required_argument, NULL, 'k' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct lora_err err = { 0 };
 	const char *key = NULL;
 	char *text = NULL, fp[LORA_SSH_FP_MAX];
 	unsigned char pk[32];
 	int c, rc;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "k:", longopts)) != -1) {
+	while ((c = cmd_getopt_sub(ctx, argc, argv, SUB_ADD)) != -1) {
 		switch (c) {
 		case 'k': key = optarg; break;
 		default: return 2;
@@ -55,16 +58,12 @@ static int trust_add(int argc, char **argv, struct cmd_ctx *ctx)
 
 static int trust_list(int argc, char **argv, struct cmd_ctx *ctx)
 {
-	static const struct option longopts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct lora_err err = { 0 };
 	struct lora_signers s;
 	char *path;
 	int c, json = 0;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "j", longopts)) != -1) {
+	while ((c = cmd_getopt_sub(ctx, argc, argv, SUB_LIST)) != -1) {
 		switch (c) {
 		case 'j': json = 1; break;
 		default: return 2;
@@ -129,11 +128,10 @@ static int trust_list(int argc, char **argv, struct cmd_ctx *ctx)
 
 static int trust_rm(int argc, char **argv, struct cmd_ctx *ctx)
 {
-	static const struct option longopts[] = { { NULL, 0, NULL, 0 } };
 	struct lora_err err = { 0 };
 	int c, n;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "", longopts)) != -1)
+	while ((c = cmd_getopt_sub(ctx, argc, argv, SUB_RM)) != -1)
 		return 2;
 	if (optind + 1 != argc)
 		return cmd_usage(ctx, "trust rm needs one ID");
@@ -144,7 +142,7 @@ static int trust_rm(int argc, char **argv, struct cmd_ctx *ctx)
 	return 0;
 }
 
-CMD(trust)
+static CMD(trust)
 {
 	if (argc < 2)
 		return cmd_usage(ctx, "trust needs a subcommand: add, list or rm");
@@ -156,3 +154,10 @@ CMD(trust)
 		return trust_rm(argc - 1, argv + 1, ctx);
 	return cmd_usage(ctx, "unknown trust subcommand '%s' (add, list or rm)", argv[1]);
 }
+
+const struct cmd_def cmd_trust_entry = {
+	"trust", cmd_trust, CMD_NEED_STORE, "manage the signers you trust (allowed_signers)",
+	"lora trust add ID (PUBKEY_FILE | --key 'ssh-ed25519 AAAA...')\n"
+	"lora trust list [--json]\nlora trust rm ID",
+	opts, 16, NULL
+};

@@ -56,17 +56,18 @@ static void print_json(const char *spec, const struct lora_verify_report *rep, c
 	cJSON_Delete(o);
 }
 
-CMD(verify)
+static const struct cmd_opt opts[] = {
+	{ "json", 'j', NULL, "one JSON document on stdout", 'j', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ 0 }
+};
+
+static CMD(verify)
 {
-	static const struct option longopts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct lora_err err = { 0 };
 	struct lora_verify_report rep;
 	int c, json = 0;
 
-	while ((c = cmd_getopt(ctx, argc, argv, "j", longopts)) != -1) {
+	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'j': json = 1; break;
 		default: return 2;
@@ -91,3 +92,9 @@ CMD(verify)
 	}
 	return 0;
 }
+
+const struct cmd_def cmd_verify_entry = {
+	"verify", cmd_verify, CMD_NEED_STORE, "check digests, signature and signer of an adapter",
+	"lora verify (REF | FILE.lora) [--json]",
+	opts, 16, NULL
+};

@@ -219,8 +219,11 @@ static int row_tokens(const struct lora_data_opts *o, const cJSON *ids, const cJ
 
 	if (!cJSON_IsArray(ids) || !(n = (size_t)cJSON_GetArraySize(ids)))
 		return BAD("'input_ids' is not a non-empty array");
-	if (labels && !cJSON_IsNull(labels) && (!cJSON_IsArray(labels) || (size_t)cJSON_GetArraySize(labels) != n))
+	if (labels && !cJSON_IsNull(labels) && !cJSON_IsArray(labels))
 		return BAD("'labels' is not an array as long as 'input_ids' (%zu)", n);
+	if (labels && cJSON_IsArray(labels) && (size_t)cJSON_GetArraySize(labels) != n)
+		return BAD("'labels' is not an array as long as 'input_ids' (%zu): %d labels for %zu input_ids", n,
+			   cJSON_GetArraySize(labels), n);
 	l = labels && cJSON_IsArray(labels) ? labels->child : NULL;
 	cJSON_ArrayForEach(e, ids) {
 		double v = cJSON_IsNumber(e) ? e->valuedouble : -1, lv;
@@ -293,7 +296,7 @@ static int parse_row(const struct lora_data_opts *o, const char *line, size_t le
 			return BAD("token id %d is outside the model's vocabulary (%d)", r->ids[i], o->vocab_size);
 		has_loss += r->lab[i] != LORA_IGNORE;
 	}
-	if (!has_loss)
+	if (!has_loss && !o->keep_unlabelled)
 		return BAD("no token to learn from (every label is -100)");
 	return 0;
 }
@@ -347,12 +350,14 @@ int lora_data_parse(const char *buf, size_t len, const char *label, const struct
 		if (rc < 0)
 			goto fail;
 		if (rc > 0) {
+#define AT (o->line_words ? "'%s' line %zu: %s" : "%s:%zu: %s")
 			if (!o->skip_bad_rows) {
-				lora_errf(err, "%s:%zu: %s", label, lineno, why);
+				lora_errf(err, AT, label, lineno, why);
 				goto fail;
 			}
 			if (!d->n_skipped++)
-				snprintf(d->first_skip, sizeof(d->first_skip), "%s:%zu: %s", label, lineno, why);
+				snprintf(d->first_skip, sizeof(d->first_skip), AT, label, lineno, why);
+#undef AT
 			continue;
 		}
 		if (builder_reserve(&b, r.n) < 0) {

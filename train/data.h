@@ -80,6 +80,8 @@ struct lora_data_opts {
 					   the tokenizer's own vocab for input_ids rows */
 	int skip_bad_rows;              /* count and skip bad rows instead of failing */
 	int no_eos;                     /* do not append EOS to text / prompt-completion rows */
+	int keep_unlabelled;            /* keep rows with no label to learn (evaluation reads them all) */
+	int line_words;                 /* messages begin "'FILE' line N: ", not "FILE:N: " (lora eval) */
 };
 
 struct lora_dataset {

@@ -1,6 +1,7 @@
 /*
- * generate.h - text generation with a lora_net on the CPU: an incremental
- * forward pass over a key/value cache, and the sampler.
+ * generate.h - text generation with a lora_net: an incremental forward
+ * pass over a key/value cache (the backend's decode hook, net.h), and the
+ * sampler.
  *
  *     struct lora_gen *g;
  *     float *logits = malloc(sizeof(float) * net->V);
@@ -13,7 +14,8 @@
  *     }
  *     lora_gen_free(g);
  *
- * The arithmetic is the CPU reference's (model_cpu.c): fp32, the frozen
+ * On the CPU backend (decode_cpu.c) the arithmetic is the reference's
+ * (model_cpu.c): fp32, the frozen
  * weights dequantized a chunk of rows at a time, LoRA as x·Aᵀ·Bᵀ·scale, no
  * dropout.  Only the order of some sums differs (attention of one query at a
  * time), so the logits of a token equal those of a full forward pass over

@@ -23,6 +23,7 @@
 #include "train/chat.h"
 #include "train/ckpt.h"
 #include "train/data.h"
+#include "train/eval.h"
 #include "train/plot.h"
 #include "train/tokenizer.h"
 #include "train/cuda.h"
@@ -440,7 +441,7 @@ static int base_fingerprint(struct lora_trainer *tr, struct lora_err *err)
 			char buf[128];
 			if (!lora_net_mod(net, l, (enum lora_target)t))
 				continue;
-			lora_module_name(buf, sizeof(buf), l, (enum lora_target)t);
+			lora_net_module_name(net, buf, sizeof(buf), l, (enum lora_target)t);
 			if (!(names[n++] = strdup(buf))) {
 				lora_errf(err, "out of memory");
 				goto out;
@@ -954,45 +955,19 @@ void lora_trainer_close(struct lora_trainer *tr)
 
 int lora_trainer_eval(struct lora_trainer *tr, double *loss, struct lora_err *err)
 {
-	struct lora_batcher_opts bo = { 0 };
-	struct lora_batcher *bt = NULL;
-	struct lora_data_batch b = { 0 };
-	double sum = 0;
-	long tokens = 0;
-	int more, rc = -1;
+	struct lora_eval_opts eo = { .batch = tr->o.batch, .seq_len = tr->info.seq_len,
+				     .no_pack = tr->o.no_pack, .pad_id = tr->pad_id };
+	struct lora_eval_result res;
 
 	*loss = NAN;
 	if (!tr->eval)
 		return lora_errf(err, "no evaluation data");
-	bo.batch = tr->o.batch;
-	bo.seq_len = tr->info.seq_len;
-	bo.no_pack = tr->o.no_pack;
-	bo.one_pass = 1;
-	bo.pad_id = tr->pad_id;
-	if (lora_batcher_new(tr->eval, &bo, &bt, err) < 0 ||
-	    lora_data_batch_init(&b, bo.batch, bo.seq_len, err) < 0)
-		goto out;
-	while ((more = lora_batcher_next(bt, &b, err)) == 1) {
-		struct lora_batch nb = { b.B, b.T, b.ids, b.labels, b.len };
-		struct lora_fb_result res;
-
-		if (lora_net_forward(tr->net, &nb, NULL, &res, err) < 0)
-			goto out;
-		sum += res.loss_sum;
-		tokens += res.tokens;
-	}
-	if (more < 0)
-		goto out;
-	if (!tokens) {
-		lora_errf(err, "the evaluation rows have no tokens to predict");
-		goto out;
-	}
-	*loss = sum / (double)tokens;
-	rc = 0;
-out:
-	lora_data_batch_free(&b);
-	lora_batcher_free(bt);
-	return rc;
+	if (lora_eval_run(tr->net, tr->eval, &eo, &res, err) < 0)
+		return -1;
+	if (!res.tokens)
+		return lora_errf(err, "the evaluation rows have no tokens to predict");
+	*loss = res.loss;
+	return 0;
 }
 
 static int do_eval(struct lora_trainer *tr, lora_train_cb cb, void *ud, struct lora_train_progress *p,
@@ -1329,6 +1304,8 @@ int lora_trainer_publish(struct lora_trainer *tr, const char *store_dir, const c
 		goto out;
 	io.key_path = key_path;
 	io.description = description;
+	io.user = tr->o.user;
+	io.created = tr->o.created;
 	io.base_fingerprint = tr->base_fp;
 	io.provenance_json = prov;
 	/* training_log.jsonl and loss.svg in the folder are packaged with it */

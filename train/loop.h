@@ -26,7 +26,7 @@
  * warmup_ratio); W >= 1 is a count.  With --epochs, total = ceil(E · batches
  * per epoch / G).
  *
- * Determinism: the initialization and dropout are counter-based (lora.h), the
+ * Determinism: the initialization and dropout are counter-based (lora_cfg.h), the
  * data order a seeded permutation per epoch (data.h), so the state after step
  * s is a function of (options, data, s).  A checkpoint holds that state;
  * resuming from it gives bit-identical weights on the CPU backend with the
@@ -82,6 +82,9 @@ struct lora_train_opts {
 	const char *work_dir;         /* checkpoint and log (ckpt.h); must be set */
 	int resume;                   /* continue from work_dir's checkpoint */
 	const char *base_name;        /* for adapter_config / manifest; NULL: base_dir's last part */
+	/* told by the program (not saved in checkpoints) */
+	const char *user;             /* signer identity of a key without one (lora_import_opts) */
+	const char *created;          /* the manifest's "created" time (RFC 3339); NULL: now */
 };
 
 /* The QLoRA recipe: r 16, alpha 32, dropout 0.05, all-linear, nf4, lr 2e-4, cosine,

@@ -1,4 +1,4 @@
-/* lora.c - LoRA settings, targets, initialization and dropout masks (see lora.h). */
+/* lora_cfg.c - LoRA settings, targets, initialization and dropout masks (see lora_cfg.h). */
 #include "train/lora_cfg.h"
 
 #include <math.h>
@@ -29,9 +29,17 @@ int lora_targets_parse(const char *s, unsigned *mask, struct lora_err *err)
 			if ((strlen(short_names[t]) == n && !strncmp(p, short_names[t], n)) ||
 			    (strlen(lora_target_names[t]) == n && !strncmp(p, lora_target_names[t], n)))
 				found = t;
+		/* Phi-3's fused linears (train/net.h: lora_net_targets) */
+		if (found < 0 && n == 8 && !strncmp(p, "qkv_proj", 8)) {
+			*mask |= (1u << LORA_T_Q) | (1u << LORA_T_K) | (1u << LORA_T_V);
+			found = LORA_T_Q;
+		} else if (found < 0 && n == 12 && !strncmp(p, "gate_up_proj", 12)) {
+			*mask |= (1u << LORA_T_GATE) | (1u << LORA_T_UP);
+			found = LORA_T_GATE;
+		}
 		if (found < 0)
 			return lora_errc(err, LORA_EUSAGE,
-					 "unknown LoRA target '%.*s' (q,k,v,o,gate,up,down or all-linear)",
+					 "unknown LoRA target '%.*s' (q,k,v,o,gate,up,down, qkv_proj, gate_up_proj or all-linear)",
 					 (int)n, p);
 		*mask |= 1u << found;
 		p += n;

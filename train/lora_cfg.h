@@ -1,5 +1,5 @@
 /*
- * lora.h - LoRA settings, target modules, PEFT initialization and dropout.
+ * lora_cfg.h - LoRA settings, target modules, PEFT initialization and dropout.
  *
  * A LoRA module on a frozen linear W [out, in] adds scale · B·A·x with
  *     A [r, in]   Kaiming-uniform with a = √5, i.e. U(-1/√in, 1/√in) (PEFT's default)
@@ -30,7 +30,9 @@ extern const char *const lora_target_names[LORA_NTARGET];   /* "q_proj", ... "do
 
 /*
  * Parse a comma-separated target list: short names (q,k,v,o,gate,up,down),
- * PEFT names (q_proj, ...) or "all-linear".  Fills a bit mask of lora_target.
+ * PEFT names (q_proj, ...), Phi-3's fused qkv_proj (= q,k,v) and gate_up_proj
+ * (= gate,up), or "all-linear".  Fills a bit mask of lora_target; a model maps
+ * it onto its own linears with lora_net_targets (train/net.h).
  */
 int lora_targets_parse(const char *s, unsigned *mask, struct lora_err *err);
 /* "q_proj,v_proj" style list into buf (for messages and manifests). */

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/decode_cpu.h"
 #include "train/ops_cpu.h"
 #include "train/pool.h"
 
@@ -53,10 +54,14 @@ struct acts {
 	float *x;                 /* [N, C] layer input (the residual stream) */
 	float *rstd1;             /* [N] 1/rms of x */
 	float *h1;                /* [N, C] input_layernorm(x): q/k/v input */
+	float *qkr;               /* [N, (H+KV)·D] q|k before their per-head norms (q_norm/k_norm only) */
+	float *qkrstd;            /* [N, H+KV] 1/rms of each of those heads */
 	float *q;                 /* [B, H, T, D] after RoPE */
 	float *k, *v;             /* [B, KV, T, D] (k after RoPE) */
 	float *lse;               /* [B, H, T] log-sum-exp of each attention row */
 	float *att;               /* [N, H·D] attention output: o_proj input */
+	float *o_raw, *rstd3;     /* [N, C], [N] o_proj output before post_attention norm (Gemma 2) */
+	float *d_raw, *rstd4;     /* [N, C], [N] down_proj output before post_feedforward norm */
 	float *xm;                /* [N, C] x + attention */
 	float *rstd2;             /* [N] */
 	float *h2;                /* [N, C] post_attention_layernorm(xm): gate/up input */
@@ -83,7 +88,9 @@ struct cpu {
 	float *xd, *mask;         /* [N, max in] dropout(x) and its mask */
 	float *du;                /* [N, max r] */
 	float *S, *P;             /* [threads][QB, T] attention scores / probabilities (and dS) */
+	float *G;                 /* [threads][QB, T] d capped / d score (attention soft-capping only) */
 	float *cosb, *sinb;       /* [T, D/2] */
+	float *cosl, *sinl;       /* [T, D/2] of net->inv_freq_local (Gemma 3's sliding layers) */
 	float *wbuf;              /* [WCHUNK] */
 	float *logit;             /* [NC, V] */
 	double *tok_loss;         /* [NC] per-token loss of a chunk (-1: unlabelled) */
@@ -124,11 +131,17 @@ static size_t layout(struct cpu *c, const struct lora_net *net, int B, int T, fl
 		a->x = take(&p, N * C);
 		a->rstd1 = take(&p, N);
 		a->h1 = take(&p, N * C);
+		a->qkr = take(&p, net->qk_norm ? N * (HD + KVD) : 0);
+		a->qkrstd = take(&p, net->qk_norm ? N * (size_t)(net->H + net->KV) : 0);
 		a->q = take(&p, N * HD);
 		a->k = take(&p, N * KVD);
 		a->v = take(&p, N * KVD);
 		a->lse = take(&p, N * net->H);
 		a->att = take(&p, N * HD);
+		a->o_raw = take(&p, net->gemma ? N * C : 0);
+		a->rstd3 = take(&p, net->gemma ? N : 0);
+		a->d_raw = take(&p, net->gemma ? N * C : 0);
+		a->rstd4 = take(&p, net->gemma ? N : 0);
 		a->xm = take(&p, N * C);
 		a->rstd2 = take(&p, N);
 		a->h2 = take(&p, N * C);
@@ -160,8 +173,11 @@ static size_t layout(struct cpu *c, const struct lora_net *net, int B, int T, fl
 	c->du = take(&p, N * R);
 	c->S = take(&p, (size_t)c->nthreads * (T < QB ? T : QB) * T);
 	c->P = take(&p, (size_t)c->nthreads * (T < QB ? T : QB) * T);
+	c->G = take(&p, net->attn_softcap > 0 ? (size_t)c->nthreads * (T < QB ? T : QB) * T : 0);
 	c->cosb = take(&p, (size_t)T * (net->D / 2));
 	c->sinb = take(&p, (size_t)T * (net->D / 2));
+	c->cosl = take(&p, net->inv_freq_local ? (size_t)T * (net->D / 2) : 0);
+	c->sinl = take(&p, net->inv_freq_local ? (size_t)T * (net->D / 2) : 0);
 	c->wbuf = take(&p, WCHUNK);
 	c->nc = net->opts.logit_tokens > 0 ? net->opts.logit_tokens : (int)(LOGIT_CHUNK / (size_t)net->V);
 	if (c->nc < 1)
@@ -649,13 +665,81 @@ static void rmsnorm_bwd(struct cpu *c, const float *x, const float *w, const flo
 	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, rmsnorm_bwd_part, &j);
 }
 
-static void rope_tables(const struct lora_net *net, int T, float *cosb, float *sinb)
+/*
+ * Per-head RMSNorm of q and k before RoPE (Qwen3's q_norm / k_norm): the
+ * first (H+KV)·D columns of each row of y [N, ld] are H query heads then KV
+ * key heads of D, each normalized as rmsnorm_part does with weight wq or wk,
+ * in place; raw [N, (H+KV)·D] keeps the input and rstd [N, H+KV] its 1/rms.
+ * Backward turns d(normed) in y into d(raw) in place.
+ */
+struct headnorm_job {
+	float *y;
+	int ld, H, KV, D;
+	const float *wq, *wk;
+	float eps;
+	float *raw, *rstd;
+};
+
+HOT static void headnorm_part(void *arg, size_t i0, size_t i1, int part)
+{
+	const struct headnorm_job *j = arg;
+	const int D = j->D, nh = j->H + j->KV;
+	(void)part;
+
+	for (size_t n = i0; n < i1; n++)
+		for (int h = 0; h < nh; h++) {
+			float *y = j->y + n * j->ld + (size_t)h * D, *x = j->raw + (n * nh + h) * D;
+			const float *w = h < j->H ? j->wq : j->wk;
+			double ss = 0.0;
+			float r;
+
+			memcpy(x, y, sizeof(float) * D);
+			for (int i = 0; i < D; i++)
+				ss += (double)x[i] * x[i];
+			r = 1.0f / sqrtf((float)(ss / D) + j->eps);
+			j->rstd[n * nh + h] = r;
+			for (int i = 0; i < D; i++)
+				y[i] = w[i] * (x[i] * r);
+		}
+}
+
+HOT static void headnorm_bwd_part(void *arg, size_t i0, size_t i1, int part)
+{
+	const struct headnorm_job *j = arg;
+	const int D = j->D, nh = j->H + j->KV;
+	(void)part;
+
+	for (size_t n = i0; n < i1; n++)
+		for (int h = 0; h < nh; h++) {
+			float *dy = j->y + n * j->ld + (size_t)h * D;
+			const float *x = j->raw + (n * nh + h) * D, *w = h < j->H ? j->wq : j->wk;
+			const float r = j->rstd[n * nh + h];
+			double dot = 0.0;
+			float kk;
+
+			for (int i = 0; i < D; i++)
+				dot += (double)w[i] * dy[i] * x[i];
+			kk = (float)(dot / D) * r * r * r;
+			for (int i = 0; i < D; i++)
+				dy[i] = r * (w[i] * dy[i]) - x[i] * kk;
+		}
+}
+
+static void headnorm(struct cpu *c, const struct lora_net *net, const struct lora_block *bk, float *y,
+		     int ld, int N, struct acts *a, int backward)
+{
+	struct headnorm_job j = {y, ld, net->H, net->KV, net->D, bk->q_norm, bk->k_norm, net->eps,
+				 a->qkr, a->qkrstd};
+	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, backward ? headnorm_bwd_part : headnorm_part, &j);
+}
+
+static void rope_tables(const struct lora_net *net, const float *inv_freq, int T, float *cosb, float *sinb)
 {
 	const int half = net->D / 2;
 
 	for (int t = 0; t < T; t++)
 		for (int i = 0; i < half; i++) {
-			float a = net->inv_freq[i] * (float)t;
+			float a = inv_freq[i] * (float)t;
 			cosb[t * half + i] = cosf(a);
 			sinb[t * half + i] = sinf(a);
 		}
@@ -731,7 +815,9 @@ HOT static void from_heads_part(void *arg, size_t i0, size_t i1, int part)
 static void heads(struct cpu *c, int to, const float *src, float *dst, int ld, int N, int T, int nh,
 		  int D, int rope)
 {
-	struct heads_job j = {src, dst, ld, T, nh, D, c->cosb, c->sinb, rope};
+	/* rope: 0 none, 1 the model's tables, 2 the sliding layers' own (Gemma 3) */
+	struct heads_job j = {src, dst, ld, T, nh, D, rope == 2 ? c->cosl : c->cosb, rope == 2 ? c->sinl : c->sinb,
+			      rope};
 	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, to ? to_heads_part : from_heads_part, &j);
 }
 
@@ -739,7 +825,26 @@ struct glu_job {
 	const float *gu, *dact;
 	float *act, *dgu;
 	int F;
+	int gelu;                 /* gelu_pytorch_tanh(gate)·up instead of silu(gate)·up */
 };
+
+/*
+ * torch's gelu(approximate="tanh") and its derivative, in its order:
+ * 0.5·x·(1 + tanh(β·(x + κ·x³))), β = √2·(2/√π)·0.5, κ = 0.044715.
+ */
+#define GELU_BETA 0.7978845608028654f
+#define GELU_KAPPA 0.044715f
+static inline float gelu_tanh(float x)
+{
+	const float inner = GELU_BETA * (x + GELU_KAPPA * (x * x * x));
+	return 0.5f * x * (1.0f + tanhf(inner));
+}
+
+static inline float gelu_tanh_grad(float x)
+{
+	const float x2 = x * x, t = tanhf(GELU_BETA * (x + GELU_KAPPA * (x2 * x)));
+	return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x2);
+}
 
 /* act = silu(gate)·up, per token, from gu = [gate | up] */
 HOT static void swiglu_part(void *arg, size_t i0, size_t i1, int part)
@@ -752,6 +857,11 @@ HOT static void swiglu_part(void *arg, size_t i0, size_t i1, int part)
 		const float *g = j->gu + n * 2 * F, *up = g + F;
 		float *act = j->act + n * F;
 
+		if (j->gelu) {
+			for (int i = 0; i < F; i++)
+				act[i] = gelu_tanh(g[i]) * up[i];
+			continue;
+		}
 		for (int i = 0; i < F; i++)
 			act[i] = g[i] / (1.0f + vexpf(-g[i])) * up[i];
 	}
@@ -768,6 +878,13 @@ HOT static void swiglu_bwd_part(void *arg, size_t i0, size_t i1, int part)
 		const float *g = j->gu + n * 2 * F, *up = g + F, *da = j->dact + n * F;
 		float *dg = j->dgu + n * 2 * F, *dup = dg + F;
 
+		if (j->gelu) {
+			for (int i = 0; i < F; i++) {
+				dup[i] = da[i] * gelu_tanh(g[i]);
+				dg[i] = da[i] * up[i] * gelu_tanh_grad(g[i]);
+			}
+			continue;
+		}
 		for (int i = 0; i < F; i++) {
 			const float s = 1.0f / (1.0f + vexpf(-g[i]));
 			dup[i] = da[i] * (g[i] * s);
@@ -792,13 +909,14 @@ static inline int key_lo(int i, int window)
 
 /* P = softmax of the scaled scores of queries [q0, q1) within the band; lse per row. */
 HOT static void attn_probs(float *S, float *P, const float *q, const float *kk, int q0, int q1, int k0,
-		       int D, float scaling, int window, float *lse, int have_lse)
+		       int D, float scaling, int window, float *lse, int have_lse, float cap, float *G)
 {
 	const int nk = q1 - k0;
 
 	gemm(0, 1, q1 - q0, nk, D, 1.0f, q + (size_t)q0 * D, D, kk + (size_t)k0 * D, D, 0.0f, S, nk);
 	for (int i = q0; i < q1; i++) {
 		float *s = S + (size_t)(i - q0) * nk - k0, *p = P + (size_t)(i - q0) * nk - k0;
+		float *g = G ? G + (size_t)(i - q0) * nk - k0 : NULL;
 		const int lo = key_lo(i, window);
 		float m = -INFINITY, sum = 0.0f;
 
@@ -806,13 +924,21 @@ HOT static void attn_probs(float *S, float *P, const float *q, const float *kk, 
 			p[j] = 0.0f;
 		for (int j = i + 1; j < q1; j++)
 			p[j] = 0.0f;
+		/* soft-capping (Gemma 2): cap·tanh(scaled / cap); g keeps d capped / d scaled */
+		for (int j = lo; cap > 0 && j <= i; j++) {
+			const float t = tanhf(s[j] * scaling / cap);
+
+			s[j] = t * cap;
+			if (g)
+				g[j] = 1.0f - t * t;
+		}
 		if (have_lse) {
 			for (int j = lo; j <= i; j++)
-				p[j] = vexpf(s[j] * scaling - lse[i]);
+				p[j] = vexpf((cap > 0 ? s[j] : s[j] * scaling) - lse[i]);
 			continue;
 		}
 		for (int j = lo; j <= i; j++) {
-			s[j] = s[j] * scaling;
+			s[j] = cap > 0 ? s[j] : s[j] * scaling;
 			m = s[j] > m ? s[j] : m;
 		}
 		for (int j = lo; j <= i; j++)
@@ -840,7 +966,7 @@ static void attn_fwd_part(void *arg, size_t i0, size_t i1, int part)
 	const struct lora_net *net = j->k->net;
 	struct cpu *c = j->k->c;
 	const int T = j->k->b->T, H = net->H, KV = net->KV, D = net->D, HD = H * D, grp = H / KV;
-	const float scaling = (float)pow((double)D, -0.5);
+	const float scaling = net->attn_scale;
 	const size_t sp = (size_t)(T < QB ? T : QB) * T;
 	float *S = c->S + (size_t)part * sp, *P = c->P + (size_t)part * sp;
 
@@ -856,7 +982,7 @@ static void attn_fwd_part(void *arg, size_t i0, size_t i1, int part)
 				const int q1 = q0 + QB < T ? q0 + QB : T, k0 = key_lo(q0, j->bk->window);
 
 				attn_probs(S, P, q, j->a->k + kvo, q0, q1, k0, D, scaling, j->bk->window,
-					   j->lse + ((size_t)b * H + h) * T, 0);
+					   j->lse + ((size_t)b * H + h) * T, 0, net->attn_softcap, NULL);
 				gemm(0, 0, q1 - q0, D, q1 - k0, 1.0f, P, q1 - k0, j->a->v + kvo + (size_t)k0 * D,
 				     D, 0.0f, out + (size_t)q0 * HD, HD);
 			}
@@ -873,9 +999,10 @@ static void attn_bwd_part(void *arg, size_t i0, size_t i1, int part)
 	const struct acts *a = j->a;
 	const int T = j->k->b->T, H = net->H, KV = net->KV, D = net->D, HD = H * D, grp = H / KV;
 	const int window = j->bk->window;
-	const float scaling = (float)pow((double)D, -0.5);
+	const float scaling = net->attn_scale;
 	const size_t sp = (size_t)(T < QB ? T : QB) * T;
 	float *S = c->S + (size_t)part * sp, *P = c->P + (size_t)part * sp;
+	float *G = net->attn_softcap > 0 ? c->G + (size_t)part * sp : NULL;
 
 	for (size_t task = i0; task < i1; task++) {
 		const int b = (int)(task / (size_t)KV), kvh = (int)(task % (size_t)KV);
@@ -892,7 +1019,7 @@ static void attn_bwd_part(void *arg, size_t i0, size_t i1, int part)
 				const int nq = q1 - q0, nk = q1 - k0;
 
 				attn_probs(S, P, a->q + qo, a->k + kvo, q0, q1, k0, D, scaling, window,
-					   a->lse + ((size_t)b * H + h) * T, 1);
+					   a->lse + ((size_t)b * H + h) * T, 1, net->attn_softcap, G);
 				/* dV += Pᵀ·dO, dP = dO·Vᵀ (into S), dS = P·(dP - rowsum(P·dP)) */
 				gemm(1, 0, nk, D, nq, 1.0f, P, nk, dO + (size_t)q0 * HD, HD, 1.0f,
 				     c->dv + kvo + (size_t)k0 * D, D);
@@ -908,6 +1035,11 @@ static void attn_bwd_part(void *arg, size_t i0, size_t i1, int part)
 						dot += p[jj] * dp[jj];
 					for (int jj = k0; jj < q1; jj++)
 						dp[jj] = (jj >= lo && jj <= i) ? p[jj] * (dp[jj] - dot) : 0.0f;
+					if (G) {   /* through the cap */
+						const float *g = G + (size_t)(i - q0) * nk - k0;
+						for (int jj = lo; jj <= i; jj++)
+							dp[jj] = dp[jj] * g[jj];
+					}
 				}
 				gemm(0, 0, nq, D, nk, scaling, S, nk, a->k + kvo + (size_t)k0 * D, D, 0.0f,
 				     c->dq + qo + (size_t)q0 * D, D);
@@ -944,20 +1076,26 @@ static void layer_fwd(const struct ctx *k, int l, struct acts *a, float *out)
 	struct cpu *c = k->c;
 	const int N = k->N, T = k->b->T, C = net->C, F = net->F;
 	const int HD = net->H * net->D, KVD = net->KV * net->D, W3 = HD + 2 * KVD;
-	struct glu_job gj = {a->gu, NULL, a->act, NULL, F};
+	struct glu_job gj = {a->gu, NULL, a->act, NULL, F, net->gelu};
 
 	rmsnorm(c, a->x, bk->ln1, N, C, net->eps, a->h1, a->rstd1);
 	lin_fwd(k, l, LORA_T_Q, 3, a->h1, c->tqkv, W3, a);
-	heads(c, 1, c->tqkv, a->q, W3, N, T, net->H, net->D, 1);
-	heads(c, 1, c->tqkv + HD, a->k, W3, N, T, net->KV, net->D, 1);
+	if (bk->q_norm)
+		headnorm(c, net, bk, c->tqkv, W3, N, a, 0);
+	heads(c, 1, c->tqkv, a->q, W3, N, T, net->H, net->D, bk->local_rope ? 2 : 1);
+	heads(c, 1, c->tqkv + HD, a->k, W3, N, T, net->KV, net->D, bk->local_rope ? 2 : 1);
 	heads(c, 1, c->tqkv + HD + KVD, a->v, W3, N, T, net->KV, net->D, 0);
 	attn(k, bk, a, 0);
-	lin_fwd(k, l, LORA_T_O, 1, a->att, c->to, C, a);
+	lin_fwd(k, l, LORA_T_O, 1, a->att, bk->post_attn ? a->o_raw : c->to, C, a);
+	if (bk->post_attn)
+		rmsnorm(c, a->o_raw, bk->post_attn, N, C, net->eps, c->to, a->rstd3);
 	ew(c, EW_ADD, (size_t)N * C, a->x, c->to, a->xm);
 	rmsnorm(c, a->xm, bk->ln2, N, C, net->eps, a->h2, a->rstd2);
 	lin_fwd(k, l, LORA_T_GATE, 2, a->h2, a->gu, 2 * F, a);
 	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, swiglu_part, &gj);
-	lin_fwd(k, l, LORA_T_DOWN, 1, a->act, c->to, C, a);
+	lin_fwd(k, l, LORA_T_DOWN, 1, a->act, bk->post_ff ? a->d_raw : c->to, C, a);
+	if (bk->post_ff)
+		rmsnorm(c, a->d_raw, bk->post_ff, N, C, net->eps, c->to, a->rstd4);
 	ew(c, EW_ADD, (size_t)N * C, a->xm, c->to, out);
 }
 
@@ -969,20 +1107,28 @@ static void layer_bwd(const struct ctx *k, int l, struct acts *a, int need_dx)
 	struct cpu *c = k->c;
 	const int N = k->N, T = k->b->T, C = net->C, F = net->F;
 	const int HD = net->H * net->D, KVD = net->KV * net->D, W3 = HD + 2 * KVD;
-	struct glu_job gj = {a->gu, c->dact, NULL, c->dgu, F};
+	struct glu_job gj = {a->gu, c->dact, NULL, c->dgu, F, net->gelu};
 
 	/* MLP: out = xm + down(silu(gate(h2))·up(h2)) */
-	lin_bwd(k, l, LORA_T_DOWN, 1, a->act, c->dx, C, c->dact, 0.0f, a);
+	/* Gemma 2: out = xm + post_ff(down(...)), xm = x + post_attn(o(...)): c->to takes d of each
+	 * linear's output through its norm (c->dx keeps the residual's) */
+	if (bk->post_ff)
+		rmsnorm_bwd(c, a->d_raw, bk->post_ff, a->rstd4, c->dx, N, C, c->to, 0);
+	lin_bwd(k, l, LORA_T_DOWN, 1, a->act, bk->post_ff ? c->to : c->dx, C, c->dact, 0.0f, a);
 	lora_pool_for(c->pool, (size_t)N, GRAIN_ROWS, swiglu_bwd_part, &gj);
 	lin_bwd(k, l, LORA_T_GATE, 2, a->h2, c->dgu, 2 * F, c->dh, 0.0f, a);
 	rmsnorm_bwd(c, a->xm, bk->ln2, a->rstd2, c->dh, N, C, c->dx, 1);   /* dx is now d xm */
 
 	/* attention: xm = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))) */
-	lin_bwd(k, l, LORA_T_O, 1, a->att, c->dx, C, c->datt, 0.0f, a);
+	if (bk->post_attn)
+		rmsnorm_bwd(c, a->o_raw, bk->post_attn, a->rstd3, c->dx, N, C, c->to, 0);
+	lin_bwd(k, l, LORA_T_O, 1, a->att, bk->post_attn ? c->to : c->dx, C, c->datt, 0.0f, a);
 	attn(k, bk, a, 1);
-	heads(c, 0, c->dq, c->tqkv, W3, N, T, net->H, net->D, 1);
-	heads(c, 0, c->dk, c->tqkv + HD, W3, N, T, net->KV, net->D, 1);
+	heads(c, 0, c->dq, c->tqkv, W3, N, T, net->H, net->D, bk->local_rope ? 2 : 1);
+	heads(c, 0, c->dk, c->tqkv + HD, W3, N, T, net->KV, net->D, bk->local_rope ? 2 : 1);
 	heads(c, 0, c->dv, c->tqkv + HD + KVD, W3, N, T, net->KV, net->D, 0);
+	if (bk->q_norm)
+		headnorm(c, net, bk, c->tqkv, W3, N, a, 1);
 	lin_bwd(k, l, LORA_T_Q, 3, a->h1, c->tqkv, W3, need_dx ? c->dh : NULL, 0.0f, a);
 	if (need_dx)
 		rmsnorm_bwd(c, a->x, bk->ln1, a->rstd1, c->dh, N, C, c->dx, 1);
@@ -1012,6 +1158,7 @@ HOT static void head_part(void *arg, size_t i0, size_t i1, int part)
 	const struct head_job *j = arg;
 	struct cpu *c = j->k->c;
 	const int V = j->k->net->V;
+	const float cap = j->k->net->final_softcap;
 	for (size_t i = i0; i < i1; i++) {
 		float *z = c->logit + i * V;
 		const int tgt = target_of(j->k->b, j->n0 + (int)i);
@@ -1030,7 +1177,12 @@ HOT static void head_part(void *arg, size_t i0, size_t i1, int part)
 		if (j->backward) {
 			float *e = z;   /* e^(z - m) in place, z[tgt] kept aside */
 			const float zt = z[tgt];
-			float fl, f;
+			float fl, f, *fac = c->tmp_e + (size_t)part * V;
+
+			for (int v = 0; cap > 0 && v < V; v++) {
+				const float t = z[v] / cap;
+				fac[v] = 1.0f - t * t;
+			}
 
 			for (int v = 0; v < V; v++)
 				e[v] = vexpf(z[v] - m);
@@ -1044,6 +1196,9 @@ HOT static void head_part(void *arg, size_t i0, size_t i1, int part)
 			for (int v = 0; v < V; v++)
 				e[v] = e[v] * f;
 			e[tgt] -= j->scale;
+			if (cap > 0)   /* d logit = d capped · (1 - tanh²), tanh = capped / cap */
+				for (int v = 0; v < V; v++)
+					e[v] = e[v] * fac[v];
 		} else {
 			float *e = c->tmp_e + (size_t)part * V;
 
@@ -1075,6 +1230,11 @@ static void loss_head(const struct ctx *k, int backward, double scale, float *lo
 		struct head_job j = {k, n0, backward, (float)scale};
 
 		group_xwt(c, &head, c->hf + (size_t)n0 * C, nc, c->logit, V);
+		if (net->final_softcap > 0) {   /* Gemma 2: cap·tanh(logits / cap) */
+			const float cap = net->final_softcap;
+			for (size_t i = 0; i < (size_t)nc * V; i++)
+				c->logit[i] = tanhf(c->logit[i] / cap) * cap;
+		}
 		if (logits_out)
 			memcpy(logits_out + (size_t)n0 * V, c->logit, sizeof(float) * (size_t)nc * V);
 		lora_pool_for(c->pool, (size_t)nc, 4, head_part, &j);
@@ -1106,6 +1266,9 @@ static void embed_part(void *arg, size_t i0, size_t i1, int part)
 		const int id = t < (b->len ? b->len[r] : b->T) ? b->ids[n] : 0;
 
 		lora_frozen_rows(&j->net->embed, id, 1, j->x + n * (size_t)j->net->C);
+		if (j->net->embed_scale != 1.0f)   /* Gemma: times sqrt(C), an fp32 product */
+			for (int i = 0; i < j->net->C; i++)
+				j->x[n * (size_t)j->net->C + i] *= j->net->embed_scale;
 	}
 }
 
@@ -1129,7 +1292,9 @@ static int cpu_run(struct lora_net *net, const struct lora_batch *b, int backwar
 	for (int n = 0; n < k.N; n++)
 		res->tokens += target_of(b, n) >= 0;
 	scale = grad_scale > 0 ? grad_scale : res->tokens ? 1.0 / (double)res->tokens : 0.0;
-	rope_tables(net, b->T, c->cosb, c->sinb);
+	rope_tables(net, net->inv_freq, b->T, c->cosb, c->sinb);
+	if (net->inv_freq_local)
+		rope_tables(net, net->inv_freq_local, b->T, c->cosl, c->sinl);
 
 	/* embedding -> layers -> final norm -> loss */
 	{
@@ -1168,6 +1333,9 @@ const struct lora_backend lora_backend_cpu = {
 	.name = "cpu",
 	.run = cpu_run,
 	.release = cpu_release,
+	.kv_new = lora_cpu_kv_new,
+	.decode = lora_cpu_decode,
+	.kv_free = lora_cpu_kv_free,
 };
 
 /* ------------------------------------------------------------ single ops (train/ops_cpu.h) */
@@ -1193,8 +1361,7 @@ void lora_cpu_rope_tables(const float *inv_freq, int D, int T, float *cosb, floa
 
 	memset(&n, 0, sizeof(n));
 	n.D = D;
-	n.inv_freq = (float *)inv_freq;
-	rope_tables(&n, T, cosb, sinb);
+	rope_tables(&n, inv_freq, T, cosb, sinb);
 }
 
 void lora_cpu_to_heads(const float *src, int ld, float *dst, int B, int T, int nh, int D, const float *cosb,
@@ -1213,13 +1380,13 @@ void lora_cpu_from_heads(const float *src, float *dst, int ld, int B, int T, int
 
 void lora_cpu_swiglu(const float *gu, int N, int F, float *act)
 {
-	struct glu_job j = {gu, NULL, act, NULL, F};
+	struct glu_job j = {gu, NULL, act, NULL, F, 0};
 	swiglu_part(&j, 0, (size_t)N, 0);
 }
 
 void lora_cpu_swiglu_bwd(const float *gu, const float *dact, int N, int F, float *dgu)
 {
-	struct glu_job j = {gu, dact, NULL, dgu, F};
+	struct glu_job j = {gu, dact, NULL, dgu, F, 0};
 	swiglu_bwd_part(&j, 0, (size_t)N, 0);
 }
 
@@ -1279,7 +1446,7 @@ void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int
 }
 
 int lora_cpu_attn_fwd(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
-		      int window, float *att, float *lse)
+		      float scaling, int window, float *att, float *lse)
 {
 	const size_t sp = (size_t)(T < QB ? T : QB) * T;
 	struct lora_net n;
@@ -1304,6 +1471,7 @@ int lora_cpu_attn_fwd(const float *q, const float *k, const float *v, int B, int
 	n.H = H;
 	n.KV = KV;
 	n.D = D;
+	n.attn_scale = scaling;
 	b.B = B;
 	b.T = T;
 	bk.window = window;

@@ -1,5 +1,5 @@
 /*
- * model.c - building a lora_net from a Hugging Face folder: architecture and
+ * net.c - building a lora_net from a Hugging Face folder: architecture and
  * shape checks, frozen weights (mapped or NF4), RoPE frequencies, the LoRA
  * parameter arena, and PEFT adapters in and out.  The arithmetic lives in the
  * backends (model_cpu.c).
@@ -152,7 +152,16 @@ static const char *const archs[][2] = {
 	{"LlamaForCausalLM", "llama"},
 	{"MistralForCausalLM", "mistral"},
 	{"Qwen2ForCausalLM", "qwen2"},
+	{"Qwen3ForCausalLM", "qwen3"},
+	{"Phi3ForCausalLM", "phi3"},
+	{"Gemma2ForCausalLM", "gemma2"},
+	{"Gemma3ForCausalLM", "gemma3_text"},
 };
+
+static int is_arch(const struct lora_model_config *c, const char *arch, const char *type)
+{
+	return c->architecture[0] ? !strcmp(c->architecture, arch) : !strcmp(c->model_type, type);
+}
 
 static int check_arch(const struct lora_model_config *c, const char *dir, struct lora_err *err)
 {
@@ -160,17 +169,32 @@ static int check_arch(const struct lora_model_config *c, const char *dir, struct
 		if (c->architecture[0] ? !strcmp(c->architecture, archs[i][0])
 				       : !strcmp(c->model_type, archs[i][1]))
 			return 0;
-	return lora_errf(err, "model '%s': architecture '%s' is not supported (Llama, Mistral, Qwen2)",
+	return lora_errf(err, "model '%s': architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3)",
 			 dir, c->architecture[0] ? c->architecture : c->model_type);
 }
 
-/* Fields model.h does not carry: hidden_act and the sliding-window layout. */
+/* A positive number field, or null/absent (0); anything else is refused naming it. */
+static int get_pos(const cJSON *root, const char *key, const char *path, double *out, struct lora_err *err)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+
+	*out = 0;
+	if (!v || cJSON_IsNull(v))
+		return 0;
+	if (!cJSON_IsNumber(v) || !(v->valuedouble > 0) || !(v->valuedouble < 1e9))
+		return lora_errf(err, "'%s': %s is not a positive number", path, key);
+	*out = v->valuedouble;
+	return 0;
+}
+
+/* Fields model.h does not carry: hidden_act, the sliding-window layout, Gemma's scalars. */
 static int read_extra_config(struct lora_net *net, const char *dir, struct lora_err *err)
 {
 	char *path = lora_path_join(dir, "config.json"), *text = NULL;
 	cJSON *root = NULL;
 	const cJSON *v, *types;
 	int window = 0, use_sw = 1, max_window_layers = 0, rc = -1;
+	double x;
 	size_t len;
 
 	if (!path)
@@ -184,14 +208,41 @@ static int read_extra_config(struct lora_net *net, const char *dir, struct lora_
 	v = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
 	if (!v)
 		v = cJSON_GetObjectItemCaseSensitive(root, "hidden_activation");
-	if (cJSON_IsString(v) && strcmp(v->valuestring, "silu") && strcmp(v->valuestring, "swish")) {
+	if (net->gemma) {
+		const cJSON *h = cJSON_GetObjectItemCaseSensitive(root, "hidden_activation");
+		const char *act = cJSON_IsString(h) ? h->valuestring : cJSON_IsString(v) ? v->valuestring
+											 : "gelu_pytorch_tanh";
+
+		if (strcmp(act, "gelu_pytorch_tanh")) {
+			lora_errf(err, "'%s': hidden_activation '%s' is not supported (gelu_pytorch_tanh)", path,
+				  act);
+			goto out;
+		}
+		net->gelu = 1;
+		if (get_pos(root, "query_pre_attn_scalar", path, &x, err) < 0)
+			goto out;
+		if (x > 0)
+			net->attn_scale = (float)pow(x, -0.5);
+		if (get_pos(root, "attn_logit_softcapping", path, &x, err) < 0)
+			goto out;
+		net->attn_softcap = (float)x;
+		if (get_pos(root, "final_logit_softcapping", path, &x, err) < 0)
+			goto out;
+		net->final_softcap = (float)x;
+		net->embed_scale = (float)sqrt((double)net->C);
+	} else if (cJSON_IsString(v) && strcmp(v->valuestring, "silu") && strcmp(v->valuestring, "swish")) {
 		lora_errf(err, "'%s': hidden_act '%s' is not supported (silu)", path, v->valuestring);
+		goto out;
+	}
+	v = cJSON_GetObjectItemCaseSensitive(root, "partial_rotary_factor");
+	if (cJSON_IsNumber(v) && v->valuedouble != 1.0) {
+		lora_errf(err, "'%s': partial_rotary_factor %g is not supported (1)", path, v->valuedouble);
 		goto out;
 	}
 	v = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
 	if (cJSON_IsNumber(v) && v->valuedouble >= 1 && v->valuedouble < 1e9)
 		window = (int)v->valuedouble;
-	if (!strcmp(net->cfg.model_type, "qwen2") || !strcmp(net->cfg.architecture, "Qwen2ForCausalLM")) {
+	if (is_arch(&net->cfg, "Qwen2ForCausalLM", "qwen2") || is_arch(&net->cfg, "Qwen3ForCausalLM", "qwen3")) {
 		v = cJSON_GetObjectItemCaseSensitive(root, "use_sliding_window");
 		use_sw = cJSON_IsTrue(v);
 		v = cJSON_GetObjectItemCaseSensitive(root, "max_window_layers");
@@ -205,6 +256,8 @@ static int read_extra_config(struct lora_net *net, const char *dir, struct lora_
 		if (cJSON_IsString(ty))
 			sliding = window > 0 && !strcmp(ty->valuestring, "sliding_attention");
 		net->blocks[l].window = sliding ? window : 0;
+		net->blocks[l].local_rope = net->inv_freq_local && cJSON_IsString(ty) &&
+					    !strcmp(ty->valuestring, "sliding_attention");
 	}
 	rc = 0;
 out:
@@ -214,12 +267,15 @@ out:
 	return rc;
 }
 
-/* RoPE inverse frequencies as transformers computes them (fp32). */
+/* RoPE inverse frequencies as transformers computes them (fp32); local: the sliding layers' plain
+ * base (Gemma 3's rope_local_base_freq) into inv_freq_local. */
 static void rope_freqs(struct lora_net *net)
 {
 	const struct lora_model_config *c = &net->cfg;
 	const int half = net->D / 2;
 
+	for (int i = 0; net->inv_freq_local && i < half; i++)
+		net->inv_freq_local[i] = 1.0f / powf((float)c->rope_local_theta, (float)(2 * i) / (float)net->D);
 	for (int i = 0; i < half; i++) {
 		float e = (float)(2 * i) / (float)net->D;
 		float f = 1.0f / powf((float)c->rope_theta, e);
@@ -261,23 +317,63 @@ static int check_dims(const struct lora_net *n, const char *dir, struct lora_err
 
 /* ------------------------------------------------------------ open/close */
 
+/* Gemma's RMSNorms scale by (1 + w): stored so, the product is the one transformers computes. */
+static void unit_offset(const struct lora_net *net, float *w, int n)
+{
+	for (int i = 0; net->gemma && w && i < n; i++)
+		w[i] = 1.0f + w[i];
+}
+
 static int load_block(struct lora_net *net, int l, struct lora_err *err)
 {
 	struct lora_block *bk = &net->blocks[l];
 	const int HD = net->H * net->D, KVD = net->KV * net->D;
-	const int rows[LORA_NTARGET] = {HD, KVD, KVD, net->C, net->F, net->F, net->C};
+	int rows[LORA_NTARGET] = {HD, KVD, KVD, net->C, net->F, net->F, net->C};
 	const int cols[LORA_NTARGET] = {net->C, net->C, net->C, HD, net->C, net->C, net->F};
 	char name[160];
 
 	snprintf(name, sizeof(name), "model.layers.%d.input_layernorm.weight", l);
 	if (load_vec(net->base, name, net->C, 0, &bk->ln1, err) < 0)
 		return -1;
-	snprintf(name, sizeof(name), "model.layers.%d.post_attention_layernorm.weight", l);
+	snprintf(name, sizeof(name), net->gemma ? "model.layers.%d.pre_feedforward_layernorm.weight"
+						 : "model.layers.%d.post_attention_layernorm.weight", l);
 	if (load_vec(net->base, name, net->C, 0, &bk->ln2, err) < 0)
 		return -1;
+	if (net->gemma) {
+		snprintf(name, sizeof(name), "model.layers.%d.post_attention_layernorm.weight", l);
+		if (load_vec(net->base, name, net->C, 0, &bk->post_attn, err) < 0)
+			return -1;
+		snprintf(name, sizeof(name), "model.layers.%d.post_feedforward_layernorm.weight", l);
+		if (load_vec(net->base, name, net->C, 0, &bk->post_ff, err) < 0)
+			return -1;
+		unit_offset(net, bk->ln1, net->C);
+		unit_offset(net, bk->ln2, net->C);
+		unit_offset(net, bk->post_attn, net->C);
+		unit_offset(net, bk->post_ff, net->C);
+	}
+	if (net->qk_norm) {
+		snprintf(name, sizeof(name), "model.layers.%d.self_attn.q_norm.weight", l);
+		if (load_vec(net->base, name, net->D, 0, &bk->q_norm, err) < 0)
+			return -1;
+		snprintf(name, sizeof(name), "model.layers.%d.self_attn.k_norm.weight", l);
+		if (load_vec(net->base, name, net->D, 0, &bk->k_norm, err) < 0)
+			return -1;
+		unit_offset(net, bk->q_norm, net->D);
+		unit_offset(net, bk->k_norm, net->D);
+	}
+	if (net->fused) {   /* q|k|v and gate|up stacked as model_cpu.c stacks them anyway */
+		rows[LORA_T_Q] = HD + 2 * KVD;
+		rows[LORA_T_K] = rows[LORA_T_V] = 0;
+		rows[LORA_T_GATE] = 2 * net->F;
+		rows[LORA_T_UP] = 0;
+	}
 	for (int t = 0; t < LORA_NTARGET; t++) {
-		int n = lora_module_name(name, sizeof(name), l, (enum lora_target)t);
+		int n = lora_net_module_name(net, name, sizeof(name), l, (enum lora_target)t);
 
+		if (n < 0) {   /* a part of a fused linear */
+			bk->lin[t].w = (struct lora_frozen){0, cols[t], LORA_WF_F32, NULL, {0}};
+			continue;
+		}
 		snprintf(name + n, sizeof(name) - (size_t)n, ".weight");
 		if (load_frozen(net->base, name, rows[t], cols[t], net->opts.quant == LORA_QUANT_NF4,
 				&bk->lin[t].w, err) < 0)
@@ -316,8 +412,19 @@ int lora_net_open(struct lora_net **out, const char *base_dir, const struct lora
 	net->eps = (float)c->rms_norm_eps;
 	if (check_dims(net, base_dir, err) < 0)
 		goto fail;
+	net->qk_norm = is_arch(c, "Qwen3ForCausalLM", "qwen3");
+	net->fused = is_arch(c, "Phi3ForCausalLM", "phi3");
+	net->gemma = is_arch(c, "Gemma2ForCausalLM", "gemma2") || is_arch(c, "Gemma3ForCausalLM", "gemma3_text");
+	net->qk_norm = net->qk_norm || is_arch(c, "Gemma3ForCausalLM", "gemma3_text");
+	net->embed_scale = 1.0f;
+	net->attn_scale = (float)pow((double)net->D, -0.5);
 	if (!(net->blocks = calloc((size_t)net->L, sizeof(*net->blocks))) ||
 	    !(net->inv_freq = malloc(sizeof(float) * (size_t)(net->D / 2)))) {
+		lora_errf(err, "out of memory");
+		goto fail;
+	}
+	if (c->rope_local_theta > 0 && (c->rope_local_theta != c->rope_theta || c->rope_type != LORA_ROPE_DEFAULT) &&
+	    !(net->inv_freq_local = malloc(sizeof(float) * (size_t)(net->D / 2)))) {
 		lora_errf(err, "out of memory");
 		goto fail;
 	}
@@ -327,6 +434,7 @@ int lora_net_open(struct lora_net **out, const char *base_dir, const struct lora
 	if (load_frozen(net->base, "model.embed_tokens.weight", net->V, net->C, 0, &net->embed, err) < 0 ||
 	    load_vec(net->base, "model.norm.weight", net->C, 0, &net->norm_f, err) < 0)
 		goto fail;
+	unit_offset(net, net->norm_f, net->C);
 	/* tied: the embedding is the output layer, whatever else the file holds */
 	if (c->tie_word_embeddings)
 		net->lm_head = net->embed;
@@ -351,6 +459,10 @@ void lora_net_close(struct lora_net *net)
 	for (int l = 0; net->blocks && l < net->L; l++) {
 		free(net->blocks[l].ln1);
 		free(net->blocks[l].ln2);
+		free(net->blocks[l].q_norm);
+		free(net->blocks[l].post_attn);
+		free(net->blocks[l].post_ff);
+		free(net->blocks[l].k_norm);
 		for (int t = 0; t < LORA_NTARGET; t++) {
 			lora_nf4_free(&net->blocks[l].lin[t].w.q);
 			free(net->blocks[l].lin[t].bias);
@@ -358,6 +470,7 @@ void lora_net_close(struct lora_net *net)
 	}
 	free(net->blocks);
 	free(net->inv_freq);
+	free(net->inv_freq_local);
 	free(net->norm_f);
 	free(net->params);
 	free(net->grads);
@@ -419,6 +532,59 @@ static int build_arena(struct lora_net *net, const int *r, const float *scale, s
 	return 0;
 }
 
+const char *lora_net_target_name(const struct lora_net *net, enum lora_target t)
+{
+	if (!net->fused)
+		return lora_target_names[t];
+	switch (t) {
+	case LORA_T_Q: return "qkv_proj";
+	case LORA_T_GATE: return "gate_up_proj";
+	case LORA_T_K: case LORA_T_V: case LORA_T_UP: return NULL;
+	default: return lora_target_names[t];
+	}
+}
+
+int lora_net_module_name(const struct lora_net *net, char *buf, size_t len, int layer, enum lora_target t)
+{
+	const char *n = lora_net_target_name(net, t);
+
+	if (!n) {
+		if (len)
+			buf[0] = 0;
+		return -1;
+	}
+	return snprintf(buf, len, "model.layers.%d.%s.%s", layer, t <= LORA_T_O ? "self_attn" : "mlp", n);
+}
+
+int lora_net_module_parse(const struct lora_net *net, const char *name, int *layer, enum lora_target *t)
+{
+	char want[160];
+	int l;
+
+	if (!net->fused)
+		return lora_module_parse(name, layer, t);
+	if (sscanf(name, "model.layers.%d.", &l) != 1 || l < 0 || l >= net->L)
+		return -1;
+	for (int i = 0; i < LORA_NTARGET; i++)
+		if (lora_net_module_name(net, want, sizeof(want), l, (enum lora_target)i) > 0 &&
+		    !strcmp(want, name)) {
+			*layer = l;
+			*t = (enum lora_target)i;
+			return 0;
+		}
+	return -1;
+}
+
+unsigned lora_net_targets(const struct lora_net *net, unsigned mask)
+{
+	const unsigned qkv = (1u << LORA_T_Q) | (1u << LORA_T_K) | (1u << LORA_T_V);
+	const unsigned gu = (1u << LORA_T_GATE) | (1u << LORA_T_UP);
+
+	if (!net->fused)
+		return mask;
+	return (mask & ~(qkv | gu)) | (mask & qkv ? 1u << LORA_T_Q : 0) | (mask & gu ? 1u << LORA_T_GATE : 0);
+}
+
 const struct lora_mod *lora_net_mod(const struct lora_net *net, int layer, enum lora_target t)
 {
 	if (layer < 0 || layer >= net->L || (unsigned)t >= LORA_NTARGET || !net->blocks[layer].lin[t].has_lora)
@@ -444,13 +610,14 @@ int lora_net_init_lora(struct lora_net *net, const struct lora_cfg *cfg, struct 
 		goto out;
 	}
 	for (size_t i = 0; i < nm; i++)
-		if (cfg->targets & (1u << (i % LORA_NTARGET))) {
+		if (lora_net_targets(net, cfg->targets) & (1u << (i % LORA_NTARGET))) {
 			r[i] = cfg->rank;
 			s[i] = (float)lora_scale(cfg->rank, cfg->alpha, cfg->rslora);
 		}
 	if (build_arena(net, r, s, err) < 0)
 		goto out;
 	net->lcfg = *cfg;
+	net->lcfg.targets = lora_net_targets(net, cfg->targets);
 	for (int l = 0; l < net->L; l++)
 		for (int t = 0; t < LORA_NTARGET; t++) {
 			const struct lora_linear *lin = &net->blocks[l].lin[t];
@@ -500,7 +667,7 @@ int lora_net_load_peft(struct lora_net *net, const struct lora_peft *p, const ch
 		int l;
 		const struct lora_frozen *w;
 
-		if (lora_module_parse(m->name, &l, &t) < 0 || l >= net->L) {
+		if (lora_net_module_parse(net, m->name, &l, &t) < 0 || l >= net->L) {
 			lora_errf(err, "adapter '%s' targets '%s', which is not a linear layer of this model",
 				  label, m->name);
 			goto out;
@@ -524,7 +691,7 @@ int lora_net_load_peft(struct lora_net *net, const struct lora_peft *p, const ch
 		int l;
 		float *a, *b;
 
-		lora_module_parse(m->name, &l, &t);
+		lora_net_module_parse(net, m->name, &l, &t);
 		if (!(a = lora_peft_load_f32(m->A, err)) || !(b = lora_peft_load_f32(m->B, err))) {
 			free(a);
 			goto out;
@@ -590,7 +757,7 @@ static char *adapter_config_json(const struct lora_net *net, const char *base_na
 			a = module_alpha(net, m);
 			if (m->r == net->lcfg.rank && fabs(a - base_alpha) <= 1e-6 * base_alpha)
 				continue;
-			lora_module_name(name, sizeof(name), l, (enum lora_target)t);
+			lora_net_module_name(net, name, sizeof(name), l, (enum lora_target)t);
 			lora_buf_printf(&b, "%s\n    ", first ? "" : ",");
 			lora_buf_json_str(&b, name);
 			lora_buf_printf(&b, ": %.17g", a);
@@ -616,7 +783,7 @@ static char *adapter_config_json(const struct lora_net *net, const char *base_na
 
 			if (!m || m->r == net->lcfg.rank)
 				continue;
-			lora_module_name(name, sizeof(name), l, (enum lora_target)t);
+			lora_net_module_name(net, name, sizeof(name), l, (enum lora_target)t);
 			lora_buf_printf(&b, "%s\n    ", first ? "" : ",");
 			lora_buf_json_str(&b, name);
 			lora_buf_printf(&b, ": %d", m->r);
@@ -627,7 +794,7 @@ static char *adapter_config_json(const struct lora_net *net, const char *base_na
 	first = 1;
 	for (int t = 0; t < LORA_NTARGET; t++)
 		if (net->lcfg.targets & (1u << t)) {
-			lora_buf_printf(&b, "%s\"%s\"", first ? "" : ", ", lora_target_names[t]);
+			lora_buf_printf(&b, "%s\"%s\"", first ? "" : ", ", lora_net_target_name(net, (enum lora_target)t));
 			first = 0;
 		}
 	lora_buf_printf(&b, "],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": false,\n"
@@ -668,7 +835,7 @@ int lora_net_save_adapter(const struct lora_net *net, const char *dir, const cha
 
 			if (!lin->has_lora)
 				continue;
-			lora_module_name(mod, sizeof(mod), l, (enum lora_target)t);
+			lora_net_module_name(net, mod, sizeof(mod), l, (enum lora_target)t);
 			for (int ab = 0; ab < 2; ab++, n++) {
 				snprintf(names[n], sizeof(names[n]), "base_model.model.%s.lora_%c.weight", mod,
 					 ab ? 'B' : 'A');

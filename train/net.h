@@ -1,5 +1,5 @@
 /*
- * model.h - a Llama-family causal LM with frozen (NF4 or 16/32-bit) weights
+ * net.h - a Llama-family causal LM with frozen (NF4 or 16/32-bit) weights
  * and trainable LoRA adapters: the data every backend shares, and the API a
  * training loop uses.
  *
@@ -18,10 +18,20 @@
  * C hidden, F intermediate, L layers, H query heads, KV key/value heads
  * (H % KV == 0), D head dim, V vocab, r LoRA rank.
  *
- * Supported: LlamaForCausalLM (Llama 2/3, SmolLM2), MistralForCausalLM
- * (sliding window), Qwen2ForCausalLM (q/k/v biases, per-layer sliding window).
+ * Supported: LlamaForCausalLM (Llama 2/3/3.1/3.2 with llama3 rope scaling and
+ * tied embeddings, SmolLM2), MistralForCausalLM (sliding window),
+ * Qwen2ForCausalLM (q/k/v biases, per-layer sliding window), Qwen3ForCausalLM
+ * (RMSNorm of each query and key head before RoPE, q_norm / k_norm; layer_types),
+ * Phi3ForCausalLM (fused qkv_proj and gate_up_proj, the LoRA targets as they are:
+ * see `fused` and lora_net_module_name), Gemma2ForCausalLM (see `gemma`: scaled
+ * embeddings, (1 + w) norms stored as such, post_attn / post_ff norms, GELU-tanh,
+ * attention and final soft-capping, query_pre_attn_scalar; fp32 throughout, the
+ * embedding scale too, as transformers computes an fp32 model), Gemma3ForCausalLM
+ * (Gemma 2's layout without caps, plus (1 + w) q_norm / k_norm and the sliding
+ * layers' RoPE base: inv_freq_local, local_rope).
  * Any linear may carry a bias when the checkpoint has one.  Others are refused
- * by name.
+ * by name (architecture, or the config field and value: hidden_act,
+ * rope_scaling, partial_rotary_factor, hidden_activation).
  */
 #ifndef LORA_TRAIN_MODEL_H
 #define LORA_TRAIN_MODEL_H
@@ -68,8 +78,13 @@ struct lora_linear {
 
 struct lora_block {
 	float *ln1, *ln2;          /* [C] input / post-attention RMSNorm weights, fp32 */
+	float *q_norm, *k_norm;    /* [D] RMSNorm of each query / key head before RoPE (Qwen3), or NULL */
+	float *post_attn, *post_ff;   /* [C] Gemma 2: RMSNorm of the attention output and of the MLP
+					 output before each residual add (ln2 is then
+					 pre_feedforward_layernorm), or NULL */
 	struct lora_linear lin[LORA_NTARGET];   /* indexed by enum lora_target */
 	int window;                /* sliding attention window in positions; 0 = full causal */
+	int local_rope;            /* RoPE from net->inv_freq_local (Gemma 3's sliding layers) */
 };
 
 /* One batch: rows of token ids, right-padded to T. */
@@ -88,6 +103,7 @@ struct lora_fb_result {
 };
 
 struct lora_net;
+struct lora_kv;            /* a backend's key/value cache for generation */
 
 /* What a device backend implements; the CPU one is the reference. */
 struct lora_backend {
@@ -97,6 +113,20 @@ struct lora_backend {
 	int (*run)(struct lora_net *net, const struct lora_batch *b, int backward, double grad_scale,
 		   float *logits, struct lora_fb_result *res, struct lora_err *err);
 	void (*release)(struct lora_net *net);   /* free backend state (net->be_state) */
+	/*
+	 * Generation (train/generate.h calls these; no dropout, no gradients):
+	 * kv_new makes a key/value cache for positions 0 .. max_pos-1; decode
+	 * runs n tokens at positions pos .. pos+n-1 over the cache of the
+	 * positions before (prefill when n > 1, one step when n == 1), adds
+	 * theirs to it, and writes the logits [V] of the last into `logits`
+	 * and those [n, V] of each into `all` (either may be NULL).  The caller
+	 * checks ids and capacity.  A cache belongs to the net that made it;
+	 * make it after the adapters are loaded (decode refuses larger ranks).
+	 */
+	int (*kv_new)(struct lora_net *net, int max_pos, struct lora_kv **kv, struct lora_err *err);
+	int (*decode)(struct lora_net *net, struct lora_kv *kv, int pos, const int32_t *ids, int n,
+		      float *logits, float *all, struct lora_err *err);
+	void (*kv_free)(struct lora_net *net, struct lora_kv *kv);
 };
 extern const struct lora_backend lora_backend_cpu;
 
@@ -113,7 +143,18 @@ struct lora_net {
 	struct lora_model_config cfg;
 	int C, F, L, H, KV, D, V;
 	float eps;                 /* rms_norm_eps */
+	int qk_norm;               /* blocks carry q_norm / k_norm (Qwen3) */
+	int gemma;                 /* Gemma 2: the fields below, (1 + w) norms, post-attention/MLP norms */
+	int gelu;                  /* MLP gate gelu_pytorch_tanh instead of SiLU (Gemma 2) */
+	float embed_scale;         /* embeddings times this (Gemma 2: sqrt(C) in fp32), else 1 */
+	float attn_scale;          /* attention scores times this: D^-0.5, or query_pre_attn_scalar^-0.5 */
+	float attn_softcap;        /* scores -> cap·tanh(scores/cap) when > 0 (Gemma 2) */
+	float final_softcap;       /* logits -> cap·tanh(logits/cap) when > 0 (Gemma 2) */
+	int fused;                 /* Phi-3: q|k|v is one linear, qkv_proj, in lin[LORA_T_Q] (rows
+				      H·D + 2·KV·D), gate|up one, gate_up_proj, in lin[LORA_T_GATE]
+				      (rows 2F); lin[K], lin[V], lin[UP] have 0 rows and no LoRA */
 	float *inv_freq;           /* [D/2] RoPE inverse frequencies after scaling */
+	float *inv_freq_local;     /* [D/2] those of sliding layers when their base differs (Gemma 3), or NULL */
 	struct lora_frozen embed;  /* [V, C] */
 	struct lora_frozen lm_head;   /* [V, C]; the embedding when tied */
 	float *norm_f;             /* [C] final RMSNorm weight */
@@ -150,6 +191,18 @@ int lora_net_load_adapter(struct lora_net *net, const char *peft_dir, struct lor
  */
 int lora_net_save_adapter(const struct lora_net *net, const char *dir, const char *base_name,
 			  struct lora_err *err);
+/*
+ * Module names as this family spells them: PEFT's name of target t
+ * ("qkv_proj" for Q on Phi-3), or NULL where the family has no such linear;
+ * the full module name ("model.layers.3.self_attn.qkv_proj"; -1 when none);
+ * its inverse (-1 when not a linear of this model); and a target mask as
+ * the family applies it (Phi-3: any of q,k,v -> qkv_proj, gate/up -> gate_up_proj).
+ */
+const char *lora_net_target_name(const struct lora_net *net, enum lora_target t);
+int lora_net_module_name(const struct lora_net *net, char *buf, size_t len, int layer, enum lora_target t);
+int lora_net_module_parse(const struct lora_net *net, const char *name, int *layer, enum lora_target *t);
+unsigned lora_net_targets(const struct lora_net *net, unsigned mask);
+
 /* Adapter of a module, or NULL. */
 const struct lora_mod *lora_net_mod(const struct lora_net *net, int layer, enum lora_target t);
 

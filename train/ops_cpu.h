@@ -25,7 +25,8 @@ void lora_cpu_to_heads(const float *src, int ld, float *dst, int B, int T, int n
 /* from_heads_part: the transpose (gradients), head-major src -> token-major dst [B·T, ld] */
 void lora_cpu_from_heads(const float *src, float *dst, int ld, int B, int T, int nh, int D,
 			 const float *cosb, const float *sinb, int rope);
-/* swiglu_part / swiglu_bwd_part: act [N, F] from gu [N, 2F]; dgu [N, 2F] from dact */
+/* swiglu_part / swiglu_bwd_part: act [N, F] from gu [N, 2F]; dgu [N, 2F] from dact (silu, not
+ * Gemma's gelu) */
 void lora_cpu_swiglu(const float *gu, int N, int F, float *act);
 void lora_cpu_swiglu_bwd(const float *gu, const float *dact, int N, int F, float *dgu);
 /* ew_part: y = a + b (EW_ADD), y += a·b (EW_ADDMUL) */
@@ -34,9 +35,10 @@ void lora_cpu_addmul(const float *a, const float *b, float *y, size_t n);
 /* head_part: the cross-entropy of each of nc rows of logits z [nc, V] against tgt [nc] (< 0:
  * unlabelled, loss -1) into tok_loss [nc]; with backward, z becomes (softmax - onehot)·scale */
 void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int backward, double *tok_loss);
-/* attn_fwd_part: causal GQA attention of q [B, H, T, D] over k, v [B, KV, T, D] (sliding window
- * when window > 0) into att [B·T, H·D] and lse [B, H, T]; -1 when out of memory */
+/* attn_fwd_part: causal GQA attention of q [B, H, T, D] over k, v [B, KV, T, D], scores times
+ * scaling (sliding window when window > 0; no soft-capping) into att [B·T, H·D] and lse [B, H, T];
+ * -1 when out of memory */
 int lora_cpu_attn_fwd(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
-		      int window, float *att, float *lse);
+		      float scaling, int window, float *att, float *lse);
 
 #endif

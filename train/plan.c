@@ -50,6 +50,10 @@ static const char *const archs[][2] = {
 	{"LlamaForCausalLM", "llama"},
 	{"MistralForCausalLM", "mistral"},
 	{"Qwen2ForCausalLM", "qwen2"},
+	{"Qwen3ForCausalLM", "qwen3"},
+	{"Phi3ForCausalLM", "phi3"},
+	{"Gemma2ForCausalLM", "gemma2"},
+	{"Gemma3ForCausalLM", "gemma3_text"},
 };
 
 /* out x in of decoder linear t */
@@ -58,13 +62,35 @@ static void lin_dims(const struct lora_plan_shape *s, int t, uint64_t *out, uint
 	const uint64_t C = (uint64_t)s->C, F = (uint64_t)s->F, HD = (uint64_t)s->H * s->D,
 		       KVD = (uint64_t)s->KV * s->D;
 
+	if (s->fused && (t == LORA_T_K || t == LORA_T_V || t == LORA_T_UP)) {
+		*out = 0;   /* part of qkv_proj / gate_up_proj */
+		*in = C;
+		return;
+	}
 	switch (t) {
-	case LORA_T_Q: *out = HD; *in = C; break;
+	case LORA_T_Q: *out = s->fused ? HD + 2 * KVD : HD; *in = C; break;
 	case LORA_T_O: *out = C; *in = HD; break;
-	case LORA_T_GATE: case LORA_T_UP: *out = F; *in = C; break;
+	case LORA_T_GATE: case LORA_T_UP: *out = s->fused ? 2 * F : F; *in = C; break;
 	case LORA_T_DOWN: *out = C; *in = F; break;
 	default: *out = KVD; *in = C; break;   /* k, v */
 	}
+}
+
+/* Does target t carry LoRA under o (Phi-3: any of q,k,v on qkv_proj, gate/up on gate_up_proj)? */
+static int lora_on(const struct lora_plan_shape *s, const struct lora_plan_opts *o, int t)
+{
+	const unsigned qkv = (1u << LORA_T_Q) | (1u << LORA_T_K) | (1u << LORA_T_V);
+	const unsigned gu = (1u << LORA_T_GATE) | (1u << LORA_T_UP);
+
+	if (!s->fused)
+		return (o->targets >> t) & 1;
+	if (t == LORA_T_K || t == LORA_T_V || t == LORA_T_UP)
+		return 0;
+	if (t == LORA_T_Q)
+		return (o->targets & qkv) != 0;
+	if (t == LORA_T_GATE)
+		return (o->targets & gu) != 0;
+	return (o->targets >> t) & 1;
 }
 
 static int finish_shape(struct lora_plan_shape *s, struct lora_err *err)
@@ -87,6 +113,8 @@ static int finish_shape(struct lora_plan_shape *s, struct lora_err *err)
 	}
 	s->n_linear = per_layer * (uint64_t)s->L;
 	s->n_params = s->n_linear + (uint64_t)s->L * (bias + 2 * (uint64_t)s->C) + (uint64_t)s->C +
+		      (s->qk_norm ? (uint64_t)s->L * 2 * (uint64_t)s->D : 0) +
+		      (s->gemma ? (uint64_t)s->L * 2 * (uint64_t)s->C : 0) +
 		      (uint64_t)s->V * s->C * (s->tied ? 1 : 2);
 	return 0;
 }
@@ -102,7 +130,7 @@ int lora_plan_shape_from_config(const struct lora_model_config *c, struct lora_p
 				       : !strcmp(c->model_type, archs[i][1]))
 			break;
 	if (i == sizeof(archs) / sizeof(archs[0]))
-		return lora_errf(err, "architecture '%s' is not supported (Llama, Mistral, Qwen2)",
+		return lora_errf(err, "architecture '%s' is not supported (Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3)",
 				 c->architecture[0] ? c->architecture : c->model_type);
 	snprintf(s->architecture, sizeof(s->architecture), "%s", archs[i][0]);
 	s->C = c->hidden_size;
@@ -117,6 +145,12 @@ int lora_plan_shape_from_config(const struct lora_model_config *c, struct lora_p
 	s->qkv_bias = c->attention_bias || !strcmp(archs[i][1], "qwen2");
 	s->o_bias = c->attention_bias;
 	s->mlp_bias = c->mlp_bias;
+	s->qk_norm = !strcmp(archs[i][1], "qwen3") || !strcmp(archs[i][1], "gemma3_text");
+	s->fused = !strcmp(archs[i][1], "phi3");
+	s->gemma = !strcmp(archs[i][1], "gemma2") || !strcmp(archs[i][1], "gemma3_text");
+	s->attn_cap = !strcmp(archs[i][1], "gemma2");
+	s->local_rope = c->rope_local_theta > 0 &&
+			(c->rope_local_theta != c->rope_theta || c->rope_type != LORA_ROPE_DEFAULT);
 	s->dtype = !strcmp(c->torch_dtype, "float32") ? LORA_DT_F32
 		   : !strcmp(c->torch_dtype, "float16") ? LORA_DT_F16 : LORA_DT_BF16;
 	return finish_shape(s, err);
@@ -151,7 +185,7 @@ static uint64_t lora_count(const struct lora_plan_shape *s, const struct lora_pl
 	uint64_t n = 0;
 
 	for (int t = 0; t < LORA_NTARGET; t++)
-		if (o->targets & (1u << t)) {
+		if (lora_on(s, o, t)) {
 			uint64_t out, in;
 			lin_dims(s, t, &out, &in);
 			n += (uint64_t)o->rank * (in + out);
@@ -166,7 +200,7 @@ static uint64_t nf4_linears(const struct lora_plan_shape *s)
 	for (int t = 0; t < LORA_NTARGET; t++) {
 		uint64_t out, in;
 		lin_dims(s, t, &out, &in);
-		n += lora_nf4_bytes(out * in);
+		n += out ? lora_nf4_bytes(out * in) : 0;
 	}
 	return n * (uint64_t)s->L;
 }
@@ -183,7 +217,7 @@ static uint64_t max_lora_in(const struct lora_plan_shape *s, const struct lora_p
 	uint64_t mx = 0;
 
 	for (int t = 0; t < LORA_NTARGET; t++)
-		if (o->targets & (1u << t)) {
+		if (lora_on(s, o, t)) {
 			uint64_t out, in;
 			lin_dims(s, t, &out, &in);
 			mx = in > mx ? in : mx;
@@ -226,15 +260,20 @@ static uint64_t cpu_arena(const struct lora_plan_shape *s, const struct lora_pla
 	/* per layer: x, h1, xm, h2; rstd1, rstd2; q, att; k, v; lse; gate|up; act; u */
 	per = tk(N * C) * 4 + tk(N) * 2 + tk(N * HD) * 2 + tk(N * KVD) * 2 + tk(N * (uint64_t)s->H) +
 	      tk(N * 2 * F) + tk(N * F);
+	if (s->qk_norm)   /* q|k before their per-head norms, and 1/rms of each head */
+		per += tk(N * (HD + KVD)) + tk(N * (uint64_t)(s->H + s->KV));
+	if (s->gemma)     /* o_proj and down_proj outputs before their norms, 1/rms of each */
+		per += tk(N * C) * 2 + tk(N) * 2;
 	if (lora)
 		for (int t = 0; t < LORA_NTARGET; t++)
-			per += (o->targets & (1u << t)) ? tk(N * R) : 0;
+			per += lora_on(s, o, t) ? tk(N * R) : 0;
 	a = per * n_acts + (o->checkpoint ? tk(N * C) * (uint64_t)s->L : 0);
 	a += tk(N * C) * 2 + tk(N);   /* xL, hf, rstd_f: the final residual and norm */
 	/* dx, dh, to; q|k|v before RoPE; datt, dq; dk, dv; dact; d gate|up; du; S, P per
 	 * thread; RoPE tables */
 	w = tk(N * C) * 3 + tk(N * (HD + 2 * KVD)) + tk(N * HD) * 2 + tk(N * KVD) * 2 + tk(N * F) +
-	    tk(N * 2 * F) + tk(N * R) + tk(th * qb * T) * 2 + tk(T * (uint64_t)(s->D / 2)) * 2;
+	    tk(N * 2 * F) + tk(N * R) + tk(th * qb * T) * (s->attn_cap ? 3 : 2) +
+	    tk(T * (uint64_t)(s->D / 2)) * (s->local_rope ? 4 : 2);
 	nc = CPU_LOGIT_CHUNK / V;
 	nc = nc < 1 ? 1 : nc > N ? N : nc;
 	/* logits of a chunk, the chunk's token losses (double), exponentials per thread */
@@ -332,10 +371,14 @@ static void cuda_col(const struct lora_plan_shape *s, const struct lora_plan_opt
 	memset(c, 0, sizeof(*c));
 	if (lora)
 		for (int t = 0; t < LORA_NTARGET; t++)
-			u += (o->targets & (1u << t)) ? (uint64_t)o->rank : 0;
+			u += lora_on(s, o, t) ? (uint64_t)o->rank : 0;
 	/* per token of one layer: the inputs of every linear and what attention and
 	 * SwiGLU need (bf16), two RMS statistics and the attention log-sum-exp (fp32) */
 	layer = 2 * (4 * C + 2 * HD + 2 * KVD + 3 * F + u) + 4 * (2 + (uint64_t)s->H);
+	if (s->qk_norm)   /* q|k before their per-head norms (bf16) and 1/rms of each head */
+		layer += 2 * (HD + KVD) + 4 * (uint64_t)(s->H + s->KV);
+	if (s->gemma)     /* the two linear outputs before their post norms, and 1/rms of each */
+		layer += 2 * 2 * C + 4 * 2;
 	c->acts_full = N * (layer * L + 2 * 2 * C + 4);
 	c->acts_ckpt = N * (2 * C * L + layer + 2 * 2 * C + 4);
 	c->acts = o->checkpoint ? c->acts_ckpt : c->acts_full;

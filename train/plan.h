@@ -42,6 +42,12 @@ struct lora_plan_shape {
 	int max_pos;               /* max_position_embeddings, 0 when unknown */
 	int tied;                  /* lm_head is the embedding */
 	int qkv_bias, o_bias, mlp_bias;
+	int qk_norm;               /* per-head RMSNorm of q and k (Qwen3) */
+	int fused;                 /* q|k|v and gate|up are one linear each (Phi-3) */
+	int gemma;                 /* Gemma 2 and 3: two more norms a layer, kept before them */
+	int attn_cap;              /* Gemma 2: attention soft-capping's d/d score scratch (its
+				      checkpoints all cap) */
+	int local_rope;            /* Gemma 3: a second RoPE table for the sliding layers */
 	enum lora_dtype dtype;     /* of the stored weights (bf16 when the config says nothing) */
 	uint64_t n_params;         /* every weight of the model */
 	uint64_t n_linear;         /* the decoder linears' weights (what NF4 quantizes) */

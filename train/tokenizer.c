@@ -13,21 +13,13 @@
  * prompt/completion label masking use that).
  */
 #define _GNU_SOURCE   /* memmem */
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <cjson/cJSON.h>
-
 #include "libadapter/base/fsutil.h"
 #include "train/tokenizer.h"
-
-/* nfc.c-style helper in this file's bottom section */
-static int nfc_normalize(const char *s, size_t len, const int64_t *al, char **out_s, int64_t **out_al,
-			 size_t *out_len);
+#include "train/tokenizer_int.h"
 
 #define TOK_JSON_MAX ((size_t)1 << 30)   /* 1 GiB: far above any real tokenizer.json */
 
@@ -176,34 +168,6 @@ static void pairmap_put(struct pairmap *m, int32_t a, int32_t b, int32_t rank, i
 
 /* ================================================================ UTF-8 */
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), 0 if invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-	unsigned c = s[0];
-	if (c < 0x80)
-		return 1;
-	if (c < 0xC2)
-		return 0;
-	if (c < 0xE0)
-		return n >= 2 && (s[1] & 0xC0) == 0x80 ? 2 : 0;
-	if (c < 0xF0) {
-		if (n < 3 || (s[2] & 0xC0) != 0x80)
-			return 0;
-		if (c == 0xE0 ? (s[1] < 0xA0 || s[1] > 0xBF) : c == 0xED ? (s[1] < 0x80 || s[1] > 0x9F)
-								  : (s[1] & 0xC0) != 0x80)
-			return 0;
-		return 3;
-	}
-	if (c < 0xF5) {
-		if (n < 4 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80)
-			return 0;
-		if (c == 0xF0 ? (s[1] < 0x90 || s[1] > 0xBF) : c == 0xF4 ? (s[1] < 0x80 || s[1] > 0x8F)
-								  : (s[1] & 0xC0) != 0x80)
-			return 0;
-		return 4;
-	}
-	return 0;
-}
 
 /*
  * Length of the maximal prefix of a valid sequence at s (at least 1): the
@@ -272,224 +236,20 @@ static int utf8_valid(const char *s, size_t n, size_t *bad)
 	return 1;
 }
 
-static size_t utf8_enc(uint32_t cp, char *o)
-{
-	if (cp < 0x80) {
-		o[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		o[0] = (char)(0xC0 | (cp >> 6));
-		o[1] = (char)(0x80 | (cp & 0x3F));
-		return 2;
-	}
-	if (cp < 0x10000) {
-		o[0] = (char)(0xE0 | (cp >> 12));
-		o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-		o[2] = (char)(0x80 | (cp & 0x3F));
-		return 3;
-	}
-	o[0] = (char)(0xF0 | (cp >> 18));
-	o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-	o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-	o[3] = (char)(0x80 | (cp & 0x3F));
-	return 4;
-}
 
-/* Decode one valid UTF-8 char at s; returns its length. */
-static size_t utf8_dec(const char *s, uint32_t *cp)
-{
-	const unsigned char *u = (const unsigned char *)s;
-	if (u[0] < 0x80) {
-		*cp = u[0];
-		return 1;
-	}
-	if (u[0] < 0xE0) {
-		*cp = ((uint32_t)(u[0] & 0x1F) << 6) | (u[1] & 0x3F);
-		return 2;
-	}
-	if (u[0] < 0xF0) {
-		*cp = ((uint32_t)(u[0] & 0x0F) << 12) | ((uint32_t)(u[1] & 0x3F) << 6) | (u[2] & 0x3F);
-		return 3;
-	}
-	*cp = ((uint32_t)(u[0] & 0x07) << 18) | ((uint32_t)(u[1] & 0x3F) << 12) |
-	      ((uint32_t)(u[2] & 0x3F) << 6) | (u[3] & 0x3F);
-	return 4;
-}
 
-static size_t utf8_len1(unsigned char c)
-{
-	return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
-}
-
-/* =============================================== the byte-level alphabet */
-
-/*
- * GPT-2's byte <-> char map: printable bytes ('!'..'~', 0xA1..0xAC,
- * 0xAE..0xFF) stand for themselves; the other 68 bytes become U+0100 + n in
- * byte order.  Every char is at most U+0143, so a 512-entry table inverts it.
- */
-static uint16_t bl_byte2cp[256];
-static int16_t bl_cp2byte[512];
-static char bl_utf8[256][3];   /* UTF-8 of each byte's char */
-static uint8_t bl_utf8_len[256];
-
-static void bl_init_once(void)
-{
-	int n = 0;
-	for (int i = 0; i < 512; i++)
-		bl_cp2byte[i] = -1;
-	for (int b = 0; b < 256; b++) {
-		int keep = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-		uint16_t cp = keep ? (uint16_t)b : (uint16_t)(256 + n++);
-		bl_byte2cp[b] = cp;
-		bl_cp2byte[cp] = (int16_t)b;
-		bl_utf8_len[b] = (uint8_t)utf8_enc(cp, bl_utf8[b]);
-	}
-}
-
-static void bl_init(void)
-{
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
-	pthread_once(&once, bl_init_once);
-}
-
-/* ============================================== strings with alignments */
-
-/* A normalized string: bytes, each with the input offset it came from. */
-struct nstr {
-	char *s;
-	int64_t *al;   /* (len) */
-	size_t len, cap;
-};
-
-static void nstr_free(struct nstr *n)
-{
-	free(n->s);
-	free(n->al);
-	memset(n, 0, sizeof(*n));
-}
-
-static int nstr_reserve(struct nstr *n, size_t more)
-{
-	size_t need = n->len + more + 1, cap;
-	char *s;
-	int64_t *al;
-
-	if (need <= n->cap)
-		return 0;
-	cap = n->cap ? n->cap : 32;
-	while (cap < need)
-		cap *= 2;
-	s = realloc(n->s, cap);
-	if (!s)
-		return -1;
-	n->s = s;
-	al = realloc(n->al, cap * sizeof(*al));
-	if (!al)
-		return -1;
-	n->al = al;
-	n->cap = cap;
-	return 0;
-}
-
-static int nstr_add(struct nstr *n, const char *s, size_t len, int64_t al)
-{
-	if (nstr_reserve(n, len) < 0)
-		return -1;
-	memcpy(n->s + n->len, s, len);
-	for (size_t i = 0; i < len; i++)
-		n->al[n->len + i] = al;
-	n->len += len;
-	n->s[n->len] = 0;
-	return 0;
-}
-
-static int nstr_addal(struct nstr *n, const char *s, const int64_t *al, size_t len)
-{
-	if (nstr_reserve(n, len) < 0)
-		return -1;
-	memcpy(n->s + n->len, s, len);
-	memcpy(n->al + n->len, al, len * sizeof(*al));
-	n->len += len;
-	n->s[n->len] = 0;
-	return 0;
-}
-
-/* A list of pieces (pre-tokens). */
-struct plist {
-	struct nstr *p;
-	size_t n, cap;
-};
-
-static void plist_free(struct plist *l)
-{
-	for (size_t i = 0; i < l->n; i++)
-		nstr_free(&l->p[i]);
-	free(l->p);
-	memset(l, 0, sizeof(*l));
-}
-
-/* Append a copy of src[a, b) as a new piece (empty ranges are dropped). */
-static int plist_add(struct plist *l, const struct nstr *src, size_t a, size_t b)
-{
-	if (a >= b)
-		return 0;
-	if (l->n == l->cap) {
-		size_t cap = l->cap ? l->cap * 2 : 8;
-		struct nstr *p = realloc(l->p, cap * sizeof(*p));
-		if (!p)
-			return -1;
-		l->p = p;
-		l->cap = cap;
-	}
-	memset(&l->p[l->n], 0, sizeof(l->p[l->n]));
-	if (nstr_addal(&l->p[l->n], src->s + a, src->al + a, b - a) < 0) {
-		nstr_free(&l->p[l->n]);
-		return -1;
-	}
-	l->n++;
-	return 0;
-}
 
 /* ============================================================ the model */
 
-enum split_behavior { SPLIT_REMOVED, SPLIT_ISOLATED, SPLIT_PREV, SPLIT_NEXT, SPLIT_CONTIGUOUS };
-
-struct pattern {
-	pcre2_code *re;   /* regex, or NULL for a literal */
-	char *lit;
-	size_t lit_len;
-};
-
-enum norm_kind { NORM_PREPEND, NORM_REPLACE, NORM_NFC };
-struct norm_op {
-	enum norm_kind kind;
-	struct pattern pat;
-	char *str;   /* prepend / replacement */
-	size_t str_len;
-};
-
-enum pre_kind { PRE_BYTELEVEL, PRE_SPLIT, PRE_METASPACE, PRE_DIGITS };
-enum prepend_scheme { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER };
-struct pre_op {
-	enum pre_kind kind;
-	struct pattern pat;       /* SPLIT; BYTELEVEL with use_regex (GPT-2 regex); DIGITS (\p{N}) */
-	enum split_behavior behavior;
-	int invert;
-	int add_prefix_space;     /* BYTELEVEL */
-	char repl[8];             /* METASPACE replacement char (UTF-8) */
-	size_t repl_len;
-	enum prepend_scheme scheme;
-	int split;                /* METASPACE */
-};
-
-enum dec_kind { DEC_BYTELEVEL, DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_METASPACE };
+enum dec_kind { DEC_BYTELEVEL, DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_METASPACE,
+		DEC_WORDPIECE, DEC_BPE };
 struct dec_op {
 	enum dec_kind kind;
-	char *a, *b;              /* REPLACE pattern / content; STRIP content; METASPACE replacement */
+	char *a, *b;              /* REPLACE pattern / content; STRIP content; METASPACE replacement;
+				     WORDPIECE prefix; BPE suffix */
 	size_t a_len, b_len;
 	int start, stop;          /* STRIP */
+	int cleanup;              /* WORDPIECE */
 	enum prepend_scheme scheme;
 };
 
@@ -511,6 +271,8 @@ struct lora_tok {
 	struct strmap vocab;      /* model vocab */
 	struct pairmap merges;
 	int byte_fallback, fuse_unk, ignore_merges;
+	char *prefix_str, *suffix_str;   /* continuing_subword_prefix, end_of_word_suffix; NULL = none */
+	size_t prefix_len, suffix_len;
 	int32_t unk_id;
 	int32_t byte_id[256];     /* "<0xXX>" ids, -1 when absent */
 	/* added tokens */
@@ -519,12 +281,8 @@ struct lora_tok {
 	struct strmap added_map;
 	int any_raw_added, any_norm_added;
 	uint8_t added_first[2][256];  /* [normalized][byte]: some added token starts with it */
-	/* pipeline */
-	struct norm_op *norm;
-	size_t n_norm;
-	struct pre_op *pre;
-	size_t n_pre;
-	int byte_level;           /* ByteLevel pre-tokenizer: map bytes to chars */
+	/* normalizers, pre-tokenizers (train/tokenizer_pre.c) */
+	struct tok_pipe pipe;
 	struct dec_op *dec;
 	size_t n_dec;
 	int has_decoder;
@@ -534,243 +292,12 @@ struct lora_tok {
 	/* tokenizer_config.json */
 	int32_t bos, eos, pad;
 	char *bos_str, *eos_str;
+	int32_t *stop;            /* eos and generation_config.json's eos_token_id(s) */
+	size_t n_stop;
 	char *chat_template;
 };
 
 /* --------------------------------------------------------------- loading */
-
-static char *xstrndup(const char *s, size_t n)
-{
-	char *p = malloc(n + 1);
-	if (p) {
-		memcpy(p, s, n);
-		p[n] = 0;
-	}
-	return p;
-}
-
-static void pattern_free(struct pattern *p)
-{
-	if (p->re)
-		pcre2_code_free(p->re);
-	free(p->lit);
-	memset(p, 0, sizeof(*p));
-}
-
-static int compile_re(const char *src, pcre2_code **out, const char *label, struct lora_err *err)
-{
-	int ec;
-	PCRE2_SIZE off;
-	pcre2_code *re = pcre2_compile((PCRE2_SPTR)src, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &ec,
-				       &off, NULL);
-	if (!re) {
-		PCRE2_UCHAR msg[256];
-		pcre2_get_error_message(ec, msg, sizeof(msg));
-		return lora_errf(err, "%s: cannot compile regex at offset %zu: %s", label, (size_t)off,
-				 (char *)msg);
-	}
-	pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);   /* optional speed-up; the interpreter works without */
-	*out = re;
-	return 0;
-}
-
-/* {"String": "x"} or {"Regex": "..."} */
-static int parse_pattern(const cJSON *j, struct pattern *p, const char *label, struct lora_err *err)
-{
-	const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "String");
-	const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "Regex");
-
-	if (cJSON_IsString(s)) {
-		p->lit_len = strlen(s->valuestring);
-		if (!p->lit_len)
-			return lora_errf(err, "%s: empty split pattern", label);
-		p->lit = xstrndup(s->valuestring, p->lit_len);
-		return p->lit ? 0 : lora_errf(err, "out of memory");
-	}
-	if (cJSON_IsString(r))
-		return compile_re(r->valuestring, &p->re, label, err);
-	return lora_errf(err, "%s: pattern is neither {\"String\"} nor {\"Regex\"}", label);
-}
-
-static const char *jstr(const cJSON *o, const char *k)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-	return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-static int jbool(const cJSON *o, const char *k, int dflt)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-	return cJSON_IsBool(v) ? cJSON_IsTrue(v) : dflt;
-}
-
-static const char GPT2_RE[] =
-	"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-
-/* Append an op to a growable array of ops; returns the new slot or NULL. */
-static void *grow(void **arr, size_t *n, size_t size)
-{
-	void *p = realloc(*arr, (*n + 1) * size);
-	if (!p)
-		return NULL;
-	*arr = p;
-	memset((char *)p + *n * size, 0, size);
-	return (char *)p + (*n)++ * size;
-}
-
-static int parse_scheme(const cJSON *j, enum prepend_scheme *s, const char *label, struct lora_err *err)
-{
-	const char *v = jstr(j, "prepend_scheme");
-	if (!v) {
-		/* older files: add_prefix_space */
-		*s = jbool(j, "add_prefix_space", 1) ? PREPEND_ALWAYS : PREPEND_NEVER;
-		return 0;
-	}
-	if (!strcmp(v, "always"))
-		*s = PREPEND_ALWAYS;
-	else if (!strcmp(v, "first"))
-		*s = PREPEND_FIRST;
-	else if (!strcmp(v, "never"))
-		*s = PREPEND_NEVER;
-	else
-		return lora_errf(err, "%s: unknown prepend_scheme '%s'", label, v);
-	return 0;
-}
-
-static int parse_replacement(const cJSON *j, char *out, size_t *len, const char *label, struct lora_err *err)
-{
-	const char *r = jstr(j, "replacement");
-	size_t n;
-	if (!r)
-		r = "\xE2\x96\x81";   /* U+2581 */
-	n = strlen(r);
-	if (!n || n > 4 || utf8_seq((const unsigned char *)r, n) != n)
-		return lora_errf(err, "%s: metaspace replacement must be one character", label);
-	memcpy(out, r, n);
-	*len = n;
-	return 0;
-}
-
-static int parse_normalizer(struct lora_tok *t, const cJSON *j, const char *label, struct lora_err *err)
-{
-	const char *type;
-	struct norm_op *op;
-
-	if (!j || cJSON_IsNull(j))
-		return 0;
-	type = jstr(j, "type");
-	if (!type)
-		return lora_errf(err, "%s: normalizer without a type", label);
-	if (!strcmp(type, "Sequence")) {
-		const cJSON *e, *arr = cJSON_GetObjectItemCaseSensitive(j, "normalizers");
-		if (!cJSON_IsArray(arr))
-			return lora_errf(err, "%s: Sequence normalizer without 'normalizers'", label);
-		cJSON_ArrayForEach(e, arr)
-			if (parse_normalizer(t, e, label, err) < 0)
-				return -1;
-		return 0;
-	}
-	if (strcmp(type, "Prepend") && strcmp(type, "Replace") && strcmp(type, "NFC"))
-		return lora_errf(err, "%s: normalizer '%s' is not supported (Prepend, Replace, NFC, Sequence are)",
-				 label, type);
-	op = grow((void **)&t->norm, &t->n_norm, sizeof(*op));
-	if (!op)
-		return lora_errf(err, "out of memory");
-	if (!strcmp(type, "NFC")) {
-		op->kind = NORM_NFC;
-		return 0;
-	}
-	if (!strcmp(type, "Prepend")) {
-		const char *s = jstr(j, "prepend");
-		op->kind = NORM_PREPEND;
-		if (!s)
-			return lora_errf(err, "%s: Prepend normalizer without 'prepend'", label);
-		op->str_len = strlen(s);
-		op->str = xstrndup(s, op->str_len);
-		return op->str ? 0 : lora_errf(err, "out of memory");
-	}
-	op->kind = NORM_REPLACE;
-	{
-		const char *c = jstr(j, "content");
-		if (!c)
-			return lora_errf(err, "%s: Replace normalizer without 'content'", label);
-		op->str_len = strlen(c);
-		op->str = xstrndup(c, op->str_len);
-		if (!op->str)
-			return lora_errf(err, "out of memory");
-	}
-	return parse_pattern(cJSON_GetObjectItemCaseSensitive(j, "pattern"), &op->pat, label, err);
-}
-
-static int parse_pre(struct lora_tok *t, const cJSON *j, const char *label, struct lora_err *err)
-{
-	const char *type;
-	struct pre_op *op;
-
-	if (!j || cJSON_IsNull(j))
-		return 0;
-	type = jstr(j, "type");
-	if (!type)
-		return lora_errf(err, "%s: pre_tokenizer without a type", label);
-	if (!strcmp(type, "Sequence")) {
-		const cJSON *e, *arr = cJSON_GetObjectItemCaseSensitive(j, "pretokenizers");
-		if (!cJSON_IsArray(arr))
-			return lora_errf(err, "%s: Sequence pre_tokenizer without 'pretokenizers'", label);
-		cJSON_ArrayForEach(e, arr)
-			if (parse_pre(t, e, label, err) < 0)
-				return -1;
-		return 0;
-	}
-	if (strcmp(type, "ByteLevel") && strcmp(type, "Split") && strcmp(type, "Metaspace") &&
-	    strcmp(type, "Digits"))
-		return lora_errf(err,
-				 "%s: pre_tokenizer '%s' is not supported (ByteLevel, Split, Metaspace, Digits, "
-				 "Sequence are)", label, type);
-	op = grow((void **)&t->pre, &t->n_pre, sizeof(*op));
-	if (!op)
-		return lora_errf(err, "out of memory");
-	if (!strcmp(type, "ByteLevel")) {
-		op->kind = PRE_BYTELEVEL;
-		op->add_prefix_space = jbool(j, "add_prefix_space", 1);
-		op->behavior = SPLIT_ISOLATED;
-		t->byte_level = 1;
-		if (jbool(j, "use_regex", 1))
-			return compile_re(GPT2_RE, &op->pat.re, label, err);
-		return 0;
-	}
-	if (!strcmp(type, "Digits")) {
-		op->kind = PRE_DIGITS;
-		op->behavior = jbool(j, "individual_digits", 0) ? SPLIT_ISOLATED : SPLIT_CONTIGUOUS;
-		return compile_re("\\p{N}", &op->pat.re, label, err);
-	}
-	if (!strcmp(type, "Metaspace")) {
-		op->kind = PRE_METASPACE;
-		op->split = jbool(j, "split", 1);
-		if (parse_replacement(j, op->repl, &op->repl_len, label, err) < 0)
-			return -1;
-		return parse_scheme(j, &op->scheme, label, err);
-	}
-	op->kind = PRE_SPLIT;
-	{
-		const char *b = jstr(j, "behavior");
-		if (!b)
-			return lora_errf(err, "%s: Split pre_tokenizer without 'behavior'", label);
-		if (!strcmp(b, "Removed"))
-			op->behavior = SPLIT_REMOVED;
-		else if (!strcmp(b, "Isolated"))
-			op->behavior = SPLIT_ISOLATED;
-		else if (!strcmp(b, "MergedWithPrevious"))
-			op->behavior = SPLIT_PREV;
-		else if (!strcmp(b, "MergedWithNext"))
-			op->behavior = SPLIT_NEXT;
-		else if (!strcmp(b, "Contiguous"))
-			op->behavior = SPLIT_CONTIGUOUS;
-		else
-			return lora_errf(err, "%s: unknown split behavior '%s'", label, b);
-	}
-	op->invert = jbool(j, "invert", 0);
-	return parse_pattern(cJSON_GetObjectItemCaseSensitive(j, "pattern"), &op->pat, label, err);
-}
 
 static int parse_decoder(struct lora_tok *t, const cJSON *j, const char *label, struct lora_err *err)
 {
@@ -780,7 +307,7 @@ static int parse_decoder(struct lora_tok *t, const cJSON *j, const char *label, 
 	if (!j || cJSON_IsNull(j))
 		return 0;
 	t->has_decoder = 1;
-	type = jstr(j, "type");
+	type = tok_jstr(j, "type");
 	if (!type)
 		return lora_errf(err, "%s: decoder without a type", label);
 	if (!strcmp(type, "Sequence")) {
@@ -792,7 +319,7 @@ static int parse_decoder(struct lora_tok *t, const cJSON *j, const char *label, 
 				return -1;
 		return 0;
 	}
-	op = grow((void **)&t->dec, &t->n_dec, sizeof(*op));
+	op = tok_grow((void **)&t->dec, &t->n_dec, sizeof(*op));
 	if (!op)
 		return lora_errf(err, "out of memory");
 	if (!strcmp(type, "ByteLevel")) {
@@ -802,7 +329,7 @@ static int parse_decoder(struct lora_tok *t, const cJSON *j, const char *label, 
 	} else if (!strcmp(type, "Fuse")) {
 		op->kind = DEC_FUSE;
 	} else if (!strcmp(type, "Strip")) {
-		const char *c = jstr(j, "content");
+		const char *c = tok_jstr(j, "content");
 		const cJSON *a = cJSON_GetObjectItemCaseSensitive(j, "start");
 		const cJSON *b = cJSON_GetObjectItemCaseSensitive(j, "stop");
 		op->kind = DEC_STRIP;
@@ -810,37 +337,50 @@ static int parse_decoder(struct lora_tok *t, const cJSON *j, const char *label, 
 		    b->valuedouble < 0 || a->valuedouble > 1e6 || b->valuedouble > 1e6)
 			return lora_errf(err, "%s: Strip decoder needs 'content', 'start' and 'stop'", label);
 		op->a_len = strlen(c);
-		op->a = xstrndup(c, op->a_len);
+		op->a = tok_strndup(c, op->a_len);
 		op->start = (int)a->valuedouble;
 		op->stop = (int)b->valuedouble;
 		if (!op->a)
 			return lora_errf(err, "out of memory");
 	} else if (!strcmp(type, "Replace")) {
 		const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "pattern");
-		const char *s = jstr(p, "String"), *c = jstr(j, "content");
+		const char *s = tok_jstr(p, "String"), *c = tok_jstr(j, "content");
 		op->kind = DEC_REPLACE;
+		if (tok_jstr(p, "Regex"))
+			return lora_errf(err, "%s: decoder Replace with a Regex pattern is not supported", label);
 		if (!s || !*s || !c)
 			return lora_errf(err, "%s: Replace decoder needs a string pattern and 'content'", label);
 		op->a_len = strlen(s);
 		op->b_len = strlen(c);
-		op->a = xstrndup(s, op->a_len);
-		op->b = xstrndup(c, op->b_len);
+		op->a = tok_strndup(s, op->a_len);
+		op->b = tok_strndup(c, op->b_len);
 		if (!op->a || !op->b)
 			return lora_errf(err, "out of memory");
 	} else if (!strcmp(type, "Metaspace")) {
 		char r[8];
 		size_t rl;
 		op->kind = DEC_METASPACE;
-		if (parse_replacement(j, r, &rl, label, err) < 0 || parse_scheme(j, &op->scheme, label, err) < 0)
+		if (tok_parse_replacement(j, r, &rl, label, err) < 0 || tok_parse_scheme(j, &op->scheme, label, err) < 0)
 			return -1;
-		op->a = xstrndup(r, rl);
+		op->a = tok_strndup(r, rl);
 		op->a_len = rl;
+		if (!op->a)
+			return lora_errf(err, "out of memory");
+	} else if (!strcmp(type, "WordPiece") || !strcmp(type, "BPEDecoder")) {
+		int wp = !strcmp(type, "WordPiece");
+		const char *a = tok_jstr(j, wp ? "prefix" : "suffix");
+		op->kind = wp ? DEC_WORDPIECE : DEC_BPE;
+		if (!a)
+			a = wp ? "##" : "</w>";
+		op->cleanup = tok_jbool(j, "cleanup", 1);
+		op->a_len = strlen(a);
+		op->a = tok_strndup(a, op->a_len);
 		if (!op->a)
 			return lora_errf(err, "out of memory");
 	} else {
 		return lora_errf(err,
-				 "%s: decoder '%s' is not supported (ByteLevel, Replace, ByteFallback, Fuse, "
-				 "Strip, Metaspace, Sequence are)", label, type);
+				 "%s: decoder type '%s' is not supported (Sequence, ByteLevel, Replace, ByteFallback, "
+				 "Fuse, Strip, Metaspace, WordPiece, BPEDecoder are)", label, type);
 	}
 	return 0;
 }
@@ -870,7 +410,7 @@ static int parse_post(struct lora_tok *t, const cJSON *j, const char *label, str
 
 	if (!j || cJSON_IsNull(j))
 		return 0;
-	type = jstr(j, "type");
+	type = tok_jstr(j, "type");
 	if (!type)
 		return lora_errf(err, "%s: post_processor without a type", label);
 	if (!strcmp(type, "ByteLevel"))
@@ -912,7 +452,7 @@ static int parse_post(struct lora_tok *t, const cJSON *j, const char *label, str
 				seen_a = 1;
 				continue;
 			}
-			name = jstr(st, "id");
+			name = tok_jstr(st, "id");
 			if (!name)
 				return lora_errf(err, "%s: bad TemplateProcessing piece", label);
 			spec = cJSON_GetObjectItemCaseSensitive(specials, name);
@@ -929,7 +469,8 @@ static int parse_post(struct lora_tok *t, const cJSON *j, const char *label, str
 		}
 		return 0;
 	}
-	return lora_errf(err, "%s: post_processor '%s' is not supported", label, type);
+	return lora_errf(err, "%s: post_processor type '%s' is not supported (TemplateProcessing, ByteLevel, "
+			 "BertProcessing, RobertaProcessing, Sequence are)", label, type);
 }
 
 /* Keep p alive until lora_tok_free (the vocab map may point to it). */
@@ -957,7 +498,7 @@ static int set_id(struct lora_tok *t, int32_t id, const char *s, size_t n, const
 		if (keep(t, t->id_str[id]) < 0)
 			return lora_errf(err, "out of memory");
 	}
-	t->id_str[id] = xstrndup(s, n);
+	t->id_str[id] = tok_strndup(s, n);
 	t->id_len[id] = (uint32_t)n;
 	return t->id_str[id] ? 0 : lora_errf(err, "out of memory");
 }
@@ -985,10 +526,47 @@ static int parse_merge(const cJSON *m, const char **a, size_t *al, const char **
 	return -1;
 }
 
+/*
+ * continuing_subword_prefix / end_of_word_suffix: null or "" mean none (what
+ * transformers 5 writes for GPT-2-style files); others are glued to the chars
+ * of a word before the vocab lookup.  A non-null dropout is refused: it makes
+ * encoding random.
+ */
+static int parse_affixes(struct lora_tok *t, const cJSON *model, const char *label, struct lora_err *err)
+{
+	static const char *keys[] = { "continuing_subword_prefix", "end_of_word_suffix" };
+	const cJSON *d = cJSON_GetObjectItemCaseSensitive(model, "dropout");
+
+	if (d && !cJSON_IsNull(d)) {
+		if (!cJSON_IsNumber(d))
+			return lora_errf(err, "%s: model.dropout is not a number", label);
+		if (d->valuedouble != 0)
+			return lora_errf(err, "%s: model.dropout %g is not supported (BPE dropout makes ids random; "
+					 "set it to null)", label, d->valuedouble);
+	}
+	for (int k = 0; k < 2; k++) {
+		const cJSON *v = cJSON_GetObjectItemCaseSensitive(model, keys[k]);
+		char **dst = k ? &t->suffix_str : &t->prefix_str;
+		size_t *len = k ? &t->suffix_len : &t->prefix_len;
+		if (!v || cJSON_IsNull(v))
+			continue;
+		if (!cJSON_IsString(v))
+			return lora_errf(err, "%s: model.%s is not a string", label, keys[k]);
+		if (!*v->valuestring)
+			continue;
+		*len = strlen(v->valuestring);
+		if (*len > 64)
+			return lora_errf(err, "%s: model.%s of %zu bytes is implausibly long", label, keys[k], *len);
+		if (!(*dst = tok_strndup(v->valuestring, *len)))
+			return lora_errf(err, "out of memory");
+	}
+	return 0;
+}
+
 static int parse_model(struct lora_tok *t, const cJSON *model, const cJSON *added, const char *label,
 		       struct lora_err *err)
 {
-	const char *type = jstr(model, "type");
+	const char *type = tok_jstr(model, "type");
 	const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
 	const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
 	const cJSON *e;
@@ -1002,15 +580,14 @@ static int parse_model(struct lora_tok *t, const cJSON *model, const cJSON *adde
 	if (!type) /* very old files leave out the type of a BPE model */
 		type = merges ? "BPE" : "?";
 	if (strcmp(type, "BPE"))
-		return lora_errf(err, "%s: tokenizer model '%s' is not supported (only BPE is)", label, type);
+		return lora_errf(err, "%s: model type '%s' is not supported (only BPE is)", label, type);
 	if (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges))
 		return lora_errf(err, "%s: BPE model needs 'vocab' (object) and 'merges' (array)", label);
-	if (jstr(model, "continuing_subword_prefix") || jstr(model, "end_of_word_suffix"))
-		return lora_errf(err, "%s: BPE with continuing_subword_prefix/end_of_word_suffix is not supported",
-				 label);
-	t->byte_fallback = jbool(model, "byte_fallback", 0);
-	t->fuse_unk = jbool(model, "fuse_unk", 0);
-	t->ignore_merges = jbool(model, "ignore_merges", 0);
+	if (parse_affixes(t, model, label, err) < 0)
+		return -1;
+	t->byte_fallback = tok_jbool(model, "byte_fallback", 0);
+	t->fuse_unk = tok_jbool(model, "fuse_unk", 0);
+	t->ignore_merges = tok_jbool(model, "ignore_merges", 0);
 
 	cJSON_ArrayForEach(e, vocab) {
 		if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= INT32_MAX ||
@@ -1023,7 +600,7 @@ static int parse_model(struct lora_tok *t, const cJSON *model, const cJSON *adde
 	cJSON_ArrayForEach(e, added) {
 		const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
 		if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble >= INT32_MAX ||
-		    !jstr(e, "content") || !*jstr(e, "content"))
+		    !tok_jstr(e, "content") || !*tok_jstr(e, "content"))
 			return lora_errf(err, "%s: bad entry in added_tokens", label);
 		if (id->valuedouble > max_id)
 			max_id = (int64_t)id->valuedouble;
@@ -1042,7 +619,7 @@ static int parse_model(struct lora_tok *t, const cJSON *model, const cJSON *adde
 		int32_t id = (int32_t)e->valuedouble;
 		size_t n = strlen(e->string);
 		if (t->id_str[id]) {   /* two strings, one id: both encode to it; the first decodes */
-			char *dup = xstrndup(e->string, n);
+			char *dup = tok_strndup(e->string, n);
 			if (!dup || keep(t, dup) < 0)
 				return lora_errf(err, "out of memory");
 			strmap_put(&t->vocab, dup, n, id);
@@ -1058,7 +635,7 @@ static int parse_model(struct lora_tok *t, const cJSON *model, const cJSON *adde
 		t->byte_id[b] = strmap_get(&t->vocab, name, 6);
 	}
 	{
-		const char *unk = jstr(model, "unk_token");
+		const char *unk = tok_jstr(model, "unk_token");
 		t->unk_id = unk ? strmap_get(&t->vocab, unk, strlen(unk)) : -1;
 		if (unk && t->unk_id < 0)
 			return lora_errf(err, "%s: unk_token '%s' is not in the vocab", label, unk);
@@ -1083,10 +660,21 @@ static int parse_model(struct lora_tok *t, const cJSON *model, const cJSON *adde
 			}
 			buf = nb;
 		}
-		memcpy(buf, a, al);
-		memcpy(buf + al, b, bl);
 		ia = strmap_get(&t->vocab, a, al);
 		ib = strmap_get(&t->vocab, b, bl);
+		/* `tokenizers`: the merged token is a + b less the prefix that b carries */
+		if (t->prefix_len) {
+			if (bl < t->prefix_len || memcmp(b, t->prefix_str, t->prefix_len)) {
+				lora_errf(err, "%s: merge %zu ('%.*s' '%.*s'): the right side lacks the "
+					  "continuing_subword_prefix", label, rank, (int)al, a, (int)bl, b);
+				free(buf);
+				return -1;
+			}
+			b += t->prefix_len;
+			bl -= t->prefix_len;
+		}
+		memcpy(buf, a, al);
+		memcpy(buf + al, b, bl);
 		im = strmap_get(&t->vocab, buf, al + bl);
 		if (ia < 0 || ib < 0 || im < 0) {
 			lora_errf(err, "%s: merge %zu ('%.*s' '%.*s') uses a token that is not in the vocab", label,
@@ -1113,24 +701,24 @@ static int parse_added(struct lora_tok *t, const cJSON *added, const char *label
 		return lora_errf(err, "out of memory");
 	cJSON_ArrayForEach(e, added) {
 		struct added *a = &t->added[i++];
-		const char *c = jstr(e, "content");
+		const char *c = tok_jstr(e, "content");
 		a->id = (int32_t)cJSON_GetObjectItemCaseSensitive(e, "id")->valuedouble;
 		a->len = strlen(c);
-		a->content = xstrndup(c, a->len);
+		a->content = tok_strndup(c, a->len);
 		if (!a->content)
 			return lora_errf(err, "out of memory");
-		a->special = jbool(e, "special", 0);
-		a->normalized = jbool(e, "normalized", !a->special);
-		a->lstrip = jbool(e, "lstrip", 0);
-		a->rstrip = jbool(e, "rstrip", 0);
-		a->single_word = jbool(e, "single_word", 0);
+		a->special = tok_jbool(e, "special", 0);
+		a->normalized = tok_jbool(e, "normalized", !a->special);
+		a->lstrip = tok_jbool(e, "lstrip", 0);
+		a->rstrip = tok_jbool(e, "rstrip", 0);
+		a->single_word = tok_jbool(e, "single_word", 0);
 		if (a->special)
 			t->id_special[a->id] = 1;
-		if (a->normalized && t->n_norm)
+		if (a->normalized && t->pipe.n_norm)
 			t->any_norm_added = 1;
 		else
 			t->any_raw_added = 1;
-		if (a->normalized && !t->n_norm)
+		if (a->normalized && !t->pipe.n_norm)
 			a->normalized = 0;   /* no normalizer: both passes are the same; match on the raw text */
 		if (set_id(t, a->id, a->content, a->len, label, err) < 0)
 			return -1;
@@ -1148,7 +736,7 @@ static const char *cfg_token(const cJSON *cfg, const char *key)
 	if (cJSON_IsString(v))
 		return v->valuestring;
 	if (cJSON_IsObject(v))
-		return jstr(v, "content");
+		return tok_jstr(v, "content");
 	return NULL;
 }
 
@@ -1194,7 +782,7 @@ static int parse_config(struct lora_tok *t, const char *cfg, size_t cfg_len, con
 	} else if (cJSON_IsArray(v)) {
 		const cJSON *e;
 		cJSON_ArrayForEach(e, v) {
-			const char *name = jstr(e, "name"), *tpl = jstr(e, "template");
+			const char *name = tok_jstr(e, "name"), *tpl = tok_jstr(e, "template");
 			if (name && tpl && !strcmp(name, "default") && !(t->chat_template = strdup(tpl)))
 				goto oom;
 		}
@@ -1245,20 +833,15 @@ void lora_tok_free(struct lora_tok *t)
 		free(t->own[i]);
 	free(t->own);
 	free(t->id_special);
+	free(t->prefix_str);
+	free(t->suffix_str);
 	strmap_free(&t->vocab);
 	pairmap_free(&t->merges);
 	for (size_t i = 0; i < t->n_added; i++)
 		free(t->added[i].content);
 	free(t->added);
 	strmap_free(&t->added_map);
-	for (size_t i = 0; i < t->n_norm; i++) {
-		pattern_free(&t->norm[i].pat);
-		free(t->norm[i].str);
-	}
-	free(t->norm);
-	for (size_t i = 0; i < t->n_pre; i++)
-		pattern_free(&t->pre[i].pat);
-	free(t->pre);
+	tok_pipe_free(&t->pipe);
 	for (size_t i = 0; i < t->n_dec; i++) {
 		free(t->dec[i].a);
 		free(t->dec[i].b);
@@ -1268,8 +851,72 @@ void lora_tok_free(struct lora_tok *t)
 	free(t->suffix);
 	free(t->bos_str);
 	free(t->eos_str);
+	free(t->stop);
 	free(t->chat_template);
 	free(t);
+}
+
+/* An id from a JSON number (or the first of an array of them); -1 if none. */
+static int32_t json_id(const cJSON *v, int32_t n_ids)
+{
+	if (cJSON_IsArray(v))
+		v = cJSON_GetArrayItem(v, 0);
+	if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= n_ids ||
+	    v->valuedouble != (double)(int32_t)v->valuedouble)
+		return -1;
+	return (int32_t)v->valuedouble;
+}
+
+static int add_stop(struct lora_tok *t, int32_t id)
+{
+	for (size_t i = 0; i < t->n_stop; i++)
+		if (t->stop[i] == id)
+			return 0;
+	return push_id(&t->stop, &t->n_stop, id);
+}
+
+int lora_tok_apply_generation_config(struct lora_tok *t, const char *json, size_t len, const char *label,
+				     struct lora_err *err)
+{
+	cJSON *c = cJSON_ParseWithLength(json, len);
+	const cJSON *e, *eos, *bos;
+	int rc = 0;
+
+	if (!cJSON_IsObject(c)) {
+		cJSON_Delete(c);
+		return lora_errf(err, "%s: not a JSON object (generation_config.json)", label);
+	}
+	bos = cJSON_GetObjectItemCaseSensitive(c, "bos_token_id");
+	eos = cJSON_GetObjectItemCaseSensitive(c, "eos_token_id");
+	if ((bos && !cJSON_IsNull(bos) && json_id(bos, t->n_ids) < 0) ||
+	    (eos && !cJSON_IsNull(eos) && json_id(eos, t->n_ids) < 0)) {
+		cJSON_Delete(c);
+		return lora_errf(err, "%s: bos_token_id/eos_token_id is not a token id of this tokenizer", label);
+	}
+	/* tokenizer_config.json's tokens win; the generation config fills what it leaves out */
+	if (t->bos < 0 && json_id(bos, t->n_ids) >= 0) {
+		t->bos = json_id(bos, t->n_ids);
+		free(t->bos_str);
+		if (t->id_str[t->bos] && !(t->bos_str = strdup(t->id_str[t->bos])))
+			rc = -1;
+	}
+	if (t->eos < 0 && json_id(eos, t->n_ids) >= 0) {
+		t->eos = json_id(eos, t->n_ids);
+		free(t->eos_str);
+		if (t->id_str[t->eos] && !(t->eos_str = strdup(t->id_str[t->eos])))
+			rc = -1;
+		if (!rc && add_stop(t, t->eos) < 0)
+			rc = -1;
+	}
+	if (cJSON_IsArray(eos)) {
+		cJSON_ArrayForEach(e, eos)
+			if (!rc && json_id(e, t->n_ids) >= 0 && add_stop(t, json_id(e, t->n_ids)) < 0)
+				rc = -1;
+	} else if (!rc && json_id(eos, t->n_ids) >= 0 && add_stop(t, json_id(eos, t->n_ids)) < 0) {
+		rc = -1;
+	}
+	cJSON_Delete(c);
+	return rc < 0 ? lora_errf(err, "out of memory") : 0;
 }
 
 int lora_tok_load_mem(const char *json, size_t len, const char *cfg, size_t cfg_len, const char *label,
@@ -1280,7 +927,7 @@ int lora_tok_load_mem(const char *json, size_t len, const char *cfg, size_t cfg_
 	const cJSON *added;
 
 	*out = NULL;
-	bl_init();
+	tok_bl_init();
 	j = cJSON_ParseWithLength(json, len);
 	if (!cJSON_IsObject(j)) {
 		cJSON_Delete(j);
@@ -1297,8 +944,8 @@ int lora_tok_load_mem(const char *json, size_t len, const char *cfg, size_t cfg_
 		goto fail;
 	}
 	if (parse_model(t, cJSON_GetObjectItemCaseSensitive(j, "model"), added, label, err) < 0 ||
-	    parse_normalizer(t, cJSON_GetObjectItemCaseSensitive(j, "normalizer"), label, err) < 0 ||
-	    parse_pre(t, cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer"), label, err) < 0 ||
+	    tok_parse_normalizer(&t->pipe, cJSON_GetObjectItemCaseSensitive(j, "normalizer"), label, err) < 0 ||
+	    tok_parse_pre(&t->pipe, cJSON_GetObjectItemCaseSensitive(j, "pre_tokenizer"), label, err) < 0 ||
 	    parse_decoder(t, cJSON_GetObjectItemCaseSensitive(j, "decoder"), label, err) < 0 ||
 	    parse_added(t, added, label, err) < 0 ||
 	    parse_post(t, cJSON_GetObjectItemCaseSensitive(j, "post_processor"), label, err) < 0)
@@ -1315,6 +962,10 @@ int lora_tok_load_mem(const char *json, size_t len, const char *cfg, size_t cfg_
 		}
 	if (parse_config(t, cfg, cfg_len, label, err) < 0)
 		goto fail;
+	if (t->eos >= 0 && add_stop(t, t->eos) < 0) {
+		lora_errf(err, "out of memory");
+		goto fail;
+	}
 	cJSON_Delete(j);
 	*out = t;
 	return 0;
@@ -1328,12 +979,13 @@ int lora_tok_load(const char *dir, struct lora_tok **out, struct lora_err *err)
 {
 	char *p = lora_path_join(dir, "tokenizer.json"), *pc = lora_path_join(dir, "tokenizer_config.json");
 	char *pj = lora_path_join(dir, "chat_template.jinja"), *pt = lora_path_join(dir, "chat_template.json");
+	char *pg = lora_path_join(dir, "generation_config.json");
 	char *json = NULL, *cfg = NULL, *tpl = NULL;
 	size_t len = 0, cfg_len = 0, tpl_len = 0;
 	int rc = -1;
 
 	*out = NULL;
-	if (!p || !pc || !pj) {
+	if (!p || !pc || !pj || !pt || !pg) {
 		lora_errf(err, "out of memory");
 		goto done;
 	}
@@ -1363,6 +1015,18 @@ int lora_tok_load(const char *dir, struct lora_tok **out, struct lora_err *err)
 		cJSON_Delete(j);
 	}
 	rc = lora_tok_load_mem(json, len, cfg, cfg_len, p, out, err);
+	if (rc == 0 && pg && lora_is_file(pg)) {
+		char *g = NULL;
+		size_t gl = 0;
+		rc = lora_read_file(pg, 1 << 20, &g, &gl, err);
+		if (rc == 0)
+			rc = lora_tok_apply_generation_config(*out, g, gl, pg, err);
+		free(g);
+		if (rc < 0) {
+			lora_tok_free(*out);
+			*out = NULL;
+		}
+	}
 	if (rc == 0 && tpl) {
 		free((*out)->chat_template);
 		(*out)->chat_template = tpl;
@@ -1373,6 +1037,7 @@ done:
 	free(pc);
 	free(pj);
 	free(pt);
+	free(pg);
 	free(json);
 	free(cfg);
 	free(tpl);
@@ -1409,308 +1074,10 @@ int lora_tokens_push(struct lora_tokens *t, int32_t id, int64_t start, struct lo
 	return 0;
 }
 
-/* Rust's char::is_whitespace (the Unicode White_Space property). */
-static int is_ws(uint32_t c)
-{
-	return (c >= 9 && c <= 13) || c == 32 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-	       (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
-	       c == 0x3000;
-}
-
 static int is_word(uint32_t c)
 {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
-	       (c >= 0x80 && !is_ws(c));
-}
-
-/* ----------------------------------------------------- pattern matching */
-
-struct range {
-	size_t a, b;
-	int match;
-};
-
-struct rlist {
-	struct range *r;
-	size_t n, cap;
-};
-
-static int rlist_add(struct rlist *l, size_t a, size_t b, int match)
-{
-	if (l->n == l->cap) {
-		size_t cap = l->cap ? l->cap * 2 : 16;
-		struct range *r = realloc(l->r, cap * sizeof(*r));
-		if (!r)
-			return -1;
-		l->r = r;
-		l->cap = cap;
-	}
-	l->r[l->n++] = (struct range){ a, b, match };
-	return 0;
-}
-
-/* Cover s[0, len) with match / gap ranges of the pattern (empty matches skipped). */
-static int find_matches(const struct pattern *p, const char *s, size_t len, struct rlist *out,
-			struct lora_err *err)
-{
-	size_t prev = 0, pos = 0;
-
-	out->n = 0;
-	if (p->lit) {
-		while (pos + p->lit_len <= len) {
-			const char *m = memmem(s + pos, len - pos, p->lit, p->lit_len);
-			size_t a;
-			if (!m)
-				break;
-			a = (size_t)(m - s);
-			if ((a > prev && rlist_add(out, prev, a, 0) < 0) || rlist_add(out, a, a + p->lit_len, 1) < 0)
-				return lora_errf(err, "out of memory");
-			prev = pos = a + p->lit_len;
-		}
-	} else {
-		pcre2_match_data *md = pcre2_match_data_create_from_pattern(p->re, NULL);
-		if (!md)
-			return lora_errf(err, "out of memory");
-		while (pos < len) {
-			int rc = pcre2_match(p->re, (PCRE2_SPTR)s, len, pos, PCRE2_NO_UTF_CHECK, md, NULL);
-			PCRE2_SIZE *ov;
-			if (rc == PCRE2_ERROR_NOMATCH)
-				break;
-			if (rc < 0) {
-				PCRE2_UCHAR msg[256];
-				pcre2_match_data_free(md);
-				pcre2_get_error_message(rc, msg, sizeof(msg));
-				return lora_errf(err, "regex match failed: %s", (char *)msg);
-			}
-			ov = pcre2_get_ovector_pointer(md);
-			if (ov[1] == ov[0]) {   /* empty match: step one char */
-				pos = ov[0] + (ov[0] < len ? utf8_len1((unsigned char)s[ov[0]]) : 1);
-				continue;
-			}
-			if ((ov[0] > prev && rlist_add(out, prev, ov[0], 0) < 0) || rlist_add(out, ov[0], ov[1], 1) < 0) {
-				pcre2_match_data_free(md);
-				return lora_errf(err, "out of memory");
-			}
-			prev = pos = ov[1];
-		}
-		pcre2_match_data_free(md);
-	}
-	if (prev < len && rlist_add(out, prev, len, 0) < 0)
-		return lora_errf(err, "out of memory");
-	return 0;
-}
-
-/*
- * Split one piece by a pattern with a `tokenizers` SplitDelimiterBehavior and
- * append the parts to `out`.
- */
-static int split_piece(const struct nstr *in, const struct pattern *p, enum split_behavior bh, int invert,
-		       struct plist *out, struct lora_err *err)
-{
-	struct rlist m = { 0 }, g = { 0 };
-	int prev = 0, rc = -1;
-
-	if (find_matches(p, in->s, in->len, &m, err) < 0)
-		goto done;
-	for (size_t i = 0; i < m.n; i++) {
-		struct range r = m.r[i];
-		if (invert)
-			r.match = !r.match;
-		switch (bh) {
-		case SPLIT_REMOVED:
-			if (!r.match && rlist_add(&g, r.a, r.b, 0) < 0)
-				goto oom;
-			break;
-		case SPLIT_ISOLATED:
-			if (rlist_add(&g, r.a, r.b, 0) < 0)
-				goto oom;
-			break;
-		case SPLIT_CONTIGUOUS:
-			if (r.match == prev && g.n)
-				g.r[g.n - 1].b = r.b;
-			else if (rlist_add(&g, r.a, r.b, 0) < 0)
-				goto oom;
-			break;
-		case SPLIT_PREV:
-			if (r.match && !prev && g.n)
-				g.r[g.n - 1].b = r.b;
-			else if (rlist_add(&g, r.a, r.b, 0) < 0)
-				goto oom;
-			break;
-		case SPLIT_NEXT:
-			/* a match joins the next part: start a part at a match, extend it by what follows */
-			if (!r.match && prev && g.n)
-				g.r[g.n - 1].b = r.b;
-			else if (rlist_add(&g, r.a, r.b, 0) < 0)
-				goto oom;
-			break;
-		}
-		prev = r.match;
-	}
-	for (size_t i = 0; i < g.n; i++)
-		if (plist_add(out, in, g.r[i].a, g.r[i].b) < 0)
-			goto oom;
-	rc = 0;
-	goto done;
-oom:
-	rc = lora_errf(err, "out of memory");
-done:
-	free(m.r);
-	free(g.r);
-	return rc;
-}
-
-/* --------------------------------------------------------- normalizers */
-
-static int replace_all(const struct nstr *in, const struct pattern *p, const char *with, size_t with_len,
-		       struct nstr *out, struct lora_err *err)
-{
-	struct rlist m = { 0 };
-	int rc = 0;
-
-	if (find_matches(p, in->s, in->len, &m, err) < 0)
-		return -1;
-	for (size_t i = 0; i < m.n && rc == 0; i++) {
-		struct range r = m.r[i];
-		if (r.match)
-			rc = nstr_add(out, with, with_len, in->al[r.a]);
-		else
-			rc = nstr_addal(out, in->s + r.a, in->al + r.a, r.b - r.a);
-	}
-	free(m.r);
-	if (rc < 0 || nstr_reserve(out, 0) < 0)
-		return lora_errf(err, "out of memory");
-	return 0;
-}
-
-static int normalize(const struct lora_tok *t, struct nstr *n, struct lora_err *err)
-{
-	for (size_t i = 0; i < t->n_norm; i++) {
-		const struct norm_op *op = &t->norm[i];
-		struct nstr o = { 0 };
-		if (!n->len)
-			return 0;
-		switch (op->kind) {
-		case NORM_PREPEND:
-			if (nstr_add(&o, op->str, op->str_len, n->al[0]) < 0 || nstr_addal(&o, n->s, n->al, n->len) < 0) {
-				nstr_free(&o);
-				return lora_errf(err, "out of memory");
-			}
-			break;
-		case NORM_REPLACE:
-			if (replace_all(n, &op->pat, op->str, op->str_len, &o, err) < 0) {
-				nstr_free(&o);
-				return -1;
-			}
-			break;
-		case NORM_NFC:
-			if (nfc_normalize(n->s, n->len, n->al, &o.s, &o.al, &o.len) < 0)
-				return lora_errf(err, "out of memory");
-			o.cap = o.len + 1;
-			break;
-		}
-		nstr_free(n);
-		*n = o;
-	}
-	return 0;
-}
-
-/* ------------------------------------------------------ pre-tokenizers */
-
-static int byte_level_map(const struct nstr *in, struct nstr *out)
-{
-	for (size_t i = 0; i < in->len; i++) {
-		unsigned char b = (unsigned char)in->s[i];
-		if (nstr_add(out, bl_utf8[b], bl_utf8_len[b], in->al[i]) < 0)
-			return -1;
-	}
-	return nstr_reserve(out, 0);
-}
-
-static int metaspace(const struct pre_op *op, const struct nstr *in, struct plist *out, struct lora_err *err)
-{
-	struct nstr o = { 0 };
-	struct pattern sp = { NULL, (char *)" ", 1 }, rp = { NULL, (char *)op->repl, op->repl_len };
-	int rc;
-
-	if (replace_all(in, &sp, op->repl, op->repl_len, &o, err) < 0)
-		return -1;
-	if (o.len && (o.len < op->repl_len || memcmp(o.s, op->repl, op->repl_len)) &&
-	    (op->scheme == PREPEND_ALWAYS || (op->scheme == PREPEND_FIRST && o.al[0] == 0))) {
-		struct nstr p = { 0 };
-		if (nstr_add(&p, op->repl, op->repl_len, o.al[0]) < 0 || nstr_addal(&p, o.s, o.al, o.len) < 0) {
-			nstr_free(&p);
-			nstr_free(&o);
-			return lora_errf(err, "out of memory");
-		}
-		nstr_free(&o);
-		o = p;
-	}
-	if (op->split)
-		rc = split_piece(&o, &rp, SPLIT_NEXT, 0, out, err);
-	else
-		rc = plist_add(out, &o, 0, o.len) < 0 ? lora_errf(err, "out of memory") : 0;
-	nstr_free(&o);
-	return rc;
-}
-
-static int pre_one(const struct pre_op *op, const struct nstr *in, struct plist *out, struct lora_err *err)
-{
-	switch (op->kind) {
-	case PRE_SPLIT:
-	case PRE_DIGITS:
-		return split_piece(in, &op->pat, op->behavior, op->invert, out, err);
-	case PRE_METASPACE:
-		return metaspace(op, in, out, err);
-	case PRE_BYTELEVEL: {
-		struct nstr pre = { 0 };
-		struct plist parts = { 0 };
-		int rc = 0;
-		if (op->add_prefix_space && in->len && in->s[0] != ' ') {
-			if (nstr_add(&pre, " ", 1, in->al[0]) < 0 || nstr_addal(&pre, in->s, in->al, in->len) < 0)
-				rc = lora_errf(err, "out of memory");
-		} else if (nstr_addal(&pre, in->s, in->al, in->len) < 0) {
-			rc = lora_errf(err, "out of memory");
-		}
-		if (!rc) {
-			if (op->pat.re)
-				rc = split_piece(&pre, &op->pat, SPLIT_ISOLATED, 0, &parts, err);
-			else if (plist_add(&parts, &pre, 0, pre.len) < 0)
-				rc = lora_errf(err, "out of memory");
-		}
-		for (size_t i = 0; !rc && i < parts.n; i++) {
-			struct nstr m = { 0 };
-			if (byte_level_map(&parts.p[i], &m) < 0 || plist_add(out, &m, 0, m.len) < 0)
-				rc = lora_errf(err, "out of memory");
-			nstr_free(&m);
-		}
-		nstr_free(&pre);
-		plist_free(&parts);
-		return rc;
-	}
-	}
-	return 0;
-}
-
-static int pre_tokenize(const struct lora_tok *t, const struct nstr *in, struct plist *out, struct lora_err *err)
-{
-	struct plist cur = { 0 };
-
-	if (plist_add(&cur, in, 0, in->len) < 0)
-		return lora_errf(err, "out of memory");
-	for (size_t i = 0; i < t->n_pre; i++) {
-		struct plist next = { 0 };
-		for (size_t k = 0; k < cur.n; k++)
-			if (pre_one(&t->pre[i], &cur.p[k], &next, err) < 0) {
-				plist_free(&next);
-				plist_free(&cur);
-				return -1;
-			}
-		plist_free(&cur);
-		cur = next;
-	}
-	*out = cur;
-	return 0;
+	       (c >= 0x80 && !tok_is_ws(c));
 }
 
 /* ------------------------------------------------------------------ BPE */
@@ -1794,6 +1161,7 @@ static int bpe_word(const struct lora_tok *t, const char *s, const int64_t *al, 
 		    struct lora_tokens *out, struct heap *h, struct lora_err *err)
 {
 	struct sym *sy;
+	char aff[64 + 4 + 64];   /* prefix + one char + suffix; parse_affixes caps each at 64 */
 	int32_t n = 0;
 	int rc = 0;
 
@@ -1802,22 +1170,42 @@ static int bpe_word(const struct lora_tok *t, const char *s, const int64_t *al, 
 		if (id >= 0)
 			return lora_tokens_push(out, id, al[0], err);
 	}
-	sy = malloc(len * sizeof(*sy));
+	/* byte fallback can give one symbol per byte of prefix + char + suffix */
+	if (len * (1 + t->prefix_len) + t->suffix_len > INT32_MAX)
+		return lora_errf(err, "a word of %zu bytes is too long to encode", len);
+	sy = malloc((len * (1 + t->prefix_len) + t->suffix_len) * sizeof(*sy));
 	if (!sy)
 		return lora_errf(err, "out of memory");
 	for (size_t i = 0; i < len;) {
-		size_t cl = utf8_len1((unsigned char)s[i]);
+		size_t cl = utf8_len1((unsigned char)s[i]), kl;
+		const char *key = s + i;
 		int32_t id;
 		if (cl > len - i)
 			cl = len - i;
-		id = strmap_get(&t->vocab, s + i, cl);
+		kl = cl;
+		if ((t->prefix_len && i > 0) || (t->suffix_len && i + cl == len)) {
+			/* `tokenizers`: prefix on every char but the first, suffix on the last */
+			kl = 0;
+			if (i > 0 && t->prefix_len) {
+				memcpy(aff, t->prefix_str, t->prefix_len);
+				kl = t->prefix_len;
+			}
+			memcpy(aff + kl, s + i, cl);
+			kl += cl;
+			if (i + cl == len && t->suffix_len) {
+				memcpy(aff + kl, t->suffix_str, t->suffix_len);
+				kl += t->suffix_len;
+			}
+			key = aff;
+		}
+		id = strmap_get(&t->vocab, key, kl);
 		if (id < 0 && t->byte_fallback) {
 			size_t k;
-			for (k = 0; k < cl && t->byte_id[(unsigned char)s[i + k]] >= 0; k++)
+			for (k = 0; k < kl && t->byte_id[(unsigned char)key[k]] >= 0; k++)
 				;
-			if (k == cl) {
-				for (k = 0; k < cl; k++) {
-					sy[n] = (struct sym){ t->byte_id[(unsigned char)s[i + k]], n - 1, -1, al[i] };
+			if (k == kl) {
+				for (k = 0; k < kl; k++) {
+					sy[n] = (struct sym){ t->byte_id[(unsigned char)key[k]], n - 1, -1, al[i] };
 					n++;
 				}
 				i += cl;
@@ -1937,14 +1325,14 @@ static int split_added(const struct lora_tok *t, int normalized, const struct ns
 			}
 		}
 		if (a->lstrip)
-			while (start > done && (cp = last_cp(in->s, start), is_ws(cp))) {
+			while (start > done && (cp = last_cp(in->s, start), tok_is_ws(cp))) {
 				char tmp[4];
 				start -= utf8_enc(cp, tmp);
 			}
 		if (a->rstrip)
 			while (stop < in->len) {
 				size_t l = utf8_dec(in->s + stop, &cp);
-				if (!is_ws(cp))
+				if (!tok_is_ws(cp))
 					break;
 				stop += l;
 			}
@@ -1981,7 +1369,7 @@ static int encode_normalized(const struct lora_tok *t, const struct nstr *part, 
 	struct plist pieces = { 0 };
 	int rc = 0;
 
-	if (pre_tokenize(t, part, &pieces, err) < 0)
+	if (tok_pre_tokenize(&t->pipe, part, &pieces, err) < 0)
 		return -1;
 	for (size_t i = 0; i < pieces.n && !rc; i++)
 		rc = bpe_word(t, pieces.p[i].s, pieces.p[i].al, pieces.p[i].len, out, h, err);
@@ -1998,7 +1386,7 @@ static int encode_raw(const struct lora_tok *t, const struct nstr *part, struct 
 
 	if (nstr_addal(&n, part->s, part->al, part->len) < 0)
 		return lora_errf(err, "out of memory");
-	rc = normalize(t, &n, err);
+	rc = tok_normalize(&t->pipe, &n, err);
 	if (!rc && n.len)
 		rc = t->any_norm_added ? split_added(t, 1, &n, encode_normalized, out, h, err)
 				       : encode_normalized(t, &n, out, h, err);
@@ -2078,7 +1466,7 @@ static int strv_add(struct strv *v, const char *s, size_t n, int own)
 		v->len = nl;
 		v->cap = cap;
 	}
-	c = own ? (char *)s : xstrndup(s, n);
+	c = own ? (char *)s : tok_strndup(s, n);
 	if (!c)
 		return -1;
 	v->s[v->n] = c;
@@ -2098,7 +1486,7 @@ static int buf_to_strv(struct strv *v, struct lora_buf *b)
 		return -1;
 	s = lora_buf_take(b);
 	if (!s)
-		s = xstrndup("", 0);
+		s = tok_strndup("", 0);
 	return s ? strv_add(v, s, n, 1) : -1;
 }
 
@@ -2118,9 +1506,9 @@ static int dec_bytelevel(const struct strv *in, struct strv *out)
 		for (k = 0; k < n;) {
 			uint32_t cp;
 			k += utf8_dec(s + k, &cp);
-			if (cp >= 512 || bl_cp2byte[cp] < 0)
+			if (cp >= 512 || tok_bl_cp2byte[cp] < 0)
 				break;
-			char b = (char)bl_cp2byte[cp];
+			char b = (char)tok_bl_cp2byte[cp];
 			lora_buf_add(&raw, &b, 1);
 		}
 		if (k < n) {
@@ -2168,12 +1556,63 @@ static int dec_bytefallback(const struct strv *in, struct strv *out)
 	return rc;
 }
 
-static int dec_one(const struct dec_op *op, size_t idx, const char *s, size_t n, struct strv *out)
+/* Every occurrence of `from` in s[0, n) replaced by `to`, appended to b (from non-empty). */
+static void replace_str(struct lora_buf *b, const char *s, size_t n, const char *from, size_t from_len,
+			const char *to, size_t to_len)
+{
+	for (size_t i = 0; i < n;) {
+		if (from_len && i + from_len <= n && !memcmp(s + i, from, from_len)) {
+			lora_buf_add(b, to, to_len);
+			i += from_len;
+		} else {
+			lora_buf_add(b, s + i, 1);
+			i++;
+		}
+	}
+}
+
+/* `tokenizers`' WordPiece decoder cleanup: spaces before punctuation and in contractions */
+static int wordpiece_cleanup(struct lora_buf *b)
+{
+	static const char *rules[][2] = { { " .", "." }, { " ?", "?" }, { " !", "!" }, { " ,", "," },
+					 { " ' ", "'" }, { " n't", "n't" }, { " 'm", "'m" },
+					 { " do not", " don't" }, { " 's", "'s" }, { " 've", "'ve" },
+					 { " 're", "'re" } };
+	for (size_t r = 0; r < sizeof(rules) / sizeof(rules[0]); r++) {
+		struct lora_buf o = LORA_BUF_INIT;
+		if (!b->len || !memmem(b->data, b->len, rules[r][0], strlen(rules[r][0])))
+			continue;
+		replace_str(&o, b->data, b->len, rules[r][0], strlen(rules[r][0]), rules[r][1], strlen(rules[r][1]));
+		if (o.oom) {
+			lora_buf_free(&o);
+			return -1;
+		}
+		lora_buf_free(b);
+		*b = o;
+	}
+	return 0;
+}
+
+static int dec_one(const struct dec_op *op, size_t idx, size_t count, const char *s, size_t n, struct strv *out)
 {
 	struct lora_buf b = LORA_BUF_INIT;
 	int rc;
 
 	switch (op->kind) {
+	case DEC_WORDPIECE:
+		if (idx && n >= op->a_len && !memcmp(s, op->a, op->a_len)) {
+			s += op->a_len;
+			n -= op->a_len;
+		} else if (idx) {
+			lora_buf_add(&b, " ", 1);
+		}
+		lora_buf_add(&b, s, n);
+		if (op->cleanup && wordpiece_cleanup(&b) < 0)
+			b.oom = 1;
+		break;
+	case DEC_BPE:
+		replace_str(&b, s, n, op->a, op->a_len, idx + 1 == count ? "" : " ", idx + 1 == count ? 0 : 1);
+		break;
 	case DEC_REPLACE:
 		for (size_t i = 0; i < n;) {
 			if (i + op->a_len <= n && !memcmp(s + i, op->a, op->a_len)) {
@@ -2259,7 +1698,7 @@ int lora_tok_decode(const struct lora_tok *t, const int32_t *ids, size_t n, unsi
 			lora_buf_free(&b);
 		} else {
 			for (size_t i = 0; i < v.n && !rc; i++)
-				rc = dec_one(op, i, v.s[i], v.len[i], &o);
+				rc = dec_one(op, i, v.n, v.s[i], v.len[i], &o);
 		}
 		strv_free(&v);
 		v = o;
@@ -2297,201 +1736,15 @@ int lora_tok_adds_bos(const struct lora_tok *t)
 	return t->bos >= 0 && t->n_prefix && t->prefix[0] == t->bos;
 }
 
+int lora_tok_is_stop(const struct lora_tok *t, int32_t id)
+{
+	for (size_t i = 0; i < t->n_stop; i++)
+		if (t->stop[i] == id)
+			return 1;
+	return 0;
+}
+
 int lora_tok_adds_eos(const struct lora_tok *t)
 {
 	return t->eos >= 0 && t->n_suffix && t->suffix[t->n_suffix - 1] == t->eos;
-}
-
-/* ================================================================= NFC */
-
-#include "train/tokenizer_nfc.h"
-
-#define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
-enum { H_SBASE = 0xAC00, H_LBASE = 0x1100, H_VBASE = 0x1161, H_TBASE = 0x11A7, H_LCOUNT = 19,
-       H_VCOUNT = 21, H_TCOUNT = 28, H_NCOUNT = H_VCOUNT * H_TCOUNT, H_SCOUNT = H_LCOUNT * H_NCOUNT };
-
-static int nfc_class(uint32_t cp)
-{
-	size_t lo = 0, hi = N_ELEMS(nfc_ccc);
-	if (cp < 0x300)
-		return 0;
-	while (lo < hi) {
-		size_t m = (lo + hi) / 2;
-		if (cp < nfc_ccc[m][0])
-			hi = m;
-		else if (cp > nfc_ccc[m][1])
-			lo = m + 1;
-		else
-			return (int)nfc_ccc[m][2];
-	}
-	return 0;
-}
-
-static const uint32_t *nfc_dec_of(uint32_t cp)
-{
-	size_t lo = 0, hi = N_ELEMS(nfc_dec);
-	while (lo < hi) {
-		size_t m = (lo + hi) / 2;
-		if (cp < nfc_dec[m][0])
-			hi = m;
-		else if (cp > nfc_dec[m][0])
-			lo = m + 1;
-		else
-			return nfc_dec[m];
-	}
-	return NULL;
-}
-
-static uint32_t nfc_compose(uint32_t a, uint32_t b)
-{
-	size_t lo = 0, hi = N_ELEMS(nfc_comp);
-	if (a - H_LBASE < H_LCOUNT && b - H_VBASE < H_VCOUNT)
-		return H_SBASE + ((a - H_LBASE) * H_VCOUNT + (b - H_VBASE)) * H_TCOUNT;
-	if (a - H_SBASE < H_SCOUNT && (a - H_SBASE) % H_TCOUNT == 0 && b - H_TBASE - 1 < H_TCOUNT - 1)
-		return a + (b - H_TBASE);
-	while (lo < hi) {
-		size_t m = (lo + hi) / 2;
-		if (a < nfc_comp[m][0] || (a == nfc_comp[m][0] && b < nfc_comp[m][1]))
-			hi = m;
-		else if (a > nfc_comp[m][0] || b > nfc_comp[m][1])
-			lo = m + 1;
-		else
-			return nfc_comp[m][2];
-	}
-	return 0;
-}
-
-struct cpv {
-	uint32_t *cp;
-	int64_t *al;
-	size_t n, cap;
-};
-
-static int cpv_push(struct cpv *v, uint32_t cp, int64_t al)
-{
-	if (v->n == v->cap) {
-		size_t cap = v->cap ? v->cap * 2 : 64;
-		uint32_t *c = realloc(v->cp, cap * sizeof(*c));
-		int64_t *a;
-		if (!c)
-			return -1;
-		v->cp = c;
-		a = realloc(v->al, cap * sizeof(*a));
-		if (!a)
-			return -1;
-		v->al = a;
-		v->cap = cap;
-	}
-	v->cp[v->n] = cp;
-	v->al[v->n++] = al;
-	return 0;
-}
-
-static int nfc_decompose(struct cpv *v, uint32_t cp, int64_t al, int depth)
-{
-	const uint32_t *d;
-	if (cp - H_SBASE < H_SCOUNT) {
-		uint32_t s = cp - H_SBASE, t = s % H_TCOUNT;
-		if (cpv_push(v, H_LBASE + s / H_NCOUNT, al) < 0 || cpv_push(v, H_VBASE + (s % H_NCOUNT) / H_TCOUNT, al) < 0)
-			return -1;
-		return t ? cpv_push(v, H_TBASE + t, al) : 0;
-	}
-	if (cp >= 0xC0 && depth < 8 && (d = nfc_dec_of(cp))) {
-		if (nfc_decompose(v, d[1], al, depth + 1) < 0)
-			return -1;
-		return d[2] ? nfc_decompose(v, d[2], al, depth + 1) : 0;
-	}
-	return cpv_push(v, cp, al);
-}
-
-/*
- * NFC (Unicode's canonical decomposition, canonical ordering, canonical
- * composition).  Each output byte keeps the offset of the input char it came
- * from; a composite keeps its starter's.  Text below U+0300 is already NFC.
- */
-static int nfc_normalize(const char *s, size_t len, const int64_t *al, char **out_s, int64_t **out_al,
-			 size_t *out_len)
-{
-	struct cpv v = { 0 };
-	struct nstr o = { 0 };
-	size_t i, fast = 1;
-
-	for (i = 0; i < len; i++)
-		if ((unsigned char)s[i] >= 0xCC) {   /* lead bytes of U+0300 and above */
-			fast = 0;
-			break;
-		}
-	if (fast) {
-		if (nstr_addal(&o, s, al, len) < 0 || nstr_reserve(&o, 0) < 0)
-			goto oom;
-		goto out;
-	}
-	for (i = 0; i < len;) {
-		uint32_t cp;
-		int64_t a = al[i];
-		i += utf8_dec(s + i, &cp);
-		if (nfc_decompose(&v, cp, a, 0) < 0)
-			goto oom;
-	}
-	/* canonical ordering: stable insertion sort of each run of non-starters */
-	for (i = 1; i < v.n; i++) {
-		int c = nfc_class(v.cp[i]);
-		size_t k = i;
-		uint32_t cp = v.cp[i];
-		int64_t a = v.al[i];
-		if (!c)
-			continue;
-		while (k > 0 && nfc_class(v.cp[k - 1]) > c) {
-			v.cp[k] = v.cp[k - 1];
-			v.al[k] = v.al[k - 1];
-			k--;
-		}
-		v.cp[k] = cp;
-		v.al[k] = a;
-	}
-	/* composition */
-	if (v.n) {
-		size_t starter = 0, w = 1;
-		int last_class = nfc_class(v.cp[0]) ? 256 : 0;
-		if (last_class)
-			starter = (size_t)-1;
-		for (i = 1; i < v.n; i++) {
-			uint32_t cp = v.cp[i], c2;
-			int c = nfc_class(cp);
-			if (starter != (size_t)-1 && (last_class < c || last_class == 0) &&
-			    (c2 = nfc_compose(v.cp[starter], cp)) != 0 && !(last_class == 0 && w - 1 != starter)) {
-				v.cp[starter] = c2;
-				continue;
-			}
-			if (c == 0) {
-				starter = w;
-				last_class = 0;
-			} else {
-				last_class = c;
-			}
-			v.cp[w] = cp;
-			v.al[w++] = v.al[i];
-		}
-		v.n = w;
-	}
-	for (i = 0; i < v.n; i++) {
-		char b[4];
-		size_t n = utf8_enc(v.cp[i], b);
-		if (nstr_add(&o, b, n, v.al[i]) < 0)
-			goto oom;
-	}
-	if (nstr_reserve(&o, 0) < 0)
-		goto oom;
-out:
-	free(v.cp);
-	free(v.al);
-	*out_s = o.s;
-	*out_al = o.al;
-	*out_len = o.len;
-	return 0;
-oom:
-	free(v.cp);
-	free(v.al);
-	nstr_free(&o);
-	return -1;
 }

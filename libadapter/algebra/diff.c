@@ -1,6 +1,7 @@
 /* diff.c - module-by-module comparison of two adapters (see diff.h). */
 #include "libadapter/algebra/diff.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -350,4 +351,74 @@ void lora_diff_free(struct lora_diff *d)
 	free(d->settings);
 	free(d->modules);
 	memset(d, 0, sizeof(*d));
+}
+
+/* -------------------------------------------------------------- layers */
+
+/* The first all-digit component of a module name ("model.layers.12.mlp" -> 12), else -1. */
+static long layer_of(const char *name)
+{
+	const char *p = name;
+
+	while ((p = strchr(p, '.'))) {
+		const char *q = ++p;
+		while (isdigit((unsigned char)*q))
+			q++;
+		if (q > p && (*q == '.' || !*q))
+			return strtol(p, NULL, 10);
+	}
+	return -1;
+}
+
+static int cmp_layer(const void *x, const void *y)
+{
+	long a = ((const struct lora_diff_layer *)x)->idx, b = ((const struct lora_diff_layer *)y)->idx;
+	return (a > b) - (a < b);
+}
+
+struct lora_diff_layer *lora_diff_layers(const struct lora_diff *d, size_t *n_out)
+{
+	struct lora_diff_layer *L = calloc(d->n_modules + 1, sizeof(*L));
+	size_t n = 0;
+
+	if (!L)
+		return NULL;
+	for (size_t i = 0; i < d->n_modules; i++) {
+		const struct lora_diff_module *m = &d->modules[i];
+		long idx = layer_of(m->name);
+		struct lora_diff_layer *l = NULL;
+		for (size_t k = 0; k < n && !l; k++)
+			if (L[k].idx == idx)
+				l = &L[k];
+		if (!l) {
+			l = &L[n++];
+			l->idx = idx;
+		}
+		l->n++;
+		l->na2 += m->cmp.norm_a * m->cmp.norm_a;
+		l->nb2 += m->cmp.norm_b * m->cmp.norm_b;
+		if (m->shape_differs)
+			l->d2 += m->cmp.norm_a * m->cmp.norm_a + m->cmp.norm_b * m->cmp.norm_b;
+		else
+			l->d2 += m->cmp.distance * m->cmp.distance;
+		if (m->where == LORA_DIFF_BOTH && !m->shape_differs) {
+			l->inner += m->cmp.inner;
+			l->den += m->cmp.norm_a * m->cmp.norm_b;
+		}
+	}
+	qsort(L, n, sizeof(*L), cmp_layer);
+	/* numbered layers first, the rest last */
+	if (n && L[0].idx == -1) {
+		struct lora_diff_layer other = L[0];
+		memmove(L, L + 1, (n - 1) * sizeof(*L));
+		L[n - 1] = other;
+	}
+	*n_out = n;
+	return L;
+}
+
+double lora_diff_layer_cosine(const struct lora_diff_layer *l)
+{
+	double c = l->na2 > 0 && l->nb2 > 0 ? l->inner / sqrt(l->na2 * l->nb2) : NAN;
+	return c > 1 ? 1 : c < -1 ? -1 : c;
 }

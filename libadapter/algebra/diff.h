@@ -74,4 +74,23 @@ int lora_diff_run(const struct lora_diff_side *a, const struct lora_diff_side *b
 		  struct lora_diff *d, struct lora_err *err);
 void lora_diff_free(struct lora_diff *d);
 
+/*
+ * Per-layer sums over the modules of d, the layer being the first all-digit
+ * component of a module's name ("model.layers.12.mlp.up_proj" -> 12; -1: not
+ * in a numbered layer).  Sorted by layer, the -1 group last.  A module in one
+ * adapter only, or whose shapes differ, adds ‖ΔW_A‖² + ‖ΔW_B‖² to d2 and
+ * nothing to inner/den.  NULL when out of memory; free() it.
+ */
+struct lora_diff_layer {
+	long idx;                     /* -1: modules outside numbered layers */
+	double inner;                 /* Σ⟨ΔW_A, ΔW_B⟩ */
+	double den;                   /* Σ‖ΔW_A‖‖ΔW_B‖ */
+	double d2;                    /* Σ‖ΔW_A − ΔW_B‖² */
+	double na2, nb2;              /* Σ‖ΔW_A‖², Σ‖ΔW_B‖² */
+	size_t n;                     /* modules */
+};
+struct lora_diff_layer *lora_diff_layers(const struct lora_diff *d, size_t *n_out);
+/* Cosine of a layer, all its ΔW as one vector, in [-1, 1]; NAN when one side is 0. */
+double lora_diff_layer_cosine(const struct lora_diff_layer *l);
+
 #endif

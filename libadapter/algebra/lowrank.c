@@ -479,6 +479,20 @@ int lora_module_spectrum(const struct lora_peft_module *m, double *sv, struct lo
 	return 0;
 }
 
+int lora_peft_figures(const struct lora_peft *p, double *norms, double **sv, struct lora_err *err)
+{
+	for (size_t i = 0; i < p->n_modules; i++)
+		if (lora_peft_delta_norm(&p->modules[i], &norms[i], err) < 0)
+			return -1;
+	for (size_t i = 0; sv && i < p->n_modules; i++) {
+		if (!(sv[i] = calloc((size_t)p->modules[i].r, sizeof(double))))
+			return lora_errf(err, "out of memory");
+		if (lora_module_spectrum(&p->modules[i], sv[i], err) < 0)
+			return -1;
+	}
+	return 0;
+}
+
 double lora_effective_rank(const double *sv, int n)
 {
 	double sum = 0, h = 0;

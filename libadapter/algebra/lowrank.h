@@ -82,6 +82,15 @@ int lora_lowrank_svals(const struct lora_lowrank *f, double *sv, struct lora_err
 int lora_module_spectrum(const struct lora_peft_module *m, double *sv, struct lora_err *err);
 
 /*
+ * The figures `lora inspect` shows for every module i of p: norms[i] =
+ * ‖ΔW_i‖_F (norms holds p->n_modules values); with sv not NULL (p->n_modules
+ * pointers, set to NULL first), sv[i] = a malloc'd spectrum of m->r values
+ * (lora_module_spectrum).  On failure the message names the module; the
+ * spectra made so far are left in sv for the caller to free.
+ */
+int lora_peft_figures(const struct lora_peft *p, double *norms, double **sv, struct lora_err *err);
+
+/*
  * Effective rank of a spectrum (Roy & Vetterli, 2007): exp of the Shannon
  * entropy of p_i = σ_i / Σσ_j.  Between 1 (one direction) and n (all σ
  * equal); 0 for an all-zero spectrum.

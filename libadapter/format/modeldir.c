@@ -1,4 +1,4 @@
-/* model.c - Hugging Face model folders: config.json, shards, tensors by name. */
+/* modeldir.c - Hugging Face model folders: config.json, shards, tensors by name. */
 #include "libadapter/format/modeldir.h"
 
 #include <dirent.h>
@@ -13,7 +13,6 @@
 
 #include "libadapter/base/buf.h"
 #include "libadapter/base/fsutil.h"
-#include "libadapter/merge/swap.h"
 
 #define MAX_JSON_FILE (64u << 20)
 
@@ -88,6 +87,20 @@ static int parse_rope_scaling(const cJSON *root, struct lora_model_config *c, co
 		return 0;
 	if (!cJSON_IsObject(rs))
 		return lora_errf(err, "'%s': rope_scaling is not an object", label);
+	if (cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(rs, "full_attention"))) {
+		/* one set per layer type (Gemma 3): the sliding layers' plain theta, then the full ones' */
+		const cJSON *sl = cJSON_GetObjectItemCaseSensitive(rs, "sliding_attention");
+
+		if (cJSON_IsObject(sl)) {
+			t = cJSON_GetObjectItemCaseSensitive(sl, "rope_type");
+			if (cJSON_IsString(t) && strcmp(t->valuestring, "default"))
+				return lora_errf(err, "'%s': rope_parameters sliding_attention type '%s' is not "
+						 "supported (default)", label, t->valuestring);
+			if (get_num(sl, "rope_theta", 0.0, &c->rope_local_theta, label, err) < 0)
+				return -1;
+		}
+		rs = cJSON_GetObjectItemCaseSensitive(rs, "full_attention");
+	}
 	if (get_num(rs, "rope_theta", c->rope_theta, &c->rope_theta, label, err) < 0)
 		return -1;
 	t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
@@ -148,6 +161,7 @@ int lora_model_config_parse(const char *json, size_t len, const char *label,
 		    err) < 0 ||
 	    get_num(root, "rms_norm_eps", 1e-6, &c->rms_norm_eps, label, err) < 0 ||
 	    get_num(root, "rope_theta", 10000.0, &c->rope_theta, label, err) < 0 ||
+	    get_num(root, "rope_local_base_freq", 0.0, &c->rope_local_theta, label, err) < 0 ||
 	    parse_rope_scaling(root, c, label, err) < 0)
 		goto out;
 	if (get_int(root, "head_dim", c->num_attention_heads > 0 ? c->hidden_size / c->num_attention_heads : 0,
@@ -316,6 +330,23 @@ static int check_weight_map(struct lora_model *m, const cJSON *root, const char 
 	return 0;
 }
 
+/* A committed swap journal: the shards may be half old, half new; refuse (see modeldir.h). */
+static int check_no_journal(const char *dir, struct lora_err *err)
+{
+	char *j = lora_path_join(dir, LORA_SWAP_JOURNAL);
+	struct stat st;
+	int there;
+
+	if (!j)
+		return lora_errf(err, "out of memory");
+	there = lstat(j, &st) == 0;
+	free(j);
+	if (there)
+		return lora_errf(err, "'%s' has an unfinished swap (journal '%s/%s'); run 'lora swap %s "
+				 "--recover' to finish it", dir, dir, LORA_SWAP_JOURNAL, dir);
+	return 0;
+}
+
 int lora_model_open(const char *dir, int need_config, struct lora_model **out, struct lora_err *err)
 {
 	struct lora_model *m;
@@ -327,8 +358,7 @@ int lora_model_open(const char *dir, int need_config, struct lora_model **out, s
 	*out = NULL;
 	if (!lora_is_dir(dir))
 		return lora_errf(err, "'%s' is not a model folder", dir);
-	/* A folder whose `lora swap` was killed is finished or rolled back first. */
-	if (lora_merged_recover(dir, err) < 0)
+	if (check_no_journal(dir, err) < 0)
 		return -1;
 	m = calloc(1, sizeof(*m));
 	if (!m || !(m->dir = strdup(dir))) {

@@ -1,5 +1,5 @@
 /*
- * model.h - a Hugging Face model folder: config.json plus safetensors
+ * modeldir.h - a Hugging Face model folder: config.json plus safetensors
  * weights in one file (model.safetensors) or shards listed by
  * model.safetensors.index.json ({"weight_map": {"tensor.name": "shard file"}}).
  *
@@ -38,6 +38,8 @@ struct lora_model_config {
 	double rope_low_freq_factor;  /* llama3 */
 	double rope_high_freq_factor; /* llama3 */
 	int rope_original_max_pos;    /* llama3 */
+	double rope_local_theta;      /* Gemma 3: rope_theta of the sliding layers (rope_parameters'
+					 sliding_attention, or rope_local_base_freq); 0 when absent */
 	int tie_word_embeddings;
 	int attention_bias;           /* q/k/v/o biases (Qwen2 forces q/k/v) */
 	int mlp_bias;
@@ -66,7 +68,22 @@ struct lora_model {
 	uint64_t n_params;            /* sum of tensor element counts */
 };
 
-/* Open a model folder.  `need_config`: fail when config.json is missing. */
+/*
+ * A `lora swap` writes its redo journal here (see libadapter/merge/swap.h).
+ * The .new file is an uncommitted journal: the shards are untouched.  The
+ * committed one means the shards may hold a mix of the old and new set.
+ */
+#define LORA_SWAP_JOURNAL ".lora-swap.journal"
+#define LORA_SWAP_JOURNAL_NEW ".lora-swap.journal.new"
+
+/*
+ * Open a model folder.  `need_config`: fail when config.json is missing.
+ * Opening never writes: a folder whose swap was interrupted after its commit
+ * (a LORA_SWAP_JOURNAL is there) is refused with a message that names the
+ * journal and the command that finishes it (`lora swap DIR --recover`); the
+ * commands that write (merge, swap) call lora_merged_recover() first.  An
+ * uncommitted journal (.new) changes nothing that is read, so it is ignored.
+ */
 int lora_model_open(const char *dir, int need_config, struct lora_model **out, struct lora_err *err);
 void lora_model_close(struct lora_model *m);
 /* Find a tensor by full name ("model.layers.0.self_attn.q_proj.weight"). */

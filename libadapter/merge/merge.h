@@ -77,6 +77,7 @@ struct lora_merge_adapter {
 struct lora_merge_set {
 	size_t n;
 	struct lora_merge_adapter *a;
+	const char *tmp_dir;      /* where .lora files are unpacked while open; NULL: /tmp */
 };
 
 /*
@@ -111,6 +112,7 @@ struct lora_merge_opts {
 	int threads;              /* worker threads; 0 = one per CPU (at most 8) */
 	lora_progress_fn progress;
 	void *progress_ctx;
+	const char *cache_dir;    /* fingerprint line cache (lora_linecache_open); NULL: none */
 };
 
 struct lora_merge_stats {
@@ -128,6 +130,8 @@ struct lora_merge_stats {
  * before anything is written when a targeted module is missing from the base,
  * a shape or dtype does not fit, an adapter records another base (unless
  * o->force), or OUTDIR exists.  Any failure removes everything written.
+ * A base with an unfinished swap is refused (lora_model_open); a caller that
+ * means to finish it calls lora_merged_recover() first, as `lora merge` does.
  */
 int lora_merge(const struct lora_merge_opts *o, const struct lora_merge_set *set,
 	       struct lora_merge_stats *stats, struct lora_err *err);
@@ -188,11 +192,13 @@ void lora_merge_fingerprint_lines(const char *const *modules, const char *const 
 
 /*
  * A cache of fingerprint lines per shard file, keyed by the file's identity
- * (path, device, inode, size, mtime, ctime): see merge.c.  Every call is
- * best effort; NULL caches are allowed and miss.
+ * (path, device, inode, size, mtime, ctime): see merge.c, one file per shard
+ * in dir (the program's choice: $XDG_CACHE_HOME/lora/tensor-lines; NULL: a
+ * cache that always misses).  Every call is best effort; NULL caches are
+ * allowed and miss.
  */
 struct lora_linecache;
-struct lora_linecache *lora_linecache_open(const struct lora_model *m);
+struct lora_linecache *lora_linecache_open(const struct lora_model *m, const char *dir);
 const char *lora_linecache_get(struct lora_linecache *c, const struct lora_model_tensor *mt);
 void lora_linecache_put(struct lora_linecache *c, const struct lora_model_tensor *mt, const char *line);
 /* save: write the new lines to the cache files. */

@@ -67,8 +67,7 @@
 #include "libadapter/base/err.h"
 #include "libadapter/merge/merge.h"
 
-#define LORA_SWAP_JOURNAL ".lora-swap.journal"
-#define LORA_SWAP_JOURNAL_NEW ".lora-swap.journal.new"
+/* LORA_SWAP_JOURNAL and LORA_SWAP_JOURNAL_NEW: the journal's names, in format/modeldir.h. */
 
 struct lora_swap_opts {
 	const char *store_dir;    /* for store refs; may be NULL */
@@ -77,6 +76,8 @@ struct lora_swap_opts {
 	lora_progress_fn progress;
 	void *progress_ctx;
 	unsigned pause_us;        /* test hook: sleep after each step that writes (0: none) */
+	const char *cache_dir;    /* fingerprint line cache (lora_linecache_open); NULL: none */
+	const char *tmp_dir;      /* where recorded .lora adapters are unpacked; NULL: /tmp */
 };
 
 struct lora_swap_stats {
@@ -97,8 +98,9 @@ int lora_swap(const struct lora_swap_opts *o, const struct lora_merge_set *set,
 /*
  * Finish (or roll back) a swap of model_dir that was interrupted.  Cheap when
  * there is nothing to do (a stat or two and one readdir); safe on any folder,
- * merged or not.  Call it before reading a model folder: lora merge and swap
- * do; so should whatever else opens one (lora_model_open's callers).
+ * merged or not.  Only commands that write call it (lora merge on its base,
+ * lora swap, `lora swap DIR --recover`); lora_model_open refuses a folder
+ * that needs it, so read-only commands never write.
  */
 int lora_merged_recover(const char *model_dir, struct lora_err *err);
 

@@ -344,11 +344,8 @@ char *lora_manifest_build(const struct lora_manifest_spec *s, struct lora_err *e
 
 	if (!r)
 		goto oom;
-	if (!s->created) {
-		const char *sde = getenv("SOURCE_DATE_EPOCH");
-		int64_t t = sde && *sde ? strtoll(sde, NULL, 10) : (int64_t)time(NULL);
-		lora_rfc3339(t, created);
-	}
+	if (!s->created)
+		lora_rfc3339((int64_t)time(NULL), created);
 	cJSON_AddNumberToObject(r, "lora_package", 1);
 	cJSON_AddStringToObject(r, "name", s->name);
 	cJSON_AddStringToObject(r, "tag", s->tag ? s->tag : "latest");

@@ -77,7 +77,7 @@ int lora_tag_ok(const char *tag);
 struct lora_manifest_spec {
 	const char *name, *tag;
 	const char *description;      /* may be NULL */
-	const char *created;          /* NULL: now (or $SOURCE_DATE_EPOCH) */
+	const char *created;          /* NULL: now (the program passes $SOURCE_DATE_EPOCH's time) */
 	const char *base_name;        /* may be NULL */
 	const char *base_fingerprint; /* may be NULL */
 	const cJSON *lora;            /* copied; may be NULL */

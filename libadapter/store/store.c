@@ -1134,9 +1134,9 @@ static char *default_key_path(const char *store)
 	return spath(store, "keys/id_ed25519");
 }
 
-static void default_identity(char out[256])
+void lora_store_default_identity(const char *user, char out[256])
 {
-	const char *u = getenv("USER");
+	const char *u = user;
 	char host[128] = "localhost";
 	struct passwd *pw;
 
@@ -1152,8 +1152,8 @@ static void default_identity(char out[256])
 			*c = '_';
 }
 
-static int load_signing_key(const char *store, const char *key_path, struct lora_sshkey *key,
-			    struct lora_err *err)
+static int load_signing_key(const char *store, const char *key_path, const char *user,
+			    struct lora_sshkey *key, struct lora_err *err)
 {
 	char *p = key_path ? strdup(key_path) : default_key_path(store);
 	int rc;
@@ -1168,14 +1168,14 @@ static int load_signing_key(const char *store, const char *key_path, struct lora
 	rc = lora_sshkey_load_private(p, key, err);
 	free(p);
 	if (rc == 0 && !key->comment[0])
-		default_identity(key->comment);
+		lora_store_default_identity(user, key->comment);
 	return rc;
 }
 
 int lora_store_check_signing_key(const char *store_dir, const char *key_path, struct lora_err *err)
 {
 	struct lora_sshkey k;
-	int rc = load_signing_key(store_dir, key_path, &k, err);
+	int rc = load_signing_key(store_dir, key_path, NULL, &k, err);
 
 	lora_sshkey_wipe(&k);
 	return rc;
@@ -1256,7 +1256,7 @@ int lora_store_add_peft_dir(const char *store_dir, const char *peft_dir, const c
 		cJSON_Delete(prov);
 		return lora_errf(err, "bad base fingerprint '%s'", opts->base_fingerprint);
 	}
-	if (load_signing_key(store_dir, opts->key_path, &key, err) < 0)
+	if (load_signing_key(store_dir, opts->key_path, opts->user, &key, err) < 0)
 		goto out;
 	if (lora_peft_open(peft_dir, &peft, err) < 0)
 		goto out;
@@ -1328,6 +1328,7 @@ int lora_store_add_peft_dir(const char *store_dir, const char *peft_dir, const c
 	spec.name = r.name;
 	spec.tag = r.tag;
 	spec.description = opts->description;
+	spec.created = opts->created;
 	spec.base_name = peft->cfg.base_model;
 	spec.base_fingerprint = opts->base_fingerprint;
 	spec.lora = settings;
@@ -2124,7 +2125,7 @@ int lora_store_keygen(const char *store_dir, const char *id, int force, char **p
 	if (id)
 		snprintf(ident, sizeof(ident), "%s", id);
 	else
-		default_identity(ident);
+		lora_store_default_identity(NULL, ident);
 	if (store_init(store_dir, err) < 0)
 		return -1;
 	kd = spath(store_dir, "keys");
@@ -2210,8 +2211,8 @@ static int open_from_view(struct view *v, const struct lora_manifest *m, struct 
 	return 0;
 }
 
-int lora_adapter_open(const char *store_dir, const char *spec, struct lora_adapter_src *out,
-		      struct lora_err *err)
+int lora_adapter_open(const char *store_dir, const char *tmp_dir, const char *spec,
+		      struct lora_adapter_src *out, struct lora_err *err)
 {
 	struct view v = { 0 };
 	struct lora_manifest m = { 0 };
@@ -2241,13 +2242,13 @@ int lora_adapter_open(const char *store_dir, const char *spec, struct lora_adapt
 		return 0;
 	}
 	if (spec_is_file(spec)) {
-		const char *td = getenv("TMPDIR");
-		size_t n = strlen(td && *td ? td : "/tmp") + 32;
+		const char *td = tmp_dir && *tmp_dir ? tmp_dir : "/tmp";
+		size_t n = strlen(td) + 32;
 		snprintf(out->ref, sizeof(out->ref), "%s", spec);
 		out->tmpdir = malloc(n);
 		if (!out->tmpdir)
 			return lora_errf(err, "out of memory");
-		snprintf(out->tmpdir, n, "%s/lora-open-XXXXXX", td && *td ? td : "/tmp");
+		snprintf(out->tmpdir, n, "%s/lora-open-XXXXXX", td);
 		if (!mkdtemp(out->tmpdir)) {
 			lora_errf(err, "cannot create a temporary folder: %s", strerror(errno));
 			free(out->tmpdir);

@@ -59,12 +59,13 @@
  *
  * Resolution: an existing directory is a PEFT folder; an existing regular
  * file is a .lora package (fully verified: digests, signature and trust, then
- * extracted into a temporary folder removed by close); anything else is a
+ * extracted into a temporary folder under tmp_dir, NULL: /tmp, removed by
+ * close); anything else is a
  * REF looked up in store_dir.  A stored adapter is opened straight from its
  * blobs (digests were checked at import; `lora verify` re-checks them).
  *
  *     struct lora_adapter_src a;
- *     if (lora_adapter_open(ctx->store, "sql:v2", &a, &err) < 0) return cmd_fail(&err);
+ *     if (lora_adapter_open(ctx->store, ctx->tmp_dir, "sql:v2", &a, &err) < 0) return cmd_fail(&err);
  *     ... a.peft->modules ...
  *     lora_adapter_close(&a);
  */
@@ -76,8 +77,8 @@ struct lora_adapter_src {
 	char *base_fingerprint;  /* "sha256:..." from manifest, or NULL when unknown */
 	char *tmpdir;            /* internal: extraction dir to remove on close, or NULL */
 };
-int lora_adapter_open(const char *store_dir, const char *spec, struct lora_adapter_src *out,
-		      struct lora_err *err);
+int lora_adapter_open(const char *store_dir, const char *tmp_dir, const char *spec,
+		      struct lora_adapter_src *out, struct lora_err *err);
 /* Safe on a zeroed or already closed struct. */
 void lora_adapter_close(struct lora_adapter_src *a);
 
@@ -99,6 +100,9 @@ struct lora_import_opts {
 	const char *const *extra_files; size_t n_extra; /* paths of optional files (README.md, training_log.jsonl, loss.svg) */
 	void (*progress)(void *ctx, double done, double total); /* bytes copied so far, may be NULL */
 	void *progress_ctx;
+	const char *created;        /* the manifest's RFC 3339 "created" time; NULL: now */
+	const char *user;           /* signer identity user@host of a key without a comment; NULL: the
+				       login name (getpwuid) */
 };
 int lora_store_add_peft_dir(const char *store_dir, const char *peft_dir, const char *ref,
 			    const struct lora_import_opts *opts, char digest_out[72], struct lora_err *err);
@@ -217,11 +221,13 @@ int lora_store_tag(const char *store_dir, const char *spec, const char *new_ref,
 
 /*
  * Make a new Ed25519 key pair in <store>/keys/ (id_ed25519 created O_EXCL
- * mode 0600, id_ed25519.pub), identity `id` (NULL: $USER@hostname) as its
+ * mode 0600, id_ed25519.pub), identity `id` (NULL: login@hostname) as its
  * comment, make it the default key and trust it in allowed_signers.
  * An existing default key is an error unless force.  publine_out (may be
  * NULL) gets a malloc'd "ssh-ed25519 AAAA... ID".
  */
+/* "user@hostname" (user NULL or "": the login name), spaces and quotes as '_'. */
+void lora_store_default_identity(const char *user, char out[256]);
 int lora_store_keygen(const char *store_dir, const char *id, int force, char **publine_out,
 		      struct lora_err *err);
 /* malloc'd path of <store>/allowed_signers. */

@@ -158,19 +158,23 @@ def nf4_roundtrip(model):
                 mod.weight.data.copy_(BF.dequantize_4bit(q, st).reshape(w.shape))
 
 
-def train(seqs, quant):
+def train(seqs, quant, base=BASE, targets=None):
+    """The run on base (a model folder; families.py passes its own), frozen weights as quant says.
+    targets: (lora.h target index, "self_attn"/"mlp", module name) of each LoRA'd linear; default
+    the seven of a Llama block (Phi-3's fused qkv_proj is index 0, gate_up_proj index 4)."""
+    targets = targets or [(t, "self_attn" if t <= 3 else "mlp", n) for t, n in enumerate(TARGETS)]
     R = RUN
     CountingTrainer.micro = []
-    model = LlamaForCausalLM.from_pretrained(BASE, dtype=torch.float32, attn_implementation="eager")
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+                                                              attn_implementation="eager")
     if quant == "nf4":
         nf4_roundtrip(model)
     cfg = LoraConfig(r=R["rank"], lora_alpha=R["alpha"], lora_dropout=R["dropout"],
-                     target_modules=TARGETS, bias="none", task_type="CAUSAL_LM")
+                     target_modules=[n for _, _, n in targets], bias="none", task_type="CAUSAL_LM")
     pm = get_peft_model(model, cfg)
     with torch.no_grad():
         for layer in range(model.config.num_hidden_layers):
-            for t, name in enumerate(TARGETS):
-                part = "self_attn" if t <= 3 else "mlp"
+            for t, part, name in targets:
                 mod = getattr(getattr(pm.base_model.model.model.layers[layer], part), name)
                 A, B = mod.lora_A["default"].weight, mod.lora_B["default"].weight
                 A.copy_(init_A(A.shape[0], A.shape[1], R["seed"], layer, t))

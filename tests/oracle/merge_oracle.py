@@ -160,7 +160,7 @@ def ulp_dist(a, b):
 
 
 def peft_merged(base_dir, adapters, dtype):
-    m = LlamaForCausalLM.from_pretrained(base_dir, torch_dtype=dtype)
+    m = transformers.AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=dtype)
     names = []
     pm = None
     for i, (d, w) in enumerate(adapters):

@@ -718,10 +718,11 @@ TEST(xent)
 
 /* ------------------------------------------------------------ attention */
 
-static void attn_case(int B, int H, int KV, int T, int D, int window, float qs)
+/* scaling 0: D^-0.5 (Gemma's query_pre_attn_scalar gives another) */
+static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, float sc)
 {
 	const size_t nq = (size_t)B * H * T * D, nkv = (size_t)B * KV * T * D, nl = (size_t)B * H * T;
-	const float scaling = (float)pow((double)D, -0.5);
+	const float scaling = sc > 0 ? sc : (float)pow((double)D, -0.5);
 	float *q = xmalloc(nq * 4), *k = xmalloc(nkv * 4), *v = xmalloc(nkv * 4);
 	float *att = xmalloc(nq * 4), *lse = xmalloc(nl * 4), *gatt = xmalloc(nq * 4), *glse = xmalloc(nl * 4);
 	double *tatt = xmalloc(nq * sizeof(double)), *tlse = xmalloc(nl * sizeof(double));
@@ -729,7 +730,7 @@ static void attn_case(int B, int H, int KV, int T, int D, int window, float qs)
 	fill(q, nq, qs);
 	fill(k, nkv, qs);
 	fill(v, nkv, 1.0f);
-	CHECK(lora_cpu_attn_fwd(q, k, v, B, H, KV, T, D, window, att, lse) == 0);
+	CHECK(lora_cpu_attn_fwd(q, k, v, B, H, KV, T, D, scaling, window, att, lse) == 0);
 	/*
 	 * Per query row with nk keys: |s| <= A = scaling·max_j Σ|q·k|, and s itself is off
 	 * by D·u·A (another summation order).  Each probability is off by that, by expf's
@@ -775,11 +776,12 @@ static void attn_case(int B, int H, int KV, int T, int D, int window, float qs)
 
 TEST(attn_fwd)
 {
-	attn_case(1, 1, 1, 1, 1, 0, 1.0f);       /* one token */
-	attn_case(2, 4, 4, 37, 16, 0, 1.0f);     /* GQA ratio 1, T not a multiple of the tiles */
-	attn_case(2, 6, 2, 70, 24, 0, 2.0f);     /* ratio 3, two query blocks, three key tiles */
-	attn_case(1, 4, 1, 131, 64, 19, 2.0f);   /* ratio 4, sliding window inside the tiles */
-	attn_case(1, 2, 2, 65, 128, 64, 1.0f);   /* head dim 128, window = one query block */
+	attn_case(1, 1, 1, 1, 1, 0, 1.0f, 0);       /* one token */
+	attn_case(2, 4, 4, 37, 16, 0, 1.0f, 0);     /* GQA ratio 1, T not a multiple of the tiles */
+	attn_case(2, 6, 2, 70, 24, 0, 2.0f, 0);     /* ratio 3, two query blocks, three key tiles */
+	attn_case(1, 4, 1, 131, 64, 19, 2.0f, 0);   /* ratio 4, sliding window inside the tiles */
+	attn_case(1, 2, 2, 65, 128, 64, 1.0f, 0);   /* head dim 128, window = one query block */
+	attn_case(1, 4, 2, 40, 32, 0, 1.0f, 0.0625f);   /* another scaling (query_pre_attn_scalar 256) */
 }
 
 int main(void)

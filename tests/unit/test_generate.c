@@ -28,7 +28,9 @@
 #include "train/net.h"
 #include "tests/t.h"
 
-static const char *const models[] = {"llama_tied", "llama3_untied", "qwen2", "mistral_window"};
+static const char *const models[] = {"llama_tied", "llama3_untied", "qwen2", "mistral_window",
+				     "families/qwen3", "families/llama32_tied", "families/phi3", "families/gemma2",
+				     "families/gemma3"};
 static double worst;
 
 static struct lora_net *open_net(const char *model, enum lora_quant q, int adapter)
@@ -41,12 +43,15 @@ static struct lora_net *open_net(const char *model, enum lora_quant q, int adapt
 
 	lora_net_opts_defaults(&o);
 	o.quant = q;
-	snprintf(rel, sizeof(rel), "train/%s%s", model, adapter ? ".adapter" : "");
+	/* "M": tests/fixtures/train/M; "families/M" names its folder */
+	const char *room = strchr(model, '/') ? "" : "train/";
+
+	snprintf(rel, sizeof(rel), "%s%s%s", room, model, adapter ? ".adapter" : "");
 	dir = t_fixture(rel);
 	if (adapter) {
 		char *base;
 
-		snprintf(rel, sizeof(rel), "train/%s", model);
+		snprintf(rel, sizeof(rel), "%s%s", room, model);
 		base = t_fixture(rel);
 		rc = lora_net_open(&net, base, &o, &err);
 		free(base);
@@ -175,9 +180,9 @@ static int32_t *int_array(const cJSON *a, int *n)
 	return v;
 }
 
-TEST(greedy_equals_transformers)
+static void greedy_file(const char *fixture, int min_cases)
 {
-	char *path = t_fixture("gen/greedy.json"), *text = NULL;
+	char *path = t_fixture(fixture), *text = NULL;
 	size_t len;
 	struct lora_err err;
 	cJSON *root, *c;
@@ -227,11 +232,15 @@ TEST(greedy_equals_transformers)
 		free(want);
 		lora_net_close(net);
 	}
-	printf("  %d of %d generations equal transformers'\n", equal, cases);
-	CHECK(cases >= 16);
+	printf("  %s: %d of %d generations equal transformers'\n", fixture, equal, cases);
+	CHECK(cases >= min_cases);
 	cJSON_Delete(root);
 	free(text);
 }
+
+TEST(greedy_equals_transformers) { greedy_file("gen/greedy.json", 16); }
+/* tests/oracle/families.py: Qwen3, Llama 3.2 tied, Phi-3, Gemma 2, Gemma 3 */
+TEST(families_greedy_equals_transformers) { greedy_file("families/greedy.json", 40); }
 
 TEST(sampler)
 {
@@ -290,6 +299,7 @@ int main(void)
 	RUN(cached_steps_equal_full_forward);
 	RUN(long_prefill_all_logits);
 	RUN(greedy_equals_transformers);
+	RUN(families_greedy_equals_transformers);
 	RUN(sampler);
 	return t_done();
 }

@@ -106,6 +106,9 @@ static double *term_bound(const struct lora_merge_set *set, const char *tensor, 
 	return b;
 }
 
+/* Fixture room of the cases and where their expectations lie. */
+static const char *room = "merge", *expect_dir = "merge/expect";
+
 /* Compare one merged model with the expectations of a case. */
 static void check_case(const char *name, const char *base_dir, const char *out_dir,
 		       const struct lora_merge_set *set)
@@ -117,7 +120,7 @@ static void check_case(const char *name, const char *base_dir, const char *out_d
 	char *exp_path;
 	size_t n_ref = 0;
 
-	snprintf(rel, sizeof(rel), "merge/expect/%s.safetensors", name);
+	snprintf(rel, sizeof(rel), "%s/%s.safetensors", expect_dir, name);
 	exp_path = t_fixture(rel);
 	CHECKF(lora_st_open(exp_path, &ex, &err) == 0, "%s", err.msg);
 	CHECKF(lora_model_open(base_dir, 1, &base, &err) == 0, "%s", err.msg);
@@ -212,11 +215,11 @@ static void run_case(const cJSON *c)
 	struct lora_err err = { 0 };
 	char *base;
 
-	snprintf(rel, sizeof(rel), "merge/%s", cJSON_GetObjectItem(c, "base")->valuestring);
+	snprintf(rel, sizeof(rel), "%s/%s", room, cJSON_GetObjectItem(c, "base")->valuestring);
 	base = t_fixture(rel);
 	cJSON_ArrayForEach(a, ads) {
 		char *p;
-		snprintf(rel, sizeof(rel), "merge/%s", cJSON_GetObjectItem(a, "path")->valuestring);
+		snprintf(rel, sizeof(rel), "%s/%s", room, cJSON_GetObjectItem(a, "path")->valuestring);
 		p = t_fixture(rel);
 		CHECKF(lora_merge_set_add(&set, NULL, p, cJSON_GetObjectItem(a, "weight")->valuedouble,
 					  &err) == 0, "%s", err.msg);
@@ -268,6 +271,46 @@ TEST(oracle_cases)
 	       (unsigned long long)bf16_exact, (unsigned long long)bf16_total);
 	CHECK(bf16_over1 == 0);
 	CHECK(peft_total > 100000 && peft_over1 == 0);
+}
+
+/*
+ * tests/oracle/families.py: each family's adapter merged into its bf16 model
+ * (Qwen3: q_norm/k_norm beside the targets stay byte for byte; Llama 3.2 tied
+ * embeddings; Phi-3: LoRA on the fused qkv_proj and gate_up_proj, merged by
+ * module name like any other linear), under the same bounds as above.
+ */
+TEST(family_cases)
+{
+	char *path = t_fixture("families/merge_cases.json"), *text = NULL;
+	struct lora_err err = { 0 };
+	cJSON *root, *c;
+	size_t len;
+	int n = 0;
+
+	bf16_total = bf16_exact = bf16_over1 = peft_over1 = peft_total = 0;
+	room = "families";
+	expect_dir = "families/merge_expect";
+	CHECKF(lora_read_file(path, 1 << 20, &text, &len, &err) == 0, "%s", err.msg);
+	free(path);
+	root = text ? cJSON_Parse(text) : NULL;
+	free(text);
+	CHECK(root != NULL);
+	cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases")) {
+		run_case(c);
+		n++;
+	}
+	cJSON_Delete(root);
+	room = "merge";
+	expect_dir = "merge/expect";
+	printf("  families: %d cases, bf16 %llu values, %llu correctly rounded, %llu more than 1 ulp away; "
+	       "vs peft: %llu of %llu more than 1 ulp away\n", n, (unsigned long long)bf16_total,
+	       (unsigned long long)bf16_exact, (unsigned long long)bf16_over1,
+	       (unsigned long long)peft_over1, (unsigned long long)peft_total);
+	CHECK(n >= 5 && bf16_total > 10000);
+	CHECKF(bf16_exact * 10000 >= bf16_total * 9999, "%llu of %llu exact",
+	       (unsigned long long)bf16_exact, (unsigned long long)bf16_total);
+	CHECK(bf16_over1 == 0);
+	CHECK(peft_total == bf16_total && peft_over1 == 0);
 }
 
 /* The fingerprint merge records equals lora_model_fingerprint over the same modules. */
@@ -324,6 +367,7 @@ int main(void)
 		setenv("XDG_CACHE_HOME", c, 1);
 	}
 	RUN(oracle_cases);
+	RUN(family_cases);
 	RUN(fingerprint_matches_model);
 	/* make check-cuda: the same cases and tolerances through cuBLAS. */
 	if (getenv("LORA_TEST_CUDA")) {

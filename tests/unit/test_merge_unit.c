@@ -432,12 +432,15 @@ TEST(fingerprint_cache)
 	struct lora_merge_opts o = { 0 };
 	struct lora_merge_stats st1, st2, st3;
 	struct lora_err err = { 0 };
-	char *cdir, *files = NULL, *p;
+	char *cdir, *files = NULL, *p, *cache = NULL;
 	size_t len;
 
 	CHECK(asprintf(&cmd, "cp -r '%s' '%s'", base0, base) > 0 && system(cmd) == 0);
 	free(cmd);
 	CHECK(lora_merge_set_add(&set, NULL, ad, 1, &err) == 0);
+	/* the library is told where its cache is (the program reads $XDG_CACHE_HOME) */
+	CHECK(asprintf(&cache, "%s/lora/tensor-lines", getenv("XDG_CACHE_HOME")) > 0);
+	o.cache_dir = cache;
 	o.base_dir = base;
 	o.out_dir = o1;
 	CHECKF(lora_merge(&o, &set, &st1, &err) == 0, "%s", err.msg);
@@ -469,6 +472,7 @@ TEST(fingerprint_cache)
 	free(o1);
 	free(o2);
 	free(o3);
+	free(cache);
 }
 
 /*

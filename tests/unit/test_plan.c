@@ -55,6 +55,10 @@ static char tmpdir[] = "/tmp/lora-test-plan-XXXXXX";
 
 struct mdims {
 	int C, F, L, H, KV, V, tied;
+	int qwen3;                 /* Qwen3ForCausalLM: per-head q_norm / k_norm tensors too */
+	int phi3;                  /* Phi3ForCausalLM: qkv_proj and gate_up_proj fused */
+	int gemma2;                /* Gemma2ForCausalLM: pre/post feed-forward norms too */
+	int gemma3;                /* Gemma3ForCausalLM: those, q/k norms, two RoPE bases */
 };
 
 static uint64_t rng = 0x243f6a8885a308d3ull;
@@ -76,7 +80,7 @@ static int write_model(const char *dir, const struct mdims *d)
 					   "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
 					   "mlp.down_proj"};
 	struct lora_st_spec specs[512];
-	char names[512][96], cfg[1024], *path;
+	char names[512][96], cfg[2048], *path;
 	size_t n = 0;
 	struct lora_st_writer w;
 	struct lora_err err;
@@ -93,10 +97,33 @@ static int write_model(const char *dir, const struct mdims *d)
 		snprintf(names[n], sizeof(names[n]), "model.layers.%d.post_attention_layernorm.weight", l);
 		specs[n] = (struct lora_st_spec){names[n], LORA_DT_BF16, 1, {(uint64_t)d->C}};
 		n++;
+		for (int pf = 0; (d->gemma2 || d->gemma3) && pf < 2; pf++) {
+			snprintf(names[n], sizeof(names[n]), "model.layers.%d.%s_feedforward_layernorm.weight", l,
+				 pf ? "post" : "pre");
+			specs[n] = (struct lora_st_spec){names[n], LORA_DT_BF16, 1, {(uint64_t)d->C}};
+			n++;
+		}
+		for (int qk = 0; (d->qwen3 || d->gemma3) && qk < 2; qk++) {
+			snprintf(names[n], sizeof(names[n]), "model.layers.%d.self_attn.%c_norm.weight", l,
+				 qk ? 'k' : 'q');
+			specs[n] = (struct lora_st_spec){names[n], LORA_DT_BF16, 1, {(uint64_t)D}};
+			n++;
+		}
 		for (int t = 0; t < 7; t++) {
-			snprintf(names[n], sizeof(names[n]), "model.layers.%d.%s.weight", l, lin[t]);
-			specs[n] = (struct lora_st_spec){names[n], LORA_DT_BF16, 2,
-							 {(uint64_t)rows[t], (uint64_t)cols[t]}};
+			const char *name = lin[t];
+			int r = rows[t];
+
+			if (d->phi3 && (t == 1 || t == 2 || t == 5))
+				continue;   /* inside qkv_proj / gate_up_proj */
+			if (d->phi3 && t == 0) {
+				name = "self_attn.qkv_proj";
+				r = HD + 2 * KVD;
+			} else if (d->phi3 && t == 4) {
+				name = "mlp.gate_up_proj";
+				r = 2 * d->F;
+			}
+			snprintf(names[n], sizeof(names[n]), "model.layers.%d.%s.weight", l, name);
+			specs[n] = (struct lora_st_spec){names[n], LORA_DT_BF16, 2, {(uint64_t)r, (uint64_t)cols[t]}};
 			n++;
 		}
 	}
@@ -126,11 +153,20 @@ static int write_model(const char *dir, const struct mdims *d)
 	free(path);
 	path = lora_path_join(dir, "config.json");
 	snprintf(cfg, sizeof(cfg),
-		 "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": %d,"
+		 "{\"architectures\": [\"%s\"], \"model_type\": \"%s\", \"hidden_size\": %d,"
 		 " \"intermediate_size\": %d, \"num_hidden_layers\": %d, \"num_attention_heads\": %d,"
 		 " \"num_key_value_heads\": %d, \"vocab_size\": %d, \"max_position_embeddings\": 4096,"
-		 " \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"torch_dtype\": \"bfloat16\"}\n",
-		 d->C, d->F, d->L, d->H, d->KV, d->V, d->tied ? "true" : "false");
+		 " \"rms_norm_eps\": 1e-5, \"tie_word_embeddings\": %s, \"torch_dtype\": \"bfloat16\"%s}\n",
+		 d->qwen3 ? "Qwen3ForCausalLM" : d->phi3 ? "Phi3ForCausalLM" : d->gemma2 ? "Gemma2ForCausalLM"
+		 : d->gemma3 ? "Gemma3ForCausalLM" : "LlamaForCausalLM",
+		 d->qwen3 ? "qwen3" : d->phi3 ? "phi3" : d->gemma2 ? "gemma2" : d->gemma3 ? "gemma3_text" : "llama",
+		 d->C, d->F,
+		 d->L, d->H, d->KV, d->V, d->tied ? "true" : "false",
+		 d->gemma2   ? ", \"attn_logit_softcapping\": 50.0, \"final_logit_softcapping\": 30.0"
+		 : d->gemma3 ? ", \"rope_theta\": 1000000.0, \"rope_local_base_freq\": 10000.0, \"sliding_window\": 64, "
+			       "\"layer_types\": [\"sliding_attention\", \"sliding_attention\", \"full_attention\", "
+			       "\"sliding_attention\"]"
+			     : "");
 	rc = lora_write_file_atomic(path, cfg, strlen(cfg), 0644, &err);
 out:
 	if (rc)
@@ -426,7 +462,7 @@ static void check_lora_train(const char *dir, int quant_nf4, int ckpt)
 
 TEST(cpu_plan_matches_a_measured_step)
 {
-	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0};
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 0, 0, 0, 0};
 	char dir[64];
 
 	snprintf(dir, sizeof(dir), "%s/untied", tmpdir);
@@ -455,7 +491,7 @@ TEST(cpu_plan_matches_a_measured_step)
 
 TEST(cpu_plan_tied_model)
 {
-	static const struct mdims d = {384, 1024, 2, 6, 2, 8192, 1};
+	static const struct mdims d = {384, 1024, 2, 6, 2, 8192, 1, 0, 0, 0, 0};
 	char dir[64];
 
 	snprintf(dir, sizeof(dir), "%s/tied", tmpdir);
@@ -466,6 +502,79 @@ TEST(cpu_plan_tied_model)
 	}
 	{
 		struct run r = {dir, LORA_QUANT_NF4, 1, 4, 64, 0.05};
+		check_run(dir, &r);
+	}
+}
+
+/* Qwen3's per-head q/k norms keep q|k before the norm and 1/rms per head for backward. */
+TEST(cpu_plan_qwen3)
+{
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 1, 0, 0, 0};
+	char dir[64];
+
+	snprintf(dir, sizeof(dir), "%s/qwen3", tmpdir);
+	CHECK(lora_mkdir_p(dir, 0755, NULL) == 0);
+	if (write_model(dir, &d) < 0) {
+		CHECK(0);
+		return;
+	}
+	for (int q = 0; q < 2; q++) {
+		struct run r = {dir, q ? LORA_QUANT_NF4 : LORA_QUANT_NONE, 0, 2, 192, 0.05};
+		check_run(dir, &r);
+	}
+}
+
+/* Phi-3: one qkv_proj and one gate_up_proj a layer (fewer, wider LoRA modules; NF4 per fused tensor). */
+TEST(cpu_plan_phi3)
+{
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 0, 0, 1, 0, 0};
+	char dir[64];
+
+	snprintf(dir, sizeof(dir), "%s/phi3", tmpdir);
+	CHECK(lora_mkdir_p(dir, 0755, NULL) == 0);
+	if (write_model(dir, &d) < 0) {
+		CHECK(0);
+		return;
+	}
+	for (int q = 0; q < 2; q++) {
+		struct run r = {dir, q ? LORA_QUANT_NF4 : LORA_QUANT_NONE, 0, 2, 192, 0.05};
+		check_run(dir, &r);
+	}
+}
+
+/* Gemma 2: post-attention and post-feed-forward norms keep their inputs; attention soft-capping
+ * (transformers' default 50) keeps d capped / d score per thread. */
+TEST(cpu_plan_gemma2)
+{
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 1, 0, 0, 1, 0};
+	char dir[64];
+
+	snprintf(dir, sizeof(dir), "%s/gemma2", tmpdir);
+	CHECK(lora_mkdir_p(dir, 0755, NULL) == 0);
+	if (write_model(dir, &d) < 0) {
+		CHECK(0);
+		return;
+	}
+	for (int q = 0; q < 2; q++) {
+		struct run r = {dir, q ? LORA_QUANT_NF4 : LORA_QUANT_NONE, 0, 2, 192, 0.05};
+		check_run(dir, &r);
+	}
+}
+
+/* Gemma 3: Gemma 2's norms, q/k norms, and the sliding layers' RoPE table. */
+TEST(cpu_plan_gemma3)
+{
+	static const struct mdims d = {256, 704, 4, 8, 4, 4096, 1, 0, 0, 0, 1};
+	char dir[64];
+
+	snprintf(dir, sizeof(dir), "%s/gemma3", tmpdir);
+	CHECK(lora_mkdir_p(dir, 0755, NULL) == 0);
+	if (write_model(dir, &d) < 0) {
+		CHECK(0);
+		return;
+	}
+	for (int q = 0; q < 2; q++) {
+		struct run r = {dir, q ? LORA_QUANT_NF4 : LORA_QUANT_NONE, 0, 2, 192, 0.05};
 		check_run(dir, &r);
 	}
 }
@@ -583,6 +692,15 @@ TEST(refuses_unsupported_architectures)
 	CHECK(lora_model_config_parse(js, sizeof(js) - 1, "x", &cfg, &err) == 0);
 	CHECK(lora_plan_shape_from_config(&cfg, &s, &err) < 0);
 	CHECK(strstr(err.msg, "GPT2LMHeadModel") != NULL);
+	{
+		static const char moe[] = "{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"model_type\": "
+					  "\"qwen3_moe\", \"hidden_size\": 64, \"num_hidden_layers\": 2, "
+					  "\"num_attention_heads\": 4, \"vocab_size\": 100, \"intermediate_size\": 64}";
+
+		CHECK(lora_model_config_parse(moe, sizeof(moe) - 1, "x", &cfg, &err) == 0);
+		CHECK(lora_plan_shape_from_config(&cfg, &s, &err) < 0);
+		CHECK(strstr(err.msg, "Qwen3MoeForCausalLM") != NULL);
+	}
 }
 
 int main(void)
@@ -595,6 +713,10 @@ int main(void)
 	}
 	RUN(cpu_plan_matches_a_measured_step);
 	RUN(cpu_plan_tied_model);
+	RUN(cpu_plan_qwen3);
+	RUN(cpu_plan_phi3);
+	RUN(cpu_plan_gemma2);
+	RUN(cpu_plan_gemma3);
 	RUN(llama3_8b_counts);
 	RUN(fit_is_the_largest_that_fits);
 	RUN(refuses_unsupported_architectures);

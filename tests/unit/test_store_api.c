@@ -58,7 +58,7 @@ TEST(open_by_ref_folder_and_file)
 	struct lora_err err = { 0 };
 	char *ad = adapter_dir(), pkg[128], digest[72];
 
-	CHECKF(lora_adapter_open(store, "api:v1", &a, &err) == 0, "%s", err.msg);
+	CHECKF(lora_adapter_open(store, NULL, "api:v1", &a, &err) == 0, "%s", err.msg);
 	CHECK(a.peft && a.peft->n_modules == 6 && a.peft->cfg.r == 4);
 	CHECK(!strcmp(a.ref, "api:v1") && !strncmp(a.digest, "sha256:", 7));
 	CHECK(a.base_name && !strcmp(a.base_name, "oracle/tiny-llama-store"));
@@ -68,13 +68,13 @@ TEST(open_by_ref_folder_and_file)
 	lora_adapter_close(&a);
 	lora_adapter_close(&a);  /* twice is fine */
 
-	CHECKF(lora_adapter_open(store, ad, &a, &err) == 0, "%s", err.msg);
+	CHECKF(lora_adapter_open(store, NULL, ad, &a, &err) == 0, "%s", err.msg);
 	CHECK(a.peft && a.digest[0] == 0 && !a.base_fingerprint && !strcmp(a.ref, ad));
 	lora_adapter_close(&a);
 
 	snprintf(pkg, sizeof(pkg), "%s/api.lora", work);
 	CHECK(lora_store_export_lora(store, "api:v1", pkg, &err) == 0);
-	CHECKF(lora_adapter_open(store, pkg, &a, &err) == 0, "%s", err.msg);
+	CHECKF(lora_adapter_open(store, NULL, pkg, &a, &err) == 0, "%s", err.msg);
 	CHECK(a.peft && a.peft->n_modules == 6 && a.tmpdir && lora_is_dir(a.tmpdir));
 	CHECK(a.base_fingerprint && !strcmp(a.base_fingerprint, FP));
 	char *td = strdup(a.tmpdir);
@@ -85,10 +85,10 @@ TEST(open_by_ref_folder_and_file)
 	/* prefixes of the digest work; unknown names say so */
 	char pre[20];
 	snprintf(pre, sizeof(pre), "%.15s", digest);
-	CHECKF(lora_adapter_open(store, pre, &a, &err) == 0, "%s", err.msg);
+	CHECKF(lora_adapter_open(store, NULL, pre, &a, &err) == 0, "%s", err.msg);
 	lora_adapter_close(&a);
-	CHECK(lora_adapter_open(store, "nope:v9", &a, &err) < 0 && strstr(err.msg, "no adapter 'nope:v9'"));
-	CHECK(lora_adapter_open(store, "./no/such/dir", &a, &err) < 0 && strstr(err.msg, "no adapter folder"));
+	CHECK(lora_adapter_open(store, NULL, "nope:v9", &a, &err) < 0 && strstr(err.msg, "no adapter 'nope:v9'"));
+	CHECK(lora_adapter_open(store, NULL, "./no/such/dir", &a, &err) < 0 && strstr(err.msg, "no adapter folder"));
 	CHECK(a.peft == NULL);
 	free(ad);
 }

@@ -146,6 +146,137 @@ TEST(refuses_other_models_by_name)
 	lora_tok_free(tok);
 }
 
+/* A tokenizer.json with vocab {a, b, ab, ##b} and one merge, plus extra top-level members. */
+static char *with(const char *model_extra, const char *extra)
+{
+	static char buf[2048];
+	snprintf(buf, sizeof(buf), "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2,\"##b\":3},"
+		 "\"merges\":[\"a b\"]%s}%s}", model_extra, extra);
+	return buf;
+}
+
+/* Each refusal names the field and the value, after the file's name. */
+TEST(refusals_name_field_and_value)
+{
+	static const struct {
+		const char *model, *extra, *want;
+	} cases[] = {
+		{ "", ",\"normalizer\":{\"type\":\"Precompiled\",\"precompiled_charsmap\":\"\"}",
+		  "x/tokenizer.json: normalizer type 'Precompiled' is not supported" },
+		{ "", ",\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"},{\"type\":\"BertNormalizer\"}]}",
+		  "x/tokenizer.json: normalizer type 'BertNormalizer' is not supported" },
+		{ "", ",\"normalizer\":{\"type\":\"StripAccents\"}", "normalizer type 'StripAccents' is not supported" },
+		{ "", ",\"pre_tokenizer\":{\"type\":\"UnicodeScripts\"}", "pre_tokenizer type 'UnicodeScripts' is not supported" },
+		{ "", ",\"pre_tokenizer\":{\"type\":\"FixedLength\",\"length\":5}", "pre_tokenizer type 'FixedLength' is not supported" },
+		{ "", ",\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"String\":\" \"},\"behavior\":\"Sideways\"}",
+		  "pre_tokenizer Split behavior 'Sideways' is not supported" },
+		{ "", ",\"pre_tokenizer\":{\"type\":\"Punctuation\",\"behavior\":\"Upwards\"}",
+		  "pre_tokenizer Punctuation behavior 'Upwards' is not supported" },
+		{ "", ",\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"_\",\"prepend_scheme\":\"sometimes\"}",
+		  "Metaspace prepend_scheme 'sometimes' is not supported" },
+		{ "", ",\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"__\",\"prepend_scheme\":\"always\"}",
+		  "Metaspace replacement '__' is not supported" },
+		{ "", ",\"decoder\":{\"type\":\"CTC\",\"pad_token\":\"<pad>\"}", "decoder type 'CTC' is not supported" },
+		{ "", ",\"decoder\":{\"type\":\"Replace\",\"pattern\":{\"Regex\":\" +\"},\"content\":\" \"}",
+		  "decoder Replace with a Regex pattern is not supported" },
+		{ "", ",\"post_processor\":{\"type\":\"Whatever\"}", "post_processor type 'Whatever' is not supported" },
+		{ ",\"dropout\":0.1", "", "model.dropout 0.1 is not supported" },
+		{ ",\"continuing_subword_prefix\":7", "", "model.continuing_subword_prefix is not a string" },
+		{ ",\"continuing_subword_prefix\":\"##\"", "", "merge 0 ('a' 'b'): the right side lacks the "
+		  "continuing_subword_prefix" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *json = with(cases[i].model, cases[i].extra);
+		struct lora_tok *tok = NULL;
+		struct lora_err err = { 0 };
+		CHECKF(lora_tok_load_mem(json, strlen(json), NULL, 0, "x/tokenizer.json", &tok, &err) < 0 && !tok,
+		       "case %zu loaded", i);
+		CHECKF(strstr(err.msg, cases[i].want) && !strncmp(err.msg, "x/tokenizer.json: ", 18),
+		       "case %zu: '%s', want '%s'", i, err.msg, cases[i].want);
+		lora_tok_free(tok);
+	}
+	/* what means "none" loads: empty prefix/suffix, dropout null */
+	{
+		const char *json = with(",\"dropout\":null,\"continuing_subword_prefix\":\"\",\"end_of_word_suffix\":\"\"", "");
+		struct lora_tok *tok = NULL;
+		struct lora_err err = { 0 };
+		struct lora_tokens t = LORA_TOKENS_INIT;
+		CHECKF(lora_tok_load_mem(json, strlen(json), NULL, 0, "x", &tok, &err) == 0, "%s", err.msg);
+		CHECK(tok && lora_tok_encode(tok, "abb", 3, 0, &t, &err) == 0 && t.n == 2 && t.ids[0] == 2 && t.ids[1] == 1);
+		lora_tokens_free(&t);
+		lora_tok_free(tok);
+	}
+}
+
+/* A real prefix: "a" then "##b" merge into "ab"; a lone "b" after "a" is "##b". */
+TEST(continuing_subword_prefix_is_glued)
+{
+	const char *json = "{\"model\":{\"type\":\"BPE\",\"continuing_subword_prefix\":\"##\",\"end_of_word_suffix\":null,"
+			   "\"vocab\":{\"a\":0,\"b\":1,\"##a\":2,\"##b\":3,\"ab\":4},\"merges\":[[\"a\",\"##b\"]]},"
+			   "\"decoder\":{\"type\":\"WordPiece\",\"prefix\":\"##\",\"cleanup\":true}}";
+	struct lora_tok *tok = NULL;
+	struct lora_err err = { 0 };
+	struct lora_tokens t = LORA_TOKENS_INIT;
+	struct lora_buf out = LORA_BUF_INIT;
+
+	CHECKF(lora_tok_load_mem(json, strlen(json), NULL, 0, "x", &tok, &err) == 0, "%s", err.msg);
+	if (!tok)
+		return;
+	CHECK(lora_tok_encode(tok, "abba", 4, 0, &t, &err) == 0);
+	CHECKF(t.n == 3 && t.ids[0] == 4 && t.ids[1] == 3 && t.ids[2] == 2, "n %zu", t.n);
+	CHECK(lora_tok_decode(tok, t.ids, t.n, 0, &out, &err) == 0 && out.data && !strcmp(out.data, "abba"));
+	lora_buf_free(&out);
+	lora_tokens_free(&t);
+	lora_tok_free(tok);
+}
+
+/* Strip's sides, with Prepend after it; the ids are what `tokenizers` 0.23 gives for the same file. */
+TEST(strip_normalizer_sides)
+{
+	static const struct {
+		const char *flags;
+		int32_t want[6];
+		size_t n;
+	} cases[] = {
+		{ "\"strip_left\":false,\"strip_right\":true", { 0, 2, 1, 2, 3 }, 5 },
+		{ "\"strip_left\":true,\"strip_right\":false", { 0, 1, 2, 3, 2, 2 }, 6 },
+	};
+	for (size_t k = 0; k < 2; k++) {
+		char json[512];
+		struct lora_tok *tok = NULL;
+		struct lora_err err = { 0 };
+		struct lora_tokens t = LORA_TOKENS_INIT;
+		snprintf(json, sizeof(json), "{\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Strip\",%s},"
+			 "{\"type\":\"Prepend\",\"prepend\":\"^\"}]},\"model\":{\"type\":\"BPE\",\"vocab\":{\"^\":0,\"a\":1,"
+			 "\" \":2,\"b\":3},\"merges\":[]}}", cases[k].flags);
+		CHECKF(lora_tok_load_mem(json, strlen(json), NULL, 0, "x", &tok, &err) == 0, "%s", err.msg);
+		CHECK(tok && lora_tok_encode(tok, " a b  ", 6, 0, &t, &err) == 0);
+		CHECKF(t.n == cases[k].n && !memcmp(t.ids, cases[k].want, t.n * sizeof(int32_t)), "case %zu: %zu ids", k, t.n);
+		lora_tokens_free(&t);
+		lora_tok_free(tok);
+	}
+}
+
+/* generation_config.json fills in the EOS that tokenizer_config.json leaves out. */
+TEST(generation_config_fills_eos)
+{
+	const char *json = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"<e>\":1,\"<f>\":2},\"merges\":[]}}";
+	const char *gen = "{\"bos_token_id\":null,\"eos_token_id\":[2,1]}";
+	struct lora_tok *tok = NULL;
+	struct lora_err err = { 0 };
+
+	CHECKF(lora_tok_load_mem(json, strlen(json), NULL, 0, "x", &tok, &err) == 0, "%s", err.msg);
+	if (!tok)
+		return;
+	CHECK(lora_tok_eos(tok) == -1 && !lora_tok_is_stop(tok, 1));
+	CHECKF(lora_tok_apply_generation_config(tok, gen, strlen(gen), "g", &err) == 0, "%s", err.msg);
+	CHECK(lora_tok_eos(tok) == 2 && !strcmp(lora_tok_eos_str(tok), "<f>") && lora_tok_bos(tok) == -1);
+	CHECK(lora_tok_is_stop(tok, 1) && lora_tok_is_stop(tok, 2) && !lora_tok_is_stop(tok, 0));
+	CHECK(lora_tok_apply_generation_config(tok, "{\"eos_token_id\":99}", 19, "g", &err) < 0);
+	CHECKF(strstr(err.msg, "g: bos_token_id/eos_token_id"), "%s", err.msg);
+	lora_tok_free(tok);
+}
+
 TEST(hostile_files_fail_cleanly)
 {
 	static const char *bad[] = {
@@ -154,10 +285,10 @@ TEST(hostile_files_fail_cleanly)
 		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-1},\"merges\":[]}}",
 		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":1e12},\"merges\":[]}}",
 		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"abc\"]}}",
-		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"pre_tokenizer\":{\"type\":\"Whitespace\"}}",
+		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"pre_tokenizer\":{\"type\":\"UnicodeScripts\"}}",
 		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"pre_tokenizer\":"
 		"{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"}}",
-		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"normalizer\":{\"type\":\"NFKC\"}}",
+		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"normalizer\":{\"type\":\"Precompiled\"}}",
 		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"added_tokens\":[{\"id\":5}]}",
 		"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]},\"post_processor\":"
 		"{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\"}}],\"special_tokens\":{}}}",
@@ -293,11 +424,13 @@ TEST(add_eos_token_in_config_is_honoured)
  * message or gives a tokenizer that encodes and decodes (ASan watches). */
 TEST(mutated_files_never_crash)
 {
-	static const char *names[] = { "tok/llama3/tokenizer.json", "tok/spm/tokenizer.json", "tok/qwen2/tokenizer.json" };
+	static const char *names[] = { "tok/llama3/tokenizer.json", "tok/spm/tokenizer.json", "tok/qwen2/tokenizer.json",
+				       "tok/families/wordpiece_bpe/tokenizer.json",
+				       "tok/families/nfkd_suffix/tokenizer.json", "tok/families/clip/tokenizer.json" };
 	uint64_t rng = 0x1234567;
 	int loaded = 0, failed = 0, rounds = getenv("LORA_TEST_MUTATIONS") ? atoi(getenv("LORA_TEST_MUTATIONS")) : 60;
 
-	for (size_t f = 0; f < 3; f++) {
+	for (size_t f = 0; f < sizeof(names) / sizeof(names[0]); f++) {
 		char *path = t_fixture(names[f]), *orig = NULL;
 		size_t len = 0;
 		struct lora_err err = { 0 };
@@ -339,6 +472,10 @@ int main(void)
 	init_bytes();
 	RUN(vocab_128k_loads_fast);
 	RUN(refuses_other_models_by_name);
+	RUN(refusals_name_field_and_value);
+	RUN(continuing_subword_prefix_is_glued);
+	RUN(generation_config_fills_eos);
+	RUN(strip_normalizer_sides);
 	RUN(hostile_files_fail_cleanly);
 	RUN(offsets_point_into_the_input);
 	RUN(invalid_utf8_is_an_error);

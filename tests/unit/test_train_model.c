@@ -12,9 +12,11 @@
  * summation inside matrix products, norms and softmax: a dot product of
  * length K carries a relative error of about K·2^-24 of the sum of |terms|,
  * ~1e-6 for K <= 256 at these magnitudes; through 2-3 layers this stays
- * near 1e-6 absolute on logits of size ~1-5.  The bounds asked of us (logits
- * 1e-4 absolute, loss and gradients 1e-4 relative, norm-wise) leave a
- * margin of ~100x; the largest errors seen are printed.
+ * near 1e-6 absolute on logits of size ~1-5.  We hold logits to 1e-5
+ * absolute and the loss and gradients to 1e-5 relative (norm-wise), as
+ * issue #14 asks of every family: the largest errors seen (printed; 4.6e-6
+ * and 2.3e-6) leave a margin of 2-4x, and a missing norm, a wrong scale or
+ * a misplaced head changes them by 1e-2 or more.
  */
 #include <stdint.h>
 #include <string.h>
@@ -27,7 +29,15 @@
 #include "train/optim.h"
 #include "tests/t.h"
 
-static const char *const models[] = {"llama_tied", "llama3_untied", "qwen2", "mistral_window"};
+static const char *const models[] = {"llama_tied", "llama3_untied", "qwen2", "mistral_window",
+				     "families/qwen3", "families/llama32_tied", "families/phi3", "families/gemma2",
+				     "families/gemma3"};
+
+/* Fixture path of model M ("train/M", or M itself when it names its folder) plus suffix. */
+static void model_rel(char *rel, size_t n, const char *model, const char *suffix)
+{
+	snprintf(rel, n, "%s%s%s", strchr(model, '/') ? "" : "train/", model, suffix);
+}
 static double worst_logit, worst_grad, worst_loss;
 
 struct fx {
@@ -42,7 +52,7 @@ static int open_fx(const char *model, struct fx *f)
 	const struct lora_st_tensor *ids, *lab, *len;
 	int rc;
 
-	snprintf(rel, sizeof(rel), "train/%s.expect.safetensors", model);
+	model_rel(rel, sizeof(rel), model, ".expect.safetensors");
 	path = t_fixture(rel);
 	rc = lora_st_open(path, &f->st, &err);
 	free(path);
@@ -74,7 +84,7 @@ static struct lora_net *open_net(const char *model, enum lora_quant q, int check
 	lora_net_opts_defaults(&o);
 	o.quant = q;
 	o.checkpoint = checkpoint;
-	snprintf(rel, sizeof(rel), "train/%s", model);
+	model_rel(rel, sizeof(rel), model, "");
 	dir = t_fixture(rel);
 	rc = lora_net_open(&net, dir, &o, &err);
 	free(dir);
@@ -82,7 +92,7 @@ static struct lora_net *open_net(const char *model, enum lora_quant q, int check
 	if (rc)
 		return NULL;
 	if (adapter) {
-		snprintf(rel, sizeof(rel), "train/%s.adapter", model);
+		model_rel(rel, sizeof(rel), model, ".adapter");
 		dir = t_fixture(rel);
 		rc = lora_net_load_adapter(net, dir, &err);
 		free(dir);
@@ -119,7 +129,7 @@ static int compare_grads(const struct lora_net *net, const struct lora_st *st, c
 
 			if (!m)
 				continue;
-			lora_module_name(mod, sizeof(mod), l, (enum lora_target)t);
+			lora_net_module_name(net, mod, sizeof(mod), l, (enum lora_target)t);
 			for (int ab = 0; ab < 2; ab++) {
 				const size_t n = ab ? (size_t)lin->w.rows * m->r : (size_t)m->r * lin->w.cols;
 				const float *g = net->grads + (ab ? m->b_off : m->a_off);
@@ -134,7 +144,7 @@ static int compare_grads(const struct lora_net *net, const struct lora_st *st, c
 					r2 += (double)ref[i] * ref[i];
 				}
 				rel = sqrt(d2 / r2);
-				CHECKF(r2 > 0 && rel <= 1e-4, "%s %s: gradient off by %.3g (norm-wise)", model,
+				CHECKF(r2 > 0 && rel <= 1e-5, "%s %s: gradient off by %.3g (norm-wise)", model,
 				       name, rel);
 				worst_grad = rel > worst_grad ? rel : worst_grad;
 				nmods++;
@@ -171,18 +181,18 @@ static void check_model(const char *model, enum lora_quant q)
 					double e = fabs((double)logits[i] - ref[i]);
 					maxerr = e > maxerr ? e : maxerr;
 				}
-	CHECKF(maxerr <= 1e-4, "%s/%s: logits differ by %.3g", model, qn, maxerr);
+	CHECKF(maxerr <= 1e-5, "%s/%s: logits differ by %.3g", model, qn, maxerr);
 	worst_logit = maxerr > worst_logit ? maxerr : worst_logit;
 
 	snprintf(name, sizeof(name), "%s.loss", qn);
 	lt = lora_st_find(f.st, name);
 	CHECK(lt && lt->dtype == LORA_DT_F64);
 	ref_loss = lt ? *(const double *)lt->data : 0;
-	CHECK_NEAR(res.loss, ref_loss, 0, 1e-4);
+	CHECK_NEAR(res.loss, ref_loss, 0, 1e-5);
 
 	lora_net_zero_grad(net);
 	CHECKF(lora_net_forward_backward(net, &f.b, 0, &res2, &err) == 0, "%s", err.msg);
-	CHECK_NEAR(res2.loss, ref_loss, 0, 1e-4);
+	CHECK_NEAR(res2.loss, ref_loss, 0, 1e-5);
 	CHECK(res2.loss == res.loss);   /* forward alone and forward+backward agree exactly */
 	if (fabs(res2.loss - ref_loss) / ref_loss > worst_loss)
 		worst_loss = fabs(res2.loss - ref_loss) / ref_loss;
@@ -201,6 +211,21 @@ TEST(qwen2_biases_linear_rope_none) { check_model("qwen2", LORA_QUANT_NONE); }
 TEST(qwen2_biases_linear_rope_nf4) { check_model("qwen2", LORA_QUANT_NF4); }
 TEST(mistral_sliding_window_none) { check_model("mistral_window", LORA_QUANT_NONE); }
 TEST(mistral_sliding_window_nf4) { check_model("mistral_window", LORA_QUANT_NF4); }
+/* tests/oracle/families.py: Qwen3 (per-head q/k norms, head_dim 24, a sliding second layer) */
+TEST(qwen3_qk_norm_none) { check_model("families/qwen3", LORA_QUANT_NONE); }
+TEST(qwen3_qk_norm_nf4) { check_model("families/qwen3", LORA_QUANT_NF4); }
+/* Llama 3.2: tied embeddings with llama3 rope scaling */
+TEST(llama32_tied_llama3_rope_none) { check_model("families/llama32_tied", LORA_QUANT_NONE); }
+TEST(llama32_tied_llama3_rope_nf4) { check_model("families/llama32_tied", LORA_QUANT_NF4); }
+/* Phi-3: fused qkv_proj and gate_up_proj, LoRA on the fused modules, NF4 of the fused tensors */
+TEST(phi3_fused_none) { check_model("families/phi3", LORA_QUANT_NONE); }
+TEST(phi3_fused_nf4) { check_model("families/phi3", LORA_QUANT_NF4); }
+/* Gemma 2: scaled embeddings, (1 + w) and post norms, GELU-tanh, soft-capping, query_pre_attn_scalar */
+TEST(gemma2_none) { check_model("families/gemma2", LORA_QUANT_NONE); }
+TEST(gemma2_nf4) { check_model("families/gemma2", LORA_QUANT_NF4); }
+/* Gemma 3: (1 + w) q/k norms, local and global RoPE bases (linear scaling on the global), no caps */
+TEST(gemma3_none) { check_model("families/gemma3", LORA_QUANT_NONE); }
+TEST(gemma3_nf4) { check_model("families/gemma3", LORA_QUANT_NF4); }
 
 /* One row of 120 tokens: attention runs in two query blocks, the window cuts across them. */
 static void check_long(const char *model)
@@ -223,7 +248,7 @@ static void check_long(const char *model)
 
 		lora_net_zero_grad(net);
 		CHECKF(lora_net_forward_backward(net, &b, 0, &res, &err) == 0, "%s", err.msg);
-		CHECK_NEAR(res.loss, *(const double *)loss->data, 0, 1e-4);
+		CHECK_NEAR(res.loss, *(const double *)loss->data, 0, 1e-5);
 		CHECK(compare_grads(net, f.st, "long", model) > 0);
 		/* the same net on the short batch again: buffers re-laid for another shape */
 		CHECK(lora_net_forward(net, &f.b, NULL, &res, &err) == 0);
@@ -236,6 +261,11 @@ static void check_long(const char *model)
 
 TEST(long_row_full_causal) { check_long("llama_tied"); }
 TEST(long_row_sliding_window) { check_long("mistral_window"); }
+TEST(long_row_qwen3) { check_long("families/qwen3"); }
+TEST(long_row_llama32_tied) { check_long("families/llama32_tied"); }
+TEST(long_row_phi3) { check_long("families/phi3"); }
+TEST(long_row_gemma2) { check_long("families/gemma2"); }
+TEST(long_row_gemma3) { check_long("families/gemma3"); }
 
 /* Gradients with activation checkpointing are bit-identical to those without. */
 TEST(checkpointing_is_bit_identical)
@@ -623,6 +653,106 @@ TEST(refuses_other_architectures_by_name)
 	lora_rm_rf(dir, &err);
 }
 
+/* lora_net_open on a folder of config.json (json) and an empty model.safetensors: the error. */
+static void refused(const char *json, const char *want1, const char *want2)
+{
+	char tmpl[] = "/tmp/lora-test-arch.XXXXXX", *dir = mkdtemp(tmpl), *p;
+	struct lora_net *net = NULL;
+	struct lora_net_opts o;
+	struct lora_err err;
+
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	p = lora_path_join(dir, "config.json");
+	CHECK(lora_write_file_atomic(p, json, strlen(json), 0644, &err) == 0);
+	free(p);
+	p = lora_path_join(dir, "model.safetensors");
+	CHECK(lora_write_file_atomic(p, "\x02\0\0\0\0\0\0\0{}", 10, 0644, &err) == 0);
+	free(p);
+	lora_net_opts_defaults(&o);
+	CHECK(lora_net_open(&net, dir, &o, &err) < 0);
+	CHECKF(strstr(err.msg, want1) && strstr(err.msg, want2), "%s", err.msg);
+	lora_rm_rf(dir, &err);
+}
+
+#define SIZES "\"hidden_size\": 64, \"num_hidden_layers\": 1, \"num_attention_heads\": 4, " \
+	      "\"vocab_size\": 16, \"intermediate_size\": 64"
+
+/* Each family refuses, naming the field and value, what it does not support. */
+TEST(families_refuse_what_they_do_not_support)
+{
+	refused("{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"model_type\": \"qwen3_moe\", " SIZES "}",
+		"Qwen3MoeForCausalLM", "not supported");
+	refused("{\"architectures\": [\"Qwen3ForCausalLM\"], \"model_type\": \"qwen3\", "
+		"\"hidden_act\": \"gelu\", " SIZES "}", "hidden_act", "gelu");
+	refused("{\"architectures\": [\"Phi3ForCausalLM\"], \"model_type\": \"phi3\", "
+		"\"partial_rotary_factor\": 0.75, " SIZES "}", "partial_rotary_factor", "0.75");
+	refused("{\"architectures\": [\"Phi3ForCausalLM\"], \"model_type\": \"phi3\", \"rope_scaling\": "
+		"{\"type\": \"longrope\", \"long_factor\": [1.0], \"short_factor\": [1.0]}, " SIZES "}",
+		"rope_scaling", "longrope");
+	refused("{\"architectures\": [\"Gemma2ForCausalLM\"], \"model_type\": \"gemma2\", "
+		"\"hidden_activation\": \"gelu\", " SIZES "}", "hidden_activation", "gelu");
+	refused("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"model_type\": \"gemma3\", "
+		SIZES "}", "Gemma3ForConditionalGeneration", "not supported");
+	refused("{\"architectures\": [\"Gemma3ForCausalLM\"], \"model_type\": \"gemma3_text\", \"rope_parameters\": "
+		"{\"sliding_attention\": {\"rope_type\": \"yarn\", \"rope_theta\": 1e4}, \"full_attention\": "
+		"{\"rope_type\": \"default\", \"rope_theta\": 1e6}}, " SIZES "}", "sliding_attention", "yarn");
+	refused("{\"architectures\": [\"Qwen3ForCausalLM\"], \"model_type\": \"qwen3\", "
+		"\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}, " SIZES "}", "rope_scaling", "yarn");
+	refused("{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", "
+		"\"rope_scaling\": {\"rope_type\": \"dynamic\", \"factor\": 2.0}, " SIZES "}", "rope_scaling",
+		"dynamic");
+}
+
+/* A Qwen3 checkpoint without its per-head norms is refused naming the tensor. */
+TEST(qwen3_needs_its_qk_norms)
+{
+	char tmpl[] = "/tmp/lora-test-qwen3.XXXXXX", *dir = mkdtemp(tmpl), *src, *p;
+	struct lora_st *st = NULL;
+	struct lora_st_writer w;
+	struct lora_st_spec specs[64];
+	struct lora_net *net = NULL;
+	struct lora_net_opts o;
+	struct lora_err err;
+	char *cfg = NULL;
+	size_t n = 0, len;
+
+	src = t_fixture("families/qwen3/model.safetensors");
+	CHECK(dir && lora_st_open(src, &st, &err) == 0 && st->n_tensors <= 64);
+	free(src);
+	if (!dir || !st)
+		return;
+	for (size_t i = 0; i < st->n_tensors; i++)
+		if (strcmp(st->tensors[i].name, "model.layers.1.self_attn.k_norm.weight")) {
+			specs[n].name = st->tensors[i].name;
+			specs[n].dtype = st->tensors[i].dtype;
+			specs[n].ndim = st->tensors[i].ndim;
+			memcpy(specs[n].shape, st->tensors[i].shape, sizeof(specs[n].shape));
+			n++;
+		}
+	p = lora_path_join(dir, "model.safetensors");
+	CHECK(lora_st_writer_open(&w, p, specs, n, NULL, NULL, 0, &err) == 0);
+	free(p);
+	for (size_t i = 0; i < st->n_tensors; i++)
+		if (strcmp(st->tensors[i].name, "model.layers.1.self_attn.k_norm.weight"))
+			lora_st_writer_write(&w, st->tensors[i].data, st->tensors[i].end - st->tensors[i].begin,
+					     &err);
+	CHECK(lora_st_writer_commit(&w, &err) == 0);
+	src = t_fixture("families/qwen3/config.json");
+	p = lora_path_join(dir, "config.json");
+	CHECK(lora_read_file(src, 1 << 20, &cfg, &len, &err) == 0 &&
+	      lora_write_file_atomic(p, cfg, len, 0644, &err) == 0);
+	free(src);
+	free(p);
+	free(cfg);
+	lora_net_opts_defaults(&o);
+	CHECK(lora_net_open(&net, dir, &o, &err) < 0);
+	CHECKF(strstr(err.msg, "model.layers.1.self_attn.k_norm.weight") != NULL, "%s", err.msg);
+	lora_st_close(st);
+	lora_rm_rf(dir, &err);
+}
+
 TEST(bad_batches_are_refused)
 {
 	struct lora_net *net = open_net("llama_tied", LORA_QUANT_NONE, 0, 1);
@@ -659,6 +789,21 @@ int main(void)
 	RUN(mistral_sliding_window_nf4);
 	RUN(long_row_full_causal);
 	RUN(long_row_sliding_window);
+	RUN(qwen3_qk_norm_none);
+	RUN(qwen3_qk_norm_nf4);
+	RUN(llama32_tied_llama3_rope_none);
+	RUN(llama32_tied_llama3_rope_nf4);
+	RUN(phi3_fused_none);
+	RUN(phi3_fused_nf4);
+	RUN(long_row_phi3);
+	RUN(gemma2_none);
+	RUN(gemma2_nf4);
+	RUN(long_row_gemma2);
+	RUN(gemma3_none);
+	RUN(gemma3_nf4);
+	RUN(long_row_gemma3);
+	RUN(long_row_qwen3);
+	RUN(long_row_llama32_tied);
 	printf("  largest errors: logits %.3g abs, loss %.3g rel, gradients %.3g rel (norm-wise)\n",
 	       worst_logit, worst_loss, worst_grad);
 	RUN(checkpointing_is_bit_identical);
@@ -669,6 +814,8 @@ int main(void)
 	RUN(nf4_base_takes_about_4_13_bits);
 	RUN(fp32_and_fp16_weights);
 	RUN(refuses_other_architectures_by_name);
+	RUN(families_refuse_what_they_do_not_support);
+	RUN(qwen3_needs_its_qk_norms);
 	RUN(bad_batches_are_refused);
 	return t_done();
 }

@@ -36,7 +36,7 @@ endif
 CFLAGS    ?= $(OPT) -g
 CFLAGS    += -std=gnu11 -Wall -Wextra -pthread -I. -I/usr/include/x86_64-linux-gnu \
              -DLORA_VERSION='"$(VERSION)"' $(SANFLAGS)
-LDLIBS    := -larchive -lcrypto -lcjson -lpcre2-8 -llapacke -lopenblas -lm -ldl -pthread
+LDLIBS    := -lcurl -larchive -lcrypto -lcjson -lpcre2-8 -llapacke -lopenblas -lm -ldl -pthread
 LDFLAGS   += $(SANFLAGS)
 
 # CUDA parts go into a plugin, liblora_cuda.so, that lora loads only when a

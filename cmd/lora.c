@@ -32,7 +32,7 @@
 COMMAND(inspect); COMMAND(keygen); COMMAND(trust); COMMAND(import); COMMAND(export); COMMAND(list);
 COMMAND(verify); COMMAND(rm); COMMAND(tag); COMMAND(diff); COMMAND(combine); COMMAND(extract);
 COMMAND(merge); COMMAND(swap); COMMAND(train); COMMAND(eval); COMMAND(plan); COMMAND(generate);
-COMMAND(tokenize);
+COMMAND(tokenize); COMMAND(push); COMMAND(pull);
 static CMD(help);
 static const struct cmd_def cmd_help_entry = {
 	"help", cmd_help, 0, "show help for lora or for one command", "lora help [COMMAND]", NULL, 0, NULL
@@ -40,7 +40,8 @@ static const struct cmd_def cmd_help_entry = {
 
 static const struct cmd_def *const commands[] = {
 	&cmd_help_entry, &cmd_inspect_entry, &cmd_keygen_entry, &cmd_trust_entry, &cmd_import_entry,
-	&cmd_export_entry, &cmd_list_entry, &cmd_verify_entry, &cmd_rm_entry, &cmd_tag_entry,
+	&cmd_export_entry, &cmd_push_entry, &cmd_pull_entry,
+	&cmd_list_entry, &cmd_verify_entry, &cmd_rm_entry, &cmd_tag_entry,
 	&cmd_diff_entry, &cmd_combine_entry, &cmd_extract_entry, &cmd_merge_entry, &cmd_swap_entry,
 	&cmd_train_entry, &cmd_eval_entry, &cmd_plan_entry, &cmd_generate_entry, &cmd_tokenize_entry,
 };

@@ -55,12 +55,13 @@ static CMD(merge)
 	struct lora_merge_stats st;
 	struct lora_err err = { 0 };
 	struct cmd_progress prog;
+	struct lora_cuda_merge_hook hook;
 	int c, rc;
 
 	o.store_dir = ctx->store;
 	o.cache_dir = ctx->cache_dir;
 	o.dtype = LORA_DT_INVALID;
-	o.gpu = &lora_cuda_merge_lazy;
+	o.gpu = lora_cuda_merge_hook(&hook, ctx->cuda_plugin);
 	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'b': o.base_dir = optarg; break;

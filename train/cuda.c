@@ -17,20 +17,19 @@ static char why[PATH_MAX + 1024];
 static char plugin_path[PATH_MAX + 64];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Candidate paths: $LORA_CUDA_PLUGIN, beside the executable, ../lib/lora, and the parent (build trees). */
-static void *open_plugin(void)
+/* Candidate paths: the one named, else beside the executable, ../lib/lora, and the parent (build trees). */
+static void *open_plugin(const char *named)
 {
 	char exe[PATH_MAX], path[PATH_MAX + 64];
-	const char *env = getenv("LORA_CUDA_PLUGIN");
 	const char *rel[] = { "", "../lib/lora/", "../" };
 	ssize_t n;
 	void *h;
 
-	if (env && *env) {
-		snprintf(plugin_path, sizeof(plugin_path), "%s", env);
-		if ((h = dlopen(env, RTLD_NOW | RTLD_LOCAL)))
+	if (named && *named) {
+		snprintf(plugin_path, sizeof(plugin_path), "%s", named);
+		if ((h = dlopen(named, RTLD_NOW | RTLD_LOCAL)))
 			return h;
-		snprintf(why, sizeof(why), "cannot load the CUDA plugin %s: %s", env, dlerror());
+		snprintf(why, sizeof(why), "cannot load the CUDA plugin %s: %s", named, dlerror());
 		return NULL;
 	}
 	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
@@ -90,14 +89,14 @@ static const struct lora_cuda_abi *table_of(void *h)
 	return lora_cuda_check_table(t, plugin_path, why, sizeof(why)) == 0 ? t : NULL;
 }
 
-const struct lora_cuda_abi *lora_cuda_api(char *msg, size_t msglen)
+const struct lora_cuda_abi *lora_cuda_api(const char *plugin, char *msg, size_t msglen)
 {
 	void *h;
 
 	pthread_mutex_lock(&lock);
 	if (!loaded) {
 		loaded = -1;
-		h = open_plugin();
+		h = open_plugin(plugin);
 		if (h && (api = table_of(h)))
 			loaded = 1;
 		else if (h)
@@ -110,26 +109,27 @@ const struct lora_cuda_abi *lora_cuda_api(char *msg, size_t msglen)
 	return NULL;
 }
 
-int lora_cuda_device(struct lora_cuda_info *info, char *msg, size_t msglen)
+int lora_cuda_device(const char *plugin, struct lora_cuda_info *info, char *msg, size_t msglen)
 {
 	const struct lora_cuda_abi *a;
 
 	memset(info, 0, sizeof(*info));
 	/* No NVIDIA driver: say so without mapping the CUDA libraries at all. */
-	if (!getenv("LORA_CUDA_PLUGIN") && access("/dev/nvidiactl", F_OK) != 0 &&
+	if (!(plugin && *plugin) && access("/dev/nvidiactl", F_OK) != 0 &&
 	    access("/proc/driver/nvidia/version", F_OK) != 0) {
 		snprintf(msg, msglen, "no NVIDIA driver on this machine");
 		return 0;
 	}
-	a = lora_cuda_api(msg, msglen);
+	a = lora_cuda_api(plugin, msg, msglen);
 	if (!a)
 		return 0;
 	return a->query(info, msg, msglen);
 }
 
-static int lazy_init(void **ctx, char *msg, size_t len)
+static int lazy_init(const struct lora_merge_gpu *self, void **ctx, char *msg, size_t len)
 {
-	const struct lora_cuda_abi *a = lora_cuda_api(msg, len);
+	const struct lora_cuda_merge_hook *h = (const struct lora_cuda_merge_hook *)self;
+	const struct lora_cuda_abi *a = lora_cuda_api(h->plugin, msg, len);
 	return a ? a->merge_init(ctx, msg, len) : -1;
 }
 static void lazy_reset(void *ctx) { api->merge_reset(ctx); }
@@ -143,4 +143,12 @@ static int lazy_delta(void *ctx, int f64, int trans, int M, int N, int K, double
 }
 
 /* reset/free/delta only run after a successful init, so the plugin is loaded by then. */
-const struct lora_merge_gpu lora_cuda_merge_lazy = { lazy_init, lazy_reset, lazy_delta, lazy_free };
+const struct lora_merge_gpu *lora_cuda_merge_hook(struct lora_cuda_merge_hook *h, const char *plugin)
+{
+	h->ops.init = lazy_init;
+	h->ops.reset = lazy_reset;
+	h->ops.delta = lazy_delta;
+	h->ops.free = lazy_free;
+	h->plugin = plugin;
+	return &h->ops;
+}

@@ -52,7 +52,7 @@ int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device,
 			return lora_errc(err, LORA_EUSAGE,
 					 "--device cuda: this lora was built without CUDA (use --device cpu)");
 		}
-		if (gpu->init(&e->cuda, msg, sizeof(msg)) < 0) {
+		if (gpu->init(gpu, &e->cuda, msg, sizeof(msg)) < 0) {
 			lora_merge_engine_free(e);
 			return lora_errf(err, "--device cuda: %s", msg);
 		}

@@ -207,12 +207,13 @@ void lora_linecache_close(struct lora_linecache *c, int save);
 /*
  * The ΔW GEMMs on a GPU (`--device cuda`).  kernels/merge.cu implements them in
  * the CUDA plugin and cmd/ passes a hook that loads it on first use
- * (lora_merge_opts.gpu = &lora_cuda_merge_lazy, train/cuda.h), so that
- * libadapter never links against CUDA.
+ * (lora_merge_opts.gpu, a struct lora_cuda_merge_hook of train/cuda.h), so that
+ * libadapter never links against CUDA.  init gets the hook itself (self), so
+ * a hook can carry its own settings (the plugin's path) after these pointers.
  * The arguments are those of lora_cuda_merge_delta in kernels/merge.h.
  */
 struct lora_merge_gpu {
-	int (*init)(void **ctx, char *msg, size_t msglen);
+	int (*init)(const struct lora_merge_gpu *self, void **ctx, char *msg, size_t msglen);
 	void (*reset)(void *ctx);
 	int (*delta)(void *ctx, int f64, int trans, int M, int N, int K, double coef, const void *m1,
 		     size_t m1_elems, size_t off1, int ld1, const void *m2, size_t m2_elems, int ld2,

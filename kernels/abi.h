@@ -31,11 +31,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "kernels/device.h"
-
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The device as `query` reports it. */
+struct lora_cuda_info {
+	int count;               /* devices visible; 0 when none or no driver */
+	char name[256];          /* device 0 */
+	size_t total_mem, free_mem;
+	int cc_major, cc_minor;
+};
 
 #define LORA_CUDA_ABI_VERSION 1
 

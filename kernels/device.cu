@@ -1,11 +1,10 @@
-// device.cu - device discovery (device.h), memory and streams (abi.h) on a GPU.
+// device.cu - device discovery, memory and streams (kernels.h, abi.h) on a GPU.
 // The CPU execution layer has its own (tests/simt/device_simt.cc).
 #include <cstdio>
 #include <cstring>
 
 #include <cuda_runtime.h>
 
-#include "kernels/device.h"
 #include "kernels/kernels.h"
 
 extern "C" int lora_cuda_query(struct lora_cuda_info *info, char *msg, size_t msglen)

@@ -15,7 +15,9 @@
 extern "C" {
 #endif
 
-/* device.cu */
+/* device.cu: query fills info; 0 with count 0 when there is no usable device, msg says why.
+ * Every call is checked; a failure comes back as a status, never an abort. */
+int lora_cuda_query(struct lora_cuda_info *info, char *msg, size_t msglen);
 const char *lora_dev_strerror(int status);
 int lora_dev_mem_info(size_t *free_bytes, size_t *total_bytes);
 int lora_dev_malloc(void **p, size_t bytes);

@@ -327,9 +327,11 @@ static char *env_cache_dir(void)
 static void env_to_ctx(struct cmd_ctx *ctx, char created[32])
 {
 	const char *td = getenv("TMPDIR"), *u = getenv("USER"), *sde = getenv("SOURCE_DATE_EPOCH");
+	const char *cp = getenv("LORA_CUDA_PLUGIN");
 
 	ctx->tmp_dir = td && *td ? td : "/tmp";
 	ctx->user = u && *u ? u : NULL;
+	ctx->cuda_plugin = cp && *cp ? cp : NULL;
 	if (sde && *sde) {
 		lora_rfc3339(strtoll(sde, NULL, 10), created);
 		ctx->created = created;
@@ -365,9 +367,11 @@ int main(int argc, char **argv)
 		if (g->id == G_VERSION) {
 			struct lora_cuda_info ci;
 			char why[512];
-			if (!lora_cuda_api(why, sizeof(why)))
+			const char *cp = getenv("LORA_CUDA_PLUGIN");
+
+			if (!lora_cuda_api(cp, why, sizeof(why)))
 				printf("lora %s (cpu only: %s)\n", LORA_VERSION, why);
-			else if (lora_cuda_device(&ci, why, sizeof(why)) == 0 && ci.count)
+			else if (lora_cuda_device(cp, &ci, why, sizeof(why)) == 0 && ci.count)
 				printf("lora %s (cuda: %s, %.0f GiB)\n", LORA_VERSION, ci.name,
 				       ci.total_mem / 1073741824.0);
 			else
@@ -408,7 +412,6 @@ int main(int argc, char **argv)
 	}
 	env_to_ctx(&ctx, created);
 	ctx.cache_dir = cache = env_cache_dir();
-	lora_merge_set_gpu(&lora_cuda_merge_lazy);   /* loads the CUDA plugin only for --device cuda */
 	optind = 0;  /* GNU getopt: reinitialise for the command's own argv */
 	rc = def->fn(argc - i, argv + i, &ctx);
 	free(store);

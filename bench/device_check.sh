@@ -17,7 +17,12 @@ mkdir -p "$O" /tmp/devkit
 [ -f "$K/kit.tar.xz" ] || { echo "device_check: no .devkit/kit.tar.xz (run bench/devkit.sh here first)"; exit 1; }
 tar -C /tmp/devkit -xJf "$K/kit.tar.xz"
 B=/tmp/devkit/build
-export LD_LIBRARY_PATH=/tmp/devkit/lib:$B${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# cuBLAS: the toolkit's, else the one torch's wheels brought (nvidia/*/lib)
+cul=$(ls -d /usr/local/cuda/lib64 2>/dev/null)
+nv=$(python3 -c 'import nvidia, sys; print(nvidia.__path__[0])' 2>/dev/null) &&
+	cul=$cul:$(find "$nv" -name 'libcublas*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
+export LD_LIBRARY_PATH=/tmp/devkit/lib:$B:$cul${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+ldd "$B/liblora_cuda.so" | grep 'not found' && echo "device_check: the plugin misses a library (above)"
 export PYTHONPATH=$K/site${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi -L
 fail=0

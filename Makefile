@@ -36,21 +36,47 @@ endif
 CFLAGS    ?= $(OPT) -g
 CFLAGS    += -std=gnu11 -Wall -Wextra -pthread -I. -I/usr/include/x86_64-linux-gnu \
              -DLORA_VERSION='"$(VERSION)"' $(SANFLAGS)
-LDLIBS    := -larchive -lcrypto -lcjson -lpcre2-8 -llapacke -lopenblas -lm -ldl -pthread
+LDLIBS    := -lcurl -larchive -lcrypto -lcjson -lpcre2-8 -llapacke -lopenblas -lm -ldl -pthread
 LDFLAGS   += $(SANFLAGS)
 
 # CUDA parts go into a plugin, liblora_cuda.so, that lora loads only when a
 # command asks for the GPU (train/cuda.h): the program never links CUDA.
+#
+# Fat binaries: SASS for each architecture we support, plus PTX of the newest
+# for the driver to compile on later cards.  -fmad=false: no multiply-add is
+# contracted, so a kernel rounds as its CPU twin and as the CPU execution
+# layer (built with -ffp-contract=off) do; kernels that want an FMA say so
+# (__fmaf_rn).  Only lora_cuda_plugin is exported (-fvisibility=hidden).
+CU_ARCHS  ?= 80 86 89 90 120
+CU_GENCODE := $(foreach a,$(CU_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+             -gencode arch=compute_$(lastword $(CU_ARCHS)),code=compute_$(lastword $(CU_ARCHS))
 ifeq ($(CUDA),1)
 CU_SRC    := $(wildcard kernels/*.cu)
 CU_OBJ    := $(CU_SRC:%.cu=$(BUILD)/%.o)
 PLUGIN    := $(BUILD)/liblora_cuda.so
 CU_LIBS   := -L$(CUDA_HOME)/lib64 -Xlinker -rpath -Xlinker $(CUDA_HOME)/lib64 -lcublas -lcudart
-NVFLAGS   ?= -O2 -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra,-fPIC -I.
+NVFLAGS   ?= -O2 -std=c++17 $(CU_GENCODE) -fmad=false -Werror all-warnings \
+             -Xcompiler -Wall,-Wextra,-fPIC,-fvisibility=hidden -I. \
+             -DLORA_CUDA_BUILD='"cuda $(shell $(NVCC) --version | sed -n "s/.*release \([0-9.]*\).*/\1/p") sm $(CU_ARCHS)"'
 else
 CU_OBJ    :=
 PLUGIN    :=
 endif
+
+# The CPU execution layer (tests/simt): the same kernel sources built by the
+# host C++ compiler with tests/simt/simt.h, in every build (CUDA=0 too), and
+# the kernel tests against their CPU twins.  device.cu, merge.cu and
+# blas_dev.cu talk to the CUDA runtime and cuBLAS: the layer has its own.
+SIMT_CXX  ?= g++
+SIMT_FLAGS := $(OPT) -g -std=c++17 -Wall -Wextra -ffp-contract=off -fPIC -pthread -I. \
+             -I/usr/include/x86_64-linux-gnu $(SANFLAGS)
+SIMT_CU   := $(filter-out kernels/device.cu kernels/merge.cu kernels/blas_dev.cu,$(wildcard kernels/*.cu))
+SIMT_OBJ  := $(SIMT_CU:%.cu=$(BUILD)/simt/%.o) \
+             $(patsubst %.cc,$(BUILD)/simt/%.o,$(filter-out tests/simt/test_%,$(wildcard tests/simt/*.cc)))
+SIMT_TESTS := $(BUILD)/tests/test_simt $(BUILD)/tests/test_kernels
+# Plugins for the loader's tests (tests/sh/cuda_plugin.sh): the layer as a
+# liblora_cuda.so, and one that speaks another ABI version.
+SIMT_PLUGINS := $(BUILD)/tools/liblora_cuda_simt.so $(BUILD)/tools/liblora_cuda_v0.so
 
 LIB_SRC   := $(wildcard libadapter/*/*.c)
 TRAIN_SRC := $(wildcard train/*.c)
@@ -63,7 +89,7 @@ MAN       := $(wildcard man/*.1 man/*.5)
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TRAIN_OBJ := $(TRAIN_SRC:%.c=$(BUILD)/%.o)
 CMD_OBJ   := $(CMD_SRC:%.c=$(BUILD)/%.o)
-TESTS     := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TESTS     := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%) $(SIMT_TESTS)
 TOOLS     := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 ALL_OBJ   := $(LIB_OBJ) $(TRAIN_OBJ) $(CMD_OBJ)
 
@@ -100,29 +126,70 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -c -o $@ $<
+	$(NVCC) $(NVFLAGS) -MMD -MP -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libtrain.a $(BUILD)/libadapter.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtrain.a $(BUILD)/libadapter.a $(LDLIBS)
 
+$(BUILD)/simt/kernels/%.o: kernels/%.cu
+	@mkdir -p $(dir $@)
+	$(SIMT_CXX) $(SIMT_FLAGS) -MMD -MP -x c++ -include tests/simt/simt.h -c -o $@ $<
+
+$(BUILD)/simt/tests/simt/%.o: tests/simt/%.cc
+	@mkdir -p $(dir $@)
+	$(SIMT_CXX) $(SIMT_FLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/libsimt.a: $(SIMT_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/tools/liblora_cuda_simt.so: $(BUILD)/libsimt.a
+	@mkdir -p $(dir $@)
+	$(SIMT_CXX) $(SIMT_FLAGS) $(LDFLAGS) -shared -o $@ -Wl,--whole-archive $< -Wl,--no-whole-archive -lopenblas
+
+$(BUILD)/tools/liblora_cuda_v0.so: tests/simt/fake_plugin.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -shared -DFAKE_VERSION=0 -o $@ $<
+
+$(BUILD)/tests/test_simt: tests/simt/test_simt.cc $(BUILD)/libsimt.a $(BUILD)/libadapter.a
+	@mkdir -p $(dir $@)
+	$(SIMT_CXX) $(SIMT_FLAGS) $(LDFLAGS) -x c++ -include tests/simt/simt.h -o $@ $< -x none \
+	  $(BUILD)/libsimt.a $(BUILD)/libadapter.a $(LDLIBS)
+
+$(BUILD)/tests/test_kernels: tests/simt/test_kernels.c $(BUILD)/libsimt.a $(BUILD)/libtrain.a $(BUILD)/libadapter.a
+	@mkdir -p $(dir $@)
+	@mkdir -p $(BUILD)/simt/tests
+	$(CC) $(CFLAGS) -c -o $(BUILD)/simt/tests/test_kernels.o $<
+	$(SIMT_CXX) $(LDFLAGS) -o $@ $(BUILD)/simt/tests/test_kernels.o $(BUILD)/libsimt.a $(BUILD)/libtrain.a $(BUILD)/libadapter.a $(LDLIBS)
+
+# The same kernel tests linked against the real plugin (make check-cuda).
+$(BUILD)/tests-gpu/test_kernels: tests/simt/test_kernels.c $(PLUGIN) $(BUILD)/libtrain.a $(BUILD)/libadapter.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtrain.a $(BUILD)/libadapter.a \
+	  -L$(BUILD) -l:liblora_cuda.so -Wl,-rpath,$(CURDIR)/$(BUILD) $(LDLIBS)
+
 $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libadapter.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libadapter.a $(LDLIBS)
 
-tools: $(TOOLS)
+tools: $(TOOLS) $(SIMT_PLUGINS)
 
 deps:
 	@sh .ci/deps.sh
 
 check: deps
-	@$(MAKE) --no-print-directory lora $(TESTS) $(TOOLS)
+	@$(MAKE) --no-print-directory lora $(TESTS) $(TOOLS) $(SIMT_PLUGINS)
 	@LORA=$(CURDIR)/$(BUILD)/lora LORA_TOOLS=$(CURDIR)/$(BUILD)/tools ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 sh tests/run.sh $(BUILD)
 
-# GPU checks (needs a CUDA device): CUDA kernels against the CPU reference.
-check-cuda: lora $(TESTS) $(TOOLS)
+# GPU checks (needs a CUDA device): the kernel tests on the GPU, then under
+# compute-sanitizer (memcheck, racecheck), then every test with the plugin.
+SANITIZER ?= $(shell command -v compute-sanitizer 2>/dev/null || ls $(CUDA_HOME)/bin/compute-sanitizer 2>/dev/null)
+check-cuda: lora $(TESTS) $(TOOLS) $(if $(PLUGIN),$(BUILD)/tests-gpu/test_kernels)
 	@test -n "$(PLUGIN)" || { echo "check-cuda: nvcc not found, no CUDA plugin to test"; exit 1; }
+	@test -n "$(SANITIZER)" || { echo "check-cuda: compute-sanitizer not found (set SANITIZER=)"; exit 1; }
+	@CUDA_HOME=$(CUDA_HOME) SANITIZER=$(SANITIZER) sh tests/simt/check_cuda.sh $(BUILD)
 	@LORA=$(CURDIR)/$(BUILD)/lora LORA_TOOLS=$(CURDIR)/$(BUILD)/tools LORA_CUDA_PLUGIN=$(CURDIR)/$(PLUGIN) LORA_TEST_CUDA=1 sh tests/run.sh $(BUILD)
 
 demo: deps
@@ -154,4 +221,4 @@ install: lora
 clean:
 	rm -rf build build-cpu build-san build-san-cpu build-fuzz lora liblora_cuda.so
 
--include $(ALL_OBJ:.o=.d)
+-include $(ALL_OBJ:.o=.d) $(SIMT_OBJ:.o=.d) $(CU_OBJ:.o=.d)

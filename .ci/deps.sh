@@ -4,10 +4,11 @@
 # when everything is there.
 set -e
 PKGS="make gcc pkg-config libc6-dev libarchive-dev libssl-dev libcjson-dev libopenblas-dev
-      liblapacke-dev libpcre2-dev openssh-client tar coreutils groff-base jq"
-# Optional tools the tests use when present (skopeo for OCI interop,
-# rsvg-convert for loss plots); installed where the registry has them.
-OPT_PKGS="skopeo librsvg2-bin"
+      liblapacke-dev libpcre2-dev libcurl4-openssl-dev openssh-client tar coreutils groff-base jq
+      docker-registry apache2-utils skopeo curl"
+# Optional tools the tests use when present (rsvg-convert for loss plots);
+# installed where the archive has them.
+OPT_PKGS="librsvg2-bin"
 missing=""
 for p in $PKGS $OPT_PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

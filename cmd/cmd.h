@@ -80,6 +80,8 @@ struct cmd_ctx {
 	const char *tmp_dir;    /* $TMPDIR, else /tmp */
 	const char *user;       /* $USER for default signer identities; NULL: the login name */
 	const char *created;    /* $SOURCE_DATE_EPOCH as RFC 3339, for manifests; NULL: now */
+	const char *cuda_plugin;   /* $LORA_CUDA_PLUGIN: the CUDA plugin to load (train/cuda.h); NULL:
+				      liblora_cuda.so beside lora */
 };
 
 /* Print "lora: <msg>" on stderr; returns 1. */

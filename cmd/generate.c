@@ -179,6 +179,7 @@ static int run_generate(const struct gen_opts *o, const struct cmd_ctx *ctx, str
 
 		for (int s = 0; s < nstop; s++)
 			stop |= id == stops[s];
+		stop |= lora_tok_is_stop(tok, id);
 		if (stop) {
 			out->stop = "eos";
 			break;

@@ -8,6 +8,7 @@
 #include "libadapter/store/manifest.h"
 #include "libadapter/format/modeldir.h"
 #include "libadapter/format/peft.h"
+#include "libadapter/store/gguf_export.h"
 #include "libadapter/store/store.h"
 
 /* The name a folder gets without --name: its last path component. */
@@ -66,7 +67,7 @@ static const struct cmd_opt opts[] = {
 	{ "allow-untrusted", 0, NULL, "accept an unsigned package or an unknown signer", 'u', 0, 0 },
 	{ "key", 'k', "FILE", "sign a folder with this OpenSSH ed25519 key", 'k', CMD_OPT_SHORT_UNLISTED, 0 },
 	{ "description", 'd', "TEXT", "a description for the manifest of a folder", 'd', CMD_OPT_SHORT_UNLISTED, 0 },
-	{ "base", 'b', "DIR", "record the fingerprint of this base model", 'b', CMD_OPT_SHORT_UNLISTED, 0 },
+	{ "base", 'b', "DIR", "record the fingerprint of this base model (needed for a .gguf file)", 'b', CMD_OPT_SHORT_UNLISTED, 0 },
 	{ 0 }
 };
 
@@ -132,6 +133,35 @@ static CMD(import)
 				cmd_warn("the key of '%s' is not in allowed_signers; run 'lora trust add %s %s.pub'",
 					 rep.identity, rep.identity, key);
 		}
+	} else if (lora_is_file(path) && lora_is_gguf_file(path)) {
+		struct lora_import_opts o = { 0 };
+		struct lora_ref r;
+		char nm[129];
+
+		if (allow)
+			return cmd_usage(ctx, "--allow-untrusted is for .lora packages; a GGUF file is signed by you");
+		if (!base)
+			return cmd_usage(ctx, "a GGUF adapter needs --base DIR (the base model it applies to)");
+		if (!name) {
+			size_t l = strlen(path);
+			char stem[256];
+			snprintf(stem, sizeof(stem), "%.*s", (int)(l > 5 && !strcmp(path + l - 5, ".gguf") ? l - 5 : l), path);
+			if (default_name(stem, nm) < 0)
+				return cmd_usage(ctx, "cannot make an adapter name from '%s'; give --name NAME[:TAG]",
+						 path);
+			name = nm;
+		}
+		if (lora_ref_parse(name, &r, &err) < 0 || r.is_digest)
+			return r.is_digest ? cmd_usage(ctx, "--name wants NAME[:TAG]") : cmd_fail(&err);
+		o.key_path = key;
+		o.description = desc;
+		o.user = ctx->user;
+		o.created = ctx->created;
+		rc = lora_store_import_gguf(ctx->store, path, base, name, &o, ctx->tmp_dir, digest, &err);
+		cmd_progress_end(&prog);
+		if (rc < 0)
+			return cmd_fail(&err);
+		snprintf(ref, sizeof(ref), "%s:%s", r.name, r.tag);
 	} else if (lora_is_file(path)) {
 		if (key || desc || base)
 			return cmd_usage(ctx, "--key, --description and --base are for folders; a package is "
@@ -150,6 +180,7 @@ static CMD(import)
 
 const struct cmd_def cmd_import_entry = {
 	"import", cmd_import, CMD_NEED_STORE, "add a .lora package or a PEFT folder to the store",
-	"lora import PATH [--name NAME[:TAG]] [--allow-untrusted] [--key FILE] [--description TEXT] [--base DIR]",
+	"lora import PATH [--name NAME[:TAG]] [--allow-untrusted] [--key FILE] [--description TEXT] [--base DIR]\n"
+	"lora import FILE.gguf --base DIR [--name NAME[:TAG]] [--key FILE] [--description TEXT]",
 	opts, 22, NULL
 };

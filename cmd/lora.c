@@ -32,7 +32,7 @@
 COMMAND(inspect); COMMAND(keygen); COMMAND(trust); COMMAND(import); COMMAND(export); COMMAND(list);
 COMMAND(verify); COMMAND(rm); COMMAND(tag); COMMAND(diff); COMMAND(combine); COMMAND(extract);
 COMMAND(merge); COMMAND(swap); COMMAND(train); COMMAND(eval); COMMAND(plan); COMMAND(generate);
-COMMAND(tokenize);
+COMMAND(tokenize); COMMAND(push); COMMAND(pull);
 static CMD(help);
 static const struct cmd_def cmd_help_entry = {
 	"help", cmd_help, 0, "show help for lora or for one command", "lora help [COMMAND]", NULL, 0, NULL
@@ -40,7 +40,8 @@ static const struct cmd_def cmd_help_entry = {
 
 static const struct cmd_def *const commands[] = {
 	&cmd_help_entry, &cmd_inspect_entry, &cmd_keygen_entry, &cmd_trust_entry, &cmd_import_entry,
-	&cmd_export_entry, &cmd_list_entry, &cmd_verify_entry, &cmd_rm_entry, &cmd_tag_entry,
+	&cmd_export_entry, &cmd_push_entry, &cmd_pull_entry,
+	&cmd_list_entry, &cmd_verify_entry, &cmd_rm_entry, &cmd_tag_entry,
 	&cmd_diff_entry, &cmd_combine_entry, &cmd_extract_entry, &cmd_merge_entry, &cmd_swap_entry,
 	&cmd_train_entry, &cmd_eval_entry, &cmd_plan_entry, &cmd_generate_entry, &cmd_tokenize_entry,
 };
@@ -326,9 +327,11 @@ static char *env_cache_dir(void)
 static void env_to_ctx(struct cmd_ctx *ctx, char created[32])
 {
 	const char *td = getenv("TMPDIR"), *u = getenv("USER"), *sde = getenv("SOURCE_DATE_EPOCH");
+	const char *cp = getenv("LORA_CUDA_PLUGIN");
 
 	ctx->tmp_dir = td && *td ? td : "/tmp";
 	ctx->user = u && *u ? u : NULL;
+	ctx->cuda_plugin = cp && *cp ? cp : NULL;
 	if (sde && *sde) {
 		lora_rfc3339(strtoll(sde, NULL, 10), created);
 		ctx->created = created;
@@ -364,9 +367,11 @@ int main(int argc, char **argv)
 		if (g->id == G_VERSION) {
 			struct lora_cuda_info ci;
 			char why[512];
-			if (!lora_cuda_api(why, sizeof(why)))
+			const char *cp = getenv("LORA_CUDA_PLUGIN");
+
+			if (!lora_cuda_api(cp, why, sizeof(why)))
 				printf("lora %s (cpu only: %s)\n", LORA_VERSION, why);
-			else if (lora_cuda_device(&ci, why, sizeof(why)) == 0 && ci.count)
+			else if (lora_cuda_device(cp, &ci, why, sizeof(why)) == 0 && ci.count)
 				printf("lora %s (cuda: %s, %.0f GiB)\n", LORA_VERSION, ci.name,
 				       ci.total_mem / 1073741824.0);
 			else
@@ -407,7 +412,6 @@ int main(int argc, char **argv)
 	}
 	env_to_ctx(&ctx, created);
 	ctx.cache_dir = cache = env_cache_dir();
-	lora_merge_set_gpu(&lora_cuda_merge_lazy);   /* loads the CUDA plugin only for --device cuda */
 	optind = 0;  /* GNU getopt: reinitialise for the command's own argv */
 	rc = def->fn(argc - i, argv + i, &ctx);
 	free(store);

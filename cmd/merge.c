@@ -6,6 +6,7 @@
 #include "cmd/cmd.h"
 #include "libadapter/merge/merge.h"
 #include "libadapter/merge/swap.h"
+#include "train/cuda.h"
 
 static void on_progress(void *ctx, uint64_t done, uint64_t total)
 {
@@ -54,11 +55,13 @@ static CMD(merge)
 	struct lora_merge_stats st;
 	struct lora_err err = { 0 };
 	struct cmd_progress prog;
+	struct lora_cuda_merge_hook hook;
 	int c, rc;
 
 	o.store_dir = ctx->store;
 	o.cache_dir = ctx->cache_dir;
 	o.dtype = LORA_DT_INVALID;
+	o.gpu = lora_cuda_merge_hook(&hook, ctx->cuda_plugin);
 	while ((c = cmd_getopt(ctx, argc, argv)) != -1) {
 		switch (c) {
 		case 'b': o.base_dir = optarg; break;
@@ -72,7 +75,7 @@ static CMD(merge)
 			if (!strcmp(optarg, "cpu"))
 				o.device = LORA_DEVICE_CPU;
 			else if (!strcmp(optarg, "cuda"))
-				o.device = LORA_DEVICE_CUDA;
+				o.device = LORA_DEVICE_CUDA;   /* o.gpu loads the plugin only then */
 			else
 				return cmd_usage(ctx, "bad value '%s' for --device (cpu or cuda)", optarg);
 			break;

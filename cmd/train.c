@@ -359,6 +359,7 @@ static CMD(train)
 	o.resume = resume;
 	o.user = ctx->user;
 	o.created = ctx->created;
+	o.cuda_plugin = ctx->cuda_plugin;
 	rc = run(ctx, &o, ref, work, key, description, json);
 out:
 	free(given);

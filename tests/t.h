@@ -67,7 +67,7 @@ static inline const char *t_fixtures(void)
 static inline char *t_fixture(const char *rel)
 {
 	const char *d = t_fixtures();
-	char *p = malloc(strlen(d) + strlen(rel) + 2);
+	char *p = (char *)malloc(strlen(d) + strlen(rel) + 2);
 	if (!p)
 		abort();
 	sprintf(p, "%s/%s", d, rel);

@@ -152,7 +152,7 @@ static int pick_device(struct lora_trainer *tr, struct lora_err *err)
 	{
 		struct lora_cuda_info ci;
 		char why[512];
-		if (lora_cuda_device(&ci, why, sizeof(why)) == 0 && ci.count)
+		if (lora_cuda_device(tr->o.cuda_plugin, &ci, why, sizeof(why)) == 0 && ci.count)
 			tr->info.device_note = "a CUDA device is present, but the CUDA trainer is not built yet; "
 					       "training on the CPU";
 	}

@@ -85,6 +85,7 @@ struct lora_train_opts {
 	/* told by the program (not saved in checkpoints) */
 	const char *user;             /* signer identity of a key without one (lora_import_opts) */
 	const char *created;          /* the manifest's "created" time (RFC 3339); NULL: now */
+	const char *cuda_plugin;      /* liblora_cuda.so to load (train/cuda.h); NULL: beside lora */
 };
 
 /* The QLoRA recipe: r 16, alpha 32, dropout 0.05, all-linear, nf4, lr 2e-4, cosine,

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "train/decode_cpu.h"
+#include "train/ops_cpu.h"
 #include "train/pool.h"
 
 /*
@@ -1336,3 +1337,157 @@ const struct lora_backend lora_backend_cpu = {
 	.decode = lora_cpu_decode,
 	.kv_free = lora_cpu_kv_free,
 };
+
+/* ------------------------------------------------------------ single ops (train/ops_cpu.h) */
+
+/* The loops above on whole arrays, on the calling thread: the CUDA kernels' twins. */
+
+void lora_cpu_rmsnorm(const float *x, const float *w, int N, int C, float eps, float *y, float *rstd)
+{
+	struct norm_job j = {x, w, NULL, y, rstd, C, eps, 0};
+	rmsnorm_part(&j, 0, (size_t)N, 0);
+}
+
+void lora_cpu_rmsnorm_bwd(const float *x, const float *w, const float *rstd, const float *dy, int N, int C,
+			  float *dx, int accumulate)
+{
+	struct norm_job j = {x, w, dy, dx, (float *)rstd, C, 0.0f, accumulate};
+	rmsnorm_bwd_part(&j, 0, (size_t)N, 0);
+}
+
+void lora_cpu_rope_tables(const float *inv_freq, int D, int T, float *cosb, float *sinb)
+{
+	struct lora_net n;
+
+	memset(&n, 0, sizeof(n));
+	n.D = D;
+	rope_tables(&n, inv_freq, T, cosb, sinb);
+}
+
+void lora_cpu_to_heads(const float *src, int ld, float *dst, int B, int T, int nh, int D, const float *cosb,
+		       const float *sinb, int rope)
+{
+	struct heads_job j = {src, dst, ld, T, nh, D, cosb, sinb, rope};
+	to_heads_part(&j, 0, (size_t)B * T, 0);
+}
+
+void lora_cpu_from_heads(const float *src, float *dst, int ld, int B, int T, int nh, int D,
+			 const float *cosb, const float *sinb, int rope)
+{
+	struct heads_job j = {src, dst, ld, T, nh, D, cosb, sinb, rope};
+	from_heads_part(&j, 0, (size_t)B * T, 0);
+}
+
+void lora_cpu_swiglu(const float *gu, int N, int F, float *act)
+{
+	struct glu_job j = {gu, NULL, act, NULL, F, 0};
+	swiglu_part(&j, 0, (size_t)N, 0);
+}
+
+void lora_cpu_swiglu_bwd(const float *gu, const float *dact, int N, int F, float *dgu)
+{
+	struct glu_job j = {gu, dact, NULL, dgu, F, 0};
+	swiglu_bwd_part(&j, 0, (size_t)N, 0);
+}
+
+void lora_cpu_add(const float *a, const float *b, float *y, size_t n)
+{
+	struct ew e = {EW_ADD, a, b, y};
+	ew_part(&e, 0, n, 0);
+}
+
+void lora_cpu_addmul(const float *a, const float *b, float *y, size_t n)
+{
+	struct ew e = {EW_ADDMUL, a, b, y};
+	ew_part(&e, 0, n, 0);
+}
+
+void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int backward, double *tok_loss)
+{
+	struct lora_net n;
+	struct cpu c;
+	struct lora_batch b;
+	struct ctx k;
+	int32_t *labels = malloc(sizeof(int32_t) * ((size_t)nc + 1));
+	float *e = backward ? NULL : malloc(sizeof(float) * (size_t)V);
+
+	if (!labels || (!backward && !e)) {
+		free(labels);
+		free(e);
+		for (int i = 0; i < nc; i++)
+			tok_loss[i] = NAN;
+		return;
+	}
+	/* one row of nc + 1 positions whose labels are the targets shifted by one (target_of) */
+	labels[0] = -100;
+	memcpy(labels + 1, tgt, sizeof(int32_t) * (size_t)nc);
+	memset(&n, 0, sizeof(n));
+	memset(&c, 0, sizeof(c));
+	memset(&b, 0, sizeof(b));
+	n.V = V;
+	c.logit = z;
+	c.tok_loss = tok_loss;
+	c.tmp_e = e;
+	b.B = 1;
+	b.T = nc + 1;
+	b.ids = labels;
+	b.labels = labels;
+	k.net = &n;
+	k.c = &c;
+	k.b = &b;
+	k.N = nc;
+	k.dropout = 0;
+	{
+		struct head_job j = {&k, 0, backward, scale};
+		head_part(&j, 0, (size_t)nc, 0);
+	}
+	free(labels);
+	free(e);
+}
+
+int lora_cpu_attn_fwd(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+		      float scaling, int window, float *att, float *lse)
+{
+	const size_t sp = (size_t)(T < QB ? T : QB) * T;
+	struct lora_net n;
+	struct cpu c;
+	struct lora_batch b;
+	struct lora_block bk;
+	struct acts a;
+	struct ctx k0;
+
+	memset(&n, 0, sizeof(n));
+	memset(&c, 0, sizeof(c));
+	memset(&b, 0, sizeof(b));
+	memset(&bk, 0, sizeof(bk));
+	memset(&a, 0, sizeof(a));
+	c.S = malloc(sizeof(float) * sp);
+	c.P = malloc(sizeof(float) * sp);
+	if (!c.S || !c.P) {
+		free(c.S);
+		free(c.P);
+		return -1;
+	}
+	n.H = H;
+	n.KV = KV;
+	n.D = D;
+	n.attn_scale = scaling;
+	b.B = B;
+	b.T = T;
+	bk.window = window;
+	a.q = (float *)q;
+	a.k = (float *)k;
+	a.v = (float *)v;
+	k0.net = &n;
+	k0.c = &c;
+	k0.b = &b;
+	k0.N = B * T;
+	k0.dropout = 0;
+	{
+		struct attn_job j = {&k0, &bk, &a, att, lse};
+		attn_fwd_part(&j, 0, (size_t)B * KV, 0);
+	}
+	free(c.S);
+	free(c.P);
+	return 0;
+}

@@ -107,32 +107,40 @@ void lora_adamw_free(struct lora_adamw *opt)
 	memset(opt, 0, sizeof(*opt));
 }
 
+void lora_adamw_consts(const struct lora_optim_cfg *cfg, long t, double lr, struct lora_cuda_adamw *k)
+{
+	/* Python scalars (double), cast to fp32 where they meet a tensor */
+	const double bc1 = 1.0 - pow(cfg->beta1, (double)t);
+	const double bc2 = 1.0 - pow(cfg->beta2, (double)t);
+
+	k->decay = (float)(1.0 - lr * cfg->weight_decay);
+	k->decay_on = cfg->weight_decay != 0.0;
+	k->w1 = (float)(1.0 - cfg->beta1);
+	k->b2 = (float)cfg->beta2;
+	k->w2 = (float)(1.0 - cfg->beta2);
+	k->neg_step = (float)-(lr / bc1);
+	k->bc2_sqrt = (float)pow(bc2, 0.5);
+	k->eps = (float)cfg->eps;
+}
+
 void lora_adamw_step(struct lora_adamw *opt, const struct lora_optim_cfg *cfg, float *param,
 		     const float *grad, double lr)
 {
-	const long t = ++opt->step;
-	/* Python scalars (double), cast to fp32 where they meet a tensor */
-	const float decay = (float)(1.0 - lr * cfg->weight_decay);
-	const float w1 = (float)(1.0 - cfg->beta1);
-	const float b2 = (float)cfg->beta2, w2 = (float)(1.0 - cfg->beta2);
-	const double bc1 = 1.0 - pow(cfg->beta1, (double)t);
-	const double bc2 = 1.0 - pow(cfg->beta2, (double)t);
-	const float neg_step = (float)-(lr / bc1);
-	const float bc2_sqrt = (float)pow(bc2, 0.5);
-	const float eps = (float)cfg->eps;
+	struct lora_cuda_adamw k;
 	float *m = opt->m, *v = opt->v;
 
+	lora_adamw_consts(cfg, ++opt->step, lr, &k);
 	for (size_t i = 0; i < opt->n; i++) {
 		const float g = grad[i];
 		float p = param[i], d;
 
-		if (cfg->weight_decay != 0.0)
-			p = p * decay;
-		m[i] = fmaf(w1, g - m[i], m[i]);
-		v[i] = v[i] * b2;
-		v[i] = v[i] + w2 * g * g;
-		d = sqrtf(v[i]) / bc2_sqrt;
-		d = d + eps;
-		param[i] = p + neg_step * m[i] / d;
+		if (k.decay_on)
+			p = p * k.decay;
+		m[i] = fmaf(k.w1, g - m[i], m[i]);
+		v[i] = v[i] * k.b2;
+		v[i] = v[i] + k.w2 * g * g;
+		d = sqrtf(v[i]) / k.bc2_sqrt;
+		d = d + k.eps;
+		param[i] = p + k.neg_step * m[i] / d;
 	}
 }

@@ -25,6 +25,7 @@
 
 #include <stddef.h>
 
+#include "kernels/abi.h"
 #include "libadapter/base/err.h"
 
 enum lora_sched {
@@ -79,5 +80,8 @@ void lora_adamw_free(struct lora_adamw *opt);
 /* One update of param[0..n) with grad at learning rate lr; increments opt->step. */
 void lora_adamw_step(struct lora_adamw *opt, const struct lora_optim_cfg *cfg, float *param,
 		     const float *grad, double lr);
+/* The per-step scalars of update number t (1-based) at learning rate lr, as lora_adamw_step
+ * uses them; the CUDA update (kernels/adamw.cu) gets the same values. */
+void lora_adamw_consts(const struct lora_optim_cfg *cfg, long t, double lr, struct lora_cuda_adamw *k);
 
 #endif

@@ -28,21 +28,15 @@
 #include "libadapter/base/par.h"
 #include "libadapter/base/fsutil.h"
 #include "libadapter/store/store.h"
-/* The GPU GEMM path, registered by the program (cmd/), so libadapter links without CUDA. */
-static const struct lora_merge_gpu *gpu_ops;
-
-void lora_merge_set_gpu(const struct lora_merge_gpu *ops)
-{
-	gpu_ops = ops;
-}
-
 
 /* ------------------------------------------------------------------ engine */
 
-int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device, struct lora_err *err)
+int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device,
+			   const struct lora_merge_gpu *gpu, struct lora_err *err)
 {
 	memset(e, 0, sizeof(*e));
 	e->device = device;
+	e->gpu = gpu;
 	e->cap = BLOCK_ELEMS;
 	/* d (room for doubles) only comes when needed: fp32 outputs and CUDA. */
 	e->w = malloc(e->cap * sizeof(float));
@@ -53,12 +47,12 @@ int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device,
 	}
 	if (device == LORA_DEVICE_CUDA) {
 		char msg[512];
-		if (!gpu_ops) {
+		if (!gpu) {
 			lora_merge_engine_free(e);
 			return lora_errc(err, LORA_EUSAGE,
 					 "--device cuda: this lora was built without CUDA (use --device cpu)");
 		}
-		if (gpu_ops->init(&e->cuda, msg, sizeof(msg)) < 0) {
+		if (gpu->init(gpu, &e->cuda, msg, sizeof(msg)) < 0) {
 			lora_merge_engine_free(e);
 			return lora_errf(err, "--device cuda: %s", msg);
 		}
@@ -68,8 +62,8 @@ int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device,
 
 void lora_merge_engine_free(struct lora_merge_engine *e)
 {
-	if (e->cuda && gpu_ops)
-		gpu_ops->free(e->cuda);
+	if (e->cuda && e->gpu)
+		e->gpu->free(e->cuda);
 	free(e->w);
 	free(e->d);
 	free(e->o);
@@ -130,11 +124,11 @@ static int delta_rows(struct lora_merge_engine *e, const struct lora_merge_targe
 		int ld1 = tm->fifo ? (int)t->rows : r, ld2 = tm->fifo ? r : N;
 		void *m1 = tm->fifo ? A[k] : B[k], *m2 = tm->fifo ? B[k] : A[k];
 
-		if (e->device == LORA_DEVICE_CUDA && gpu_ops) {
+		if (e->device == LORA_DEVICE_CUDA && e->gpu) {
 			char msg[512];
 			size_t n1 = tm->fifo ? tm->mod->A->nelem : tm->mod->B->nelem;
 			size_t n2 = tm->fifo ? tm->mod->B->nelem : tm->mod->A->nelem;
-			if (gpu_ops->delta(e->cuda, f64, ta == CblasTrans, M, N, r, tm->coef, m1, n1,
+			if (e->gpu->delta(e->cuda, f64, ta == CblasTrans, M, N, r, tm->coef, m1, n1,
 						  off1, ld1, m2, n2, ld2, acc, c, msg, sizeof(msg)) < 0)
 				return lora_errf(err, "cuda merge of '%s': %s", t->name, msg);
 			continue;
@@ -415,8 +409,8 @@ static int tensor_task(struct lora_merge_batch *b, struct lora_merge_engine *e, 
 		lora_errf(err, "out of memory");
 		goto out;
 	}
-	if (e->cuda && gpu_ops)
-		gpu_ops->reset(e->cuda);   /* new host arrays: drop the device cache */
+	if (e->cuda && e->gpu)
+		e->gpu->reset(e->cuda);   /* new host arrays: drop the device cache */
 	for (uint64_t r0 = 0; r0 < tg->rows; r0 += per) {
 		uint64_t nr = tg->rows - r0 < per ? tg->rows - r0 : per;
 		size_t n = (size_t)(nr * tg->cols);
@@ -493,7 +487,7 @@ static void *worker(void *arg)
 	struct lora_merge_engine e;
 	struct lora_err err = { 0 };
 
-	if (lora_merge_engine_init(&e, LORA_DEVICE_CPU, &err) < 0) {
+	if (lora_merge_engine_init(&e, LORA_DEVICE_CPU, NULL, &err) < 0) {
 		batch_fail(b, &err);
 		return NULL;
 	}

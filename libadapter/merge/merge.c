@@ -677,7 +677,7 @@ static int merge_run(const struct lora_merge_opts *o, const struct lora_merge_se
 	}
 	if (check_fingerprints(&j, stats, err) < 0)
 		goto out;
-	if (lora_merge_engine_init(&j.eng, o->device, err) < 0)
+	if (lora_merge_engine_init(&j.eng, o->device, o->gpu, err) < 0)
 		goto out;
 	stats->n_shards = j.base->n_shards;
 	j.outs = calloc(j.base->n_shards, sizeof(*j.outs));

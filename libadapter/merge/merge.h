@@ -98,12 +98,16 @@ void lora_merge_set_free(struct lora_merge_set *set);
 
 /* ------------------------------------------------------------------ merge */
 
+struct lora_merge_gpu;             /* below */
+
 struct lora_merge_opts {
 	const char *store_dir;    /* for store refs; may be NULL */
 	const char *base_dir;
 	const char *out_dir;      /* must not exist */
 	enum lora_dtype dtype;    /* LORA_DT_INVALID = auto: every tensor keeps its dtype */
 	enum lora_device device;
+	const struct lora_merge_gpu *gpu;   /* the GEMMs for LORA_DEVICE_CUDA (cmd/ passes the plugin's);
+					       NULL: --device cuda says the build has no CUDA */
 	int force;                /* merge even when an adapter's base fingerprint differs */
 	int threads;              /* worker threads; 0 = one per CPU (at most 8) */
 	lora_progress_fn progress;
@@ -202,24 +206,25 @@ void lora_linecache_close(struct lora_linecache *c, int save);
 
 /*
  * The ΔW GEMMs on a GPU (`--device cuda`).  kernels/merge.cu implements them in
- * the CUDA plugin and cmd/ registers a hook that loads it on first use
- * (train/cuda.h), so that libadapter never links against CUDA.
+ * the CUDA plugin and cmd/ passes a hook that loads it on first use
+ * (lora_merge_opts.gpu, a struct lora_cuda_merge_hook of train/cuda.h), so that
+ * libadapter never links against CUDA.  init gets the hook itself (self), so
+ * a hook can carry its own settings (the plugin's path) after these pointers.
  * The arguments are those of lora_cuda_merge_delta in kernels/merge.h.
  */
 struct lora_merge_gpu {
-	int (*init)(void **ctx, char *msg, size_t msglen);
+	int (*init)(const struct lora_merge_gpu *self, void **ctx, char *msg, size_t msglen);
 	void (*reset)(void *ctx);
 	int (*delta)(void *ctx, int f64, int trans, int M, int N, int K, double coef, const void *m1,
 		     size_t m1_elems, size_t off1, int ld1, const void *m2, size_t m2_elems, int ld2,
 		     int accumulate, void *host_out, char *msg, size_t msglen);
 	void (*free)(void *ctx);
 };
-/* NULL: no GPU (the default; --device cuda then says the build has no CUDA). */
-void lora_merge_set_gpu(const struct lora_merge_gpu *ops);
 
 /* The compute engine: block buffers and, with CUDA, the device context. */
 struct lora_merge_engine {
 	enum lora_device device;
+	const struct lora_merge_gpu *gpu;   /* with CUDA */
 	void *cuda;               /* struct lora_cuda_merge *, when device is CUDA */
 	float *w, *d;             /* one row block: W in fp32; d (room for fp64) when needed */
 	unsigned char *o;         /* one row block in the output dtype */
@@ -228,7 +233,8 @@ struct lora_merge_engine {
 	size_t cap;               /* elements each buffer holds */
 };
 
-int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device, struct lora_err *err);
+int lora_merge_engine_init(struct lora_merge_engine *e, enum lora_device device,
+			   const struct lora_merge_gpu *gpu, struct lora_err *err);
 void lora_merge_engine_free(struct lora_merge_engine *e);
 
 /* The output dtype of a tensor of dtype dt under the chosen dtype (INVALID = auto). */

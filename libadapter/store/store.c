@@ -197,7 +197,9 @@ static int blob_put_path(const char *store, const char *hex, const char *src, st
 	p = blob_path(store, d);
 	if (!p)
 		return lora_errf(err, "out of memory");
-	if (lora_is_file(p))
+	if (!strcmp(p, src))
+		;             /* already the store's own blob (a pull that reuses it) */
+	else if (lora_is_file(p))
 		unlink(src);  /* stored once */
 	else if (rename(src, p) < 0)
 		rc = lora_errf(err, "cannot move '%s' into the store: %s", src, strerror(errno));
@@ -880,8 +882,20 @@ static void store_gc(const char *store, int blocking);
  * folder), manifest.json, the OCI manifest, then index.json.  The caller
  * holds .lock-gc shared.  *replaced is set when ref pointed elsewhere.
  */
+static int commit_adapter_oci(const char *store, const char *ref, const struct lora_pkg *p, const char *created,
+			      const char *oci, size_t oci_len, char digest_out[72], int *replaced,
+			      struct lora_err *err);
+
 static int commit_adapter(const char *store, const char *ref, const struct lora_pkg *p, const char *created,
 			  char digest_out[72], int *replaced, struct lora_err *err)
+{
+	return commit_adapter_oci(store, ref, p, created, NULL, 0, digest_out, replaced, err);
+}
+
+/* The same; oci (may be NULL) is an OCI manifest already describing p, stored as it is. */
+static int commit_adapter_oci(const char *store, const char *ref, const struct lora_pkg *p, const char *created,
+			      const char *oci, size_t oci_len, char digest_out[72], int *replaced,
+			      struct lora_err *err)
 {
 	struct lora_buf b = LORA_BUF_INIT;
 	char cfg_digest[72], sig_digest[72] = "", man_digest[72], d[72];
@@ -903,6 +917,10 @@ static int commit_adapter(const char *store, const char *ref, const struct lora_
 		if (r < 0)
 			return -1;
 	}
+	if (oci) {
+		lora_buf_add(&b, oci, oci_len);
+		goto built;
+	}
 	lora_buf_puts(&b, "{\"schemaVersion\":2,\"mediaType\":\"" MT_OCI_MANIFEST "\",\"artifactType\":\""
 			  LORA_ARTIFACT_TYPE "\",\"config\":");
 	add_desc(&b, LORA_MEDIA_MANIFEST, cfg_digest, p->manifest_len, NULL);
@@ -918,6 +936,7 @@ static int commit_adapter(const char *store, const char *ref, const struct lora_
 	lora_buf_puts(&b, "],\"annotations\":{\"" ANN_CREATED "\":");
 	lora_buf_json_str(&b, created ? created : "");
 	lora_buf_puts(&b, "}}");
+built:
 	if (b.oom) {
 		lora_buf_free(&b);
 		return lora_errf(err, "out of memory");
@@ -1799,6 +1818,20 @@ static void store_gc(const char *store, int blocking)
 	}
 	closedir(d);
 	d = NULL;
+	/* index.json written aside by a process killed before its rename (we hold the index lock) */
+	if ((d = opendir(store))) {
+		while ((de = readdir(d))) {
+			char *p;
+			if (strncmp(de->d_name, ".index.json.tmp.", 16))
+				continue;
+			p = lora_path_join(store, de->d_name);
+			if (p)
+				unlink(p);
+			free(p);
+		}
+		closedir(d);
+		d = NULL;
+	}
 	td = spath(store, "tmp");
 	if (td && (d = opendir(td))) {
 		while ((de = readdir(d))) {
@@ -2287,5 +2320,195 @@ fail:
 done:
 	view_free(&v);
 	lora_manifest_free(&m);
+	return rc;
+}
+
+/* ------------------------------------------------- registry support */
+
+char *lora_store_blob_path(const char *store_dir, const char *digest)
+{
+	return digest_ok(digest) ? blob_path(store_dir, digest) : NULL;
+}
+
+int lora_store_oci_read(const char *store_dir, const char *spec, char **json, size_t *len, char digest[72],
+			char ref_out[LORA_REF_MAX], struct lora_err *err)
+{
+	struct oci_man om;
+
+	*json = NULL;
+	if (lora_store_resolve(store_dir, spec, digest, ref_out, err) < 0)
+		return -1;
+	if (blob_read(store_dir, digest, OCI_JSON_MAX, json, len, err) < 0)
+		return -1;
+	if (oci_parse(*json, *len, &om, err) < 0 || !om.is_lora) {
+		free(*json);
+		*json = NULL;
+		return err && err->msg[0] ? -1 : lora_errc(err, LORA_EVERIFY, "%s is not a lora adapter", spec);
+	}
+	return 0;
+}
+
+int lora_store_stage_begin(const char *store_dir, struct lora_store_stage *s, struct lora_err *err)
+{
+	s->dir = NULL;
+	s->gfd = -1;
+	if (store_init(store_dir, err) < 0)
+		return -1;
+	store_gc(store_dir, 0);  /* leftovers of a killed pull or import, when nobody writes */
+	s->gfd = lock_take(store_dir, ".lock-gc", LOCK_SH, err);
+	if (s->gfd < 0)
+		return -1;
+	s->dir = stage_dir(store_dir, err);
+	if (!s->dir) {
+		lock_drop(s->gfd);
+		s->gfd = -1;
+		return -1;
+	}
+	return 0;
+}
+
+void lora_store_stage_end(struct lora_store_stage *s)
+{
+	if (s->dir) {
+		lora_rm_rf(s->dir, NULL);
+		free(s->dir);
+		s->dir = NULL;
+	}
+	lock_drop(s->gfd);
+	s->gfd = -1;
+}
+
+/* The staged file of a blob, or the store's own copy; NULL when neither exists. */
+static char *staged_blob(const char *store, const struct lora_store_stage *s, const char *digest)
+{
+	char *p = lora_path_join(s->dir, digest + 7);
+
+	if (p && lora_is_file(p))
+		return p;
+	free(p);
+	p = blob_path(store, digest);
+	if (p && lora_is_file(p))
+		return p;
+	free(p);
+	return NULL;
+}
+
+/* Read a small staged blob, re-hashed against its descriptor. */
+static int staged_read(const char *store, const struct lora_store_stage *s, const struct oci_desc *d, size_t max,
+		       char **out, size_t *len, struct lora_err *err)
+{
+	char *p = staged_blob(store, s, d->digest), hex[65];
+	int rc;
+
+	*out = NULL;
+	if (!p)
+		return lora_errc(err, LORA_EVERIFY, "blob %.19s... was not downloaded", d->digest);
+	rc = lora_read_file(p, max, out, len, err);
+	free(p);
+	if (rc < 0)
+		return -1;
+	lora_sha256_hex(*out, *len, hex);
+	if (strcmp(hex, d->digest + 7) || *len != d->size) {
+		free(*out);
+		*out = NULL;
+		return lora_errc(err, LORA_EVERIFY, "blob %.19s... does not match its digest", d->digest);
+	}
+	return 0;
+}
+
+/* A view of the staged artifact: the manifest and signature read, the files by path. */
+static int view_from_stage(const char *store, const struct lora_store_stage *s, const char *oci, size_t len,
+			   struct view *v, struct lora_err *err)
+{
+	int have_sig = 0;
+
+	memset(v, 0, sizeof(*v));
+	v->stored = 1;
+	if (oci_parse(oci, len, &v->oci, err) < 0)
+		return -1;
+	if (!v->oci.is_lora)
+		return lora_errc(err, LORA_EVERIFY, "the OCI manifest is not a lora adapter (artifactType)");
+	if (v->oci.config.size > LORA_MANIFEST_MAX)
+		return lora_errc(err, LORA_EVERIFY, "the manifest blob is larger than 1 MiB");
+	if (staged_read(store, s, &v->oci.config, LORA_MANIFEST_MAX, &v->pkg.manifest, &v->pkg.manifest_len,
+			err) < 0)
+		return -1;
+	v->pkg.entries = calloc(MAX_LAYERS, sizeof(*v->pkg.entries));
+	if (!v->pkg.entries)
+		return lora_errf(err, "out of memory");
+	for (size_t i = 0; i < v->oci.n_layers; i++) {
+		const struct oci_desc *d = &v->oci.layers[i];
+		struct lora_pkg_entry *pe;
+		struct stat st;
+
+		if (!lora_pkg_name_ok(d->title) || !strcmp(d->title, LORA_PKG_MANIFEST))
+			return lora_errc(err, LORA_EVERIFY, "layer %zu has no valid title annotation", i);
+		if (!strcmp(d->title, LORA_PKG_SIG)) {
+			if (have_sig++ || d->size > LORA_PKG_MAX_SIG)
+				return lora_errc(err, LORA_EVERIFY, "bad signature layer");
+			if (staged_read(store, s, d, LORA_PKG_MAX_SIG, &v->pkg.sig, &v->pkg.sig_len, err) < 0)
+				return -1;
+			continue;
+		}
+		for (size_t k = 0; k < v->pkg.n_entries; k++)
+			if (!strcmp(v->pkg.entries[k].name, d->title))
+				return lora_errc(err, LORA_EVERIFY, "two layers are titled '%s'", d->title);
+		if (d->size > LORA_PKG_MAX_FILE)
+			return lora_errc(err, LORA_EVERIFY, "layer '%s' is larger than 32 GiB", d->title);
+		pe = &v->pkg.entries[v->pkg.n_entries++];
+		snprintf(pe->name, sizeof(pe->name), "%s", d->title);
+		pe->path = staged_blob(store, s, d->digest);
+		if (!pe->path)
+			return lora_errc(err, LORA_EVERIFY, "blob of '%s' (%.19s...) was not downloaded", d->title,
+					 d->digest);
+		/* the caller hashed each download; a size change since then is a failure */
+		if (stat(pe->path, &st) < 0 || (uint64_t)st.st_size != d->size)
+			return lora_errc(err, LORA_EVERIFY, "blob of '%s' has the wrong size", d->title);
+		pe->size = d->size;
+		memcpy(pe->sha256, d->digest + 7, 65);
+	}
+	return 0;
+}
+
+int lora_store_stage_commit(const char *store_dir, struct lora_store_stage *s, const char *oci, size_t len,
+			    const char *label, const char *ref, int allow_untrusted, char ref_out[LORA_REF_MAX],
+			    char digest_out[72], struct lora_err *err)
+{
+	struct lora_verify_report rep;
+	struct lora_manifest m = { 0 };
+	struct lora_ref r;
+	struct view v = { 0 };
+	char want[LORA_REF_MAX];
+	int rc = -1, replaced = 0;
+
+	memset(&rep, 0, sizeof(rep));
+	if (ref && (lora_ref_parse(ref, &r, err) < 0 || r.is_digest))
+		return r.is_digest ? lora_errc(err, LORA_EUSAGE, "--name wants NAME[:TAG], not a digest") : -1;
+	if (view_from_stage(store_dir, s, oci, len, &v, err) < 0) {
+		lora_err_prefix(err, "%s: package check failed", label);
+		goto out;
+	}
+	if (check_view(store_dir, &v, label, allow_untrusted, &rep, &m, err) < 0)
+		goto out;
+	if (check_adapter_files(&v.pkg, label, err) < 0)
+		goto out;
+	if (ref)
+		ref_str(&r, want);
+	else
+		snprintf(want, sizeof(want), "%s:%s", m.name, m.tag);
+	if (commit_adapter_oci(store_dir, want, &v.pkg, m.created, oci, len, digest_out, &replaced, err) < 0)
+		goto out;
+	if (ref_out)
+		snprintf(ref_out, LORA_REF_MAX, "%s", want);
+	rc = 0;
+out:
+	lora_manifest_free(&m);
+	view_free(&v);
+	if (rc == 0 && replaced) {
+		/* gc needs .lock-gc exclusive: let go of ours first, the stage is done */
+		lock_drop(s->gfd);
+		s->gfd = -1;
+		store_gc(store_dir, 0);
+	}
 	return rc;
 }

@@ -238,6 +238,48 @@ int lora_store_trust_add(const char *store_dir, const char *id, const char *pubk
 /* Remove ID from allowed_signers; returns the number of keys it held (0 is an error). */
 int lora_store_trust_rm(const char *store_dir, const char *id, struct lora_err *err);
 
+/* ------------------------------------------ for the registry client */
+
+/* malloc'd path of blobs/sha256/<hex> for "sha256:<hex>" (NULL when the digest is malformed). */
+char *lora_store_blob_path(const char *store_dir, const char *digest);
+
+/*
+ * The OCI manifest of a stored adapter, as stored (re-hashed against its
+ * digest), for `lora push`.  *json is malloc'd; digest and ref_out (may be
+ * NULL) get the adapter's digest and NAME:TAG.
+ */
+int lora_store_oci_read(const char *store_dir, const char *spec, char **json, size_t *len, char digest[72],
+			char ref_out[LORA_REF_MAX], struct lora_err *err);
+
+/*
+ * A download in progress (`lora pull`): a work folder <store>/tmp/import-XXXXXX
+ * and .lock-gc held shared, so no garbage collection runs under it.  Begin
+ * first collects what killed imports left behind (when nobody writes).
+ * The caller writes each blob there as <hex> (only once it has checked its
+ * digest and size), then commits: the artifact is verified as `lora import`
+ * verifies a package (manifest, every file's size and sha256, signature,
+ * trusted signer, usable adapter files) and added as ref (NULL: the
+ * manifest's NAME:TAG) in one transaction, with its OCI manifest stored
+ * byte for byte, so the local digest is the registry's.  Blobs the store
+ * already has need not be downloaded.  On any failure the store is
+ * unchanged.  End removes the folder and drops the lock (always call it).
+ *
+ *     struct lora_store_stage st;
+ *     if (lora_store_stage_begin(store, &st, err) < 0) return -1;
+ *     ... download blobs into st.dir ...
+ *     rc = lora_store_stage_commit(store, &st, oci, len, "host/repo:tag", NULL, 0, ref, digest, err);
+ *     lora_store_stage_end(&st);
+ */
+struct lora_store_stage {
+	char *dir;                   /* the work folder */
+	int gfd;                     /* internal: the .lock-gc descriptor */
+};
+int lora_store_stage_begin(const char *store_dir, struct lora_store_stage *s, struct lora_err *err);
+int lora_store_stage_commit(const char *store_dir, struct lora_store_stage *s, const char *oci, size_t len,
+			    const char *label, const char *ref, int allow_untrusted, char ref_out[LORA_REF_MAX],
+			    char digest_out[72], struct lora_err *err);
+void lora_store_stage_end(struct lora_store_stage *s);
+
 /* ---------------------------------------------------------- refs */
 
 struct lora_ref {

@@ -94,4 +94,18 @@ mkdir -p "$T/notok" && cp "$T/gpt2/config.json" "$T/gpt2/model.safetensors" "$T/
 run "$LORA" generate --base "$T/notok" --prompt hi
 expect_rc 1; expect_err "tokenizer.json"
 
+t_case gen_stops_at_generation_config_eos_ids
+# generation_config.json's eos_token_id list ends the answer at any of its ids;
+# with every id of the tokenizer listed, not one token is generated.
+"$MK" model "$T/gcfg" --hidden 64 --inter 128 --layers 2 --heads 4 --kv-heads 2 --vocab 751 --seed 5 >/dev/null
+cp "$FIX/tok/gpt2/tokenizer.json" "$FIX/tok/gpt2/tokenizer_config.json" "$T/gcfg/"
+run "$LORA" generate --base "$T/gcfg" --prompt "The cat" --temperature 0 --max-tokens 5 --json
+expect_rc 0
+expect_eq "$(json_field stop)" '"max_tokens"' "without a generation config"
+{ printf '{"eos_token_id": ['; seq -s, 0 750 | tr -d '\n'; printf ']}\n'; } >"$T/gcfg/generation_config.json"
+run "$LORA" generate --base "$T/gcfg" --prompt "The cat" --temperature 0 --max-tokens 5 --json
+expect_rc 0
+expect_eq "$(json_field tokens)" 0 tokens
+expect_eq "$(json_field stop)" '"eos"' stop
+
 t_end

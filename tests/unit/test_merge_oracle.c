@@ -213,6 +213,7 @@ static void run_case(const cJSON *c)
 	struct lora_merge_opts o = { 0 };
 	struct lora_merge_stats st;
 	struct lora_err err = { 0 };
+	struct lora_cuda_merge_hook hook;
 	char *base;
 
 	snprintf(rel, sizeof(rel), "%s/%s", room, cJSON_GetObjectItem(c, "base")->valuestring);
@@ -227,6 +228,7 @@ static void run_case(const cJSON *c)
 	}
 	snprintf(out_dir, sizeof(out_dir), "%s/%s%s", tmpdir, name, device ? "-cuda" : "");
 	o.device = device;
+	o.gpu = lora_cuda_merge_hook(&hook, getenv("LORA_CUDA_PLUGIN"));
 	o.base_dir = base;
 	o.out_dir = out_dir;
 	o.dtype = LORA_DT_INVALID;
@@ -370,7 +372,6 @@ int main(void)
 	RUN(fingerprint_matches_model);
 	/* make check-cuda: the same cases and tolerances through cuBLAS. */
 	if (getenv("LORA_TEST_CUDA")) {
-		lora_merge_set_gpu(&lora_cuda_merge_lazy);
 		device = LORA_DEVICE_CUDA;
 		printf("  with --device cuda:\n");
 		RUN(oracle_cases);

@@ -27,10 +27,13 @@ Where the templates come from (nothing is downloaded):
     mistralai-Mistral-Nemo-Instruct-2407.jinja), line ends LF.  qwen2_5
     (Qwen/Qwen2.5-*-Instruct), gemma3 (google/gemma-3-*-it) and mixtral
     (mistralai/Mixtral-8x7B-Instruct-v0.1, also Mistral-7B-Instruct-v0.1)
-    are transcribed by hand from the published tokenizer_config.json and
-    were not compared byte for byte with the Hub's copy; they are real
-    templates' structure either way, and the expected output is what
-    transformers renders from exactly the text stored in the fixture.
+    are transcribed by hand from the published tokenizer_config.json (qwen2_5
+    and gemma3 agree with copies quoted in public repositories) but were not
+    compared byte for byte with the Hub's; the expected output is what
+    transformers renders from exactly the text stored in the fixture either
+    way.  qwen2_5_generation is qwen2_5 with {% generation %} blocks around
+    its plain assistant turns, written here, for the spans transformers'
+    return_assistant_tokens_mask reads.
 
 The special tokens (bos_token, eos_token, ...) are those transformers reads
 from the tokenizers in tests/fixtures/tok/families/ (tok_families.py).
@@ -43,6 +46,7 @@ import datetime as _dt
 import glob
 import json
 import os
+import re
 import sys
 
 import jinja2
@@ -73,6 +77,8 @@ TEMPLATES = {
     "llama3_2": ("llama3_2.jinja", "llama3", "meta-llama/Llama-3.2-3B-Instruct, "
                  "llama.cpp models/templates/meta-llama-Llama-3.2-3B-Instruct.jinja"),
     "qwen2_5": ("qwen2_5.jinja", "qwen3", "Qwen/Qwen2.5-7B-Instruct tokenizer_config.json, transcribed by hand"),
+    "qwen2_5_generation": ("qwen2_5_generation.jinja", "qwen3", "qwen2_5 with its plain assistant turns in "
+                           "{% generation %} blocks, as training recipes patch Qwen2.5's template (written here)"),
     "qwen3": ("qwen3.jinja", "qwen3", "Qwen/Qwen3-0.6B, llama.cpp models/templates/Qwen-Qwen3-0.6B.jinja"),
     "mistral_nemo": ("mistral_nemo.jinja", "llama2", "mistralai/Mistral-Nemo-Instruct-2407, "
                      "llama.cpp models/templates/mistralai-Mistral-Nemo-Instruct-2407.jinja"),
@@ -198,6 +204,13 @@ def chat_cases():
                 again = compiled.render(**v)
                 assert again == out, (name, conv)
                 case["expect"] = out
+                if re.search(r"{%-?\s*generation", text):
+                    # return_assistant_tokens_mask's spans, in code points; the C side counts bytes
+                    rest = {k: x for k, x in v.items() if k not in ("messages", "tools", "documents",
+                                                                    "add_generation_prompt")}
+                    t2, spans = ctu._render_with_assistant_indices(compiled, v["messages"], None, None, agp, **rest)
+                    assert t2 == out
+                    case["generation"] = [[len(out[:a].encode()), len(out[:b].encode())] for a, b in spans]
             cases.append(case)
     return templates, cases
 
@@ -341,7 +354,7 @@ def features():
         try:
             compiled = ctu._compile_jinja_template(tpl)
             case["expect"] = compiled.render(**v)
-            if "generation" in tpl:
+            if re.search(r"{%-?\s*generation", tpl):
                 # transformers' spans, in code points; the C side counts bytes
                 text, spans = ctu._render_with_assistant_indices(compiled, v.get("messages"), None, None, False,
                                                                   **{k: x for k, x in v.items() if k != "messages"})

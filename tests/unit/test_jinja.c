@@ -2,7 +2,8 @@
  * test_jinja.c - the Jinja interpreter (train/jinja.h) against jinja2.
  *
  * tests/oracle/jinja_chat.py wrote tests/fixtures/jinja/:
- *   chat.json      ten families' chat templates and conversations as
+ *   chat.json      ten families' chat templates (and one with {% generation %}
+ *                  blocks) and conversations as
  *                  transformers' apply_chat_template renders them (the exact
  *                  variables the template saw are stored with each case);
  *   features.json  one language feature per small template, rendered by
@@ -192,7 +193,7 @@ TEST(chat_rows_of_real_templates_and_their_loss_spans)
 	cJSON *doc = t_read_json_fixture("jinja/chat.json");
 	const cJSON *tpls = cJSON_GetObjectItemCaseSensitive(doc, "templates");
 	const cJSON *c;
-	int n = 0, multi = 0;
+	int n = 0, multi = 0, ngen = 0;
 
 	CHECK(doc != NULL);
 	if (!doc)
@@ -201,6 +202,7 @@ TEST(chat_rows_of_real_templates_and_their_loss_spans)
 		const char *name = str(c, "template"), *conv = str(c, "conversation"), *expect = str(c, "expect");
 		const cJSON *vars = cJSON_GetObjectItemCaseSensitive(c, "vars");
 		const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(vars, "messages"), *e;
+		const cJSON *gexp = cJSON_GetObjectItemCaseSensitive(c, "generation");
 		const char *tpl = str(cJSON_GetObjectItemCaseSensitive(tpls, name), "template");
 		struct lora_chat_msg m[16];
 		size_t nm = 0, na = 0, nsp = 0;
@@ -229,6 +231,21 @@ TEST(chat_rows_of_real_templates_and_their_loss_spans)
 		} else {
 			CHECKF(b.data && !strcmp(b.data, expect), "%s/%s: the text is not transformers'", name, conv);
 			CHECKF(nsp == na, "%s/%s: %zu spans for %zu assistant turns", name, conv, nsp, na);
+			if (gexp) {   /* {% generation %}: exactly return_assistant_tokens_mask's spans */
+				size_t k = 0;
+				const cJSON *g;
+
+				CHECKF((size_t)cJSON_GetArraySize(gexp) == nsp, "%s/%s: %zu spans, transformers %d", name, conv,
+				       nsp, cJSON_GetArraySize(gexp));
+				cJSON_ArrayForEach(g, gexp) {
+					if (k < nsp)
+						CHECKF(sp[k].start == (size_t)cJSON_GetArrayItem(g, 0)->valueint &&
+						       sp[k].end == (size_t)cJSON_GetArrayItem(g, 1)->valueint,
+						       "%s/%s: span %zu [%zu, %zu)", name, conv, k, sp[k].start, sp[k].end);
+					k++;
+				}
+				ngen++;
+			}
 			for (size_t i = 0, k = 0; i < nm && k < nsp; i++) {
 				const char *ans, *th;
 				char want[512], got[2048];
@@ -264,7 +281,8 @@ TEST(chat_rows_of_real_templates_and_their_loss_spans)
 		lora_buf_free(&b);
 		lora_chat_free(&ch);
 	}
-	CHECKF(n >= 40 && multi >= 10, "%d conversations, %d with several assistant turns", n, multi);
+	CHECKF(n >= 40 && multi >= 10 && ngen >= 5, "%d conversations, %d with several assistant turns, %d with "
+	       "{%% generation %%}", n, multi, ngen);
 	cJSON_Delete(doc);
 }
 

@@ -184,13 +184,63 @@ static int role_ok(const char *r)
 	return r && (!strcmp(r, "system") || !strcmp(r, "user") || !strcmp(r, "assistant") || !strcmp(r, "tool"));
 }
 
+/*
+ * A message as apply_chat_template gives it to the template: keys whose value
+ * is null dropped, and the reasoning (reasoning_content, else thinking, else
+ * reasoning) under both "thinking" (first, unless the message has one) and
+ * "reasoning_content", as transformers aliases them.
+ */
+static int add_copy(cJSON *o, const char *k, const cJSON *v)
+{
+	cJSON *d = cJSON_Duplicate(v, 1);
+
+	if (d && cJSON_AddItemToObject(o, k, d))
+		return 1;
+	cJSON_Delete(d);
+	return 0;
+}
+
+static cJSON *message_var(const cJSON *msg)
+{
+	static const char *const rf[] = { "reasoning_content", "thinking", "reasoning" };
+	const cJSON *reason = NULL, *k;
+	cJSON *e = cJSON_CreateObject();
+	int ok = e != NULL;
+
+	for (int j = 0; j < 3 && !reason; j++) {
+		const cJSON *r = cJSON_GetObjectItemCaseSensitive(msg, rf[j]);
+
+		if (r && !cJSON_IsNull(r))
+			reason = r;
+	}
+	if (reason) {
+		const cJSON *t = cJSON_GetObjectItemCaseSensitive(msg, "thinking");
+
+		ok = ok && add_copy(e, "thinking", t && !cJSON_IsNull(t) ? t : reason);
+	}
+	cJSON_ArrayForEach(k, msg) {
+		if (!ok)
+			break;
+		if (!k->string || cJSON_IsNull(k) || (reason && !strcmp(k->string, "thinking")))
+			continue;
+		ok = add_copy(e, k->string, reason && !strcmp(k->string, "reasoning_content") ? reason : k);
+	}
+	if (ok && reason && !cJSON_GetObjectItemCaseSensitive(e, "reasoning_content"))
+		ok = add_copy(e, "reasoning_content", reason);
+	if (!ok) {
+		cJSON_Delete(e);
+		return NULL;
+	}
+	return e;
+}
+
 /* The template's variables for messages m[0, n), as apply_chat_template passes them. */
 static cJSON *jinja_vars(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, int agp)
 {
 	cJSON *v = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(v, "messages");
 	int ok = v && msgs;
 	for (size_t i = 0; ok && i < n; i++) {
-		cJSON *e = m[i].json ? cJSON_Duplicate(m[i].json, 1) : cJSON_CreateObject();
+		cJSON *e = m[i].json ? message_var(m[i].json) : cJSON_CreateObject();
 		if (e && !m[i].json && (!cJSON_AddStringToObject(e, "role", m[i].role ? m[i].role : "") ||
 					!cJSON_AddStringToObject(e, "content", m[i].content ? m[i].content : "")))
 			ok = 0;

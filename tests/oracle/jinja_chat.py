@@ -119,6 +119,10 @@ CONVERSATIONS = {
     "reasoning_field": [m(U, "Capital of France?"), m(A, "Paris.", reasoning_content="The user asks a fact.")],
     "system_mid": [m(S, "First."), m(U, "q1"), m(A, "a1"), m(S, "Second system."), m(U, "q2")],
     "starts_with_assistant": [m(A, "I speak first."), m(U, "ok")],
+    # as OpenAI-style exports write rows: null fields (dropped by transformers), reasoning under "reasoning"
+    "openai_style": [m(S, "Be brief.", tool_calls=None), m(U, "Capital of Peru?", name=None),
+                     m(A, "Lima.", reasoning="A capital.", tool_calls=None, refusal=None), m(U, "And Chile?"),
+                     m(A, "Santiago.", thinking="Another one.", tool_calls=None)],
 }
 
 # (conversation, add_generation_prompt, extra template kwargs)
@@ -139,6 +143,7 @@ RUNS = [
     ("reasoning_field", False, {}),
     ("system_mid", True, {}),
     ("starts_with_assistant", True, {}),
+    ("openai_style", False, {}),
     ("user_only", True, {"date_string": "01 Jan 2025"}),
 ]
 
@@ -182,7 +187,8 @@ def chat_cases():
             if "date_string" in extra and not uses_date:
                 continue
             msgs = json.loads(json.dumps(CONVERSATIONS[conv]))
-            case = {"template": name, "conversation": conv, "add_generation_prompt": agp}
+            case = {"template": name, "conversation": conv, "add_generation_prompt": agp,
+                    "input_messages": CONVERSATIONS[conv]}
             # what apply_chat_template gives the template (render_jinja_template's names)
             v = dict(tok.special_tokens_map)
             v.update(extra)

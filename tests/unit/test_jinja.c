@@ -201,7 +201,8 @@ TEST(chat_rows_of_real_templates_and_their_loss_spans)
 	cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(doc, "cases")) {
 		const char *name = str(c, "template"), *conv = str(c, "conversation"), *expect = str(c, "expect");
 		const cJSON *vars = cJSON_GetObjectItemCaseSensitive(c, "vars");
-		const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(vars, "messages"), *e;
+		/* the messages as a row holds them (null fields, reasoning under other names) */
+		const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(c, "input_messages"), *e;
 		const cJSON *gexp = cJSON_GetObjectItemCaseSensitive(c, "generation");
 		const char *tpl = str(cJSON_GetObjectItemCaseSensitive(tpls, name), "template");
 		struct lora_chat_msg m[16];

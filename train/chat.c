@@ -184,12 +184,6 @@ static int role_ok(const char *r)
 	return r && (!strcmp(r, "system") || !strcmp(r, "user") || !strcmp(r, "assistant") || !strcmp(r, "tool"));
 }
 
-/*
- * A message as apply_chat_template gives it to the template: keys whose value
- * is null dropped, and the reasoning (reasoning_content, else thinking, else
- * reasoning) under both "thinking" (first, unless the message has one) and
- * "reasoning_content", as transformers aliases them.
- */
 static int add_copy(cJSON *o, const char *k, const cJSON *v)
 {
 	cJSON *d = cJSON_Duplicate(v, 1);
@@ -200,6 +194,12 @@ static int add_copy(cJSON *o, const char *k, const cJSON *v)
 	return 0;
 }
 
+/*
+ * A message as apply_chat_template gives it to the template: keys whose value
+ * is null dropped, and the reasoning (reasoning_content, else thinking, else
+ * reasoning) under both "thinking" (first, unless the message has one) and
+ * "reasoning_content", as transformers aliases them.
+ */
 static cJSON *message_var(const cJSON *msg)
 {
 	static const char *const rf[] = { "reasoning_content", "thinking", "reasoning" };

@@ -287,26 +287,33 @@ static size_t find(const char *h, size_t from, size_t to, const char *nd, size_t
 /*
  * Where assistant turn i lies in the whole conversation's text T[0, tl), from
  * p = render(m[:i], generation prompt) and f = render(m[:i+1]), `prev` being
- * where the turn before it ended.  When p is a prefix of f and f of T, the turn
- * starts after the generation prompt; templates that render a turn
- * differently once later messages follow are handled when one of the two
- * still is a prefix of T: p is (Qwen3 drops the reasoning of earlier turns)
- * - the turn starts after it; f is (Mistral moves the system prompt to the
- * last user turn) - the turn starts at the last place its answer appears
- * before f's end.  The turn ends with the first end of turn after its answer
- * (the family's marker, or eos_token where turns end with it: Mistral), marker
- * included, or else where f ends.  The answer is the content as templates
- * print it: after any </think>, less surrounding white space.  0 when the turn
- * cannot be found.
+ * where the turn before it ended.  When p is a prefix of f and f of T, the
+ * turn starts after the generation prompt.  Templates that render a turn
+ * differently once later messages follow work while one of the two is still a
+ * prefix of T: p, perhaps less trailing white space (Qwen3 drops the reasoning
+ * of earlier turns; DeepSeek's prompt ends in a newline) - the turn starts
+ * after it; f (Mistral moves the system prompt to the last user turn) - the
+ * turn starts where its answer last appears before f's end.  The turn ends
+ * with the first end of turn after its answer (the family's marker, or
+ * eos_token where turns end with it: Mistral), marker included, or else where
+ * f ends.  The answer is the content as templates print it: after any
+ * </think>, less surrounding white space.  0 when the turn cannot be found.
  */
 static int find_turn(const struct lora_chat *c, const char *T, size_t tl, const struct lora_buf *p,
 		     const struct lora_buf *f, const char *content, size_t prev, size_t *a, size_t *b)
 {
 	const char *mk = c->end_marker ? c->end_marker : c->eos && *c->eos ? c->eos : NULL;
 	const char *ans = content ? content : "", *th;
-	size_t al, q = SIZE_MAX, fe = 0, e;
-	int p_ok = p->len <= tl && p->len >= prev && (!p->len || !memcmp(T, p->data, p->len));
+	size_t al, q = SIZE_MAX, fe = 0, e, pl = p->len;
+	int p_ok = pl <= tl && pl >= prev && (!pl || !memcmp(T, p->data, pl));
 	int f_ok = f->len <= tl && (!f->len || !memcmp(T, f->data, f->len));
+
+	/* a generation prompt may end in layout the turn does not start with (DeepSeek's "<｜Assistant｜>\n") */
+	if (!p_ok) {
+		while (pl && strchr(" \t\r\n", p->data[pl - 1]))
+			pl--;
+		p_ok = pl < p->len && pl <= tl && pl >= prev && (!pl || !memcmp(T, p->data, pl));
+	}
 
 	if ((th = strstr(ans, "</think>")))
 		ans = th + strlen("</think>");
@@ -317,11 +324,11 @@ static int find_turn(const struct lora_chat *c, const char *T, size_t tl, const 
 		al--;
 	if (f_ok) {
 		fe = f->len;
-		while (fe > prev && fe > (p_ok ? p->len : 0) && strchr(" \t\r\n", T[fe - 1]))
+		while (fe > prev && fe > (p_ok ? pl : 0) && strchr(" \t\r\n", T[fe - 1]))
 			fe--;
 	}
 	if (p_ok) {
-		*a = p->len;
+		*a = pl;
 		q = find(T, *a, f_ok ? fe : tl, ans, al, 0);
 	} else if (f_ok && fe > prev) {
 		if ((q = find(T, prev, fe, ans, al, 1)) == SIZE_MAX)

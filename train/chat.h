@@ -23,7 +23,7 @@
  * in the whole text), Mistral moves the system prompt to the last user turn
  * (the turn is a prefix: it starts where its answer last appears).  Otherwise
  * it is an error naming the turn.  tests/unit/test_jinja.c checks the text and
- * the spans on ten families' templates.
+ * the spans on twelve families' templates.
  *
  * Two templates are built in, by name, rendered by C code:
  *

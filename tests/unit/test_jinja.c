@@ -2,8 +2,8 @@
  * test_jinja.c - the Jinja interpreter (train/jinja.h) against jinja2.
  *
  * tests/oracle/jinja_chat.py wrote tests/fixtures/jinja/:
- *   chat.json      ten families' chat templates (and one with {% generation %}
- *                  blocks) and conversations as
+ *   chat.json      twelve families' chat templates (and one with {% generation %}
+ *                  blocks) and conversations, with and without tools, as
  *                  transformers' apply_chat_template renders them (the exact
  *                  variables the template saw are stored with each case);
  *   features.json  one language feature per small template, rendered by
@@ -147,7 +147,7 @@ static void check_case(const char *label, const char *tpl, const cJSON *c, const
 	lora_buf_free(&out);
 }
 
-/* Ten families' chat templates, through transformers' apply_chat_template. */
+/* Twelve families' chat templates, through transformers' apply_chat_template. */
 TEST(chat_templates_match_transformers)
 {
 	cJSON *doc = t_read_json_fixture("jinja/chat.json");
@@ -212,8 +212,9 @@ TEST(chat_rows_of_real_templates_and_their_loss_spans)
 		struct lora_buf b = LORA_BUF_INIT;
 		struct lora_span *sp = NULL;
 
-		/* what training renders: no generation prompt, no extra variables */
+		/* what training renders: no generation prompt, no tools, no extra variables */
 		if (!expect || !tpl || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(vars, "add_generation_prompt")) ||
+		    !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(vars, "tools")) ||
 		    cJSON_GetArraySize(vars) != 6 + (str(vars, "unk_token") != NULL) + (str(vars, "pad_token") != NULL) +
 		    (str(vars, "mask_token") != NULL) - (str(vars, "bos_token") == NULL))
 			continue;
@@ -339,7 +340,8 @@ TEST(errors_come_back_with_a_message)
 	expect_error("{{ nosuch | tojson }}", v, NULL, NULL);
 	expect_error("{% for m in messages %}\n{{ m.content }}\n", v, NULL,
 		     "template line 2: unexpected end of template (expected 'else' or 'endfor')");
-	expect_error("{% if true %}{% for x in [1] %}{% endif %}", v, NULL, "unexpected 'endif' (expected 'else' or 'endfor')");
+	expect_error("{% if true %}{% for x in [1] %}{% endif %}", v, NULL,
+		     "unexpected 'endif' (expected 'else' or 'endfor')");
 	expect_error("{{ 3() }}", v, NULL, "an int is not callable");
 	expect_error("{% macro f() %}x", v, NULL, NULL);
 	expect_error("{% generation %}x", v, NULL, NULL);

@@ -235,7 +235,8 @@ static cJSON *message_var(const cJSON *msg)
 }
 
 /* The template's variables for messages m[0, n), as apply_chat_template passes them. */
-static cJSON *jinja_vars(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, int agp)
+static cJSON *jinja_vars(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, const cJSON *tools,
+			 int agp)
 {
 	cJSON *v = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(v, "messages");
 	int ok = v && msgs;
@@ -246,7 +247,16 @@ static cJSON *jinja_vars(const struct lora_chat *c, const struct lora_chat_msg *
 			ok = 0;
 		ok = ok && e && cJSON_AddItemToArray(msgs, e);
 	}
-	ok = ok && cJSON_AddNullToObject(v, "tools") && cJSON_AddNullToObject(v, "documents") &&
+	if (ok && tools) {
+		cJSON *t = cJSON_Duplicate(tools, 1);
+
+		ok = t && cJSON_AddItemToObject(v, "tools", t);
+		if (!ok)
+			cJSON_Delete(t);
+	} else {
+		ok = ok && cJSON_AddNullToObject(v, "tools");
+	}
+	ok = ok && cJSON_AddNullToObject(v, "documents") &&
 	     cJSON_AddBoolToObject(v, "add_generation_prompt", agp) &&
 	     cJSON_AddStringToObject(v, "bos_token", c->bos ? c->bos : "") &&
 	     cJSON_AddStringToObject(v, "eos_token", c->eos ? c->eos : "");
@@ -258,10 +268,10 @@ static cJSON *jinja_vars(const struct lora_chat *c, const struct lora_chat_msg *
 }
 
 /* render m[0, n) into a fresh buffer (spans of {% generation %} when gen != NULL) */
-static int jinja_one(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, int agp,
-		     struct lora_buf *out, size_t **gen, size_t *ngen, struct lora_err *err)
+static int jinja_one(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, const cJSON *tools,
+		     int agp, struct lora_buf *out, size_t **gen, size_t *ngen, struct lora_err *err)
 {
-	cJSON *v = jinja_vars(c, m, n, agp);
+	cJSON *v = jinja_vars(c, m, n, tools, agp);
 	int rc;
 	if (!v)
 		return lora_errf(err, "out of memory");
@@ -293,7 +303,8 @@ static size_t find(const char *h, size_t from, size_t to, const char *nd, size_t
  * prefix of T: p, perhaps less trailing white space (Qwen3 drops the reasoning
  * of earlier turns; DeepSeek's prompt ends in a newline) - the turn starts
  * after it; f (Mistral moves the system prompt to the last user turn) - the
- * turn starts where its answer last appears before f's end.  The turn ends
+ * turn starts after the longest end of p (up to 256 bytes, at least 4) found
+ * in f, or else where its answer last appears before f's end.  The turn ends
  * with the first end of turn after its answer (the family's marker, or
  * eos_token where turns end with it: Mistral), marker included, or else where
  * f ends.  The answer is the content as templates print it: after any
@@ -331,9 +342,19 @@ static int find_turn(const struct lora_chat *c, const char *T, size_t tl, const 
 		*a = pl;
 		q = find(T, *a, f_ok ? fe : tl, ans, al, 0);
 	} else if (f_ok && fe > prev) {
-		if ((q = find(T, prev, fe, ans, al, 1)) == SIZE_MAX)
+		/* the end of the prompt (the user's last words and the generation prompt) as the whole text has it */
+		size_t k = p->len < 256 ? p->len : 256, at = SIZE_MAX;
+
+		for (; k >= 4 && (at = find(T, prev, fe, p->data + p->len - k, k, 1)) == SIZE_MAX; k--)
+			;
+		if (at != SIZE_MAX && k >= 4)
+			*a = at + k;
+		else if ((q = find(T, prev, fe, ans, al, 1)) != SIZE_MAX)
+			*a = q;
+		else
 			return 0;
-		*a = q;
+		if (q == SIZE_MAX)
+			q = find(T, *a, fe, ans, al, 0);
 	} else {
 		return 0;
 	}
@@ -348,15 +369,15 @@ static int find_turn(const struct lora_chat *c, const char *T, size_t tl, const 
 	return f_ok && fe >= *a;
 }
 
-static int render_jinja(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, int agp,
-			struct lora_buf *text, struct lora_span **loss, size_t *n_loss, struct lora_err *err)
+static int render_jinja(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, const cJSON *tools,
+			int agp, struct lora_buf *text, struct lora_span **loss, size_t *n_loss, struct lora_err *err)
 {
 	size_t t0 = text->len, *gen = NULL, ngen = 0;
 	struct lora_span *sp = NULL;
 	size_t nsp = 0;
 	int has_gen = lora_jinja_has_generation(c->jinja);
 
-	if (jinja_one(c, m, n, agp, text, loss && has_gen ? &gen : NULL, &ngen, err) < 0)
+	if (jinja_one(c, m, n, tools, agp, text, loss && has_gen ? &gen : NULL, &ngen, err) < 0)
 		return -1;
 	if (!loss)
 		return 0;
@@ -377,9 +398,9 @@ static int render_jinja(const struct lora_chat *c, const struct lora_chat_msg *m
 			if (!m[i].role || strcmp(m[i].role, "assistant"))
 				continue;
 			/* a conversation cannot start with an empty prompt for every template: then from 0 */
-			if (i > 0 && jinja_one(c, m, i, 1, &p, NULL, NULL, err) < 0)
+			if (i > 0 && jinja_one(c, m, i, tools, 1, &p, NULL, NULL, err) < 0)
 				goto fail;
-			if (jinja_one(c, m, i + 1, 0, &f, NULL, NULL, err) < 0)
+			if (jinja_one(c, m, i + 1, tools, 0, &f, NULL, NULL, err) < 0)
 				goto fail;
 			if (!find_turn(c, text->data + t0, text->len - t0, &p, &f, m[i].content,
 				       nsp ? sp[nsp - 1].end - t0 : 0, &a, &b)) {
@@ -416,11 +437,21 @@ int lora_chat_render(const struct lora_chat *c, const struct lora_chat_msg *m, s
 		     int add_generation_prompt, struct lora_buf *text, struct lora_span **loss,
 		     size_t *n_loss, struct lora_err *err)
 {
+	return lora_chat_render_tools(c, m, n, NULL, add_generation_prompt, text, loss, n_loss, err);
+}
+
+int lora_chat_render_tools(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, const cJSON *tools,
+			   int add_generation_prompt, struct lora_buf *text, struct lora_span **loss, size_t *n_loss,
+			   struct lora_err *err)
+{
 	struct lora_span *sp = NULL;
 	size_t nsp = 0;
 
 	if (c->fmt == LORA_CHAT_JINJA)
-		return render_jinja(c, m, n, add_generation_prompt, text, loss, n_loss, err);
+		return render_jinja(c, m, n, tools, add_generation_prompt, text, loss, n_loss, err);
+	if (tools && cJSON_GetArraySize(tools) > 0)
+		return lora_errf(err, "the built-in %s template takes no tools (name a Jinja template that does)",
+				 lora_chat_name(c));
 
 	for (size_t i = 0; i < n; i++) {
 		if (!role_ok(m[i].role))

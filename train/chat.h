@@ -99,5 +99,13 @@ const char *lora_chat_name(const struct lora_chat *c);
 int lora_chat_render(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n,
 		     int add_generation_prompt, struct lora_buf *text, struct lora_span **loss,
 		     size_t *n_loss, struct lora_err *err);
+/*
+ * The same with the tool schemas a row carries (a JSON array, as
+ * apply_chat_template's tools=; NULL = none).  Only a Jinja template takes
+ * them; the built-in ones refuse a non-empty array.
+ */
+int lora_chat_render_tools(const struct lora_chat *c, const struct lora_chat_msg *m, size_t n, const cJSON *tools,
+			   int add_generation_prompt, struct lora_buf *text, struct lora_span **loss, size_t *n_loss,
+			   struct lora_err *err);
 
 #endif

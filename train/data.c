@@ -158,8 +158,8 @@ static int row_prompt(const struct lora_data_opts *o, const cJSON *p, const cJSO
 	return rc;
 }
 
-static int row_chat(const struct lora_data_opts *o, const cJSON *msgs, struct row *r, char *why, size_t whylen,
-		    struct lora_err *err)
+static int row_chat(const struct lora_data_opts *o, const cJSON *msgs, const cJSON *tools, struct row *r, char *why,
+		    size_t whylen, struct lora_err *err)
 {
 	struct lora_chat_msg *m;
 	struct lora_buf text = LORA_BUF_INIT;
@@ -171,6 +171,10 @@ static int row_chat(const struct lora_data_opts *o, const cJSON *msgs, struct ro
 
 	if (!cJSON_IsArray(msgs) || !(n = (size_t)cJSON_GetArraySize(msgs)))
 		return BAD("'messages' is not a non-empty array");
+	if (cJSON_IsNull(tools))
+		tools = NULL;
+	if (tools && !cJSON_IsArray(tools))
+		return BAD("'tools' is not an array of tool schemas");
 	if (!o->chat)
 		return BAD("{\"messages\"} rows need a chat template: %s",
 			   o->chat_error ? o->chat_error : "none was given");
@@ -199,7 +203,7 @@ static int row_chat(const struct lora_data_opts *o, const cJSON *msgs, struct ro
 		free(m);
 		return BAD("no assistant message (nothing to learn)");
 	}
-	if (lora_chat_render(o->chat, m, n, 0, &text, &sp, &nsp, &e2) < 0) {
+	if (lora_chat_render_tools(o->chat, m, n, tools, 0, &text, &sp, &nsp, &e2) < 0) {
 		free(m);
 		lora_buf_free(&text);
 		return strstr(e2.msg, "out of memory") ? lora_errf(err, "out of memory") : BAD("%.300s", e2.msg);
@@ -285,7 +289,8 @@ static int parse_row(const struct lora_data_opts *o, const char *line, size_t le
 		*kind = LORA_ROW_PROMPT,
 		rc = row_prompt(o, k[1], cJSON_GetObjectItemCaseSensitive(j, "completion"), r, why, whylen, err);
 	else if (k[2])
-		*kind = LORA_ROW_CHAT, rc = row_chat(o, k[2], r, why, whylen, err);
+		*kind = LORA_ROW_CHAT,
+		rc = row_chat(o, k[2], cJSON_GetObjectItemCaseSensitive(j, "tools"), r, why, whylen, err);
 	else
 		*kind = LORA_ROW_TOKENS,
 		rc = row_tokens(o, k[3], cJSON_GetObjectItemCaseSensitive(j, "labels"), r, why, whylen, err);

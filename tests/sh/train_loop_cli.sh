@@ -277,6 +277,22 @@ if [ -x "$MK" ]; then
 	run "$LORA" train --base "$T/qm" --data "$T/chat.jsonl" --name chatf --steps 1 --chat-template "$T/bad.jinja"
 	expect_rc 1
 	expect_err "template line 2"
+	# rows with tools, as TRL's datasets carry them, for a template that prints them
+	printf '%s' "{% if tools %}<|im_start|>system
+{% for t in tools %}{{ t | tojson }}
+{% endfor %}<|im_end|>
+{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}
+{% if m.tool_calls %}{{ m.tool_calls[0].function | tojson }}{% else %}{{ m.content }}{% endif %}<|im_end|>
+{% endfor %}" >"$T/tools.jinja"
+	{ printf '%s\n' '{"messages": [{"role": "user", "content": "Weather in Lima?"}, {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Lima"}}}]}, {"role": "tool", "content": "19 C"}, {"role": "assistant", "content": "19 C in Lima."}], "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]}'
+	  head -4 "$T/chat.jsonl"; } >"$T/tools.jsonl"
+	run "$LORA" train --base "$T/qm" --data "$T/tools.jsonl" --name chatt --steps 1 --seq-len 64 \
+		--chat-template "$T/tools.jinja" --threads 1 --json
+	expect_rc 0
+	run "$LORA" train --base "$T/qm" --data "$T/tools.jsonl" --name chatt --steps 1 --seq-len 64 --chat-template chatml
+	expect_rc 1
+	expect_err "$T/tools.jsonl:1:"
+	expect_err "takes no tools"
 	printf "{{ raise_exception('no ' ~ messages[0].role ~ ' here') }}" >"$T/raise.jinja"
 	run "$LORA" train --base "$T/qm" --data "$T/chat.jsonl" --name chatf --steps 1 --chat-template "$T/raise.jinja"
 	expect_rc 1

@@ -184,7 +184,10 @@ static int row_chat(const struct lora_data_opts *o, const cJSON *msgs, const cJS
 	cJSON_ArrayForEach(e, msgs) {
 		const cJSON *role = cJSON_GetObjectItemCaseSensitive(e, "role");
 		const cJSON *content = cJSON_GetObjectItemCaseSensitive(e, "content");
-		if (!cJSON_IsObject(e) || !cJSON_IsString(role) || !cJSON_IsString(content)) {
+		/* a tool call's content may be null or absent, as OpenAI-style rows write it */
+		int tool_call = cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(e, "tool_calls")) &&
+				(!content || cJSON_IsNull(content));
+		if (!cJSON_IsObject(e) || !cJSON_IsString(role) || (!cJSON_IsString(content) && !tool_call)) {
 			free(m);
 			return BAD("message %zu needs \"role\" and \"content\" strings", i + 1);
 		}
@@ -196,7 +199,7 @@ static int row_chat(const struct lora_data_opts *o, const cJSON *msgs, const cJS
 		}
 		m[i].role = role->valuestring;
 		m[i].json = e;
-		m[i++].content = content->valuestring;
+		m[i++].content = tool_call ? NULL : content->valuestring;
 		n_asst += !strcmp(role->valuestring, "assistant");
 	}
 	if (!n_asst) {

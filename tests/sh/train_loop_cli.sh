@@ -284,7 +284,7 @@ if [ -x "$MK" ]; then
 {% endif %}{% for m in messages %}<|im_start|>{{ m.role }}
 {% if m.tool_calls %}{{ m.tool_calls[0].function | tojson }}{% else %}{{ m.content }}{% endif %}<|im_end|>
 {% endfor %}" >"$T/tools.jinja"
-	{ printf '%s\n' '{"messages": [{"role": "user", "content": "Weather in Lima?"}, {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Lima"}}}]}, {"role": "tool", "content": "19 C"}, {"role": "assistant", "content": "19 C in Lima."}], "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]}'
+	{ printf '%s\n' '{"messages": [{"role": "user", "content": "Weather in Lima?"}, {"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Lima"}}}]}, {"role": "tool", "content": "19 C"}, {"role": "assistant", "content": "19 C in Lima."}], "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]}'
 	  head -4 "$T/chat.jsonl"; } >"$T/tools.jsonl"
 	run "$LORA" train --base "$T/qm" --data "$T/tools.jsonl" --name chatt --steps 1 --seq-len 64 \
 		--chat-template "$T/tools.jinja" --threads 1 --json

@@ -149,6 +149,9 @@ CONVERSATIONS["tool_use"] = [
     {"role": "tool", "tool_call_id": "call12345", "name": "get_weather", "content": "{\"temp\": 21}"},
     m(A, "It is 21 °C in Paris.")]
 CONVERSATIONS["tool_first_turn"] = [m(U, "Weather in Oslo, in fahrenheit?")]
+# as OpenAI-style rows write a tool call: content null (transformers drops it)
+CONVERSATIONS["tool_use_null"] = json.loads(json.dumps(CONVERSATIONS["tool_use"]))
+CONVERSATIONS["tool_use_null"][2]["content"] = None
 
 # (conversation, add_generation_prompt, extra template kwargs; "tools" goes as apply_chat_template's tools)
 RUNS = [
@@ -171,6 +174,7 @@ RUNS = [
     ("openai_style", False, {}),
     ("tool_use", False, {"tools": TOOLS}),
     ("tool_use", True, {"tools": TOOLS}),
+    ("tool_use_null", False, {"tools": TOOLS}),
     ("tool_first_turn", True, {"tools": TOOLS}),
     ("tool_first_turn", False, {"tools": TOOLS_NULLABLE}),
     ("user_only", True, {"date_string": "01 Jan 2025"}),

@@ -254,9 +254,9 @@ TEST(chat_rows_of_real_templates_and_their_loss_spans)
 				char want[512], got[2048];
 				size_t wl, gl = sp[k].end - sp[k].start;
 
-				if (strcmp(m[i].role, "assistant"))
+				if (!m[i].role || strcmp(m[i].role, "assistant"))
 					continue;
-				ans = m[i].content;
+				ans = m[i].content ? m[i].content : "";   /* a tool call's may be null */
 				if ((th = strstr(ans, "</think>")))
 					ans = th + strlen("</think>");
 				while (*ans && strchr(" \t\r\n", *ans))

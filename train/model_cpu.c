@@ -1491,3 +1491,56 @@ int lora_cpu_attn_fwd(const float *q, const float *k, const float *v, int B, int
 	free(c.P);
 	return 0;
 }
+
+int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt,
+		      int B, int H, int KV, int T, int D, float scaling, int window, float *dq, float *dk,
+		      float *dv)
+{
+	const size_t sp = (size_t)(T < QB ? T : QB) * T;
+	struct lora_net n;
+	struct cpu c;
+	struct lora_batch b;
+	struct lora_block bk;
+	struct acts a;
+	struct ctx k0;
+
+	memset(&n, 0, sizeof(n));
+	memset(&c, 0, sizeof(c));
+	memset(&b, 0, sizeof(b));
+	memset(&bk, 0, sizeof(bk));
+	memset(&a, 0, sizeof(a));
+	c.S = malloc(sizeof(float) * sp);
+	c.P = malloc(sizeof(float) * sp);
+	if (!c.S || !c.P) {
+		free(c.S);
+		free(c.P);
+		return -1;
+	}
+	n.H = H;
+	n.KV = KV;
+	n.D = D;
+	n.attn_scale = scaling;
+	b.B = B;
+	b.T = T;
+	bk.window = window;
+	a.q = (float *)q;
+	a.k = (float *)k;
+	a.v = (float *)v;
+	a.lse = (float *)lse;
+	c.datt = (float *)datt;
+	c.dq = dq;
+	c.dk = dk;
+	c.dv = dv;
+	k0.net = &n;
+	k0.c = &c;
+	k0.b = &b;
+	k0.N = B * T;
+	k0.dropout = 0;
+	{
+		struct attn_job j = {&k0, &bk, &a, NULL, NULL};
+		attn_bwd_part(&j, 0, (size_t)B * KV, 0);
+	}
+	free(c.S);
+	free(c.P);
+	return 0;
+}

@@ -27,8 +27,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "libadapter/base/fsutil.h"
 #include "libadapter/format/safetensors.h"
 #include "train/cuda.h"
+#include "train/loop.h"
 #include "train/model_cuda.h"
 #include "train/net.h"
 #include "tests/t.h"
@@ -37,6 +39,8 @@ static const struct lora_cuda_abi *K;
 static char tools[PATH_MAX + 16];
 static double worst_loss, worst_logit, worst_grad;   /* cuda vs cpu */
 static double worst_ref_loss, worst_ref_grad;       /* cuda vs torch */
+
+static char plugin_path[PATH_MAX + 64];
 
 static void find_plugin(void)
 {
@@ -52,7 +56,8 @@ static void find_plugin(void)
 		*slash = '\0';
 	snprintf(tools, sizeof(tools), "%s/../tools", exe);
 	snprintf(path, sizeof(path), "%s/liblora_cuda_simt.so", tools);
-	K = lora_cuda_api(env && *env ? env : path, msg, sizeof(msg));
+	snprintf(plugin_path, sizeof(plugin_path), "%s", env && *env ? env : path);
+	K = lora_cuda_api(plugin_path, msg, sizeof(msg));
 	if (!K)
 		fprintf(stderr, "  no plugin: %s\n", msg);
 }
@@ -348,9 +353,153 @@ TEST(refuses_unsupported)
 	lora_net_close(net);
 }
 
+/* ------------------------------------------------------------ the trainer across devices */
+
+static char tmp[256], data[300], base[300];
+static double step_loss[2][21];   /* [run][step] */
+static int run_ix;
+static volatile sig_atomic_t stop;
+static long stop_after;
+
+static void on_progress(const struct lora_train_progress *p, void *ud)
+{
+	(void)ud;
+	if (p->ev != LORA_EV_STEP || p->step < 1 || p->step > 20)
+		return;
+	step_loss[run_ix][p->step] = p->loss;
+	if (p->step == stop_after)
+		stop = 1;
+}
+
+static void train_opts(struct lora_train_opts *o, const char *work, const char *device)
+{
+	lora_train_opts_defaults(o);
+	o->base_dir = base;
+	o->data_path = data;
+	o->lora.rank = 4;
+	o->lora.alpha = 8;
+	o->lora.dropout = 0.1;   /* the masks' step counter must come back on the other device too */
+	o->optim.lr = 5e-3;
+	o->steps = 20;
+	o->batch = 2;
+	o->grad_accum = 2;
+	o->seq_len = 16;
+	o->save_every = 100;
+	o->eval_every = 100;
+	o->threads = 1;
+	o->device = device;
+	o->cuda_plugin = plugin_path;
+	o->work_dir = work;
+}
+
+/*
+ * 20 steps on the CPU, against 10 on the CPU, stopped (a checkpoint), and
+ * resumed with --device cuda for the other 10.  Steps 1-10 are the same
+ * computation (equal); steps 11-20 ran on the device: per-step loss within
+ * 1e-5 relative (one step's loss differs by the summation order of its
+ * forward, ~1e-7 measured, plus what earlier steps' updates moved), and the
+ * final parameters within 1e-4 relative norm-wise: AdamW's step is lr·m/√v,
+ * insensitive to a gradient's scale, so a relative gradient error of ~1e-6
+ * moves each update by about as much, except for elements whose gradient is
+ * near 0, where it is noisy; ten steps of lr 5e-3 leave ~1e-6..1e-5
+ * relative (measured below), and a broken backend moves them by 1e-2 or more.
+ */
+TEST(resume_cpu_checkpoint_on_cuda)
+{
+	char wa[300], wb[300];
+	struct lora_train_opts o;
+	struct lora_trainer *tr = NULL;
+	struct lora_err err = { 0 };
+	float *want = NULL;
+	size_t n = 0;
+	double worst = 0, e;
+
+	if (!K) {
+		CHECKF(0, "no CUDA plugin");
+		return;
+	}
+	snprintf(wa, sizeof(wa), "%s/whole", tmp);
+	snprintf(wb, sizeof(wb), "%s/moved", tmp);
+	train_opts(&o, wa, "cpu");
+	run_ix = 0;
+	stop = 0;
+	stop_after = 0;
+	CHECKF(lora_trainer_open(&tr, &o, &err) == 0, "%s", err.msg);
+	if (!tr)
+		return;
+	CHECKF(lora_trainer_run(tr, on_progress, NULL, &stop, &err) == 0, "%s", err.msg);
+	n = lora_trainer_net(tr)->n_params;
+	want = malloc(n * sizeof(float));
+	memcpy(want, lora_trainer_net(tr)->params, n * sizeof(float));
+	lora_trainer_close(tr);
+
+	run_ix = 1;
+	stop_after = 10;
+	train_opts(&o, wb, "cpu");
+	tr = NULL;
+	CHECKF(lora_trainer_open(&tr, &o, &err) == 0, "%s", err.msg);
+	if (tr) {
+		CHECK(lora_trainer_run(tr, on_progress, NULL, &stop, &err) == 1);
+		CHECK(!strcmp(lora_trainer_info(tr)->device, "cpu"));
+		lora_trainer_close(tr);
+	}
+	stop = 0;
+	stop_after = 0;
+	train_opts(&o, wb, "cuda");
+	o.resume = 1;
+	tr = NULL;
+	CHECKF(lora_trainer_open(&tr, &o, &err) == 0, "%s", err.msg);
+	if (tr) {
+		CHECK(lora_trainer_info(tr)->start_step == 10);
+		CHECK(!strcmp(lora_trainer_info(tr)->device, "cuda"));
+		CHECK(lora_trainer_net(tr)->be == &lora_backend_cuda);
+		CHECKF(lora_trainer_run(tr, on_progress, NULL, &stop, &err) == 0, "%s", err.msg);
+		CHECK(lora_trainer_net(tr)->n_params == n);
+		if (lora_trainer_net(tr)->n_params == n) {
+			e = rel_norm(lora_trainer_net(tr)->params, want, n);
+			printf("  resumed on cuda: parameters %.3g off the CPU run (norm-wise)\n", e);
+			CHECKF(e <= 1e-4, "resumed parameters differ by %.3g", e);
+			CHECK(e > 0);   /* the second half did run on the other backend */
+		}
+		lora_trainer_close(tr);
+	}
+	for (int s = 1; s <= 20; s++) {
+		e = fabs(step_loss[1][s] - step_loss[0][s]) / step_loss[0][s];
+		CHECKF(s > 10 || e == 0, "step %d on the cpu: %.9g vs %.9g", s, step_loss[1][s], step_loss[0][s]);
+		CHECKF(e <= 1e-5, "step %d: loss %.9g on cuda, %.9g on cpu", s, step_loss[1][s], step_loss[0][s]);
+		worst = e > worst ? e : worst;
+	}
+	printf("  per-step loss, cuda after resume vs cpu: at most %.3g relative\n", worst);
+	free(want);
+}
+
 int main(void)
 {
+	const char *t = getenv("TMPDIR");
+	char *b = t_fixture("train/llama_tied");
+	FILE *f;
+
 	find_plugin();
+	snprintf(tmp, sizeof(tmp), "%s/lora-model-cuda.XXXXXX", t && *t ? t : "/tmp");
+	if (!mkdtemp(tmp) || !realpath(b, base)) {
+		printf("FAIL model_cuda_setup\n");
+		return 1;
+	}
+	free(b);
+	/* 40 rows counting up by one (mod 125, ids 3..127), 8 to 20 tokens */
+	snprintf(data, sizeof(data), "%s/count.jsonl", tmp);
+	f = fopen(data, "w");
+	for (int r = 0; f && r < 40; r++) {
+		int a = 3 + (r * 37) % 125, n = 8 + (r * 7) % 13;
+		fprintf(f, "{\"input_ids\": [");
+		for (int k = 0; k < n; k++)
+			fprintf(f, "%s%d", k ? ", " : "", 3 + (a - 3 + k) % 125);
+		fprintf(f, "]}\n");
+	}
+	if (!f || fclose(f)) {
+		printf("FAIL model_cuda_data\n");
+		return 1;
+	}
 	RUN(llama_tied_none);
 	RUN(llama_tied_nf4);
 	RUN(llama3_rope_untied_none);
@@ -367,6 +516,8 @@ int main(void)
 	RUN(odd_gqa5_tied);
 	RUN(odd_window_bias);
 	RUN(refuses_unsupported);
+	RUN(resume_cpu_checkpoint_on_cuda);
+	lora_rm_rf(tmp, NULL);
 	printf("  worst cuda vs cpu: loss %.3g relative, logits %.3g absolute, gradients %.3g norm-wise\n",
 	       worst_loss, worst_logit, worst_grad);
 	printf("  worst cuda vs torch: loss %.3g relative, gradients %.3g norm-wise\n", worst_ref_loss,

@@ -155,6 +155,12 @@ struct lora_cuda_abi {
 	 * lse [B, H, T]; window 0 or the sliding window in positions; D <= 128. */
 	int (*attn_fwd)(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
 			float scaling, int window, float *att, float *lse, lora_stream s);
+	/* attn_bwd.cu: its gradients from datt [B·T, H·D] (d of att) and attn_fwd's lse:
+	 * dq [B, H, T, D], dk, dv [B, KV, T, D] (summed over each group's heads; overwritten);
+	 * delta: scratch of B·H·T floats (the rows' Σ p·dp); D <= 128. */
+	int (*attn_bwd)(const float *q, const float *k, const float *v, const float *lse, const float *datt,
+			int B, int H, int KV, int T, int D, float scaling, int window, float *delta, float *dq,
+			float *dk, float *dv, lora_stream s);
 };
 
 typedef const struct lora_cuda_abi *(*lora_cuda_plugin_fn)(int abi_version);

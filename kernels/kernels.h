@@ -71,6 +71,9 @@ int lora_k_xent_grad(float *z, int ld, int nc, int v0, int vc, const int32_t *tg
 		     float scale, lora_stream st);
 int lora_k_attn_fwd(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
 		    float scaling, int window, float *att, float *lse, lora_stream s);
+int lora_k_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B, int H,
+		    int KV, int T, int D, float scaling, int window, float *delta, float *dq, float *dk, float *dv,
+		    lora_stream s);
 
 #ifdef __cplusplus
 }

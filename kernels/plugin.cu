@@ -53,6 +53,7 @@ static lora_cuda_abi make_table()
 	t.xent_loss = lora_k_xent_loss;
 	t.xent_grad = lora_k_xent_grad;
 	t.attn_fwd = lora_k_attn_fwd;
+	t.attn_bwd = lora_k_attn_bwd;
 	return t;
 }
 

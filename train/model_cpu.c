@@ -1492,9 +1492,8 @@ int lora_cpu_attn_fwd(const float *q, const float *k, const float *v, int B, int
 	return 0;
 }
 
-int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt,
-		      int B, int H, int KV, int T, int D, float scaling, int window, float *dq, float *dk,
-		      float *dv)
+int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B,
+		      int H, int KV, int T, int D, float scaling, int window, float *dq, float *dk, float *dv)
 {
 	const size_t sp = (size_t)(T < QB ? T : QB) * T;
 	struct lora_net n;

@@ -40,11 +40,10 @@ void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int
  * -1 when out of memory */
 int lora_cpu_attn_fwd(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
 		      float scaling, int window, float *att, float *lse);
-/* attn_bwd_part: from datt [B·T, H·D] and the forward's q, k, v, lse, the gradients dq [B, H, T, D]
- * and dk, dv [B, KV, T, D] (overwritten; dk, dv summed over each group's heads); -1 when out of
- * memory */
-int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt,
-		      int B, int H, int KV, int T, int D, float scaling, int window, float *dq, float *dk,
-		      float *dv);
+/* attn_bwd_part: from datt [B·T, H·D] (d of att) and the forward's lse, the gradients dq
+ * [B, H, T, D] and dk, dv [B, KV, T, D] (summed over each group's heads; overwritten); the
+ * probabilities are recomputed from q, k and lse; -1 when out of memory */
+int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B,
+		      int H, int KV, int T, int D, float scaling, int window, float *dq, float *dk, float *dv);
 
 #endif

@@ -128,7 +128,8 @@ TEST(table)
 	CHECK(K->query && K->strerror && K->malloc && K->memcpy && K->gemm && K->nf4_dequant && K->rmsnorm_fwd &&
 	      K->rmsnorm_bwd && K->rope_table && K->rope_fwd && K->rope_bwd && K->swiglu_fwd && K->swiglu_bwd &&
 	      K->add && K->addmul && K->grad_norm && K->adamw && K->merge_init && K->blas_create && K->lora_fwd &&
-	      K->lora_bwd && K->xent_stats && K->xent_loss && K->xent_grad && K->attn_fwd);
+	      K->lora_bwd && K->xent_stats && K->xent_loss && K->xent_grad && K->attn_fwd &&
+	      K->attn_bwd);
 	printf("  plugin: %s\n", K->build);
 }
 
@@ -784,6 +785,110 @@ TEST(attn_fwd)
 	attn_case(1, 4, 2, 40, 32, 0, 1.0f, 0.0625f);   /* another scaling (query_pre_attn_scalar 256) */
 }
 
+/*
+ * The backward against attn_bwd_part.  Both sides start from the same q, k, v, datt and the
+ * CPU forward's lse, so the only differences are rounding and the order of sums.  With p_ij
+ * the exact probabilities (double here), per query row i of nk keys:
+ *   A_i = scaling·max_j Σ_d |q_i,d·k_j,d|,  M_i = max_j Σ_d |dO_i,d·v_j,d| (bounds |dp|),
+ *   εp_i: each side's p is off, relative, by expf (2.4e-7 GPU, 1e-7 vexpf), by the score
+ *     (D + 2)·u·A_i and by the subtraction of lse u·(A_i + |lse_i|): both together
+ *     εp = 3.5e-7 + 2(D + 2)·u·A + 2u·(A + |lse|);
+ *   dp is off by 2D·u·M, Δ = Σ_j p·dp by (2nk·u + εp + 2D·u)·M, so ds = p·(dp - Δ)
+ *   (|dp - Δ| <= 2M) is off by p_ij·e_i, e_i = M_i·(3εp_i + (4D + 2nk + 8)·u);
+ *   dq_i,d = scaling·Σ_j ds·k: within scaling·Σ_j p_ij·|k_j,d|·(e_i + 4(nk + 2)·u·M_i),
+ *   the second term the two sums' rounding (|ds| <= 2p·M);
+ *   dk_j,d, dv_j,d sum over the n_j (query, head) pairs that see key j: within
+ *   scaling·Σ p_ij·|q_i,d|·(e_i + 4(n_j + 2)·u·M_i) and Σ p_ij·|dO_i,d|·(εp_i + 2(n_j + 2)·u).
+ * Plus 2u relative for the last multiply by scaling.
+ */
+static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float qs, float sc)
+{
+	const size_t nq = (size_t)B * H * T * D, nkv = (size_t)B * KV * T * D, nl = (size_t)B * H * T;
+	const float scaling = sc > 0 ? sc : (float)pow((double)D, -0.5);
+	const int grp = H / KV;
+	float *q = xmalloc(nq * 4), *k = xmalloc(nkv * 4), *v = xmalloc(nkv * 4), *dO = xmalloc(nq * 4);
+	float *att = xmalloc(nq * 4), *lse = xmalloc(nl * 4);
+	float *dq = xmalloc(nq * 4), *dk = xmalloc(nkv * 4), *dv = xmalloc(nkv * 4);
+	float *gdq = xmalloc(nq * 4), *gdk = xmalloc(nkv * 4), *gdv = xmalloc(nkv * 4);
+	double *tdq = xmalloc(nq * sizeof(double)), *tdk = xmalloc(nkv * sizeof(double));
+	double *tdv = xmalloc(nkv * sizeof(double)), *pr = xmalloc((size_t)T * sizeof(double));
+
+	fill(q, nq, qs);
+	fill(k, nkv, qs);
+	fill(v, nkv, 1.0f);
+	fill(dO, nq, 1.0f);
+	CHECK(lora_cpu_attn_fwd(q, k, v, B, H, KV, T, D, scaling, window, att, lse) == 0);
+	CHECK(lora_cpu_attn_bwd(q, k, v, lse, dO, B, H, KV, T, D, scaling, window, dq, dk, dv) == 0);
+	memset(tdq, 0, nq * sizeof(double));
+	memset(tdk, 0, nkv * sizeof(double));
+	memset(tdv, 0, nkv * sizeof(double));
+	for (int b = 0; b < B; b++)
+		for (int h = 0; h < H; h++)
+			for (int i = 0; i < T; i++) {
+				const int kvh = h / grp, lo = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+				const int nk = i - lo + 1;
+				const size_t row = ((size_t)b * H + h) * T + i;
+				const float *qi = q + row * D, *oi = dO + ((size_t)b * T + i) * H * D + (size_t)h * D;
+				const float *kb = k + ((size_t)b * KV + kvh) * T * D, *vb = v + ((size_t)b * KV + kvh) * T * D;
+				double A = 0.0, M = 0.0, ep, e;
+
+				for (int j = lo; j <= i; j++) {
+					double aq = 0.0, ad = 0.0, sd = 0.0;
+					for (int d = 0; d < D; d++) {
+						aq += fabs((double)qi[d] * kb[(size_t)j * D + d]);
+						ad += fabs((double)oi[d] * vb[(size_t)j * D + d]);
+						sd += (double)qi[d] * kb[(size_t)j * D + d];
+					}
+					A = fmax(A, aq * scaling);
+					M = fmax(M, ad);
+					pr[j] = exp(sd * scaling - lse[row]);
+				}
+				ep = 3.5e-7 + 2.0 * (D + 2) * U * A + 2.0 * U * (A + fabs(lse[row]));
+				e = M * (3.0 * ep + (4.0 * D + 2.0 * nk + 8.0) * U);
+				for (int j = lo; j <= i; j++) {
+					const int hi = window > 0 && j + window - 1 < T - 1 ? j + window - 1 : T - 1;
+					const double nj = (double)grp * (hi - j + 1);
+					const size_t kr = ((size_t)b * KV + kvh) * T + j;
+					for (int d = 0; d < D; d++) {
+						tdq[row * D + d] += scaling * pr[j] * fabs(kb[(size_t)j * D + d]) *
+								    (e + 4.0 * (nk + 2) * U * M);
+						tdk[kr * D + d] += scaling * pr[j] * fabs(qi[d]) * (e + 4.0 * (nj + 2) * U * M);
+						tdv[kr * D + d] += pr[j] * fabs(oi[d]) * (ep + 2.0 * (nj + 2) * U);
+					}
+				}
+			}
+	{
+		float *gq = up(q, nq * 4), *gk = up(k, nkv * 4), *gv = up(v, nkv * 4), *go = up(dO, nq * 4);
+		float *gl = up(lse, nl * 4), *gd = poisoned(nl * 4);
+		float *oq = poisoned(nq * 4), *ok = poisoned(nkv * 4), *ov = poisoned(nkv * 4);
+
+		CHECK(K->attn_bwd(gq, gk, gv, gl, go, B, H, KV, T, D, scaling, window, gd, oq, ok, ov, NULL) == 0);
+		down(gdq, oq, nq * 4);
+		down(gdk, ok, nkv * 4);
+		down(gdv, ov, nkv * 4);
+		CHECKF(cmp("attn dq", gdq, dq, nq, 0.0, 2 * U, tdq) == 0, "B %d H %d KV %d T %d D %d window %d", B, H,
+		       KV, T, D, window);
+		CHECKF(cmp("attn dk", gdk, dk, nkv, 0.0, 2 * U, tdk) == 0, "B %d H %d KV %d T %d D %d window %d", B,
+		       H, KV, T, D, window);
+		CHECKF(cmp("attn dv", gdv, dv, nkv, 0.0, 2 * U, tdv) == 0, "B %d H %d KV %d T %d D %d window %d", B,
+		       H, KV, T, D, window);
+		K->free(gq), K->free(gk), K->free(gv), K->free(go), K->free(gl), K->free(gd);
+		K->free(oq), K->free(ok), K->free(ov);
+	}
+	free(q), free(k), free(v), free(dO), free(att), free(lse), free(dq), free(dk), free(dv);
+	free(gdq), free(gdk), free(gdv), free(tdq), free(tdk), free(tdv), free(pr);
+}
+
+TEST(attn_bwd)
+{
+	attn_bwd_case(1, 1, 1, 1, 1, 0, 1.0f, 0);       /* one token: ds is exactly 0 */
+	attn_bwd_case(2, 4, 4, 37, 16, 0, 1.0f, 0);     /* GQA ratio 1, T not a multiple of the tiles */
+	attn_bwd_case(2, 6, 2, 70, 24, 0, 2.0f, 0);     /* ratio 3, two query blocks, three key tiles */
+	attn_bwd_case(1, 4, 1, 131, 64, 19, 2.0f, 0);   /* ratio 4, sliding window inside the tiles */
+	attn_bwd_case(1, 2, 2, 65, 128, 64, 1.0f, 0);   /* head dim 128, window = one query block */
+	attn_bwd_case(1, 4, 2, 40, 32, 0, 1.0f, 0.0625f);   /* another scaling */
+}
+
 int main(void)
 {
 	K = lora_cuda_plugin(LORA_CUDA_ABI_VERSION);
@@ -802,5 +907,6 @@ int main(void)
 	RUN(lora_path);
 	RUN(xent);
 	RUN(attn_fwd);
+	RUN(attn_bwd);
 	return t_done();
 }

@@ -24,11 +24,10 @@
  * turns them into d hidden at once.  The token embedding is gathered on the
  * host from net's rows (N·C floats a step) and uploaded.
  *
- * Attention backward: the table has no attn_bwd kernel yet, so it runs on
- * the host (TEMPORARY FALLBACK, see attn_bwd_host): q, k, v, lse and d att
- * are copied down, lora_cpu_attn_bwd (the CPU trainer's own loop) computes
- * dq, dk, dv, and they are copied back.  Correct, but it moves every layer's
- * attention tensors over the bus twice per step.
+ * Attention runs on the device both ways (attn_fwd, attn_bwd from the saved
+ * log-sum-exp), so nothing but the embedding rows, the dropout masks, the
+ * targets, the LoRA parameters and gradients and the per-token losses
+ * crosses the bus in a step.
  *
  * Supported: what the kernels cover, Llama (llama3 / linear RoPE scaling,
  * tied embeddings), Mistral's sliding window, Qwen2's q/k/v biases; anything
@@ -44,7 +43,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "train/ops_cpu.h"
 
 #define WCHUNK_MAX (16u << 20)   /* floats of the NF4 dequantization scratch at most (64 MiB) */
 #define LOGIT_CHUNK (16u << 20)  /* floats of logits held at once on the device (64 MiB) */
@@ -108,6 +106,7 @@ struct dev {
 	float *dx, *dh;
 	float *tqkv, *to, *datt;
 	float *dq, *dk, *dv;
+	float *delta;             /* [B, H, T] attention backward's row sums */
 	float *dact, *dgu;
 	float *xa, *xd, *mask;    /* [N, max in] dropout(x), du·A, the mask */
 	float *du;
@@ -431,6 +430,7 @@ static size_t layout(struct dev *c, const struct lora_net *net, int B, int T, fl
 	c->dq = take(&p, N * HD);
 	c->dk = take(&p, N * KVD);
 	c->dv = take(&p, N * KVD);
+	c->delta = take(&p, N * net->H);
 	c->dact = take(&p, N * F);
 	c->dgu = take(&p, N * 2 * F);
 	c->xa = take(&p, N * mx);
@@ -517,13 +517,12 @@ static struct dev *prepare(struct lora_net *net, int B, int T, struct lora_err *
 		d->cap = need;
 	}
 	layout(d, net, B, T, d->mem);
-	/* host scratch: the embedding rows, dropout masks, and the attention fallback's tensors */
+	/* host scratch: the embedding rows and the dropout masks */
 	{
-		const size_t C = net->C, F = net->F, HD = (size_t)net->H * net->D, KVD = (size_t)net->KV * net->D;
+		const size_t C = net->C, F = net->F, HD = (size_t)net->H * net->D;
 		const size_t mx = C > F ? (C > HD ? C : HD) : (F > HD ? F : HD);
-		const size_t attn = 3 * N * HD + 4 * N * KVD + N * net->H;
 
-		hneed = N * mx > attn ? N * mx : attn;
+		hneed = N * mx;
 		if (hneed > d->hcap) {
 			free(d->hbuf);
 			free(d->htgt);
@@ -707,34 +706,6 @@ static int lin_bwd(const struct ctx *k, int l, int first, int n, const float *x,
 	return 0;
 }
 
-/* ------------------------------------------------------------ attention backward */
-
-/*
- * TEMPORARY FALLBACK until the plugin table has an attn_bwd kernel: q, k, v,
- * lse and d att go to the host, the CPU trainer's attention backward
- * (lora_cpu_attn_bwd) makes dq, dk, dv, and they come back.
- */
-static int attn_bwd_host(const struct ctx *k, const struct lora_block *bk, const struct acts *a)
-{
-	const struct lora_net *net = k->net;
-	struct dev *d = k->d;
-	const size_t N = (size_t)k->N, HD = (size_t)net->H * net->D, KVD = (size_t)net->KV * net->D;
-	float *q = d->hbuf, *kk = q + N * HD, *v = kk + N * KVD, *lse = v + N * KVD, *datt = lse + N * net->H;
-	float *dq = datt + N * HD, *dk = dq + N * HD, *dv = dk + N * KVD;
-
-	if (down(k, q, a->q, N * HD * sizeof(float)) < 0 || down(k, kk, a->k, N * KVD * sizeof(float)) < 0 ||
-	    down(k, v, a->v, N * KVD * sizeof(float)) < 0 || down(k, lse, a->lse, N * net->H * sizeof(float)) < 0 ||
-	    down(k, datt, d->datt, N * HD * sizeof(float)) < 0)
-		return -1;
-	if (lora_cpu_attn_bwd(q, kk, v, lse, datt, k->b->B, net->H, net->KV, k->b->T, net->D, net->attn_scale,
-			      bk->window, dq, dk, dv) < 0)
-		return lora_errf(k->err, "out of memory for attention backward");
-	if (up(k, d->dq, dq, N * HD * sizeof(float)) < 0 || up(k, d->dk, dk, N * KVD * sizeof(float)) < 0 ||
-	    up(k, d->dv, dv, N * KVD * sizeof(float)) < 0)
-		return -1;
-	return 0;
-}
-
 /* ------------------------------------------------------------ a decoder layer */
 
 static int layer_fwd(const struct ctx *k, int l, struct acts *a, float *out)
@@ -790,8 +761,8 @@ static int layer_bwd(const struct ctx *k, int l, struct acts *a, int need_dx)
 	/* attention: xm = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))) */
 	if (lin_bwd(k, l, LORA_T_O, 1, a->att, c->dx, C, c->datt, 0.0f, a) < 0)
 		return -1;
-	if (attn_bwd_host(k, bk, a) < 0)
-		return -1;
+	CK(K->attn_bwd(a->q, a->k, a->v, a->lse, c->datt, B, net->H, net->KV, T, net->D, net->attn_scale, bk->window,
+		       c->delta, c->dq, c->dk, c->dv, NULL));
 	CK(K->rope_bwd(c->dq, c->tqkv, W3, B, T, net->H, net->D, c->cosb, c->sinb, 1, NULL));
 	CK(K->rope_bwd(c->dk, c->tqkv + HD, W3, B, T, net->KV, net->D, c->cosb, c->sinb, 1, NULL));
 	CK(K->rope_bwd(c->dv, c->tqkv + HD + KVD, W3, B, T, net->KV, net->D, c->cosb, c->sinb, 0, NULL));

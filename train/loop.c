@@ -1066,14 +1066,20 @@ static int one_step(struct lora_trainer *tr, volatile sig_atomic_t *stop, double
 			  tr->step + 1);
 		return 2;
 	}
-	norm = lora_clip_grad_norm(tr->net->grads, tr->net->n_params, tr->ocfg.max_grad_norm);
+	lr = lora_sched_lr(&tr->ocfg, tr->step);
+	if (tr->net->be->optim_step) {   /* on the device (it leaves the update undone when norm is not finite) */
+		if (tr->net->be->optim_step(tr->net, &tr->opt, &tr->ocfg, lr, &norm, err) < 0)
+			return lora_err_prefix(err, "step %ld", tr->step + 1);
+	} else {
+		norm = lora_clip_grad_norm(tr->net->grads, tr->net->n_params, tr->ocfg.max_grad_norm);
+	}
 	if (!isfinite(norm)) {
 		lora_errf(err, "the gradient norm is %s at step %ld; training stopped",
 			  isnan(norm) ? "nan" : "inf", tr->step + 1);
 		return 2;
 	}
-	lr = lora_sched_lr(&tr->ocfg, tr->step);
-	lora_adamw_step(&tr->opt, &tr->ocfg, tr->net->params, tr->net->grads, lr);
+	if (!tr->net->be->optim_step)
+		lora_adamw_step(&tr->opt, &tr->ocfg, tr->net->params, tr->net->grads, lr);
 	tr->step++;
 	*norm_out = norm;
 	*lr_out = lr;

@@ -321,7 +321,7 @@ static int load_weights(struct lora_net *net, struct dev *d, struct lora_err *er
 {
 	const struct lora_cuda_abi *K = d->K;
 	const size_t C = net->C;
-	size_t wmax = 0;
+	size_t wmax = 0, wcols = 0;
 
 	if (!(d->blocks = calloc((size_t)net->L, sizeof(*d->blocks))))
 		return lora_errf(err, "out of memory");
@@ -342,6 +342,8 @@ static int load_weights(struct lora_net *net, struct dev *d, struct lora_err *er
 				return -1;
 			if (lin->w.fmt == LORA_WF_NF4 && (size_t)lin->w.rows * lin->w.cols > wmax)
 				wmax = (size_t)lin->w.rows * lin->w.cols;
+			if (lin->w.fmt == LORA_WF_NF4 && (size_t)lin->w.cols > wcols)
+				wcols = (size_t)lin->w.cols;
 		}
 	}
 	if (upload_frozen(K, &net->lm_head, &d->lm_head, err) < 0 ||
@@ -351,10 +353,11 @@ static int load_weights(struct lora_net *net, struct dev *d, struct lora_err *er
 		return -1;
 	if (d->lm_head.nf4)
 		return lora_errf(err, "cuda: an NF4 LM head is not supported");
-	/* the scratch holds a whole NF4 matrix, or as many of its rows as WCHUNK_MAX allows */
+	/* the scratch holds a whole NF4 matrix, or as many of its rows as WCHUNK_MAX allows (one row
+	 * at least) */
 	d->wchunk = wmax < WCHUNK_MAX ? wmax : WCHUNK_MAX;
-	if (d->wchunk && d->wchunk < (size_t)(net->C > net->F ? net->C : net->F))
-		d->wchunk = (size_t)(net->C > net->F ? net->C : net->F);
+	if (d->wchunk < wcols)
+		d->wchunk = wcols;
 	if (dalloc(K, (void **)&d->wbuf, d->wchunk * sizeof(float), err) < 0)
 		return -1;
 	d->loaded = 1;

@@ -32,13 +32,16 @@ awk 'BEGIN { s = 11; for (r = 0; r < 24; r++) { s = (s * 1103515245 + 12345) % 2
 	for (k = 0; k < len; k++) line = line (k ? ", " : "") (3 + (a - 3 + k) % 90); print line "]}" } }' \
 	>"$T/odd.jsonl"
 args=(--base "$T/odd" --data "$T/odd.jsonl" --steps 20 --batch 3 --grad-accum 2 --seq-len 12 --no-pack
-	--rank 4 --lr 1e-2 --threads 1 --save-every 1000)
+	--rank 4 --lr 1e-2 --threads 1 --save-every 1000 --eval-split 0.25 --eval-every 5)
 
-losses() { grep '"event": "train"' "$1" | sed 's/.*"step": \([0-9]*\), "loss": \([^,}]*\).*/\1 \2/'; }
-# the largest relative per-step loss difference of two logs, or "steps differ"
+# "STEP LOSS" of each EVENT (train or eval) line of a log
+losses() { grep "\"event\": \"$2\"" "$1" | sed 's/.*"step": \([0-9]*\), "[a-z_]*loss": \([^,}]*\).*/\1 \2/'; }
+# loss_diff LOG LOG N [EVENT]: the largest relative loss difference of the two logs' EVENT lines
+# (train by default), or "steps differ" unless both have the same N steps
 loss_diff() {
-	join <(losses "$1") <(losses "$2") | awk -v n="$3" '{ d = $2 - $3; d = d < 0 ? -d : d; r = d / $2;
-		m = r > m ? r : m; c++ } END { if (c != n) print "steps differ (" c " of " n ")"; else printf "%.3g\n", m }'
+	join <(losses "$1" "${4:-train}") <(losses "$2" "${4:-train}") | awk -v n="$3" '{ d = $2 - $3;
+		d = d < 0 ? -d : d; r = d / $2; m = r > m ? r : m; c++ }
+		END { if (c != n) print "steps differ (" c " of " n ")"; else printf "%.3g\n", m }'
 }
 # the largest module distance of two adapters relative to the module's norm (lora diff --json)
 adapter_diff() {
@@ -57,6 +60,10 @@ grep -q '"device": *"cuda"' "$T/cuda20/training_log.jsonl" || t_fail "the log do
 d=$(loss_diff "$T/cpu20/training_log.jsonl" "$T/cuda20/training_log.jsonl" 20)
 echo "  per-step loss, cuda (simt) vs cpu over 20 steps: at most $d relative"
 holds "$d" "<=" 1e-5 || t_fail "per-step losses differ: $d"
+# the evaluations (forward only, on the device) at steps 0, 5, ..., 20
+e=$(loss_diff "$T/cpu20/training_log.jsonl" "$T/cuda20/training_log.jsonl" 5 eval)
+echo "  eval loss, cuda vs cpu: at most $e relative"
+holds "$e" "<=" 1e-5 || t_fail "eval losses differ: $e"
 a=$(adapter_diff cpu20 cuda20)
 echo "  final adapters: module distance at most $a of the module's norm"
 holds "$a" "<=" 1e-4 || t_fail "adapters differ: $a"

@@ -13,9 +13,12 @@
  *                            absmax codes, nested fp32 scales: the bytes the
  *                            CPU path dequantizes), or dense as fp32
  *   norms, biases, RoPE inv_freq, the LM head (fp32)
- * Each run uploads the LoRA parameters and the gradients (the optimizer, and
- * so the master copy, stays on the host in train/optim.c for now) and
- * downloads the gradients after the backward pass.
+ * Each run uploads the LoRA parameters and the gradients (the host keeps
+ * the master copy, which checkpoints save) and downloads the gradients after
+ * the backward pass.  The optimizer step runs on the device too
+ * (cuda_optim_step: grad_norm and clipping, then the fused AdamW), with the
+ * moments paged in from the host's arrays before the update and out after
+ * it, as bitsandbytes' paged optimizers keep them off the device.
  *
  * A frozen product dequantizes its NF4 rows a chunk at a time into one fp32
  * scratch (nf4_dequant) and multiplies by it (gemm); the LoRA terms are
@@ -43,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "train/optim.h"
 
 #define WCHUNK_MAX (16u << 20)   /* floats of the NF4 dequantization scratch at most (64 MiB) */
 #define LOGIT_CHUNK (16u << 20)  /* floats of logits held at once on the device (64 MiB) */
@@ -94,6 +98,9 @@ struct dev {
 	float *wbuf;              /* [wchunk] NF4 dequantization scratch */
 	size_t wchunk;
 	float *params, *grads;    /* [n_params] */
+	float *om, *ov;           /* [n_params] AdamW moments, paged in from the host for each update */
+	double *nscratch, *dnorm; /* [LORA_CUDA_NORM_BLOCKS], [1] the gradient norm */
+	float *dcoef;             /* [1] the clipping coefficient */
 	size_t n_params;
 	/* per batch shape */
 	int B, T;
@@ -262,6 +269,11 @@ static void cuda_release(struct lora_net *net)
 	dfree(d->K, d->wbuf);
 	dfree(d->K, d->params);
 	dfree(d->K, d->grads);
+	dfree(d->K, d->om);
+	dfree(d->K, d->ov);
+	dfree(d->K, d->nscratch);
+	dfree(d->K, d->dnorm);
+	dfree(d->K, d->dcoef);
 	dfree(d->K, d->mem);
 	if (d->blas && d->K->blas_destroy)
 		d->K->blas_destroy(d->blas);
@@ -494,15 +506,22 @@ static struct dev *prepare(struct lora_net *net, int B, int T, struct lora_err *
 			goto fail;
 	}
 	if (d->n_params != net->n_params) {
-		dfree(K, d->params);
-		dfree(K, d->grads);
-		d->params = d->grads = NULL;
+		void **bufs[] = {(void **)&d->params, (void **)&d->grads, (void **)&d->om, (void **)&d->ov};
+
+		for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
+			dfree(K, *bufs[i]);
+			*bufs[i] = NULL;
+		}
 		d->n_params = 0;
-		if (dalloc(K, (void **)&d->params, net->n_params * sizeof(float), err) < 0 ||
-		    dalloc(K, (void **)&d->grads, net->n_params * sizeof(float), err) < 0)
-			goto fail;
+		for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+			if (dalloc(K, bufs[i], net->n_params * sizeof(float), err) < 0)
+				goto fail;
 		d->n_params = net->n_params;
 	}
+	if (!d->nscratch && (dalloc(K, (void **)&d->nscratch, LORA_CUDA_NORM_BLOCKS * sizeof(double), err) < 0 ||
+			     dalloc(K, (void **)&d->dnorm, sizeof(double), err) < 0 ||
+			     dalloc(K, (void **)&d->dcoef, sizeof(float), err) < 0))
+		goto fail;
 	if (d->B == B && d->T == T)
 		return d;
 	need = layout(d, net, B, T, NULL);
@@ -915,6 +934,42 @@ static int cuda_run(struct lora_net *net, const struct lora_batch *b, int backwa
 	return 0;
 }
 
+/*
+ * Clipping and AdamW on the device (grad_norm, adamw): the gradients are
+ * there already (the last run left them, equal to net->grads); the moments
+ * come up from opt's host arrays and go back with the parameters, so a
+ * checkpoint, --resume and the CPU backend see the state they always do.
+ */
+static int cuda_optim_step(struct lora_net *net, struct lora_adamw *opt, const struct lora_optim_cfg *cfg,
+			   double lr, double *norm, struct lora_err *err)
+{
+	struct dev *c = net->be_state;
+	struct ctx kc = {net, c, NULL, 0, 0, err};
+	const struct ctx *k = &kc;
+	const size_t n = net->n_params, bytes = n * sizeof(float);
+	struct lora_cuda_adamw ka;
+
+	*norm = 0.0;
+	if (!n)
+		return 0;
+	if (!c || c->n_params != n || opt->n != n)
+		return lora_errf(err, "cuda: the optimizer step needs a backward pass of these adapters first");
+	CK(c->K->grad_norm(c->grads, n, (float)cfg->max_grad_norm, c->nscratch, c->dnorm, c->dcoef, NULL));
+	if (down(k, norm, c->dnorm, sizeof(double)) < 0)
+		return -1;
+	if (!isfinite(*norm))
+		return 0;
+	lora_adamw_consts(cfg, opt->step + 1, lr, &ka);
+	if (up(k, c->om, opt->m, bytes) < 0 || up(k, c->ov, opt->v, bytes) < 0)
+		return -1;
+	CK(c->K->adamw(c->params, c->grads, c->om, c->ov, n, ka, c->dcoef, NULL));
+	if (down(k, net->params, c->params, bytes) < 0 || down(k, opt->m, c->om, bytes) < 0 ||
+	    down(k, opt->v, c->ov, bytes) < 0)
+		return -1;
+	opt->step++;
+	return 0;
+}
+
 int lora_cuda_attach(struct lora_net *net, const struct lora_cuda_abi *K, struct lora_err *err)
 {
 	if (!K)
@@ -934,4 +989,5 @@ const struct lora_backend lora_backend_cuda = {
 	.name = "cuda",
 	.run = cuda_run,
 	.release = cuda_release,
+	.optim_step = cuda_optim_step,
 };

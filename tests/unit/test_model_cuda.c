@@ -360,10 +360,12 @@ static double step_loss[2][21];   /* [run][step] */
 static int run_ix;
 static volatile sig_atomic_t stop;
 static long stop_after;
+static long poison_after;   /* a NaN into the parameters after this step (ud: the trainer) */
 
 static void on_progress(const struct lora_train_progress *p, void *ud)
 {
-	(void)ud;
+	if (ud && p->ev == LORA_EV_STEP && p->step == poison_after)
+		lora_trainer_net(ud)->params[0] = NAN;
 	if (p->ev != LORA_EV_STEP || p->step < 1 || p->step > 20)
 		return;
 	step_loss[run_ix][p->step] = p->loss;
@@ -473,6 +475,45 @@ TEST(resume_cpu_checkpoint_on_cuda)
 	free(want);
 }
 
+/* A NaN on the device stops the run as on the CPU: the last good checkpoint kept, and resumable. */
+TEST(nan_on_cuda_stops_at_the_last_good_checkpoint)
+{
+	char w[300];
+	struct lora_train_opts o;
+	struct lora_trainer *tr = NULL;
+	struct lora_err err = { 0 };
+
+	if (!K) {
+		CHECKF(0, "no CUDA plugin");
+		return;
+	}
+	snprintf(w, sizeof(w), "%s/nan", tmp);
+	train_opts(&o, w, "cuda");
+	o.steps = 6;
+	o.save_every = 2;
+	run_ix = 0;
+	stop = 0;
+	stop_after = 0;
+	poison_after = 3;
+	CHECKF(lora_trainer_open(&tr, &o, &err) == 0, "%s", err.msg);
+	if (tr) {
+		CHECK(lora_trainer_run(tr, on_progress, tr, &stop, &err) < 0);
+		/* A[0] of the first module is NaN: the loss stays finite (the CPU trainer says the same),
+		 * the gradient norm, computed on the device (grad_norm), is not */
+		CHECKF(strstr(err.msg, "the gradient norm is nan at step 4") != NULL, "%s", err.msg);
+		CHECKF(strstr(err.msg, "last good checkpoint (step 2)") != NULL, "%s", err.msg);
+		lora_trainer_close(tr);
+	}
+	poison_after = 0;
+	o.resume = 1;
+	tr = NULL;
+	CHECKF(lora_trainer_open(&tr, &o, &err) == 0, "%s", err.msg);
+	CHECK(tr && lora_trainer_info(tr)->start_step == 2);
+	CHECK(tr && lora_trainer_run(tr, on_progress, NULL, &stop, &err) == 0);
+	CHECK(tr && isfinite(lora_trainer_net(tr)->params[0]));
+	lora_trainer_close(tr);
+}
+
 int main(void)
 {
 	const char *t = getenv("TMPDIR");
@@ -517,6 +558,7 @@ int main(void)
 	RUN(odd_window_bias);
 	RUN(refuses_unsupported);
 	RUN(resume_cpu_checkpoint_on_cuda);
+	RUN(nan_on_cuda_stops_at_the_last_good_checkpoint);
 	lora_rm_rf(tmp, NULL);
 	printf("  worst cuda vs cpu: loss %.3g relative, logits %.3g absolute, gradients %.3g norm-wise\n",
 	       worst_loss, worst_logit, worst_grad);

@@ -44,7 +44,7 @@ static int wrap_run(struct lora_net *net, const struct lora_batch *b, int backwa
 	return rc;
 }
 
-static struct lora_backend wrap = { "test", wrap_run, NULL };
+static struct lora_backend wrap = { .name = "test", .run = wrap_run };
 
 static void rig(struct lora_trainer *tr, int stop_call, int nan_call)
 {

@@ -169,6 +169,9 @@ $(BUILD)/tests-gpu/test_kernels: tests/simt/test_kernels.c $(PLUGIN) $(BUILD)/li
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libtrain.a $(BUILD)/libadapter.a \
 	  -L$(BUILD) -l:liblora_cuda.so -Wl,-rpath,$(CURDIR)/$(BUILD) $(LDLIBS)
 
+# the CUDA backend's test runs on the CPU execution layer and makes odd models with mktiny
+$(BUILD)/tests/test_model_cuda: | $(BUILD)/tools/liblora_cuda_simt.so $(BUILD)/tools/mktiny
+
 $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libadapter.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libadapter.a $(LDLIBS)

@@ -161,6 +161,12 @@ struct lora_cuda_abi {
 	int (*attn_bwd)(const float *q, const float *k, const float *v, const float *lse, const float *datt,
 			int B, int H, int KV, int T, int D, float scaling, int window, float *delta, float *dq,
 			float *dk, float *dv, lora_stream s);
+
+	/* ---- appended for the other model families (same version: the table only grew) */
+	/* swiglu.cu: Gemma's GELU-tanh gate, act [N, F] = gelu_tanh(gate)·up from gu [N, 2F],
+	 * and dgu [N, 2F] from dact, as swiglu_fwd/bwd. */
+	int (*geglu_fwd)(const float *gu, int N, int F, float *act, lora_stream s);
+	int (*geglu_bwd)(const float *gu, const float *dact, int N, int F, float *dgu, lora_stream s);
 };
 
 typedef const struct lora_cuda_abi *(*lora_cuda_plugin_fn)(int abi_version);

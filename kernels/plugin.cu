@@ -54,6 +54,8 @@ static lora_cuda_abi make_table()
 	t.xent_grad = lora_k_xent_grad;
 	t.attn_fwd = lora_k_attn_fwd;
 	t.attn_bwd = lora_k_attn_bwd;
+	t.geglu_fwd = lora_k_geglu_fwd;
+	t.geglu_bwd = lora_k_geglu_bwd;
 	return t;
 }
 

@@ -27,6 +27,7 @@
 #include "train/plot.h"
 #include "train/tokenizer.h"
 #include "train/cuda.h"
+#include "train/model_cuda.h"
 
 #ifndef LORA_VERSION
 #define LORA_VERSION "unknown"
@@ -72,6 +73,8 @@ struct lora_trainer {
 	int log_fd;
 	struct curve train_curve, eval_curve;
 	cJSON *config;                /* the options that define the run (checkpoint, provenance) */
+	const struct lora_cuda_abi *cuda;   /* the plugin's table when training on the GPU */
+	char device_why[1100];       /* device_note's text */
 };
 
 static double now_s(void)
@@ -133,29 +136,51 @@ static int curve_push(struct curve *c, double step, double loss)
 /* ============================================================ device */
 
 /*
- * The backend for --device.  Only the CPU reference exists so far; a CUDA
- * backend slots in here (and lora_net_open's weights would go to the device).
+ * The backend for --device: cuda needs a plugin that sees a device (else one
+ * error naming why); auto takes it when there is one and trains on the CPU
+ * otherwise.  The net is put on the device after it is opened (use_device).
  */
 static int pick_device(struct lora_trainer *tr, struct lora_err *err)
 {
 	const char *d = tr->o.device ? tr->o.device : "auto";
+	struct lora_cuda_info ci;
+	char why[512] = "";
 
 	if (!strcmp(d, "cpu")) {
 		tr->info.device = "cpu";
 		return 0;
 	}
-	if (!strcmp(d, "cuda"))
-		return lora_errf(err, "the CUDA trainer is not built yet; train with --device cpu");
-	if (strcmp(d, "auto"))
+	if (strcmp(d, "cuda") && strcmp(d, "auto"))
 		return lora_errc(err, LORA_EUSAGE, "--device is auto, cpu or cuda, not '%s'", d);
-	tr->info.device = "cpu";
-	{
-		struct lora_cuda_info ci;
-		char why[512];
-		if (lora_cuda_device(tr->o.cuda_plugin, &ci, why, sizeof(why)) == 0 && ci.count)
-			tr->info.device_note = "a CUDA device is present, but the CUDA trainer is not built yet; "
-					       "training on the CPU";
+	if (lora_cuda_device(tr->o.cuda_plugin, &ci, why, sizeof(why)) == 0 && ci.count > 0 &&
+	    (tr->cuda = lora_cuda_api(tr->o.cuda_plugin, why, sizeof(why)))) {
+		tr->info.device = "cuda";
+		return 0;
 	}
+	if (!strcmp(d, "cuda"))
+		return lora_errf(err, "--device cuda: %s", why[0] ? why : "no CUDA device");
+	tr->info.device = "cpu";
+	return 0;
+}
+
+/* The net onto the device pick_device chose; auto falls back to the CPU for a model it cannot run. */
+static int use_device(struct lora_trainer *tr, struct lora_err *err)
+{
+	const char *d = tr->o.device ? tr->o.device : "auto";
+	struct lora_err e;
+
+	if (!tr->cuda)
+		return 0;
+	if (lora_cuda_attach(tr->net, tr->cuda, &e) == 0)
+		return 0;
+	if (!strcmp(d, "cuda")) {
+		*err = e;
+		return -1;
+	}
+	snprintf(tr->device_why, sizeof(tr->device_why), "%s; training on the CPU", e.msg);
+	tr->info.device = "cpu";
+	tr->info.device_note = tr->device_why;
+	tr->cuda = NULL;
 	return 0;
 }
 
@@ -883,7 +908,7 @@ int lora_trainer_open(struct lora_trainer **out, const struct lora_train_opts *o
 	no.quant = o->quant;
 	no.threads = o->threads;
 	no.checkpoint = o->grad_checkpoint;
-	if (lora_net_open(&tr->net, tr->base_abs, &no, err) < 0)
+	if (lora_net_open(&tr->net, tr->base_abs, &no, err) < 0 || use_device(tr, err) < 0)
 		goto fail;
 	if (load_tokenizer(tr, err) < 0 || load_data(tr, err) < 0 || make_batcher(tr, err) < 0)
 		goto fail;
@@ -1042,14 +1067,20 @@ static int one_step(struct lora_trainer *tr, volatile sig_atomic_t *stop, double
 			  tr->step + 1);
 		return 2;
 	}
-	norm = lora_clip_grad_norm(tr->net->grads, tr->net->n_params, tr->ocfg.max_grad_norm);
+	lr = lora_sched_lr(&tr->ocfg, tr->step);
+	if (tr->net->be->optim_step) {   /* on the device (it leaves the update undone when norm is not finite) */
+		if (tr->net->be->optim_step(tr->net, &tr->opt, &tr->ocfg, lr, &norm, err) < 0)
+			return lora_err_prefix(err, "step %ld", tr->step + 1);
+	} else {
+		norm = lora_clip_grad_norm(tr->net->grads, tr->net->n_params, tr->ocfg.max_grad_norm);
+	}
 	if (!isfinite(norm)) {
 		lora_errf(err, "the gradient norm is %s at step %ld; training stopped",
 			  isnan(norm) ? "nan" : "inf", tr->step + 1);
 		return 2;
 	}
-	lr = lora_sched_lr(&tr->ocfg, tr->step);
-	lora_adamw_step(&tr->opt, &tr->ocfg, tr->net->params, tr->net->grads, lr);
+	if (!tr->net->be->optim_step)
+		lora_adamw_step(&tr->opt, &tr->ocfg, tr->net->params, tr->net->grads, lr);
 	tr->step++;
 	*norm_out = norm;
 	*lr_out = lr;

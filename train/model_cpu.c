@@ -1390,6 +1390,18 @@ void lora_cpu_swiglu_bwd(const float *gu, const float *dact, int N, int F, float
 	swiglu_bwd_part(&j, 0, (size_t)N, 0);
 }
 
+void lora_cpu_geglu(const float *gu, int N, int F, float *act)
+{
+	struct glu_job j = {gu, NULL, act, NULL, F, 1};
+	swiglu_part(&j, 0, (size_t)N, 0);
+}
+
+void lora_cpu_geglu_bwd(const float *gu, const float *dact, int N, int F, float *dgu)
+{
+	struct glu_job j = {gu, dact, NULL, dgu, F, 1};
+	swiglu_bwd_part(&j, 0, (size_t)N, 0);
+}
+
 void lora_cpu_add(const float *a, const float *b, float *y, size_t n)
 {
 	struct ew e = {EW_ADD, a, b, y};

@@ -104,6 +104,8 @@ struct lora_fb_result {
 
 struct lora_net;
 struct lora_kv;            /* a backend's key/value cache for generation */
+struct lora_adamw;         /* train/optim.h */
+struct lora_optim_cfg;
 
 /* What a device backend implements; the CPU one is the reference. */
 struct lora_backend {
@@ -127,6 +129,16 @@ struct lora_backend {
 	int (*decode)(struct lora_net *net, struct lora_kv *kv, int pos, const int32_t *ids, int n,
 		      float *logits, float *all, struct lora_err *err);
 	void (*kv_free)(struct lora_net *net, struct lora_kv *kv);
+	/*
+	 * Optional (NULL: the loop runs train/optim.h on the host): after the
+	 * step's runs, the global norm of net->grads into *norm, and unless it
+	 * is not finite, clipping to cfg->max_grad_norm and one AdamW update at
+	 * learning rate lr of net->params and opt's moments (opt->step + 1),
+	 * all left on the host as lora_clip_grad_norm + lora_adamw_step leave
+	 * them (net->grads excepted).
+	 */
+	int (*optim_step)(struct lora_net *net, struct lora_adamw *opt, const struct lora_optim_cfg *cfg,
+			  double lr, double *norm, struct lora_err *err);
 };
 extern const struct lora_backend lora_backend_cpu;
 

@@ -25,10 +25,12 @@ void lora_cpu_to_heads(const float *src, int ld, float *dst, int B, int T, int n
 /* from_heads_part: the transpose (gradients), head-major src -> token-major dst [B·T, ld] */
 void lora_cpu_from_heads(const float *src, float *dst, int ld, int B, int T, int nh, int D,
 			 const float *cosb, const float *sinb, int rope);
-/* swiglu_part / swiglu_bwd_part: act [N, F] from gu [N, 2F]; dgu [N, 2F] from dact (silu, not
- * Gemma's gelu) */
+/* swiglu_part / swiglu_bwd_part: act [N, F] from gu [N, 2F]; dgu [N, 2F] from dact (silu) */
 void lora_cpu_swiglu(const float *gu, int N, int F, float *act);
 void lora_cpu_swiglu_bwd(const float *gu, const float *dact, int N, int F, float *dgu);
+/* the same with Gemma's gelu_pytorch_tanh gate (glu_job.gelu) */
+void lora_cpu_geglu(const float *gu, int N, int F, float *act);
+void lora_cpu_geglu_bwd(const float *gu, const float *dact, int N, int F, float *dgu);
 /* ew_part: y = a + b (EW_ADD), y += a·b (EW_ADDMUL) */
 void lora_cpu_add(const float *a, const float *b, float *y, size_t n);
 void lora_cpu_addmul(const float *a, const float *b, float *y, size_t n);

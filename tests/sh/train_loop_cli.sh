@@ -324,10 +324,13 @@ expect_rc 2; expect_err "128 positions"
 run "$LORA" train --base "$BASE" --data "$T/count.jsonl" --name x --device tpu
 expect_rc 2; expect_err "--device"
 
-t_case train_device_cuda_is_not_built_yet
-run "$LORA" train --base "$BASE" --data "$T/count.jsonl" --name x --device cuda --steps 1
+t_case train_device_cuda_without_a_plugin_is_one_line
+# (training on the device itself: tests/sh/cuda_train_simt.sh)
+run env LORA_CUDA_PLUGIN="$T/nope.so" "$LORA" train --base "$BASE" --data "$T/count.jsonl" --name x \
+	--device cuda --steps 1
 expect_rc 1
-expect_err "the CUDA trainer is not built yet"
+expect_err "--device cuda: cannot load the CUDA plugin $T/nope.so"
+[ ! -e "$LORA_HOME/work/x" ] || t_fail "it started without a device"
 
 t_case train_needs_a_signing_key_before_it_starts
 run env LORA_HOME="$T/nokey" "$LORA" train --base "$BASE" --data "$T/count.jsonl" --name x --steps 1

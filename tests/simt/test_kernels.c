@@ -129,7 +129,7 @@ TEST(table)
 	      K->rmsnorm_bwd && K->rope_table && K->rope_fwd && K->rope_bwd && K->swiglu_fwd && K->swiglu_bwd &&
 	      K->add && K->addmul && K->grad_norm && K->adamw && K->merge_init && K->blas_create && K->lora_fwd &&
 	      K->lora_bwd && K->xent_stats && K->xent_loss && K->xent_grad && K->attn_fwd &&
-	      K->attn_bwd);
+	      K->attn_bwd && K->geglu_fwd && K->geglu_bwd);
 	printf("  plugin: %s\n", K->build);
 }
 
@@ -362,6 +362,62 @@ TEST(swiglu)
 	swiglu_case(1, 1);
 	swiglu_case(3, 37);
 	swiglu_case(7, 1001);
+}
+
+/*
+ * Gemma's GELU-tanh gate.  Both sides compute the argument of tanh with the same
+ * roundings in the same order (no contraction): the same number.  tanhf is within
+ * 2 ulp on a GPU (CUDA guide) and in glibc, so the two t differ by 4 ulp <= 8u·|t|.
+ *   gelu = (0.5·g)·(1 + t): 0.5·|g|·8u|t| from t, two roundings: 4u|g·t| + 2u|gelu|;
+ *   act = gelu·up, d up = dact·gelu: 4u|g·t·up| (|g·t·dact|) + 3u|result|.
+ *   gelu' = lin + curv, lin = 0.5·(1 + t): 4u|t| + 2u|lin|;  curv = 0.5·g·(1 - t²)·β·(1 + 3κg²):
+ *   t² is off by 2|t|·8u|t| + u·t², so curv by 0.5|g|·β·(1 + 3κg²)·17u·t² + 6u|curv|;
+ *   d gate = (dact·up)·gelu': |dact·up|·(that + 2u|gelu'|) + u|d gate|.
+ */
+static void geglu_case(int N, int F, float a)
+{
+	const size_t nf = (size_t)N * F;
+	const double beta = 0.7978845608028654, kappa = 0.044715;
+	float *gu = xmalloc(2 * nf * 4), *da = xmalloc(nf * 4), *act = xmalloc(nf * 4), *gact = xmalloc(nf * 4);
+	float *dgu = xmalloc(2 * nf * 4), *gdgu = xmalloc(2 * nf * 4);
+	double *tol = xmalloc(2 * nf * sizeof(double)), *tola = xmalloc(nf * sizeof(double));
+
+	fill(gu, 2 * nf, a);
+	fill(da, nf, 1.0f);
+	lora_cpu_geglu(gu, N, F, act);
+	lora_cpu_geglu_bwd(gu, da, N, F, dgu);
+	for (size_t n = 0; n < (size_t)N; n++)
+		for (int i = 0; i < F; i++) {
+			const double g = gu[n * 2 * F + i], u = gu[n * 2 * F + F + i], d = da[n * F + i];
+			const double t = tanh(beta * (g + kappa * g * g * g)), gl = 0.5 * g * (1.0 + t);
+			const double lin = 0.5 * (1.0 + t), curv = 0.5 * g * (1.0 - t * t) * beta * (1.0 + 3.0 * kappa * g * g);
+			const double gd = 4 * U * fabs(t) + 2 * U * fabs(lin) +
+					  0.5 * fabs(g) * beta * (1.0 + 3.0 * kappa * g * g) * 17 * U * t * t +
+					  6 * U * fabs(curv) + 2 * U * fabs(lin + curv);
+			tola[n * F + i] = 4 * U * fabs(g * t * u) + 3 * U * fabs(gl * u);
+			tol[n * 2 * F + F + i] = 4 * U * fabs(g * t * d) + 3 * U * fabs(gl * d);
+			tol[n * 2 * F + i] = fabs(d * u) * gd + U * fabs(d * u * (lin + curv));
+		}
+	{
+		float *dg = up(gu, 2 * nf * 4), *dda = up(da, nf * 4), *o = poisoned(nf * 4), *o2 = poisoned(2 * nf * 4);
+
+		CHECK(K->geglu_fwd(dg, N, F, o, NULL) == 0);
+		CHECK(K->geglu_bwd(dg, dda, N, F, o2, NULL) == 0);
+		down(gact, o, nf * 4);
+		down(gdgu, o2, 2 * nf * 4);
+		CHECKF(cmp("geglu act", gact, act, nf, 1e-37, 0.0, tola) == 0, "N %d F %d", N, F);
+		CHECKF(cmp("geglu dgu", gdgu, dgu, 2 * nf, 1e-37, 0.0, tol) == 0, "N %d F %d", N, F);
+		K->free(dg), K->free(dda), K->free(o), K->free(o2);
+	}
+	free(gu), free(da), free(act), free(gact), free(dgu), free(gdgu), free(tol), free(tola);
+}
+
+TEST(geglu)
+{
+	geglu_case(1, 1, 1.0f);
+	geglu_case(3, 37, 8.0f);      /* tanh saturated at both ends for |g| > ~3 */
+	geglu_case(7, 1001, 3.0f);    /* 7007 elements: 28 blocks, the last partial */
+	geglu_case(2, 300, 1e-3f);    /* small gates: t ≈ β·g, gelu ≈ g/2 */
 }
 
 /* ------------------------------------------------------------ residual */
@@ -901,6 +957,7 @@ int main(void)
 	RUN(rmsnorm);
 	RUN(rope);
 	RUN(swiglu);
+	RUN(geglu);
 	RUN(residual);
 	RUN(adamw_clip);
 	RUN(gemm);

@@ -167,6 +167,14 @@ struct lora_cuda_abi {
 	 * and dgu [N, 2F] from dact, as swiglu_fwd/bwd. */
 	int (*geglu_fwd)(const float *gu, int N, int F, float *act, lora_stream s);
 	int (*geglu_bwd)(const float *gu, const float *dact, int N, int F, float *dgu, lora_stream s);
+	/* headnorm.cu: Qwen3's / Gemma 3's per-head RMSNorm of q and k, in place on y [N, ld]
+	 * whose first (H + KV)·D columns are H query heads (weight wq [D]) then KV key heads
+	 * (wk [D]); keeps raw [N, H+KV, D] (the input) and rstd [N, H+KV].  Backward turns
+	 * d normed in y into d raw, in place.  ld >= (H + KV)·D. */
+	int (*headnorm_fwd)(float *y, int ld, int N, int H, int KV, int D, const float *wq, const float *wk,
+			    float eps, float *raw, float *rstd, lora_stream s);
+	int (*headnorm_bwd)(float *dy, int ld, int N, int H, int KV, int D, const float *wq, const float *wk,
+			    const float *raw, const float *rstd, lora_stream s);
 };
 
 typedef const struct lora_cuda_abi *(*lora_cuda_plugin_fn)(int abi_version);

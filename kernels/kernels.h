@@ -53,6 +53,10 @@ int lora_k_swiglu_fwd(const float *gu, int N, int F, float *act, lora_stream s);
 int lora_k_swiglu_bwd(const float *gu, const float *dact, int N, int F, float *dgu, lora_stream s);
 int lora_k_geglu_fwd(const float *gu, int N, int F, float *act, lora_stream s);
 int lora_k_geglu_bwd(const float *gu, const float *dact, int N, int F, float *dgu, lora_stream s);
+int lora_k_headnorm_fwd(float *y, int ld, int N, int H, int KV, int D, const float *wq, const float *wk, float eps,
+			float *raw, float *rstd, lora_stream s);
+int lora_k_headnorm_bwd(float *dy, int ld, int N, int H, int KV, int D, const float *wq, const float *wk,
+			const float *raw, const float *rstd, lora_stream s);
 int lora_k_add(const float *a, const float *b, float *y, size_t n, lora_stream s);
 int lora_k_addmul(const float *a, const float *b, float *y, size_t n, lora_stream s);
 int lora_k_grad_norm(const float *g, size_t n, float max_norm, double *scratch, double *norm, float *coef,

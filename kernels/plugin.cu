@@ -56,6 +56,8 @@ static lora_cuda_abi make_table()
 	t.attn_bwd = lora_k_attn_bwd;
 	t.geglu_fwd = lora_k_geglu_fwd;
 	t.geglu_bwd = lora_k_geglu_bwd;
+	t.headnorm_fwd = lora_k_headnorm_fwd;
+	t.headnorm_bwd = lora_k_headnorm_bwd;
 	return t;
 }
 

@@ -1355,6 +1355,20 @@ void lora_cpu_rmsnorm_bwd(const float *x, const float *w, const float *rstd, con
 	rmsnorm_bwd_part(&j, 0, (size_t)N, 0);
 }
 
+void lora_cpu_headnorm(float *y, int ld, int N, int H, int KV, int D, const float *wq, const float *wk, float eps,
+		       float *raw, float *rstd)
+{
+	struct headnorm_job j = {y, ld, H, KV, D, wq, wk, eps, raw, rstd};
+	headnorm_part(&j, 0, (size_t)N, 0);
+}
+
+void lora_cpu_headnorm_bwd(float *dy, int ld, int N, int H, int KV, int D, const float *wq, const float *wk,
+			   const float *raw, const float *rstd)
+{
+	struct headnorm_job j = {dy, ld, H, KV, D, wq, wk, 0.0f, (float *)raw, (float *)rstd};
+	headnorm_bwd_part(&j, 0, (size_t)N, 0);
+}
+
 void lora_cpu_rope_tables(const float *inv_freq, int D, int T, float *cosb, float *sinb)
 {
 	struct lora_net n;

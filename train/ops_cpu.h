@@ -17,6 +17,13 @@ void lora_cpu_rmsnorm(const float *x, const float *w, int N, int C, float eps, f
 /* rmsnorm_bwd_part: dx (+= when accumulate) the gradient through the norm given dy */
 void lora_cpu_rmsnorm_bwd(const float *x, const float *w, const float *rstd, const float *dy, int N, int C,
 			  float *dx, int accumulate);
+/* headnorm_part: per-head RMSNorm in place on the first (H + KV)·D columns of each row of
+ * y [N, ld] (H heads with wq [D], then KV with wk [D]); raw [N, H+KV, D] keeps the input, rstd
+ * [N, H+KV] its 1/rms.  headnorm_bwd_part: d normed in y -> d raw, in place */
+void lora_cpu_headnorm(float *y, int ld, int N, int H, int KV, int D, const float *wq, const float *wk, float eps,
+		       float *raw, float *rstd);
+void lora_cpu_headnorm_bwd(float *dy, int ld, int N, int H, int KV, int D, const float *wq, const float *wk,
+			   const float *raw, const float *rstd);
 /* rope_tables: cos/sin [T, D/2] of inv_freq [D/2] */
 void lora_cpu_rope_tables(const float *inv_freq, int D, int T, float *cosb, float *sinb);
 /* to_heads_part: token-major src [B·T, ld] -> head-major dst [B, nh, T, D], rotated when rope */

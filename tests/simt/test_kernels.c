@@ -129,7 +129,8 @@ TEST(table)
 	      K->rmsnorm_bwd && K->rope_table && K->rope_fwd && K->rope_bwd && K->swiglu_fwd && K->swiglu_bwd &&
 	      K->add && K->addmul && K->grad_norm && K->adamw && K->merge_init && K->blas_create && K->lora_fwd &&
 	      K->lora_bwd && K->xent_stats && K->xent_loss && K->xent_grad && K->attn_fwd &&
-	      K->attn_bwd && K->geglu_fwd && K->geglu_bwd);
+	      K->attn_bwd && K->geglu_fwd && K->geglu_bwd && K->headnorm_fwd &&
+	      K->headnorm_bwd);
 	printf("  plugin: %s\n", K->build);
 }
 
@@ -252,6 +253,92 @@ TEST(rmsnorm)
 	rmsnorm_case(5, 300);       /* a thread holds 2 terms, most only 1 */
 	rmsnorm_case(17, 1000);
 	rmsnorm_case(2, 4099);      /* 17 terms per thread */
+}
+
+/* ------------------------------------------------------------ per-head q/k norm */
+
+/*
+ * headnorm on rows [N, ld]: H + KV heads of D in place, the columns after them (v) must
+ * stay as they were.  The arithmetic of rmsnorm over rows of D: a lane adds ceil(D/32)
+ * terms, then 5 butterfly levels, so k = ceil(D/32) + 5 and the tolerances of rmsnorm_case.
+ */
+static void headnorm_case(int N, int H, int KV, int D, int extra_cols)
+{
+	const int nh = H + KV, ld = nh * D + extra_cols;
+	const size_t ny = (size_t)N * ld, nr = (size_t)N * nh * D, nrs = (size_t)N * nh;
+	float *y0 = xmalloc(ny * 4), *y = xmalloc(ny * 4), *gy = xmalloc(ny * 4), *wq = xmalloc(D * 4);
+	float *wk = xmalloc(D * 4), *raw = xmalloc(nr * 4), *graw = xmalloc(nr * 4), *rs = xmalloc(nrs * 4);
+	float *grs = xmalloc(nrs * 4), *dy0 = xmalloc(ny * 4), *dy = xmalloc(ny * 4);
+	double *tol = xmalloc(ny * sizeof(double));
+	const float eps = 1e-6f;
+	const double k = (double)((D + 31) / 32 + 5);
+
+	fill(y0, ny, 2.0f);
+	for (int n = 0; n < N; n += 2)   /* heads of another scale */
+		for (int i = 0; i < nh * D; i += 3 * D)
+			for (int d = 0; d < D; d++)
+				y0[(size_t)n * ld + i + d] *= 1e-3f;
+	fill(wq, D, 1.5f);
+	fill(wk, D, 1.5f);
+	fill(dy0, ny, 1.0f);
+	memcpy(y, y0, ny * 4);
+	lora_cpu_headnorm(y, ld, N, H, KV, D, wq, wk, eps, raw, rs);
+	{
+		float *dy_ = up(y0, ny * 4), *dwq = up(wq, D * 4), *dwk = up(wk, D * 4);
+		float *draw = poisoned(nr * 4), *drs = poisoned(nrs * 4);
+
+		CHECK(K->headnorm_fwd(dy_, ld, N, H, KV, D, dwq, dwk, eps, draw, drs, NULL) == 0);
+		down(gy, dy_, ny * 4);
+		down(graw, draw, nr * 4);
+		down(grs, drs, nrs * 4);
+		CHECKF(memcmp(graw, raw, nr * 4) == 0, "headnorm raw N %d H %d KV %d D %d", N, H, KV, D);
+		/* rstd: the positive sum within k·u, the mean, sqrt (halves it), the division */
+		CHECKF(cmp("headnorm rstd", grs, rs, nrs, 0.0, (k / 2 + 3) * U, NULL) == 0, "N %d H %d KV %d D %d", N,
+		       H, KV, D);
+		/* y: two products more; the v columns untouched (equal: tolerance 0 there) */
+		for (size_t i = 0; i < ny; i++)
+			tol[i] = (int)(i % ld) < nh * D ? (k / 2 + 5) * U * fabs(y[i]) : 0.0;
+		CHECKF(cmp("headnorm y", gy, y, ny, 0.0, 0.0, tol) == 0, "N %d H %d KV %d D %d", N, H, KV, D);
+
+		/* backward from the CPU's raw and rstd, so only the dot's sum differs: as rmsnorm dx */
+		{
+			float *craw = up(raw, nr * 4), *crs = up(rs, nrs * 4), *ddy = up(dy0, ny * 4);
+
+			memcpy(dy, dy0, ny * 4);
+			lora_cpu_headnorm_bwd(dy, ld, N, H, KV, D, wq, wk, raw, rs);
+			CHECK(K->headnorm_bwd(ddy, ld, N, H, KV, D, dwq, dwk, craw, crs, NULL) == 0);
+			down(gy, ddy, ny * 4);
+			for (int n = 0; n < N; n++)
+				for (int h = 0; h < nh; h++) {
+					const float *x = raw + ((size_t)n * nh + h) * D, *w = h < H ? wq : wk;
+					const float *g = dy0 + (size_t)n * ld + (size_t)h * D;
+					const float r = rs[(size_t)n * nh + h];
+					double S = 0.0;
+					for (int d = 0; d < D; d++)
+						S += fabs((double)w[d] * g[d] * x[d]);
+					for (int d = 0; d < D; d++) {
+						const double t1 = fabs((double)r * w[d] * g[d]);
+						const double t2 = fabs((double)x[d]) * r * r * r * S / D;
+						tol[(size_t)n * ld + (size_t)h * D + d] = 4 * U * (t1 + t2) + (k + 6) * U * t2 +
+											  2 * U * fabs(dy[(size_t)n * ld + (size_t)h * D + d]);
+					}
+				}
+			CHECKF(cmp("headnorm d raw", gy, dy, ny, 0.0, 0.0, tol) == 0, "N %d H %d KV %d D %d", N, H, KV, D);
+			K->free(craw), K->free(crs), K->free(ddy);
+		}
+		K->free(dy_), K->free(dwq), K->free(dwk), K->free(draw), K->free(drs);
+	}
+	free(y0), free(y), free(gy), free(wq), free(wk), free(raw), free(graw), free(rs), free(grs), free(dy0), free(dy),
+		free(tol);
+}
+
+TEST(headnorm)
+{
+	headnorm_case(1, 1, 1, 1, 0);       /* one token, heads of one element */
+	headnorm_case(3, 4, 2, 24, 48);     /* GQA ratio 2, inside a q|k|v row (v after) */
+	headnorm_case(5, 3, 3, 128, 384);   /* ratio 1, 30 heads: 8 blocks, the last partial */
+	headnorm_case(7, 8, 1, 256, 0);     /* 63 heads of 256 (Gemma 3): 8 terms a lane */
+	headnorm_case(2, 5, 1, 40, 40);     /* D not a multiple of the warp */
 }
 
 /* ------------------------------------------------------------ rope */
@@ -955,6 +1042,7 @@ int main(void)
 	RUN(table);
 	RUN(nf4_dequant);
 	RUN(rmsnorm);
+	RUN(headnorm);
 	RUN(rope);
 	RUN(swiglu);
 	RUN(geglu);

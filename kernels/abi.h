@@ -175,6 +175,13 @@ struct lora_cuda_abi {
 			    float eps, float *raw, float *rstd, lora_stream s);
 	int (*headnorm_bwd)(float *dy, int ld, int N, int H, int KV, int D, const float *wq, const float *wk,
 			    const float *raw, const float *rstd, lora_stream s);
+	/* attn_fwd.cu / attn_bwd.cu: attn_fwd and attn_bwd with Gemma 2's score soft-capping,
+	 * s = cap·tanh(s·scaling / cap) (cap <= 0: none, the same as attn_fwd / attn_bwd). */
+	int (*attn_fwd_softcap)(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+				float scaling, int window, float cap, float *att, float *lse, lora_stream s);
+	int (*attn_bwd_softcap)(const float *q, const float *k, const float *v, const float *lse, const float *datt,
+				int B, int H, int KV, int T, int D, float scaling, int window, float cap, float *delta,
+				float *dq, float *dk, float *dv, lora_stream s);
 };
 
 typedef const struct lora_cuda_abi *(*lora_cuda_plugin_fn)(int abi_version);

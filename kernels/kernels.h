@@ -80,6 +80,11 @@ int lora_k_attn_fwd(const float *q, const float *k, const float *v, int B, int H
 int lora_k_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B, int H,
 		    int KV, int T, int D, float scaling, int window, float *delta, float *dq, float *dk, float *dv,
 		    lora_stream s);
+int lora_k_attn_fwd_softcap(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+			    float scaling, int window, float cap, float *att, float *lse, lora_stream s);
+int lora_k_attn_bwd_softcap(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B,
+			    int H, int KV, int T, int D, float scaling, int window, float cap, float *delta, float *dq,
+			    float *dk, float *dv, lora_stream s);
 
 #ifdef __cplusplus
 }

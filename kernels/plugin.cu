@@ -58,6 +58,8 @@ static lora_cuda_abi make_table()
 	t.geglu_bwd = lora_k_geglu_bwd;
 	t.headnorm_fwd = lora_k_headnorm_fwd;
 	t.headnorm_bwd = lora_k_headnorm_bwd;
+	t.attn_fwd_softcap = lora_k_attn_fwd_softcap;
+	t.attn_bwd_softcap = lora_k_attn_bwd_softcap;
 	return t;
 }
 

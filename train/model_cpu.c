@@ -1474,52 +1474,11 @@ void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int
 int lora_cpu_attn_fwd(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
 		      float scaling, int window, float *att, float *lse)
 {
-	const size_t sp = (size_t)(T < QB ? T : QB) * T;
-	struct lora_net n;
-	struct cpu c;
-	struct lora_batch b;
-	struct lora_block bk;
-	struct acts a;
-	struct ctx k0;
-
-	memset(&n, 0, sizeof(n));
-	memset(&c, 0, sizeof(c));
-	memset(&b, 0, sizeof(b));
-	memset(&bk, 0, sizeof(bk));
-	memset(&a, 0, sizeof(a));
-	c.S = malloc(sizeof(float) * sp);
-	c.P = malloc(sizeof(float) * sp);
-	if (!c.S || !c.P) {
-		free(c.S);
-		free(c.P);
-		return -1;
-	}
-	n.H = H;
-	n.KV = KV;
-	n.D = D;
-	n.attn_scale = scaling;
-	b.B = B;
-	b.T = T;
-	bk.window = window;
-	a.q = (float *)q;
-	a.k = (float *)k;
-	a.v = (float *)v;
-	k0.net = &n;
-	k0.c = &c;
-	k0.b = &b;
-	k0.N = B * T;
-	k0.dropout = 0;
-	{
-		struct attn_job j = {&k0, &bk, &a, att, lse};
-		attn_fwd_part(&j, 0, (size_t)B * KV, 0);
-	}
-	free(c.S);
-	free(c.P);
-	return 0;
+	return lora_cpu_attn_fwd_softcap(q, k, v, B, H, KV, T, D, scaling, window, 0.0f, att, lse);
 }
 
-int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B,
-		      int H, int KV, int T, int D, float scaling, int window, float *dq, float *dk, float *dv)
+int lora_cpu_attn_fwd_softcap(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+			      float scaling, int window, float cap, float *att, float *lse)
 {
 	const size_t sp = (size_t)(T < QB ? T : QB) * T;
 	struct lora_net n;
@@ -1545,6 +1504,64 @@ int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const floa
 	n.KV = KV;
 	n.D = D;
 	n.attn_scale = scaling;
+	n.attn_softcap = cap > 0 ? cap : 0.0f;
+	b.B = B;
+	b.T = T;
+	bk.window = window;
+	a.q = (float *)q;
+	a.k = (float *)k;
+	a.v = (float *)v;
+	k0.net = &n;
+	k0.c = &c;
+	k0.b = &b;
+	k0.N = B * T;
+	k0.dropout = 0;
+	{
+		struct attn_job j = {&k0, &bk, &a, att, lse};
+		attn_fwd_part(&j, 0, (size_t)B * KV, 0);
+	}
+	free(c.S);
+	free(c.P);
+	return 0;
+}
+
+int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B,
+		      int H, int KV, int T, int D, float scaling, int window, float *dq, float *dk, float *dv)
+{
+	return lora_cpu_attn_bwd_softcap(q, k, v, lse, datt, B, H, KV, T, D, scaling, window, 0.0f, dq, dk, dv);
+}
+
+int lora_cpu_attn_bwd_softcap(const float *q, const float *k, const float *v, const float *lse, const float *datt,
+			      int B, int H, int KV, int T, int D, float scaling, int window, float cap, float *dq,
+			      float *dk, float *dv)
+{
+	const size_t sp = (size_t)(T < QB ? T : QB) * T;
+	struct lora_net n;
+	struct cpu c;
+	struct lora_batch b;
+	struct lora_block bk;
+	struct acts a;
+	struct ctx k0;
+
+	memset(&n, 0, sizeof(n));
+	memset(&c, 0, sizeof(c));
+	memset(&b, 0, sizeof(b));
+	memset(&bk, 0, sizeof(bk));
+	memset(&a, 0, sizeof(a));
+	c.S = malloc(sizeof(float) * sp);
+	c.P = malloc(sizeof(float) * sp);
+	c.G = cap > 0 ? malloc(sizeof(float) * sp) : NULL;
+	if (!c.S || !c.P || (cap > 0 && !c.G)) {
+		free(c.S);
+		free(c.P);
+		free(c.G);
+		return -1;
+	}
+	n.H = H;
+	n.KV = KV;
+	n.D = D;
+	n.attn_scale = scaling;
+	n.attn_softcap = cap > 0 ? cap : 0.0f;
 	b.B = B;
 	b.T = T;
 	bk.window = window;
@@ -1567,5 +1584,6 @@ int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const floa
 	}
 	free(c.S);
 	free(c.P);
+	free(c.G);
 	return 0;
 }

@@ -54,5 +54,11 @@ int lora_cpu_attn_fwd(const float *q, const float *k, const float *v, int B, int
  * probabilities are recomputed from q, k and lse; -1 when out of memory */
 int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B,
 		      int H, int KV, int T, int D, float scaling, int window, float *dq, float *dk, float *dv);
+/* the two above with Gemma 2's score soft-capping cap·tanh(scaled / cap) (cap <= 0: none) */
+int lora_cpu_attn_fwd_softcap(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+			      float scaling, int window, float cap, float *att, float *lse);
+int lora_cpu_attn_bwd_softcap(const float *q, const float *k, const float *v, const float *lse, const float *datt,
+			      int B, int H, int KV, int T, int D, float scaling, int window, float cap, float *dq,
+			      float *dk, float *dv);
 
 #endif

@@ -130,7 +130,7 @@ TEST(table)
 	      K->add && K->addmul && K->grad_norm && K->adamw && K->merge_init && K->blas_create && K->lora_fwd &&
 	      K->lora_bwd && K->xent_stats && K->xent_loss && K->xent_grad && K->attn_fwd &&
 	      K->attn_bwd && K->geglu_fwd && K->geglu_bwd && K->headnorm_fwd &&
-	      K->headnorm_bwd);
+	      K->headnorm_bwd && K->attn_fwd_softcap && K->attn_bwd_softcap);
 	printf("  plugin: %s\n", K->build);
 }
 
@@ -862,8 +862,8 @@ TEST(xent)
 
 /* ------------------------------------------------------------ attention */
 
-/* scaling 0: D^-0.5 (Gemma's query_pre_attn_scalar gives another) */
-static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, float sc)
+/* scaling 0: D^-0.5 (Gemma's query_pre_attn_scalar gives another); cap > 0: Gemma 2's soft-capping */
+static void attn_cap_case(int B, int H, int KV, int T, int D, int window, float qs, float sc, float cap)
 {
 	const size_t nq = (size_t)B * H * T * D, nkv = (size_t)B * KV * T * D, nl = (size_t)B * H * T;
 	const float scaling = sc > 0 ? sc : (float)pow((double)D, -0.5);
@@ -874,13 +874,15 @@ static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, 
 	fill(q, nq, qs);
 	fill(k, nkv, qs);
 	fill(v, nkv, 1.0f);
-	CHECK(lora_cpu_attn_fwd(q, k, v, B, H, KV, T, D, scaling, window, att, lse) == 0);
+	CHECK(lora_cpu_attn_fwd_softcap(q, k, v, B, H, KV, T, D, scaling, window, cap, att, lse) == 0);
 	/*
 	 * Per query row with nk keys: |s| <= A = scaling·max_j Σ|q·k|, and s itself is off
 	 * by D·u·A (another summation order).  Each probability is off by that, by expf's
 	 * 2 ulp (2.4e-7; the CPU's vexpf 1e-7), and by one more expf and rounding each time
 	 * the running max grows (at most nk times): δ = 3.5e-7·(nk + 1) + 2·(D + 2)·u·A.
 	 * out is a weighted mean of v: within 2δ·max|v| + 4u|out|; lse within δ + 2u|lse|.
+	 * Soft-capped, each side's score is cap·tanh(s/cap): the raw error times tanh' <= 1, and
+	 * tanhf's 2 ulp (4u·cap), the division and the product (u·cap each): δ grows by 12u·cap.
 	 */
 	for (int b = 0; b < B; b++)
 		for (int h = 0; h < H; h++)
@@ -897,7 +899,7 @@ static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, 
 					}
 					A = fmax(A, dot * scaling);
 				}
-				delta = 3.5e-7 * (i - lo + 2) + 2.0 * (D + 2) * U * A;
+				delta = 3.5e-7 * (i - lo + 2) + 2.0 * (D + 2) * U * A + (cap > 0 ? 12.0 * U * cap : 0.0);
 				tlse[((size_t)b * H + h) * T + i] = delta;
 				for (int d = 0; d < D; d++)
 					tatt[((size_t)b * T + i) * H * D + (size_t)h * D + d] = 2.0 * delta * vmax;
@@ -906,7 +908,10 @@ static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, 
 		float *dq = up(q, nq * 4), *dk = up(k, nkv * 4), *dv = up(v, nkv * 4);
 		float *da = poisoned(nq * 4), *dl = poisoned(nl * 4);
 
-		CHECK(K->attn_fwd(dq, dk, dv, B, H, KV, T, D, scaling, window, da, dl, NULL) == 0);
+		if (cap > 0)
+			CHECK(K->attn_fwd_softcap(dq, dk, dv, B, H, KV, T, D, scaling, window, cap, da, dl, NULL) == 0);
+		else
+			CHECK(K->attn_fwd(dq, dk, dv, B, H, KV, T, D, scaling, window, da, dl, NULL) == 0);
 		down(gatt, da, nq * 4);
 		down(glse, dl, nl * 4);
 		CHECKF(cmp("attn out", gatt, att, nq, 0.0, 4 * U, tatt) == 0, "B %d H %d KV %d T %d D %d window %d", B, H,
@@ -918,6 +923,11 @@ static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, 
 	free(q), free(k), free(v), free(att), free(lse), free(gatt), free(glse), free(tatt), free(tlse);
 }
 
+static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, float sc)
+{
+	attn_cap_case(B, H, KV, T, D, window, qs, sc, 0.0f);
+}
+
 TEST(attn_fwd)
 {
 	attn_case(1, 1, 1, 1, 1, 0, 1.0f, 0);       /* one token */
@@ -926,6 +936,15 @@ TEST(attn_fwd)
 	attn_case(1, 4, 1, 131, 64, 19, 2.0f, 0);   /* ratio 4, sliding window inside the tiles */
 	attn_case(1, 2, 2, 65, 128, 64, 1.0f, 0);   /* head dim 128, window = one query block */
 	attn_case(1, 4, 2, 40, 32, 0, 1.0f, 0.0625f);   /* another scaling (query_pre_attn_scalar 256) */
+}
+
+TEST(attn_softcap_fwd)
+{
+	attn_cap_case(1, 1, 1, 1, 1, 0, 1.0f, 0, 1.0f);         /* one token */
+	attn_cap_case(2, 4, 4, 37, 16, 0, 3.0f, 0, 1.5f);       /* ratio 1; scores well past the cap */
+	attn_cap_case(2, 6, 2, 70, 24, 0, 3.0f, 0, 2.0f);       /* ratio 3, two query blocks */
+	attn_cap_case(1, 4, 1, 131, 64, 19, 2.0f, 0, 2.5f);     /* ratio 4, sliding window */
+	attn_cap_case(1, 4, 2, 40, 32, 0, 8.0f, 0.0625f, 50.0f);   /* Gemma 2's cap 50, scaling 1/16 */
 }
 
 /*
@@ -944,7 +963,7 @@ TEST(attn_fwd)
  *   scaling·Σ p_ij·|q_i,d|·(e_i + 4(n_j + 2)·u·M_i) and Σ p_ij·|dO_i,d|·(εp_i + 2(n_j + 2)·u).
  * Plus 2u relative for the last multiply by scaling.
  */
-static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float qs, float sc)
+static void attn_bwd_cap_case(int B, int H, int KV, int T, int D, int window, float qs, float sc, float cap)
 {
 	const size_t nq = (size_t)B * H * T * D, nkv = (size_t)B * KV * T * D, nl = (size_t)B * H * T;
 	const float scaling = sc > 0 ? sc : (float)pow((double)D, -0.5);
@@ -960,8 +979,8 @@ static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float 
 	fill(k, nkv, qs);
 	fill(v, nkv, 1.0f);
 	fill(dO, nq, 1.0f);
-	CHECK(lora_cpu_attn_fwd(q, k, v, B, H, KV, T, D, scaling, window, att, lse) == 0);
-	CHECK(lora_cpu_attn_bwd(q, k, v, lse, dO, B, H, KV, T, D, scaling, window, dq, dk, dv) == 0);
+	CHECK(lora_cpu_attn_fwd_softcap(q, k, v, B, H, KV, T, D, scaling, window, cap, att, lse) == 0);
+	CHECK(lora_cpu_attn_bwd_softcap(q, k, v, lse, dO, B, H, KV, T, D, scaling, window, cap, dq, dk, dv) == 0);
 	memset(tdq, 0, nq * sizeof(double));
 	memset(tdk, 0, nkv * sizeof(double));
 	memset(tdv, 0, nkv * sizeof(double));
@@ -984,10 +1003,17 @@ static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float 
 					}
 					A = fmax(A, aq * scaling);
 					M = fmax(M, ad);
-					pr[j] = exp(sd * scaling - lse[row]);
+					pr[j] = exp((cap > 0 ? cap * tanh(sd * scaling / cap) : sd * scaling) - lse[row]);
 				}
 				ep = 3.5e-7 + 2.0 * (D + 2) * U * A + 2.0 * U * (A + fabs(lse[row]));
 				e = M * (3.0 * ep + (4.0 * D + 2.0 * nk + 8.0) * U);
+				if (cap > 0) {
+					/* the capped scores as in the forward (12u·cap more); the two t differ by
+					 * dt = (2(D + 2)·u·A + 12u·cap)/cap, so 1 - t² by 2dt + 2u, times |p·(dp - Δ)| <= 2pM */
+					const double dt = (2.0 * (D + 2) * U * A + 12.0 * U * cap) / cap;
+					ep += 12.0 * U * cap;
+					e = M * (3.0 * ep + (4.0 * D + 2.0 * nk + 8.0) * U) + 2.0 * M * (2.0 * dt + 2.0 * U);
+				}
 				for (int j = lo; j <= i; j++) {
 					const int hi = window > 0 && j + window - 1 < T - 1 ? j + window - 1 : T - 1;
 					const double nj = (double)grp * (hi - j + 1);
@@ -1005,7 +1031,11 @@ static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float 
 		float *gl = up(lse, nl * 4), *gd = poisoned(nl * 4);
 		float *oq = poisoned(nq * 4), *ok = poisoned(nkv * 4), *ov = poisoned(nkv * 4);
 
-		CHECK(K->attn_bwd(gq, gk, gv, gl, go, B, H, KV, T, D, scaling, window, gd, oq, ok, ov, NULL) == 0);
+		if (cap > 0)
+			CHECK(K->attn_bwd_softcap(gq, gk, gv, gl, go, B, H, KV, T, D, scaling, window, cap, gd, oq, ok, ov,
+						  NULL) == 0);
+		else
+			CHECK(K->attn_bwd(gq, gk, gv, gl, go, B, H, KV, T, D, scaling, window, gd, oq, ok, ov, NULL) == 0);
 		down(gdq, oq, nq * 4);
 		down(gdk, ok, nkv * 4);
 		down(gdv, ov, nkv * 4);
@@ -1022,6 +1052,11 @@ static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float 
 	free(gdq), free(gdk), free(gdv), free(tdq), free(tdk), free(tdv), free(pr);
 }
 
+static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float qs, float sc)
+{
+	attn_bwd_cap_case(B, H, KV, T, D, window, qs, sc, 0.0f);
+}
+
 TEST(attn_bwd)
 {
 	attn_bwd_case(1, 1, 1, 1, 1, 0, 1.0f, 0);       /* one token: ds is exactly 0 */
@@ -1030,6 +1065,15 @@ TEST(attn_bwd)
 	attn_bwd_case(1, 4, 1, 131, 64, 19, 2.0f, 0);   /* ratio 4, sliding window inside the tiles */
 	attn_bwd_case(1, 2, 2, 65, 128, 64, 1.0f, 0);   /* head dim 128, window = one query block */
 	attn_bwd_case(1, 4, 2, 40, 32, 0, 1.0f, 0.0625f);   /* another scaling */
+}
+
+TEST(attn_softcap_bwd)
+{
+	attn_bwd_cap_case(1, 1, 1, 1, 1, 0, 1.0f, 0, 1.0f);
+	attn_bwd_cap_case(2, 4, 4, 37, 16, 0, 3.0f, 0, 1.5f);
+	attn_bwd_cap_case(2, 6, 2, 70, 24, 0, 3.0f, 0, 2.0f);
+	attn_bwd_cap_case(1, 4, 1, 131, 64, 19, 2.0f, 0, 2.5f);
+	attn_bwd_cap_case(1, 4, 2, 40, 32, 0, 8.0f, 0.0625f, 50.0f);
 }
 
 int main(void)
@@ -1053,5 +1097,7 @@ int main(void)
 	RUN(xent);
 	RUN(attn_fwd);
 	RUN(attn_bwd);
+	RUN(attn_softcap_fwd);
+	RUN(attn_softcap_bwd);
 	return t_done();
 }

@@ -182,6 +182,13 @@ struct lora_cuda_abi {
 	int (*attn_bwd_softcap)(const float *q, const float *k, const float *v, const float *lse, const float *datt,
 				int B, int H, int KV, int T, int D, float scaling, int window, float cap, float *delta,
 				float *dq, float *dk, float *dv, lora_stream s);
+	/* xent.cu: Gemma 2's final logit soft-capping: z [rows, ld] (cols of each row) becomes
+	 * cap·tanh(z / cap) in place (cap <= 0: untouched), on each chunk before xent_stats and
+	 * before xent_grad_softcap, which is xent_grad times d capped / d logit = 1 - (z/cap)²
+	 * (cap <= 0: xent_grad). */
+	int (*softcap)(float *z, int ld, int rows, int cols, float cap, lora_stream st);
+	int (*xent_grad_softcap)(float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, const float *m,
+				 const double *s, float scale, float cap, lora_stream st);
 };
 
 typedef const struct lora_cuda_abi *(*lora_cuda_plugin_fn)(int abi_version);

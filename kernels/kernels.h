@@ -85,6 +85,9 @@ int lora_k_attn_fwd_softcap(const float *q, const float *k, const float *v, int 
 int lora_k_attn_bwd_softcap(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B,
 			    int H, int KV, int T, int D, float scaling, int window, float cap, float *delta, float *dq,
 			    float *dk, float *dv, lora_stream s);
+int lora_k_softcap(float *z, int ld, int rows, int cols, float cap, lora_stream st);
+int lora_k_xent_grad_softcap(float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, const float *m,
+			     const double *s, float scale, float cap, lora_stream st);
 
 #ifdef __cplusplus
 }

@@ -1212,6 +1212,13 @@ HOT static void head_part(void *arg, size_t i0, size_t i1, int part)
 	}
 }
 
+/* Gemma 2: cap·tanh(logits / cap) */
+static void softcap_logits(float *z, size_t n, float cap)
+{
+	for (size_t i = 0; i < n; i++)
+		z[i] = tanhf(z[i] / cap) * cap;
+}
+
 /*
  * Logits of hf through lm_head NC tokens at a time; loss; logits out; and
  * when training, d hf = (softmax - onehot)·scale · W_lm into c->dh.
@@ -1230,11 +1237,8 @@ static void loss_head(const struct ctx *k, int backward, double scale, float *lo
 		struct head_job j = {k, n0, backward, (float)scale};
 
 		group_xwt(c, &head, c->hf + (size_t)n0 * C, nc, c->logit, V);
-		if (net->final_softcap > 0) {   /* Gemma 2: cap·tanh(logits / cap) */
-			const float cap = net->final_softcap;
-			for (size_t i = 0; i < (size_t)nc * V; i++)
-				c->logit[i] = tanhf(c->logit[i] / cap) * cap;
-		}
+		if (net->final_softcap > 0)
+			softcap_logits(c->logit, (size_t)nc * V, net->final_softcap);
 		if (logits_out)
 			memcpy(logits_out + (size_t)n0 * V, c->logit, sizeof(float) * (size_t)nc * V);
 		lora_pool_for(c->pool, (size_t)nc, 4, head_part, &j);
@@ -1428,16 +1432,29 @@ void lora_cpu_addmul(const float *a, const float *b, float *y, size_t n)
 	ew_part(&e, 0, n, 0);
 }
 
+void lora_cpu_softcap(float *z, size_t n, float cap)
+{
+	if (cap > 0)
+		softcap_logits(z, n, cap);
+}
+
 void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int backward, double *tok_loss)
+{
+	lora_cpu_xent_softcap(z, tgt, nc, V, scale, backward, 0.0f, tok_loss);
+}
+
+void lora_cpu_xent_softcap(float *z, const int32_t *tgt, int nc, int V, float scale, int backward, float cap,
+			   double *tok_loss)
 {
 	struct lora_net n;
 	struct cpu c;
 	struct lora_batch b;
 	struct ctx k;
 	int32_t *labels = malloc(sizeof(int32_t) * ((size_t)nc + 1));
-	float *e = backward ? NULL : malloc(sizeof(float) * (size_t)V);
+	const int need_e = !backward || cap > 0;   /* the forward's e^(z - m), or the backward's cap factors */
+	float *e = need_e ? malloc(sizeof(float) * (size_t)V) : NULL;
 
-	if (!labels || (!backward && !e)) {
+	if (!labels || (need_e && !e)) {
 		free(labels);
 		free(e);
 		for (int i = 0; i < nc; i++)
@@ -1451,6 +1468,7 @@ void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int
 	memset(&c, 0, sizeof(c));
 	memset(&b, 0, sizeof(b));
 	n.V = V;
+	n.final_softcap = cap > 0 ? cap : 0.0f;
 	c.logit = z;
 	c.tok_loss = tok_loss;
 	c.tmp_e = e;

@@ -60,5 +60,10 @@ int lora_cpu_attn_fwd_softcap(const float *q, const float *k, const float *v, in
 int lora_cpu_attn_bwd_softcap(const float *q, const float *k, const float *v, const float *lse, const float *datt,
 			      int B, int H, int KV, int T, int D, float scaling, int window, float cap, float *dq,
 			      float *dk, float *dv);
+/* loss_head's final soft-capping (Gemma 2): z [n] = cap·tanh(z / cap) in place */
+void lora_cpu_softcap(float *z, size_t n, float cap);
+/* head_part with final_softcap = cap: z holds capped logits; with backward, d logits through the cap */
+void lora_cpu_xent_softcap(float *z, const int32_t *tgt, int nc, int V, float scale, int backward, float cap,
+			   double *tok_loss);
 
 #endif

@@ -130,7 +130,8 @@ TEST(table)
 	      K->add && K->addmul && K->grad_norm && K->adamw && K->merge_init && K->blas_create && K->lora_fwd &&
 	      K->lora_bwd && K->xent_stats && K->xent_loss && K->xent_grad && K->attn_fwd &&
 	      K->attn_bwd && K->geglu_fwd && K->geglu_bwd && K->headnorm_fwd &&
-	      K->headnorm_bwd && K->attn_fwd_softcap && K->attn_bwd_softcap);
+	      K->headnorm_bwd && K->attn_fwd_softcap && K->attn_bwd_softcap &&
+	      K->softcap && K->xent_grad_softcap);
 	printf("  plugin: %s\n", K->build);
 }
 
@@ -852,6 +853,71 @@ static void xent_case(int nc, int V, int vc, float zscale)
 	free(z), free(dl), free(got), free(tgt), free(loss), free(loss2), free(gl);
 }
 
+/*
+ * Gemma 2's final soft-capping on the chunked path: softcap on each chunk, then xent_stats,
+ * xent_loss, xent_grad_softcap, against head_part with final_softcap.  The capped logits:
+ * the same division on both sides, tanhf 2 ulp each (8u·|t|) and the product: 10u·|z_c|.
+ * Then as xent_case with |z - max| <= 2·zb, zb = min(zscale, cap), and each capped logit
+ * off by 10u·cap more (in z and in the max: 20u·cap in every exponent); the factor
+ * 1 - (z_c/cap)² is off by 2·10u + 2u, times |d| <= scale.
+ */
+static void xent_cap_case(int nc, int V, int vc, float zscale, float cap)
+{
+	const size_t nz = (size_t)nc * V;
+	const float scale = 0.25f;
+	const double zb = zscale < cap ? zscale : cap, ez = 2.0 * zb * U + 3.5e-7 + 20.0 * U * cap;
+	float *z = xmalloc(nz * 4), *zc = xmalloc(nz * 4), *dl = xmalloc(nz * 4), *got = xmalloc(nz * 4);
+	int32_t *tgt = xmalloc((size_t)nc * 4);
+	double *loss = xmalloc((size_t)nc * 8), *gl = xmalloc((size_t)nc * 8), *tol = xmalloc(nz * sizeof(double));
+
+	fill(z, nz, zscale);
+	for (int i = 0; i < nc; i++)
+		tgt[i] = i % 4 == 2 ? -100 : (int32_t)(rnd64() % (uint64_t)V);
+	memcpy(zc, z, nz * 4);
+	lora_cpu_softcap(zc, nz, cap);
+	memcpy(dl, zc, nz * 4);
+	lora_cpu_xent_softcap(dl, tgt, nc, V, scale, 1, cap, loss);
+	{
+		float *dz = up(z, nz * 4), *dm = poisoned((size_t)nc * 4), *dzt = poisoned((size_t)nc * 4);
+		int32_t *dt = up(tgt, (size_t)nc * 4);
+		double *ds = poisoned((size_t)nc * 8), *dlo = poisoned((size_t)nc * 8);
+
+		for (int v0 = 0; v0 < V; v0 += vc) {
+			const int w = V - v0 < vc ? V - v0 : vc;
+			CHECK(K->softcap(dz + v0, V, nc, w, cap, NULL) == 0);
+			CHECK(K->xent_stats(dz + v0, V, nc, v0, w, dt, dm, ds, dzt, v0 == 0, NULL) == 0);
+		}
+		down(got, dz, nz * 4);
+		CHECKF(cmp("softcap z", got, zc, nz, 1e-37, 10 * U, NULL) == 0, "nc %d V %d cap %g", nc, V, cap);
+		CHECK(K->xent_loss(dm, ds, dzt, dt, nc, dlo, NULL) == 0);
+		for (int v0 = 0; v0 < V; v0 += vc)
+			CHECK(K->xent_grad_softcap(dz + v0, V, nc, v0, V - v0 < vc ? V - v0 : vc, dt, dm, ds, scale, cap,
+						   NULL) == 0);
+		down(gl, dlo, (size_t)nc * 8);
+		down(got, dz, nz * 4);
+		for (int i = 0; i < nc; i++) {
+			if (tgt[i] < 0) {
+				CHECK(gl[i] == -1.0);
+				continue;
+			}
+			CHECK_NEAR(gl[i], loss[i], ez + 10.0 * U * cap, 1e-12);
+		}
+		for (size_t i = 0; i < nz; i++)
+			tol[i] = (2.0 * ez + 2 * U) * scale + 22.0 * U * scale;
+		CHECKF(cmp("xent softcap dlogits", got, dl, nz, 1e-37, 2.0 * ez + 4 * U, tol) == 0, "nc %d V %d cap %g", nc,
+		       V, cap);
+		K->free(dz), K->free(dm), K->free(dzt), K->free(dt), K->free(ds), K->free(dlo);
+	}
+	free(z), free(zc), free(dl), free(got), free(tgt), free(loss), free(gl), free(tol);
+}
+
+TEST(xent_softcap)
+{
+	xent_cap_case(1, 1, 256, 1.0f, 2.0f);       /* one token, one word */
+	xent_cap_case(5, 1001, 256, 40.0f, 30.0f);  /* Gemma 2's cap 30, logits well past it; an unlabelled row */
+	xent_cap_case(9, 3000, 97, 8.0f, 5.0f);     /* many odd chunks */
+}
+
 TEST(xent)
 {
 	xent_case(1, 1, 256, 1.0f);       /* one token, one word */
@@ -1095,6 +1161,7 @@ int main(void)
 	RUN(gemm);
 	RUN(lora_path);
 	RUN(xent);
+	RUN(xent_softcap);
 	RUN(attn_fwd);
 	RUN(attn_bwd);
 	RUN(attn_softcap_fwd);

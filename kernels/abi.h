@@ -167,6 +167,28 @@ struct lora_cuda_abi {
 	 * and dgu [N, 2F] from dact, as swiglu_fwd/bwd. */
 	int (*geglu_fwd)(const float *gu, int N, int F, float *act, lora_stream s);
 	int (*geglu_bwd)(const float *gu, const float *dact, int N, int F, float *dgu, lora_stream s);
+	/* headnorm.cu: Qwen3's / Gemma 3's per-head RMSNorm of q and k, in place on y [N, ld]
+	 * whose first (H + KV)·D columns are H query heads (weight wq [D]) then KV key heads
+	 * (wk [D]); keeps raw [N, H+KV, D] (the input) and rstd [N, H+KV].  Backward turns
+	 * d normed in y into d raw, in place.  ld >= (H + KV)·D. */
+	int (*headnorm_fwd)(float *y, int ld, int N, int H, int KV, int D, const float *wq, const float *wk,
+			    float eps, float *raw, float *rstd, lora_stream s);
+	int (*headnorm_bwd)(float *dy, int ld, int N, int H, int KV, int D, const float *wq, const float *wk,
+			    const float *raw, const float *rstd, lora_stream s);
+	/* attn_fwd.cu / attn_bwd.cu: attn_fwd and attn_bwd with Gemma 2's score soft-capping,
+	 * s = cap·tanh(s·scaling / cap) (cap <= 0: none, the same as attn_fwd / attn_bwd). */
+	int (*attn_fwd_softcap)(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+				float scaling, int window, float cap, float *att, float *lse, lora_stream s);
+	int (*attn_bwd_softcap)(const float *q, const float *k, const float *v, const float *lse, const float *datt,
+				int B, int H, int KV, int T, int D, float scaling, int window, float cap, float *delta,
+				float *dq, float *dk, float *dv, lora_stream s);
+	/* xent.cu: Gemma 2's final logit soft-capping: z [rows, ld] (cols of each row) becomes
+	 * cap·tanh(z / cap) in place (cap <= 0: untouched), on each chunk before xent_stats and
+	 * before xent_grad_softcap, which is xent_grad times d capped / d logit = 1 - (z/cap)²
+	 * (cap <= 0: xent_grad). */
+	int (*softcap)(float *z, int ld, int rows, int cols, float cap, lora_stream st);
+	int (*xent_grad_softcap)(float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, const float *m,
+				 const double *s, float scale, float cap, lora_stream st);
 };
 
 typedef const struct lora_cuda_abi *(*lora_cuda_plugin_fn)(int abi_version);

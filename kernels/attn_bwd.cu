@@ -8,6 +8,7 @@
 //   s_ij = (q_i·k_j)·scaling,  p_ij = e^(s_ij - lse_i),  dp_ij = dO_i·v_j,
 //   Δ_i = Σ_j p_ij·dp_ij  (the CPU's `dot`, in the same key order),
 //   ds_ij = p_ij·(dp_ij - Δ_i),
+//   soft-capped (Gemma 2, cap > 0): s_ij = cap·t, t = tanh(s_ij / cap), and ds_ij times 1 - t²,
 //   dq_i = scaling·Σ_j ds_ij·k_j,
 //   dk_j = scaling·Σ_h Σ_i ds_ij·q_i,  dv_j = Σ_h Σ_i p_ij·dO_i  (h over j's group,
 //   i over the queries that see j: [j, hi(j)], hi(j) = min(T-1, j + window - 1)).
@@ -41,7 +42,7 @@ __global__ void __launch_bounds__(BQ) attn_dq_kernel(const float *__restrict__ q
 						     const float *__restrict__ v, const float *__restrict__ datt,
 						     const float *__restrict__ lse, float *__restrict__ delta,
 						     float *__restrict__ dq, int H, int KV, int T, int D,
-						     float scaling, int window)
+						     float scaling, int window, float cap)
 {
 	DYN_SHARED(float, sm);
 	float *Ks = sm, *Vs = sm + BK * D;
@@ -71,19 +72,27 @@ __global__ void __launch_bounds__(BQ) attn_dq_kernel(const float *__restrict__ q
 			__syncthreads();
 			for (int jj = 0; active && jj < nk; jj++) {
 				const int j = j0 + jj;
-				float s = 0.0f, dp = 0.0f, p;
+				float s = 0.0f, dp = 0.0f, p, g = 1.0f;
 
 				if (j < lo || j > i)
 					continue;
 				for (int d = 0; d < D; d++)
 					s = __fadd_rn(s, __fmul_rn(qr[d], Ks[jj * D + d]));
-				p = expf(__fsub_rn(__fmul_rn(s, scaling), L));
+				s = __fmul_rn(s, scaling);
+				if (cap > 0.0f) {
+					const float t = tanhf(__fdiv_rn(s, cap));
+					s = __fmul_rn(t, cap);
+					g = __fsub_rn(1.0f, __fmul_rn(t, t));
+				}
+				p = expf(__fsub_rn(s, L));
 				for (int d = 0; d < D; d++)
 					dp = __fadd_rn(dp, __fmul_rn(dor[d], Vs[jj * D + d]));
 				if (pass == 0) {
 					dlt = __fadd_rn(dlt, __fmul_rn(p, dp));
 				} else {
-					const float ds = __fmul_rn(p, __fsub_rn(dp, dlt));
+					float ds = __fmul_rn(p, __fsub_rn(dp, dlt));
+					if (cap > 0.0f)
+						ds = __fmul_rn(ds, g);
 					for (int d = 0; d < D; d++)
 						acc[d] = __fadd_rn(acc[d], __fmul_rn(ds, Ks[jj * D + d]));
 				}
@@ -102,7 +111,7 @@ __global__ void __launch_bounds__(BK) attn_dkv_kernel(const float *__restrict__ 
 						      const float *__restrict__ v, const float *__restrict__ datt,
 						      const float *__restrict__ lse, const float *__restrict__ delta,
 						      float *__restrict__ dk, float *__restrict__ dv, int H, int KV,
-						      int T, int D, float scaling, int window)
+						      int T, int D, float scaling, int window, float cap)
 {
 	DYN_SHARED(float, sm);
 	float *Qs = sm, *Os = sm + BQ2 * D, *Ls = sm + 2 * BQ2 * D, *Ds = Ls + BQ2;
@@ -139,16 +148,24 @@ __global__ void __launch_bounds__(BK) attn_dkv_kernel(const float *__restrict__ 
 			__syncthreads();
 			for (int ii = 0; active && ii < ni; ii++) {
 				const int i = i0 + ii;
-				float s = 0.0f, dp = 0.0f, p, ds;
+				float s = 0.0f, dp = 0.0f, p, ds, g = 1.0f;
 
 				if (i < j || bwd_key_lo(i, window) > j)
 					continue;
 				for (int d = 0; d < D; d++)
 					s = __fadd_rn(s, __fmul_rn(Qs[ii * D + d], kr[d]));
-				p = expf(__fsub_rn(__fmul_rn(s, scaling), Ls[ii]));
+				s = __fmul_rn(s, scaling);
+				if (cap > 0.0f) {
+					const float t = tanhf(__fdiv_rn(s, cap));
+					s = __fmul_rn(t, cap);
+					g = __fsub_rn(1.0f, __fmul_rn(t, t));
+				}
+				p = expf(__fsub_rn(s, Ls[ii]));
 				for (int d = 0; d < D; d++)
 					dp = __fadd_rn(dp, __fmul_rn(Os[ii * D + d], vr[d]));
 				ds = __fmul_rn(p, __fsub_rn(dp, Ds[ii]));
+				if (cap > 0.0f)
+					ds = __fmul_rn(ds, g);
 				for (int d = 0; d < D; d++) {
 					gv[d] = __fadd_rn(gv[d], __fmul_rn(p, Os[ii * D + d]));
 					gk[d] = __fadd_rn(gk[d], __fmul_rn(ds, Qs[ii * D + d]));
@@ -165,9 +182,9 @@ __global__ void __launch_bounds__(BK) attn_dkv_kernel(const float *__restrict__ 
 	}
 }
 
-extern "C" int lora_k_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt,
-			       int B, int H, int KV, int T, int D, float scaling, int window, float *delta, float *dq,
-			       float *dk, float *dv, lora_stream s)
+extern "C" int lora_k_attn_bwd_softcap(const float *q, const float *k, const float *v, const float *lse,
+				       const float *datt, int B, int H, int KV, int T, int D, float scaling, int window,
+				       float cap, float *delta, float *dq, float *dk, float *dv, lora_stream s)
 {
 	const dim3 gq(lora_cdiv(T, BQ), (unsigned)H, (unsigned)B), gkv(lora_cdiv(T, BK), (unsigned)KV, (unsigned)B);
 	const size_t shq = sizeof(float) * 2 * BK * (size_t)D, shkv = sizeof(float) * (2 * BQ2 * (size_t)D + 2 * BQ2);
@@ -178,16 +195,23 @@ extern "C" int lora_k_attn_bwd(const float *q, const float *k, const float *v, c
 	if (D < 1 || D > 128 || KV < 1 || H % KV)
 		return (int)cudaErrorInvalidValue;
 	if (D <= 64) {
-		LAUNCH(attn_dq_kernel<64>, gq, BQ, shq, st)(q, k, v, datt, lse, delta, dq, H, KV, T, D, scaling, window);
+		LAUNCH(attn_dq_kernel<64>, gq, BQ, shq, st)(q, k, v, datt, lse, delta, dq, H, KV, T, D, scaling, window, cap);
 		KCHECK();
 		LAUNCH(attn_dkv_kernel<64>, gkv, BK, shkv, st)(q, k, v, datt, lse, delta, dk, dv, H, KV, T, D, scaling,
-							       window);
+							       window, cap);
 	} else {
-		LAUNCH(attn_dq_kernel<128>, gq, BQ, shq, st)(q, k, v, datt, lse, delta, dq, H, KV, T, D, scaling, window);
+		LAUNCH(attn_dq_kernel<128>, gq, BQ, shq, st)(q, k, v, datt, lse, delta, dq, H, KV, T, D, scaling, window, cap);
 		KCHECK();
 		LAUNCH(attn_dkv_kernel<128>, gkv, BK, shkv, st)(q, k, v, datt, lse, delta, dk, dv, H, KV, T, D, scaling,
-								window);
+								window, cap);
 	}
 	KCHECK();
 	return 0;
+}
+
+extern "C" int lora_k_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt,
+			       int B, int H, int KV, int T, int D, float scaling, int window, float *delta, float *dq,
+			       float *dk, float *dv, lora_stream s)
+{
+	return lora_k_attn_bwd_softcap(q, k, v, lse, datt, B, H, KV, T, D, scaling, window, 0.0f, delta, dq, dk, dv, s);
 }

@@ -5,7 +5,8 @@
 //   q [B, H, T, D], k, v [B, KV, T, D] (head-major, after RoPE);  query i of head h
 //   sees keys [lo(i), i] of kv head h / (H/KV), lo(i) = max(0, i - window + 1)
 //   (window 0: all of them).  out att [B·T, H·D] token-major, lse [B, H, T].
-//   s_j = (q_i·k_j)·scaling;  running max m, sum l and acc rescaled by
+//   s_j = (q_i·k_j)·scaling, soft-capped (Gemma 2) when cap > 0: s_j = cap·tanh(s_j / cap);
+//   running max m, sum l and acc rescaled by
 //   e^(m_old - m_new) when the max grows;  out = acc / l,  lse = m + log(l).
 // Right padding needs nothing more: padded positions come after the real
 // ones, so causality already keeps them out of every real query.
@@ -29,7 +30,7 @@ template <int MAXD>
 __global__ void __launch_bounds__(BQ) attn_fwd_kernel(const float *__restrict__ q, const float *__restrict__ k,
 						      const float *__restrict__ v, float *__restrict__ att,
 						      float *__restrict__ lse, int H, int KV, int T, int D,
-						      float scaling, int window)
+						      float scaling, int window, float cap)
 {
 	DYN_SHARED(float, sm);
 	float *Ks = sm, *Vs = sm + BK * D;
@@ -61,6 +62,8 @@ __global__ void __launch_bounds__(BQ) attn_fwd_kernel(const float *__restrict__ 
 			for (int d = 0; d < D; d++)
 				s = __fadd_rn(s, __fmul_rn(qr[d], Ks[jj * D + d]));
 			s = __fmul_rn(s, scaling);
+			if (cap > 0.0f)
+				s = __fmul_rn(tanhf(__fdiv_rn(s, cap)), cap);
 			mn = fmaxf(m, s);
 			corr = expf(__fsub_rn(m, mn));   // e^-inf = 0 on the first key
 			p = expf(__fsub_rn(s, mn));
@@ -81,8 +84,9 @@ __global__ void __launch_bounds__(BQ) attn_fwd_kernel(const float *__restrict__ 
 	}
 }
 
-extern "C" int lora_k_attn_fwd(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
-			       float scaling, int window, float *att, float *lse, lora_stream s)
+extern "C" int lora_k_attn_fwd_softcap(const float *q, const float *k, const float *v, int B, int H, int KV, int T,
+				       int D, float scaling, int window, float cap, float *att, float *lse,
+				       lora_stream s)
 {
 	const dim3 grid(lora_cdiv(T, BQ), (unsigned)H, (unsigned)B);
 	const size_t shmem = sizeof(float) * 2 * BK * (size_t)D;
@@ -93,10 +97,16 @@ extern "C" int lora_k_attn_fwd(const float *q, const float *k, const float *v, i
 		return (int)cudaErrorInvalidValue;
 	if (D <= 64)
 		LAUNCH(attn_fwd_kernel<64>, grid, BQ, shmem, (cudaStream_t)s)(q, k, v, att, lse, H, KV, T, D, scaling,
-									   window);
+									   window, cap);
 	else
 		LAUNCH(attn_fwd_kernel<128>, grid, BQ, shmem, (cudaStream_t)s)(q, k, v, att, lse, H, KV, T, D, scaling,
-									    window);
+									    window, cap);
 	KCHECK();
 	return 0;
+}
+
+extern "C" int lora_k_attn_fwd(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+			       float scaling, int window, float *att, float *lse, lora_stream s)
+{
+	return lora_k_attn_fwd_softcap(q, k, v, B, H, KV, T, D, scaling, window, 0.0f, att, lse, s);
 }

@@ -53,6 +53,10 @@ int lora_k_swiglu_fwd(const float *gu, int N, int F, float *act, lora_stream s);
 int lora_k_swiglu_bwd(const float *gu, const float *dact, int N, int F, float *dgu, lora_stream s);
 int lora_k_geglu_fwd(const float *gu, int N, int F, float *act, lora_stream s);
 int lora_k_geglu_bwd(const float *gu, const float *dact, int N, int F, float *dgu, lora_stream s);
+int lora_k_headnorm_fwd(float *y, int ld, int N, int H, int KV, int D, const float *wq, const float *wk, float eps,
+			float *raw, float *rstd, lora_stream s);
+int lora_k_headnorm_bwd(float *dy, int ld, int N, int H, int KV, int D, const float *wq, const float *wk,
+			const float *raw, const float *rstd, lora_stream s);
 int lora_k_add(const float *a, const float *b, float *y, size_t n, lora_stream s);
 int lora_k_addmul(const float *a, const float *b, float *y, size_t n, lora_stream s);
 int lora_k_grad_norm(const float *g, size_t n, float max_norm, double *scratch, double *norm, float *coef,
@@ -76,6 +80,14 @@ int lora_k_attn_fwd(const float *q, const float *k, const float *v, int B, int H
 int lora_k_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B, int H,
 		    int KV, int T, int D, float scaling, int window, float *delta, float *dq, float *dk, float *dv,
 		    lora_stream s);
+int lora_k_attn_fwd_softcap(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+			    float scaling, int window, float cap, float *att, float *lse, lora_stream s);
+int lora_k_attn_bwd_softcap(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B,
+			    int H, int KV, int T, int D, float scaling, int window, float cap, float *delta, float *dq,
+			    float *dk, float *dv, lora_stream s);
+int lora_k_softcap(float *z, int ld, int rows, int cols, float cap, lora_stream st);
+int lora_k_xent_grad_softcap(float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, const float *m,
+			     const double *s, float scale, float cap, lora_stream st);
 
 #ifdef __cplusplus
 }

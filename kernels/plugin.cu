@@ -56,6 +56,12 @@ static lora_cuda_abi make_table()
 	t.attn_bwd = lora_k_attn_bwd;
 	t.geglu_fwd = lora_k_geglu_fwd;
 	t.geglu_bwd = lora_k_geglu_bwd;
+	t.headnorm_fwd = lora_k_headnorm_fwd;
+	t.headnorm_bwd = lora_k_headnorm_bwd;
+	t.attn_fwd_softcap = lora_k_attn_fwd_softcap;
+	t.attn_bwd_softcap = lora_k_attn_bwd_softcap;
+	t.softcap = lora_k_softcap;
+	t.xent_grad_softcap = lora_k_xent_grad_softcap;
 	return t;
 }
 

@@ -15,6 +15,12 @@
 // double; here the terms of early chunks are e^(z - m_chunk)·e^(m_chunk - max),
 // which differ by the rounding of the fp32 arguments (|z - m|·2^-24
 // relative) and expf's 2 ulp.  One block of 256 threads per row.
+//
+// Gemma 2's final soft-capping (the CPU's net->final_softcap in loss_head and
+// head_part): softcap turns each chunk of logits into cap·tanh(z / cap) before
+// xent_stats (and before xent_grad, on the recomputed chunk), and
+// xent_grad_softcap multiplies the gradient by d capped / d logit = 1 - (z/cap)²
+// of the capped z it overwrites.
 #include "kernels/cuda_common.cuh"
 #include "kernels/kernels.h"
 
@@ -95,7 +101,7 @@ __global__ void xent_loss_kernel(const float *__restrict__ m, const double *__re
 __global__ void __launch_bounds__(XENT_THREADS) xent_grad_kernel(float *__restrict__ z, int ld, int v0, int vc,
 								 const int32_t *__restrict__ tgt,
 								 const float *__restrict__ m,
-								 const double *__restrict__ s, float scale)
+								 const double *__restrict__ s, float scale, float cap)
 {
 	const int n = blockIdx.x, t = tgt[n];
 	float *zn = z + (size_t)n * ld;
@@ -107,11 +113,37 @@ __global__ void __launch_bounds__(XENT_THREADS) xent_grad_kernel(float *__restri
 	}
 	const float mn = m[n], f = __fdiv_rn(scale, (float)s[n]);
 	for (int v = threadIdx.x; v < vc; v += blockDim.x) {
-		float e = __fmul_rn(expf(__fsub_rn(zn[v], mn)), f);
+		const float zv = zn[v];
+		float e = __fmul_rn(expf(__fsub_rn(zv, mn)), f);
 		if (v0 + v == t)
 			e = __fsub_rn(e, scale);
+		if (cap > 0.0f) {
+			const float tc = __fdiv_rn(zv, cap);
+			e = __fmul_rn(e, __fsub_rn(1.0f, __fmul_rn(tc, tc)));
+		}
 		zn[v] = e;
 	}
+}
+
+__global__ void softcap_kernel(float *__restrict__ z, int ld, int cols, size_t total, float cap)
+{
+	const size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+
+	if (j >= total)
+		return;
+	float *p = z + j / cols * ld + j % cols;
+	*p = __fmul_rn(tanhf(__fdiv_rn(*p, cap)), cap);
+}
+
+extern "C" int lora_k_softcap(float *z, int ld, int rows, int cols, float cap, lora_stream st)
+{
+	const size_t total = (size_t)(rows > 0 ? rows : 0) * (cols > 0 ? cols : 0);
+
+	if (total == 0 || !(cap > 0.0f))
+		return 0;
+	LAUNCH(softcap_kernel, lora_cdiv(total, 256), 256, 0, (cudaStream_t)st)(z, ld, cols, total, cap);
+	KCHECK();
+	return 0;
 }
 
 extern "C" int lora_k_xent_stats(const float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, float *m,
@@ -135,12 +167,19 @@ extern "C" int lora_k_xent_loss(const float *m, const double *s, const float *zt
 	return 0;
 }
 
-extern "C" int lora_k_xent_grad(float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, const float *m,
-				const double *s, float scale, lora_stream st)
+extern "C" int lora_k_xent_grad_softcap(float *z, int ld, int nc, int v0, int vc, const int32_t *tgt,
+					const float *m, const double *s, float scale, float cap, lora_stream st)
 {
 	if (nc <= 0 || vc <= 0)
 		return 0;
-	LAUNCH(xent_grad_kernel, (unsigned)nc, XENT_THREADS, 0, (cudaStream_t)st)(z, ld, v0, vc, tgt, m, s, scale);
+	LAUNCH(xent_grad_kernel, (unsigned)nc, XENT_THREADS, 0, (cudaStream_t)st)(z, ld, v0, vc, tgt, m, s, scale,
+										 cap);
 	KCHECK();
 	return 0;
+}
+
+extern "C" int lora_k_xent_grad(float *z, int ld, int nc, int v0, int vc, const int32_t *tgt, const float *m,
+				const double *s, float scale, lora_stream st)
+{
+	return lora_k_xent_grad_softcap(z, ld, nc, v0, vc, tgt, m, s, scale, 0.0f, st);
 }

@@ -1212,6 +1212,13 @@ HOT static void head_part(void *arg, size_t i0, size_t i1, int part)
 	}
 }
 
+/* Gemma 2: cap·tanh(logits / cap) */
+static void softcap_logits(float *z, size_t n, float cap)
+{
+	for (size_t i = 0; i < n; i++)
+		z[i] = tanhf(z[i] / cap) * cap;
+}
+
 /*
  * Logits of hf through lm_head NC tokens at a time; loss; logits out; and
  * when training, d hf = (softmax - onehot)·scale · W_lm into c->dh.
@@ -1230,11 +1237,8 @@ static void loss_head(const struct ctx *k, int backward, double scale, float *lo
 		struct head_job j = {k, n0, backward, (float)scale};
 
 		group_xwt(c, &head, c->hf + (size_t)n0 * C, nc, c->logit, V);
-		if (net->final_softcap > 0) {   /* Gemma 2: cap·tanh(logits / cap) */
-			const float cap = net->final_softcap;
-			for (size_t i = 0; i < (size_t)nc * V; i++)
-				c->logit[i] = tanhf(c->logit[i] / cap) * cap;
-		}
+		if (net->final_softcap > 0)
+			softcap_logits(c->logit, (size_t)nc * V, net->final_softcap);
 		if (logits_out)
 			memcpy(logits_out + (size_t)n0 * V, c->logit, sizeof(float) * (size_t)nc * V);
 		lora_pool_for(c->pool, (size_t)nc, 4, head_part, &j);
@@ -1355,6 +1359,20 @@ void lora_cpu_rmsnorm_bwd(const float *x, const float *w, const float *rstd, con
 	rmsnorm_bwd_part(&j, 0, (size_t)N, 0);
 }
 
+void lora_cpu_headnorm(float *y, int ld, int N, int H, int KV, int D, const float *wq, const float *wk, float eps,
+		       float *raw, float *rstd)
+{
+	struct headnorm_job j = {y, ld, H, KV, D, wq, wk, eps, raw, rstd};
+	headnorm_part(&j, 0, (size_t)N, 0);
+}
+
+void lora_cpu_headnorm_bwd(float *dy, int ld, int N, int H, int KV, int D, const float *wq, const float *wk,
+			   const float *raw, const float *rstd)
+{
+	struct headnorm_job j = {dy, ld, H, KV, D, wq, wk, 0.0f, (float *)raw, (float *)rstd};
+	headnorm_bwd_part(&j, 0, (size_t)N, 0);
+}
+
 void lora_cpu_rope_tables(const float *inv_freq, int D, int T, float *cosb, float *sinb)
 {
 	struct lora_net n;
@@ -1414,16 +1432,29 @@ void lora_cpu_addmul(const float *a, const float *b, float *y, size_t n)
 	ew_part(&e, 0, n, 0);
 }
 
+void lora_cpu_softcap(float *z, size_t n, float cap)
+{
+	if (cap > 0)
+		softcap_logits(z, n, cap);
+}
+
 void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int backward, double *tok_loss)
+{
+	lora_cpu_xent_softcap(z, tgt, nc, V, scale, backward, 0.0f, tok_loss);
+}
+
+void lora_cpu_xent_softcap(float *z, const int32_t *tgt, int nc, int V, float scale, int backward, float cap,
+			   double *tok_loss)
 {
 	struct lora_net n;
 	struct cpu c;
 	struct lora_batch b;
 	struct ctx k;
 	int32_t *labels = malloc(sizeof(int32_t) * ((size_t)nc + 1));
-	float *e = backward ? NULL : malloc(sizeof(float) * (size_t)V);
+	const int need_e = !backward || cap > 0;   /* the forward's e^(z - m), or the backward's cap factors */
+	float *e = need_e ? malloc(sizeof(float) * (size_t)V) : NULL;
 
-	if (!labels || (!backward && !e)) {
+	if (!labels || (need_e && !e)) {
 		free(labels);
 		free(e);
 		for (int i = 0; i < nc; i++)
@@ -1437,6 +1468,7 @@ void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int
 	memset(&c, 0, sizeof(c));
 	memset(&b, 0, sizeof(b));
 	n.V = V;
+	n.final_softcap = cap > 0 ? cap : 0.0f;
 	c.logit = z;
 	c.tok_loss = tok_loss;
 	c.tmp_e = e;
@@ -1460,52 +1492,11 @@ void lora_cpu_xent(float *z, const int32_t *tgt, int nc, int V, float scale, int
 int lora_cpu_attn_fwd(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
 		      float scaling, int window, float *att, float *lse)
 {
-	const size_t sp = (size_t)(T < QB ? T : QB) * T;
-	struct lora_net n;
-	struct cpu c;
-	struct lora_batch b;
-	struct lora_block bk;
-	struct acts a;
-	struct ctx k0;
-
-	memset(&n, 0, sizeof(n));
-	memset(&c, 0, sizeof(c));
-	memset(&b, 0, sizeof(b));
-	memset(&bk, 0, sizeof(bk));
-	memset(&a, 0, sizeof(a));
-	c.S = malloc(sizeof(float) * sp);
-	c.P = malloc(sizeof(float) * sp);
-	if (!c.S || !c.P) {
-		free(c.S);
-		free(c.P);
-		return -1;
-	}
-	n.H = H;
-	n.KV = KV;
-	n.D = D;
-	n.attn_scale = scaling;
-	b.B = B;
-	b.T = T;
-	bk.window = window;
-	a.q = (float *)q;
-	a.k = (float *)k;
-	a.v = (float *)v;
-	k0.net = &n;
-	k0.c = &c;
-	k0.b = &b;
-	k0.N = B * T;
-	k0.dropout = 0;
-	{
-		struct attn_job j = {&k0, &bk, &a, att, lse};
-		attn_fwd_part(&j, 0, (size_t)B * KV, 0);
-	}
-	free(c.S);
-	free(c.P);
-	return 0;
+	return lora_cpu_attn_fwd_softcap(q, k, v, B, H, KV, T, D, scaling, window, 0.0f, att, lse);
 }
 
-int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B,
-		      int H, int KV, int T, int D, float scaling, int window, float *dq, float *dk, float *dv)
+int lora_cpu_attn_fwd_softcap(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+			      float scaling, int window, float cap, float *att, float *lse)
 {
 	const size_t sp = (size_t)(T < QB ? T : QB) * T;
 	struct lora_net n;
@@ -1531,6 +1522,64 @@ int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const floa
 	n.KV = KV;
 	n.D = D;
 	n.attn_scale = scaling;
+	n.attn_softcap = cap > 0 ? cap : 0.0f;
+	b.B = B;
+	b.T = T;
+	bk.window = window;
+	a.q = (float *)q;
+	a.k = (float *)k;
+	a.v = (float *)v;
+	k0.net = &n;
+	k0.c = &c;
+	k0.b = &b;
+	k0.N = B * T;
+	k0.dropout = 0;
+	{
+		struct attn_job j = {&k0, &bk, &a, att, lse};
+		attn_fwd_part(&j, 0, (size_t)B * KV, 0);
+	}
+	free(c.S);
+	free(c.P);
+	return 0;
+}
+
+int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B,
+		      int H, int KV, int T, int D, float scaling, int window, float *dq, float *dk, float *dv)
+{
+	return lora_cpu_attn_bwd_softcap(q, k, v, lse, datt, B, H, KV, T, D, scaling, window, 0.0f, dq, dk, dv);
+}
+
+int lora_cpu_attn_bwd_softcap(const float *q, const float *k, const float *v, const float *lse, const float *datt,
+			      int B, int H, int KV, int T, int D, float scaling, int window, float cap, float *dq,
+			      float *dk, float *dv)
+{
+	const size_t sp = (size_t)(T < QB ? T : QB) * T;
+	struct lora_net n;
+	struct cpu c;
+	struct lora_batch b;
+	struct lora_block bk;
+	struct acts a;
+	struct ctx k0;
+
+	memset(&n, 0, sizeof(n));
+	memset(&c, 0, sizeof(c));
+	memset(&b, 0, sizeof(b));
+	memset(&bk, 0, sizeof(bk));
+	memset(&a, 0, sizeof(a));
+	c.S = malloc(sizeof(float) * sp);
+	c.P = malloc(sizeof(float) * sp);
+	c.G = cap > 0 ? malloc(sizeof(float) * sp) : NULL;
+	if (!c.S || !c.P || (cap > 0 && !c.G)) {
+		free(c.S);
+		free(c.P);
+		free(c.G);
+		return -1;
+	}
+	n.H = H;
+	n.KV = KV;
+	n.D = D;
+	n.attn_scale = scaling;
+	n.attn_softcap = cap > 0 ? cap : 0.0f;
 	b.B = B;
 	b.T = T;
 	bk.window = window;
@@ -1553,5 +1602,6 @@ int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const floa
 	}
 	free(c.S);
 	free(c.P);
+	free(c.G);
 	return 0;
 }

@@ -17,6 +17,13 @@ void lora_cpu_rmsnorm(const float *x, const float *w, int N, int C, float eps, f
 /* rmsnorm_bwd_part: dx (+= when accumulate) the gradient through the norm given dy */
 void lora_cpu_rmsnorm_bwd(const float *x, const float *w, const float *rstd, const float *dy, int N, int C,
 			  float *dx, int accumulate);
+/* headnorm_part: per-head RMSNorm in place on the first (H + KV)·D columns of each row of
+ * y [N, ld] (H heads with wq [D], then KV with wk [D]); raw [N, H+KV, D] keeps the input, rstd
+ * [N, H+KV] its 1/rms.  headnorm_bwd_part: d normed in y -> d raw, in place */
+void lora_cpu_headnorm(float *y, int ld, int N, int H, int KV, int D, const float *wq, const float *wk, float eps,
+		       float *raw, float *rstd);
+void lora_cpu_headnorm_bwd(float *dy, int ld, int N, int H, int KV, int D, const float *wq, const float *wk,
+			   const float *raw, const float *rstd);
 /* rope_tables: cos/sin [T, D/2] of inv_freq [D/2] */
 void lora_cpu_rope_tables(const float *inv_freq, int D, int T, float *cosb, float *sinb);
 /* to_heads_part: token-major src [B·T, ld] -> head-major dst [B, nh, T, D], rotated when rope */
@@ -47,5 +54,16 @@ int lora_cpu_attn_fwd(const float *q, const float *k, const float *v, int B, int
  * probabilities are recomputed from q, k and lse; -1 when out of memory */
 int lora_cpu_attn_bwd(const float *q, const float *k, const float *v, const float *lse, const float *datt, int B,
 		      int H, int KV, int T, int D, float scaling, int window, float *dq, float *dk, float *dv);
+/* the two above with Gemma 2's score soft-capping cap·tanh(scaled / cap) (cap <= 0: none) */
+int lora_cpu_attn_fwd_softcap(const float *q, const float *k, const float *v, int B, int H, int KV, int T, int D,
+			      float scaling, int window, float cap, float *att, float *lse);
+int lora_cpu_attn_bwd_softcap(const float *q, const float *k, const float *v, const float *lse, const float *datt,
+			      int B, int H, int KV, int T, int D, float scaling, int window, float cap, float *dq,
+			      float *dk, float *dv);
+/* loss_head's final soft-capping (Gemma 2): z [n] = cap·tanh(z / cap) in place */
+void lora_cpu_softcap(float *z, size_t n, float cap);
+/* head_part with final_softcap = cap: z holds capped logits; with backward, d logits through the cap */
+void lora_cpu_xent_softcap(float *z, const int32_t *tgt, int nc, int V, float scale, int backward, float cap,
+			   double *tok_loss);
 
 #endif

@@ -129,7 +129,9 @@ TEST(table)
 	      K->rmsnorm_bwd && K->rope_table && K->rope_fwd && K->rope_bwd && K->swiglu_fwd && K->swiglu_bwd &&
 	      K->add && K->addmul && K->grad_norm && K->adamw && K->merge_init && K->blas_create && K->lora_fwd &&
 	      K->lora_bwd && K->xent_stats && K->xent_loss && K->xent_grad && K->attn_fwd &&
-	      K->attn_bwd && K->geglu_fwd && K->geglu_bwd);
+	      K->attn_bwd && K->geglu_fwd && K->geglu_bwd && K->headnorm_fwd &&
+	      K->headnorm_bwd && K->attn_fwd_softcap && K->attn_bwd_softcap &&
+	      K->softcap && K->xent_grad_softcap);
 	printf("  plugin: %s\n", K->build);
 }
 
@@ -252,6 +254,92 @@ TEST(rmsnorm)
 	rmsnorm_case(5, 300);       /* a thread holds 2 terms, most only 1 */
 	rmsnorm_case(17, 1000);
 	rmsnorm_case(2, 4099);      /* 17 terms per thread */
+}
+
+/* ------------------------------------------------------------ per-head q/k norm */
+
+/*
+ * headnorm on rows [N, ld]: H + KV heads of D in place, the columns after them (v) must
+ * stay as they were.  The arithmetic of rmsnorm over rows of D: a lane adds ceil(D/32)
+ * terms, then 5 butterfly levels, so k = ceil(D/32) + 5 and the tolerances of rmsnorm_case.
+ */
+static void headnorm_case(int N, int H, int KV, int D, int extra_cols)
+{
+	const int nh = H + KV, ld = nh * D + extra_cols;
+	const size_t ny = (size_t)N * ld, nr = (size_t)N * nh * D, nrs = (size_t)N * nh;
+	float *y0 = xmalloc(ny * 4), *y = xmalloc(ny * 4), *gy = xmalloc(ny * 4), *wq = xmalloc(D * 4);
+	float *wk = xmalloc(D * 4), *raw = xmalloc(nr * 4), *graw = xmalloc(nr * 4), *rs = xmalloc(nrs * 4);
+	float *grs = xmalloc(nrs * 4), *dy0 = xmalloc(ny * 4), *dy = xmalloc(ny * 4);
+	double *tol = xmalloc(ny * sizeof(double));
+	const float eps = 1e-6f;
+	const double k = (double)((D + 31) / 32 + 5);
+
+	fill(y0, ny, 2.0f);
+	for (int n = 0; n < N; n += 2)   /* heads of another scale */
+		for (int i = 0; i < nh * D; i += 3 * D)
+			for (int d = 0; d < D; d++)
+				y0[(size_t)n * ld + i + d] *= 1e-3f;
+	fill(wq, D, 1.5f);
+	fill(wk, D, 1.5f);
+	fill(dy0, ny, 1.0f);
+	memcpy(y, y0, ny * 4);
+	lora_cpu_headnorm(y, ld, N, H, KV, D, wq, wk, eps, raw, rs);
+	{
+		float *dy_ = up(y0, ny * 4), *dwq = up(wq, D * 4), *dwk = up(wk, D * 4);
+		float *draw = poisoned(nr * 4), *drs = poisoned(nrs * 4);
+
+		CHECK(K->headnorm_fwd(dy_, ld, N, H, KV, D, dwq, dwk, eps, draw, drs, NULL) == 0);
+		down(gy, dy_, ny * 4);
+		down(graw, draw, nr * 4);
+		down(grs, drs, nrs * 4);
+		CHECKF(memcmp(graw, raw, nr * 4) == 0, "headnorm raw N %d H %d KV %d D %d", N, H, KV, D);
+		/* rstd: the positive sum within k·u, the mean, sqrt (halves it), the division */
+		CHECKF(cmp("headnorm rstd", grs, rs, nrs, 0.0, (k / 2 + 3) * U, NULL) == 0, "N %d H %d KV %d D %d", N,
+		       H, KV, D);
+		/* y: two products more; the v columns untouched (equal: tolerance 0 there) */
+		for (size_t i = 0; i < ny; i++)
+			tol[i] = (int)(i % ld) < nh * D ? (k / 2 + 5) * U * fabs(y[i]) : 0.0;
+		CHECKF(cmp("headnorm y", gy, y, ny, 0.0, 0.0, tol) == 0, "N %d H %d KV %d D %d", N, H, KV, D);
+
+		/* backward from the CPU's raw and rstd, so only the dot's sum differs: as rmsnorm dx */
+		{
+			float *craw = up(raw, nr * 4), *crs = up(rs, nrs * 4), *ddy = up(dy0, ny * 4);
+
+			memcpy(dy, dy0, ny * 4);
+			lora_cpu_headnorm_bwd(dy, ld, N, H, KV, D, wq, wk, raw, rs);
+			CHECK(K->headnorm_bwd(ddy, ld, N, H, KV, D, dwq, dwk, craw, crs, NULL) == 0);
+			down(gy, ddy, ny * 4);
+			for (int n = 0; n < N; n++)
+				for (int h = 0; h < nh; h++) {
+					const float *x = raw + ((size_t)n * nh + h) * D, *w = h < H ? wq : wk;
+					const float *g = dy0 + (size_t)n * ld + (size_t)h * D;
+					const float r = rs[(size_t)n * nh + h];
+					double S = 0.0;
+					for (int d = 0; d < D; d++)
+						S += fabs((double)w[d] * g[d] * x[d]);
+					for (int d = 0; d < D; d++) {
+						const double t1 = fabs((double)r * w[d] * g[d]);
+						const double t2 = fabs((double)x[d]) * r * r * r * S / D;
+						tol[(size_t)n * ld + (size_t)h * D + d] = 4 * U * (t1 + t2) + (k + 6) * U * t2 +
+											  2 * U * fabs(dy[(size_t)n * ld + (size_t)h * D + d]);
+					}
+				}
+			CHECKF(cmp("headnorm d raw", gy, dy, ny, 0.0, 0.0, tol) == 0, "N %d H %d KV %d D %d", N, H, KV, D);
+			K->free(craw), K->free(crs), K->free(ddy);
+		}
+		K->free(dy_), K->free(dwq), K->free(dwk), K->free(draw), K->free(drs);
+	}
+	free(y0), free(y), free(gy), free(wq), free(wk), free(raw), free(graw), free(rs), free(grs), free(dy0), free(dy),
+		free(tol);
+}
+
+TEST(headnorm)
+{
+	headnorm_case(1, 1, 1, 1, 0);       /* one token, heads of one element */
+	headnorm_case(3, 4, 2, 24, 48);     /* GQA ratio 2, inside a q|k|v row (v after) */
+	headnorm_case(5, 3, 3, 128, 384);   /* ratio 1, 30 heads: 8 blocks, the last partial */
+	headnorm_case(7, 8, 1, 256, 0);     /* 63 heads of 256 (Gemma 3): 8 terms a lane */
+	headnorm_case(2, 5, 1, 40, 40);     /* D not a multiple of the warp */
 }
 
 /* ------------------------------------------------------------ rope */
@@ -765,6 +853,71 @@ static void xent_case(int nc, int V, int vc, float zscale)
 	free(z), free(dl), free(got), free(tgt), free(loss), free(loss2), free(gl);
 }
 
+/*
+ * Gemma 2's final soft-capping on the chunked path: softcap on each chunk, then xent_stats,
+ * xent_loss, xent_grad_softcap, against head_part with final_softcap.  The capped logits:
+ * the same division on both sides, tanhf 2 ulp each (8u·|t|) and the product: 10u·|z_c|.
+ * Then as xent_case with |z - max| <= 2·zb, zb = min(zscale, cap), and each capped logit
+ * off by 10u·cap more (in z and in the max: 20u·cap in every exponent); the factor
+ * 1 - (z_c/cap)² is off by 2·10u + 2u, times |d| <= scale.
+ */
+static void xent_cap_case(int nc, int V, int vc, float zscale, float cap)
+{
+	const size_t nz = (size_t)nc * V;
+	const float scale = 0.25f;
+	const double zb = zscale < cap ? zscale : cap, ez = 2.0 * zb * U + 3.5e-7 + 20.0 * U * cap;
+	float *z = xmalloc(nz * 4), *zc = xmalloc(nz * 4), *dl = xmalloc(nz * 4), *got = xmalloc(nz * 4);
+	int32_t *tgt = xmalloc((size_t)nc * 4);
+	double *loss = xmalloc((size_t)nc * 8), *gl = xmalloc((size_t)nc * 8), *tol = xmalloc(nz * sizeof(double));
+
+	fill(z, nz, zscale);
+	for (int i = 0; i < nc; i++)
+		tgt[i] = i % 4 == 2 ? -100 : (int32_t)(rnd64() % (uint64_t)V);
+	memcpy(zc, z, nz * 4);
+	lora_cpu_softcap(zc, nz, cap);
+	memcpy(dl, zc, nz * 4);
+	lora_cpu_xent_softcap(dl, tgt, nc, V, scale, 1, cap, loss);
+	{
+		float *dz = up(z, nz * 4), *dm = poisoned((size_t)nc * 4), *dzt = poisoned((size_t)nc * 4);
+		int32_t *dt = up(tgt, (size_t)nc * 4);
+		double *ds = poisoned((size_t)nc * 8), *dlo = poisoned((size_t)nc * 8);
+
+		for (int v0 = 0; v0 < V; v0 += vc) {
+			const int w = V - v0 < vc ? V - v0 : vc;
+			CHECK(K->softcap(dz + v0, V, nc, w, cap, NULL) == 0);
+			CHECK(K->xent_stats(dz + v0, V, nc, v0, w, dt, dm, ds, dzt, v0 == 0, NULL) == 0);
+		}
+		down(got, dz, nz * 4);
+		CHECKF(cmp("softcap z", got, zc, nz, 1e-37, 10 * U, NULL) == 0, "nc %d V %d cap %g", nc, V, cap);
+		CHECK(K->xent_loss(dm, ds, dzt, dt, nc, dlo, NULL) == 0);
+		for (int v0 = 0; v0 < V; v0 += vc)
+			CHECK(K->xent_grad_softcap(dz + v0, V, nc, v0, V - v0 < vc ? V - v0 : vc, dt, dm, ds, scale, cap,
+						   NULL) == 0);
+		down(gl, dlo, (size_t)nc * 8);
+		down(got, dz, nz * 4);
+		for (int i = 0; i < nc; i++) {
+			if (tgt[i] < 0) {
+				CHECK(gl[i] == -1.0);
+				continue;
+			}
+			CHECK_NEAR(gl[i], loss[i], ez + 10.0 * U * cap, 1e-12);
+		}
+		for (size_t i = 0; i < nz; i++)
+			tol[i] = (2.0 * ez + 2 * U) * scale + 22.0 * U * scale;
+		CHECKF(cmp("xent softcap dlogits", got, dl, nz, 1e-37, 2.0 * ez + 4 * U, tol) == 0, "nc %d V %d cap %g", nc,
+		       V, cap);
+		K->free(dz), K->free(dm), K->free(dzt), K->free(dt), K->free(ds), K->free(dlo);
+	}
+	free(z), free(zc), free(dl), free(got), free(tgt), free(loss), free(gl), free(tol);
+}
+
+TEST(xent_softcap)
+{
+	xent_cap_case(1, 1, 256, 1.0f, 2.0f);       /* one token, one word */
+	xent_cap_case(5, 1001, 256, 40.0f, 30.0f);  /* Gemma 2's cap 30, logits well past it; an unlabelled row */
+	xent_cap_case(9, 3000, 97, 8.0f, 5.0f);     /* many odd chunks */
+}
+
 TEST(xent)
 {
 	xent_case(1, 1, 256, 1.0f);       /* one token, one word */
@@ -775,8 +928,8 @@ TEST(xent)
 
 /* ------------------------------------------------------------ attention */
 
-/* scaling 0: D^-0.5 (Gemma's query_pre_attn_scalar gives another) */
-static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, float sc)
+/* scaling 0: D^-0.5 (Gemma's query_pre_attn_scalar gives another); cap > 0: Gemma 2's soft-capping */
+static void attn_cap_case(int B, int H, int KV, int T, int D, int window, float qs, float sc, float cap)
 {
 	const size_t nq = (size_t)B * H * T * D, nkv = (size_t)B * KV * T * D, nl = (size_t)B * H * T;
 	const float scaling = sc > 0 ? sc : (float)pow((double)D, -0.5);
@@ -787,13 +940,15 @@ static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, 
 	fill(q, nq, qs);
 	fill(k, nkv, qs);
 	fill(v, nkv, 1.0f);
-	CHECK(lora_cpu_attn_fwd(q, k, v, B, H, KV, T, D, scaling, window, att, lse) == 0);
+	CHECK(lora_cpu_attn_fwd_softcap(q, k, v, B, H, KV, T, D, scaling, window, cap, att, lse) == 0);
 	/*
 	 * Per query row with nk keys: |s| <= A = scaling·max_j Σ|q·k|, and s itself is off
 	 * by D·u·A (another summation order).  Each probability is off by that, by expf's
 	 * 2 ulp (2.4e-7; the CPU's vexpf 1e-7), and by one more expf and rounding each time
 	 * the running max grows (at most nk times): δ = 3.5e-7·(nk + 1) + 2·(D + 2)·u·A.
 	 * out is a weighted mean of v: within 2δ·max|v| + 4u|out|; lse within δ + 2u|lse|.
+	 * Soft-capped, each side's score is cap·tanh(s/cap): the raw error times tanh' <= 1, and
+	 * tanhf's 2 ulp (4u·cap), the division and the product (u·cap each): δ grows by 12u·cap.
 	 */
 	for (int b = 0; b < B; b++)
 		for (int h = 0; h < H; h++)
@@ -810,7 +965,7 @@ static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, 
 					}
 					A = fmax(A, dot * scaling);
 				}
-				delta = 3.5e-7 * (i - lo + 2) + 2.0 * (D + 2) * U * A;
+				delta = 3.5e-7 * (i - lo + 2) + 2.0 * (D + 2) * U * A + (cap > 0 ? 12.0 * U * cap : 0.0);
 				tlse[((size_t)b * H + h) * T + i] = delta;
 				for (int d = 0; d < D; d++)
 					tatt[((size_t)b * T + i) * H * D + (size_t)h * D + d] = 2.0 * delta * vmax;
@@ -819,7 +974,10 @@ static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, 
 		float *dq = up(q, nq * 4), *dk = up(k, nkv * 4), *dv = up(v, nkv * 4);
 		float *da = poisoned(nq * 4), *dl = poisoned(nl * 4);
 
-		CHECK(K->attn_fwd(dq, dk, dv, B, H, KV, T, D, scaling, window, da, dl, NULL) == 0);
+		if (cap > 0)
+			CHECK(K->attn_fwd_softcap(dq, dk, dv, B, H, KV, T, D, scaling, window, cap, da, dl, NULL) == 0);
+		else
+			CHECK(K->attn_fwd(dq, dk, dv, B, H, KV, T, D, scaling, window, da, dl, NULL) == 0);
 		down(gatt, da, nq * 4);
 		down(glse, dl, nl * 4);
 		CHECKF(cmp("attn out", gatt, att, nq, 0.0, 4 * U, tatt) == 0, "B %d H %d KV %d T %d D %d window %d", B, H,
@@ -831,6 +989,11 @@ static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, 
 	free(q), free(k), free(v), free(att), free(lse), free(gatt), free(glse), free(tatt), free(tlse);
 }
 
+static void attn_case(int B, int H, int KV, int T, int D, int window, float qs, float sc)
+{
+	attn_cap_case(B, H, KV, T, D, window, qs, sc, 0.0f);
+}
+
 TEST(attn_fwd)
 {
 	attn_case(1, 1, 1, 1, 1, 0, 1.0f, 0);       /* one token */
@@ -839,6 +1002,15 @@ TEST(attn_fwd)
 	attn_case(1, 4, 1, 131, 64, 19, 2.0f, 0);   /* ratio 4, sliding window inside the tiles */
 	attn_case(1, 2, 2, 65, 128, 64, 1.0f, 0);   /* head dim 128, window = one query block */
 	attn_case(1, 4, 2, 40, 32, 0, 1.0f, 0.0625f);   /* another scaling (query_pre_attn_scalar 256) */
+}
+
+TEST(attn_softcap_fwd)
+{
+	attn_cap_case(1, 1, 1, 1, 1, 0, 1.0f, 0, 1.0f);         /* one token */
+	attn_cap_case(2, 4, 4, 37, 16, 0, 3.0f, 0, 1.5f);       /* ratio 1; scores well past the cap */
+	attn_cap_case(2, 6, 2, 70, 24, 0, 3.0f, 0, 2.0f);       /* ratio 3, two query blocks */
+	attn_cap_case(1, 4, 1, 131, 64, 19, 2.0f, 0, 2.5f);     /* ratio 4, sliding window */
+	attn_cap_case(1, 4, 2, 40, 32, 0, 8.0f, 0.0625f, 50.0f);   /* Gemma 2's cap 50, scaling 1/16 */
 }
 
 /*
@@ -857,7 +1029,7 @@ TEST(attn_fwd)
  *   scaling·Σ p_ij·|q_i,d|·(e_i + 4(n_j + 2)·u·M_i) and Σ p_ij·|dO_i,d|·(εp_i + 2(n_j + 2)·u).
  * Plus 2u relative for the last multiply by scaling.
  */
-static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float qs, float sc)
+static void attn_bwd_cap_case(int B, int H, int KV, int T, int D, int window, float qs, float sc, float cap)
 {
 	const size_t nq = (size_t)B * H * T * D, nkv = (size_t)B * KV * T * D, nl = (size_t)B * H * T;
 	const float scaling = sc > 0 ? sc : (float)pow((double)D, -0.5);
@@ -873,8 +1045,8 @@ static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float 
 	fill(k, nkv, qs);
 	fill(v, nkv, 1.0f);
 	fill(dO, nq, 1.0f);
-	CHECK(lora_cpu_attn_fwd(q, k, v, B, H, KV, T, D, scaling, window, att, lse) == 0);
-	CHECK(lora_cpu_attn_bwd(q, k, v, lse, dO, B, H, KV, T, D, scaling, window, dq, dk, dv) == 0);
+	CHECK(lora_cpu_attn_fwd_softcap(q, k, v, B, H, KV, T, D, scaling, window, cap, att, lse) == 0);
+	CHECK(lora_cpu_attn_bwd_softcap(q, k, v, lse, dO, B, H, KV, T, D, scaling, window, cap, dq, dk, dv) == 0);
 	memset(tdq, 0, nq * sizeof(double));
 	memset(tdk, 0, nkv * sizeof(double));
 	memset(tdv, 0, nkv * sizeof(double));
@@ -897,10 +1069,17 @@ static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float 
 					}
 					A = fmax(A, aq * scaling);
 					M = fmax(M, ad);
-					pr[j] = exp(sd * scaling - lse[row]);
+					pr[j] = exp((cap > 0 ? cap * tanh(sd * scaling / cap) : sd * scaling) - lse[row]);
 				}
 				ep = 3.5e-7 + 2.0 * (D + 2) * U * A + 2.0 * U * (A + fabs(lse[row]));
 				e = M * (3.0 * ep + (4.0 * D + 2.0 * nk + 8.0) * U);
+				if (cap > 0) {
+					/* the capped scores as in the forward (12u·cap more); the two t differ by
+					 * dt = (2(D + 2)·u·A + 12u·cap)/cap, so 1 - t² by 2dt + 2u, times |p·(dp - Δ)| <= 2pM */
+					const double dt = (2.0 * (D + 2) * U * A + 12.0 * U * cap) / cap;
+					ep += 12.0 * U * cap;
+					e = M * (3.0 * ep + (4.0 * D + 2.0 * nk + 8.0) * U) + 2.0 * M * (2.0 * dt + 2.0 * U);
+				}
 				for (int j = lo; j <= i; j++) {
 					const int hi = window > 0 && j + window - 1 < T - 1 ? j + window - 1 : T - 1;
 					const double nj = (double)grp * (hi - j + 1);
@@ -918,7 +1097,11 @@ static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float 
 		float *gl = up(lse, nl * 4), *gd = poisoned(nl * 4);
 		float *oq = poisoned(nq * 4), *ok = poisoned(nkv * 4), *ov = poisoned(nkv * 4);
 
-		CHECK(K->attn_bwd(gq, gk, gv, gl, go, B, H, KV, T, D, scaling, window, gd, oq, ok, ov, NULL) == 0);
+		if (cap > 0)
+			CHECK(K->attn_bwd_softcap(gq, gk, gv, gl, go, B, H, KV, T, D, scaling, window, cap, gd, oq, ok, ov,
+						  NULL) == 0);
+		else
+			CHECK(K->attn_bwd(gq, gk, gv, gl, go, B, H, KV, T, D, scaling, window, gd, oq, ok, ov, NULL) == 0);
 		down(gdq, oq, nq * 4);
 		down(gdk, ok, nkv * 4);
 		down(gdv, ov, nkv * 4);
@@ -935,6 +1118,11 @@ static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float 
 	free(gdq), free(gdk), free(gdv), free(tdq), free(tdk), free(tdv), free(pr);
 }
 
+static void attn_bwd_case(int B, int H, int KV, int T, int D, int window, float qs, float sc)
+{
+	attn_bwd_cap_case(B, H, KV, T, D, window, qs, sc, 0.0f);
+}
+
 TEST(attn_bwd)
 {
 	attn_bwd_case(1, 1, 1, 1, 1, 0, 1.0f, 0);       /* one token: ds is exactly 0 */
@@ -943,6 +1131,15 @@ TEST(attn_bwd)
 	attn_bwd_case(1, 4, 1, 131, 64, 19, 2.0f, 0);   /* ratio 4, sliding window inside the tiles */
 	attn_bwd_case(1, 2, 2, 65, 128, 64, 1.0f, 0);   /* head dim 128, window = one query block */
 	attn_bwd_case(1, 4, 2, 40, 32, 0, 1.0f, 0.0625f);   /* another scaling */
+}
+
+TEST(attn_softcap_bwd)
+{
+	attn_bwd_cap_case(1, 1, 1, 1, 1, 0, 1.0f, 0, 1.0f);
+	attn_bwd_cap_case(2, 4, 4, 37, 16, 0, 3.0f, 0, 1.5f);
+	attn_bwd_cap_case(2, 6, 2, 70, 24, 0, 3.0f, 0, 2.0f);
+	attn_bwd_cap_case(1, 4, 1, 131, 64, 19, 2.0f, 0, 2.5f);
+	attn_bwd_cap_case(1, 4, 2, 40, 32, 0, 8.0f, 0.0625f, 50.0f);
 }
 
 int main(void)
@@ -955,6 +1152,7 @@ int main(void)
 	RUN(table);
 	RUN(nf4_dequant);
 	RUN(rmsnorm);
+	RUN(headnorm);
 	RUN(rope);
 	RUN(swiglu);
 	RUN(geglu);
@@ -963,7 +1161,10 @@ int main(void)
 	RUN(gemm);
 	RUN(lora_path);
 	RUN(xent);
+	RUN(xent_softcap);
 	RUN(attn_fwd);
 	RUN(attn_bwd);
+	RUN(attn_softcap_fwd);
+	RUN(attn_softcap_bwd);
 	return t_done();
 }

@@ -21,7 +21,7 @@
 #define MAX_STOPS 4
 
 struct gen_opts {
-	const char *base, *adapter, *prompt;
+	const char *base, *adapter, *prompt, *system;
 	long max_tokens, threads;
 	double temperature, top_p;
 	long seed;
@@ -57,12 +57,16 @@ static int prompt_ids(const struct gen_opts *o, const struct lora_tok *tok, stru
 	} else if (o->chat == 1) {
 		return lora_errf(err, "model '%s' has no chat template (try --no-chat)", o->base);
 	}
+	if (!*have_chat && o->system)
+		return lora_errf(err, "--system needs a chat template, and model '%s' is read without one", o->base);
 	if (!*have_chat)
 		return lora_tok_encode(tok, o->prompt, strlen(o->prompt), LORA_TOK_ADD_SPECIAL, ids, err);
 	{
-		struct lora_chat_msg m = { .role = "user", .content = o->prompt };
+		struct lora_chat_msg m[2] = { { .role = "system", .content = o->system },
+					      { .role = "user", .content = o->prompt } };
+		const int skip = o->system ? 0 : 1;
 
-		if (lora_chat_render(chat, &m, 1, 1, &text, NULL, NULL, err) < 0) {
+		if (lora_chat_render(chat, m + skip, 2 - skip, 1, &text, NULL, NULL, err) < 0) {
 			lora_buf_free(&text);
 			return -1;
 		}
@@ -244,12 +248,13 @@ static void print_json(const struct gen_opts *o, const struct gen_out *r)
 	lora_buf_free(&b);
 }
 
-enum { O_BASE = 256, O_ADAPTER, O_PROMPT, O_MAX, O_TEMP, O_TOPP, O_SEED, O_QUANT, O_CHAT,
+enum { O_BASE = 256, O_ADAPTER, O_PROMPT, O_SYSTEM, O_MAX, O_TEMP, O_TOPP, O_SEED, O_QUANT, O_CHAT,
        O_NOCHAT, O_JSON, O_THREADS };
 static const struct cmd_opt opts[] = {
 	{ "base", 0, "DIR", "the Hugging Face model folder (with tokenizer.json)", O_BASE, 0, 0 },
 	{ "adapter", 0, "REF|PATH", "a stored adapter, a .lora package or a PEFT folder", O_ADAPTER, 0, 0 },
 	{ "prompt", 0, "TEXT", "what to continue (or, for a chat model, the user's turn)", O_PROMPT, 0, 0 },
+	{ "system", 0, "TEXT", "a system message before the user's turn (chat models)", O_SYSTEM, 0, 0 },
 	{ "max-tokens", 0, "N", "stop after N new tokens (128)", O_MAX, 0, 0 },
 	{ "temperature", 0, "T", "0: greedy; default 0.7", O_TEMP, 0, 0 },
 	{ "top-p", 0, "P", "sample from the smallest set of tokens holding P of the mass (0.9)", O_TOPP, 0, 0 },
@@ -275,6 +280,7 @@ static CMD(generate)
 		case O_BASE: o.base = optarg; break;
 		case O_ADAPTER: o.adapter = optarg; break;
 		case O_PROMPT: o.prompt = optarg; break;
+		case O_SYSTEM: o.system = optarg; break;
 		case O_MAX:
 			if (cmd_optarg_long(ctx, 1, 1 << 20, &o.max_tokens) < 0)
 				return 2;
@@ -323,7 +329,7 @@ static CMD(generate)
 
 const struct cmd_def cmd_generate_entry = {
 	"generate", cmd_generate, CMD_NEED_STORE, "sample text from a model and adapter",
-	"lora generate --base DIR [--adapter REF|PATH] --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--seed S] "
+	"lora generate --base DIR [--adapter REF|PATH] --prompt TEXT [--system TEXT] [--max-tokens N] [--temperature T] [--top-p P] [--seed S] "
 	"[--quant nf4|none] [--chat|--no-chat] [--json] [--threads N]",
 	opts, 22, NULL
 };

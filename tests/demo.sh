@@ -5,7 +5,7 @@
 set -u
 export LORA=${LORA:-$PWD/lora} LORA_TOOLS=${LORA_TOOLS:-$PWD/build/tools}
 here=$(dirname "$0")
-for part in demo_train.sh demo_store.sh demo_merge.sh; do
+for part in demo_train.sh demo_chat.sh demo_store.sh demo_merge.sh; do
 	[ -f "$here/$part" ] || continue
 	printf '\n==== %s\n' "$part"
 	bash "$here/$part" || { echo "demo: $part failed" >&2; exit 1; }

@@ -43,6 +43,16 @@ expect_eq "$(json_field chat)" null chat
 run "$LORA" generate --base "$T/gpt2" --prompt "hello" --chat
 expect_rc 1; expect_err "no chat template"
 
+t_case gen_system_message_through_the_template
+# a system turn (<|im_start|>system\nbe brief<|im_end|>\n) before the user's: more than 3 more tokens
+run "$LORA" generate --base "$T/chatml" --system "be brief" --prompt "hello there" --max-tokens 5 --json
+expect_rc 0
+[ "$(json_field prompt_tokens)" -gt $((pt + 3)) ] || t_fail "--system added only $(( $(json_field prompt_tokens) - pt )) tokens"
+run "$LORA" generate --base "$T/chatml" --system "be brief" --prompt "hello there" --no-chat
+expect_rc 1; expect_err "--system needs a chat template"
+run "$LORA" generate --base "$T/gpt2" --system "be brief" --prompt "hello"
+expect_rc 1; expect_err "--system needs a chat template"
+
 t_case gen_greedy_is_deterministic
 run "$LORA" generate --base "$T/gpt2" --prompt "The cat" --temperature 0 --max-tokens 12 --json
 expect_rc 0

@@ -204,8 +204,8 @@ fuzz: deps
 	@mkdir -p build-fuzz
 	@set -e; for f in $(FUZZ_SRC); do \
 	  n=$$(basename $$f .c); \
-	  $(FUZZ_CC) -g -O1 -std=gnu11 -Wno-unknown-attributes -I. -I/usr/include/x86_64-linux-gnu -fsanitize=fuzzer,address,undefined \
-	    -o build-fuzz/$$n $$f $(LIB_SRC) $(LDLIBS); \
+	  $(FUZZ_CC) -g -O1 -std=gnu11 -Wno-unknown-attributes -I. -I/usr/include/x86_64-linux-gnu -fsanitize=fuzzer,address,undefined -DLORA_VERSION='"$(VERSION)"' \
+	    -o build-fuzz/$$n $$f $(LIB_SRC) train/jinja.c $(LDLIBS); \
 	  mkdir -p build-fuzz/corpus-$$n; \
 	  cp -n tests/fuzz/corpus/$$n/* build-fuzz/corpus-$$n/ 2>/dev/null || true; \
 	  echo "== $$n ($(FUZZ_SECONDS) s)"; \

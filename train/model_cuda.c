@@ -33,8 +33,12 @@
  * crosses the bus in a step.
  *
  * Supported: what the kernels cover, Llama (llama3 / linear RoPE scaling,
- * tied embeddings), Mistral's sliding window, Qwen2's q/k/v biases; anything
- * else is refused by lora_cuda_supports with the feature named.  Dropout on
+ * tied embeddings), Mistral's sliding window, Qwen2's q/k/v biases, Qwen3's
+ * and Gemma 3's q_norm/k_norm (headnorm), Gemma 2/3 (geglu, post_attn /
+ * post_ff norms, attention and final soft-capping, embed_scale applied on the
+ * host to the gathered rows, Gemma 3's second RoPE table from
+ * inv_freq_local), Phi-3's fused linears (the empty k/v/up linears are
+ * skipped); a head_dim over 128 or odd is refused by lora_cuda_supports.  Dropout on
  * the LoRA input uses the CPU trainer's mask (lora_dropout_mask, made on the
  * host and uploaded), so both backends drop the same elements.
  *

@@ -33,8 +33,12 @@
  * crosses the bus in a step.
  *
  * Supported: what the kernels cover, Llama (llama3 / linear RoPE scaling,
- * tied embeddings), Mistral's sliding window, Qwen2's q/k/v biases; anything
- * else is refused by lora_cuda_supports with the feature named.  Dropout on
+ * tied embeddings), Mistral's sliding window, Qwen2's q/k/v biases, Qwen3's
+ * and Gemma 3's q_norm/k_norm (headnorm), Gemma 2/3 (geglu, post_attn /
+ * post_ff norms, attention and final soft-capping, embed_scale applied on the
+ * host to the gathered rows, Gemma 3's second RoPE table from
+ * inv_freq_local), Phi-3's fused linears (the empty k/v/up linears are
+ * skipped); a head_dim over 128 or odd is refused by lora_cuda_supports.  Dropout on
  * the LoRA input uses the CPU trainer's mask (lora_dropout_mask, made on the
  * host and uploaded), so both backends drop the same elements.
  *
@@ -66,6 +70,8 @@ struct dfrozen {
 
 struct dblock {
 	float *ln1, *ln2;         /* [C] */
+	float *q_norm, *k_norm;   /* [D] or NULL (Qwen3, Gemma 3) */
+	float *post_attn, *post_ff;   /* [C] or NULL (Gemma 2 / 3) */
 	struct dfrozen lin[LORA_NTARGET];
 	float *bias[LORA_NTARGET];   /* [out] or NULL */
 };
@@ -75,6 +81,8 @@ struct acts {
 	float *x;                 /* [N, C] layer input (the residual stream) */
 	float *rstd1;             /* [N] */
 	float *h1;                /* [N, C] input_layernorm(x) */
+	float *qkr;               /* [N, (H+KV)·D] q|k before their per-head norms (q_norm/k_norm only) */
+	float *qkrstd;            /* [N, H+KV] */
 	float *q;                 /* [B, H, T, D] after RoPE */
 	float *k, *v;             /* [B, KV, T, D] */
 	float *lse;               /* [B, H, T] */
@@ -84,6 +92,8 @@ struct acts {
 	float *h2;                /* [N, C] */
 	float *gu;                /* [N, 2F] */
 	float *act;               /* [N, F] */
+	float *o_raw, *rstd3;     /* [N, C], [N] o_proj output before post_attention norm (Gemma) */
+	float *d_raw, *rstd4;     /* [N, C], [N] down_proj output before post_feedforward norm */
 	float *u[LORA_NTARGET];   /* [N, r] */
 };
 
@@ -94,7 +104,7 @@ struct dev {
 	int loaded;
 	struct dblock *blocks;    /* [L] */
 	struct dfrozen lm_head;
-	float *norm_f, *inv_freq, *code8;
+	float *norm_f, *inv_freq, *inv_freq_local, *code8;
 	float *wbuf;              /* [wchunk] NF4 dequantization scratch */
 	size_t wchunk;
 	float *params, *grads;    /* [n_params] */
@@ -118,6 +128,7 @@ struct dev {
 	float *xa, *xd, *mask;    /* [N, max in] dropout(x), du·A, the mask */
 	float *du;
 	float *cosb, *sinb;
+	float *cosl, *sinl;       /* [T, D/2] of inv_freq_local (Gemma 3's sliding layers) */
 	float *ones;              /* [N] of 1.0 (bias rows through gemm) */
 	float *logit;             /* [NC, V] */
 	float *m, *zt;            /* [NC] */
@@ -214,21 +225,7 @@ int lora_cuda_supports(const struct lora_net *net, struct lora_err *err)
 {
 	const char *what = NULL;
 
-	if (net->qk_norm)
-		what = "per-head q_norm/k_norm (Qwen3, Gemma 3)";
-	else if (net->gemma)
-		what = "Gemma's (1 + w) and post-attention/MLP norms";
-	else if (net->fused)
-		what = "fused qkv_proj/gate_up_proj (Phi-3)";
-	else if (net->gelu)
-		what = "the GELU MLP";
-	else if (net->attn_softcap > 0 || net->final_softcap > 0)
-		what = "soft-capping";
-	else if (net->inv_freq_local)
-		what = "a second RoPE base for sliding layers";
-	else if (net->embed_scale != 1.0f)
-		what = "scaled embeddings";
-	else if (net->D > 128 || net->D % 2)
+	if (net->D > 128 || net->D % 2)
 		what = "a head_dim over 128 or odd";
 	if (what)
 		return lora_errf(err, "the CUDA trainer does not support %s yet; train with --device cpu", what);
@@ -256,6 +253,10 @@ static void cuda_release(struct lora_net *net)
 		for (int l = 0; l < net->L; l++) {
 			dfree(d->K, d->blocks[l].ln1);
 			dfree(d->K, d->blocks[l].ln2);
+			dfree(d->K, d->blocks[l].q_norm);
+			dfree(d->K, d->blocks[l].k_norm);
+			dfree(d->K, d->blocks[l].post_attn);
+			dfree(d->K, d->blocks[l].post_ff);
 			for (int t = 0; t < LORA_NTARGET; t++) {
 				free_frozen(d->K, &d->blocks[l].lin[t]);
 				dfree(d->K, d->blocks[l].bias[t]);
@@ -265,6 +266,7 @@ static void cuda_release(struct lora_net *net)
 	free_frozen(d->K, &d->lm_head);
 	dfree(d->K, d->norm_f);
 	dfree(d->K, d->inv_freq);
+	dfree(d->K, d->inv_freq_local);
 	dfree(d->K, d->code8);
 	dfree(d->K, d->wbuf);
 	dfree(d->K, d->params);
@@ -344,6 +346,11 @@ static int load_weights(struct lora_net *net, struct dev *d, struct lora_err *er
 		if (dup_dev(K, (void **)&db->ln1, bk->ln1, C * sizeof(float), err) < 0 ||
 		    dup_dev(K, (void **)&db->ln2, bk->ln2, C * sizeof(float), err) < 0)
 			return -1;
+		if ((bk->q_norm && dup_dev(K, (void **)&db->q_norm, bk->q_norm, net->D * sizeof(float), err) < 0) ||
+		    (bk->k_norm && dup_dev(K, (void **)&db->k_norm, bk->k_norm, net->D * sizeof(float), err) < 0) ||
+		    (bk->post_attn && dup_dev(K, (void **)&db->post_attn, bk->post_attn, C * sizeof(float), err) < 0) ||
+		    (bk->post_ff && dup_dev(K, (void **)&db->post_ff, bk->post_ff, C * sizeof(float), err) < 0))
+			return -1;
 		for (int t = 0; t < LORA_NTARGET; t++) {
 			const struct lora_linear *lin = &bk->lin[t];
 
@@ -361,6 +368,8 @@ static int load_weights(struct lora_net *net, struct dev *d, struct lora_err *er
 	if (upload_frozen(K, &net->lm_head, &d->lm_head, err) < 0 ||
 	    dup_dev(K, (void **)&d->norm_f, net->norm_f, C * sizeof(float), err) < 0 ||
 	    dup_dev(K, (void **)&d->inv_freq, net->inv_freq, sizeof(float) * (size_t)(net->D / 2), err) < 0 ||
+	    (net->inv_freq_local &&
+	     dup_dev(K, (void **)&d->inv_freq_local, net->inv_freq_local, sizeof(float) * (size_t)(net->D / 2), err) < 0) ||
 	    dup_dev(K, (void **)&d->code8, lora_code8, sizeof(lora_code8), err) < 0)
 		return -1;
 	if (d->lm_head.nf4)
@@ -418,6 +427,8 @@ static size_t layout(struct dev *c, const struct lora_net *net, int B, int T, fl
 		a->x = take(&p, N * C);
 		a->rstd1 = take(&p, N);
 		a->h1 = take(&p, N * C);
+		a->qkr = take(&p, net->qk_norm ? N * (HD + KVD) : 0);
+		a->qkrstd = take(&p, net->qk_norm ? N * (size_t)(net->H + net->KV) : 0);
 		a->q = take(&p, N * HD);
 		a->k = take(&p, N * KVD);
 		a->v = take(&p, N * KVD);
@@ -428,6 +439,10 @@ static size_t layout(struct dev *c, const struct lora_net *net, int B, int T, fl
 		a->h2 = take(&p, N * C);
 		a->gu = take(&p, N * 2 * F);
 		a->act = take(&p, N * F);
+		a->o_raw = take(&p, net->gemma ? N * C : 0);
+		a->rstd3 = take(&p, net->gemma ? N : 0);
+		a->d_raw = take(&p, net->gemma ? N * C : 0);
+		a->rstd4 = take(&p, net->gemma ? N : 0);
 		for (int t = 0; t < LORA_NTARGET; t++)
 			a->u[t] = take(&p, N * rank_of(net, c->n_acts == 1 ? -1 : l, t));
 	}
@@ -454,6 +469,8 @@ static size_t layout(struct dev *c, const struct lora_net *net, int B, int T, fl
 	c->du = take(&p, N * R);
 	c->cosb = take(&p, (size_t)T * (net->D / 2));
 	c->sinb = take(&p, (size_t)T * (net->D / 2));
+	c->cosl = take(&p, net->inv_freq_local ? (size_t)T * (net->D / 2) : 0);
+	c->sinl = take(&p, net->inv_freq_local ? (size_t)T * (net->D / 2) : 0);
 	c->ones = take(&p, N);
 	c->nc = net->opts.logit_tokens > 0 ? net->opts.logit_tokens : (int)(LOGIT_CHUNK / (size_t)net->V);
 	if (c->nc < 1)
@@ -670,6 +687,8 @@ static int lin_fwd(const struct ctx *k, int l, int first, int n, const float *x,
 		const int in = lin->w.cols, out = lin->w.rows;
 		float *ym = y + off;
 
+		if (!out)   /* Phi-3: k, v, up live in the fused q / gate linear */
+			continue;
 		if (frozen_xwt(k, &db->lin[t], x, ym, ldy) < 0)
 			return -1;
 		if (db->bias[t])   /* y += ones [N, 1] · bias [1, out]: y + bias exactly */
@@ -704,7 +723,9 @@ static int lin_bwd(const struct ctx *k, int l, int first, int n, const float *x,
 	for (int m = 0; dx && m < n; m++) {
 		const enum lora_target t = (enum lora_target)(first + m);
 
-		if (frozen_dyw(k, &db->lin[t], dy + off, lddy, dx, m ? 1.0f : beta) < 0)
+		if (!bk->lin[t].w.rows)
+			continue;
+		if (frozen_dyw(k, &db->lin[t], dy + off, lddy, dx, off ? 1.0f : beta) < 0)
 			return -1;
 		off += bk->lin[t].w.rows;
 	}
@@ -739,24 +760,39 @@ static int layer_fwd(const struct ctx *k, int l, struct acts *a, float *out)
 	const struct dblock *db = &c->blocks[l];
 	const int N = k->N, B = k->b->B, T = k->b->T, C = net->C, F = net->F;
 	const int HD = net->H * net->D, KVD = net->KV * net->D, W3 = HD + 2 * KVD;
+	const float *cs = bk->local_rope ? c->cosl : c->cosb, *sn = bk->local_rope ? c->sinl : c->sinb;
 
 	CK(K->rmsnorm_fwd(a->x, db->ln1, N, C, net->eps, a->h1, a->rstd1, NULL));
 	if (lin_fwd(k, l, LORA_T_Q, 3, a->h1, c->tqkv, W3, a) < 0)
 		return -1;
-	CK(K->rope_fwd(c->tqkv, W3, a->q, B, T, net->H, net->D, c->cosb, c->sinb, 1, NULL));
-	CK(K->rope_fwd(c->tqkv + HD, W3, a->k, B, T, net->KV, net->D, c->cosb, c->sinb, 1, NULL));
-	CK(K->rope_fwd(c->tqkv + HD + KVD, W3, a->v, B, T, net->KV, net->D, c->cosb, c->sinb, 0, NULL));
-	CK(K->attn_fwd(a->q, a->k, a->v, B, net->H, net->KV, T, net->D, net->attn_scale, bk->window, a->att,
-		       a->lse, NULL));
-	if (lin_fwd(k, l, LORA_T_O, 1, a->att, c->to, C, a) < 0)
+	if (db->q_norm)
+		CK(K->headnorm_fwd(c->tqkv, W3, N, net->H, net->KV, net->D, db->q_norm, db->k_norm, net->eps, a->qkr,
+				   a->qkrstd, NULL));
+	CK(K->rope_fwd(c->tqkv, W3, a->q, B, T, net->H, net->D, cs, sn, 1, NULL));
+	CK(K->rope_fwd(c->tqkv + HD, W3, a->k, B, T, net->KV, net->D, cs, sn, 1, NULL));
+	CK(K->rope_fwd(c->tqkv + HD + KVD, W3, a->v, B, T, net->KV, net->D, cs, sn, 0, NULL));
+	if (net->attn_softcap > 0)
+		CK(K->attn_fwd_softcap(a->q, a->k, a->v, B, net->H, net->KV, T, net->D, net->attn_scale, bk->window,
+				       net->attn_softcap, a->att, a->lse, NULL));
+	else
+		CK(K->attn_fwd(a->q, a->k, a->v, B, net->H, net->KV, T, net->D, net->attn_scale, bk->window, a->att,
+			       a->lse, NULL));
+	if (lin_fwd(k, l, LORA_T_O, 1, a->att, db->post_attn ? a->o_raw : c->to, C, a) < 0)
 		return -1;
+	if (db->post_attn)
+		CK(K->rmsnorm_fwd(a->o_raw, db->post_attn, N, C, net->eps, c->to, a->rstd3, NULL));
 	CK(K->add(a->x, c->to, a->xm, (size_t)N * C, NULL));
 	CK(K->rmsnorm_fwd(a->xm, db->ln2, N, C, net->eps, a->h2, a->rstd2, NULL));
 	if (lin_fwd(k, l, LORA_T_GATE, 2, a->h2, a->gu, 2 * F, a) < 0)
 		return -1;
-	CK(K->swiglu_fwd(a->gu, N, F, a->act, NULL));
-	if (lin_fwd(k, l, LORA_T_DOWN, 1, a->act, c->to, C, a) < 0)
+	if (net->gelu)
+		CK(K->geglu_fwd(a->gu, N, F, a->act, NULL));
+	else
+		CK(K->swiglu_fwd(a->gu, N, F, a->act, NULL));
+	if (lin_fwd(k, l, LORA_T_DOWN, 1, a->act, db->post_ff ? a->d_raw : c->to, C, a) < 0)
 		return -1;
+	if (db->post_ff)
+		CK(K->rmsnorm_fwd(a->d_raw, db->post_ff, N, C, net->eps, c->to, a->rstd4, NULL));
 	CK(K->add(a->xm, c->to, out, (size_t)N * C, NULL));
 	return 0;
 }
@@ -772,22 +808,40 @@ static int layer_bwd(const struct ctx *k, int l, struct acts *a, int need_dx)
 	const int N = k->N, B = k->b->B, T = k->b->T, C = net->C, F = net->F;
 	const int HD = net->H * net->D, KVD = net->KV * net->D, W3 = HD + 2 * KVD;
 
+	const float *cs = bk->local_rope ? c->cosl : c->cosb, *sn = bk->local_rope ? c->sinl : c->sinb;
+
 	/* MLP: out = xm + down(silu(gate(h2))·up(h2)) */
-	if (lin_bwd(k, l, LORA_T_DOWN, 1, a->act, c->dx, C, c->dact, 0.0f, a) < 0)
+	/* Gemma: out = xm + post_ff(down(...)), xm = x + post_attn(o(...)): c->to takes d of each
+	 * linear's output through its norm (c->dx keeps the residual's) */
+	if (db->post_ff)
+		CK(K->rmsnorm_bwd(a->d_raw, db->post_ff, a->rstd4, c->dx, N, C, c->to, 0, NULL));
+	if (lin_bwd(k, l, LORA_T_DOWN, 1, a->act, db->post_ff ? c->to : c->dx, C, c->dact, 0.0f, a) < 0)
 		return -1;
-	CK(K->swiglu_bwd(a->gu, c->dact, N, F, c->dgu, NULL));
+	if (net->gelu)
+		CK(K->geglu_bwd(a->gu, c->dact, N, F, c->dgu, NULL));
+	else
+		CK(K->swiglu_bwd(a->gu, c->dact, N, F, c->dgu, NULL));
 	if (lin_bwd(k, l, LORA_T_GATE, 2, a->h2, c->dgu, 2 * F, c->dh, 0.0f, a) < 0)
 		return -1;
 	CK(K->rmsnorm_bwd(a->xm, db->ln2, a->rstd2, c->dh, N, C, c->dx, 1, NULL));   /* dx is now d xm */
 
 	/* attention: xm = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))) */
-	if (lin_bwd(k, l, LORA_T_O, 1, a->att, c->dx, C, c->datt, 0.0f, a) < 0)
+	if (db->post_attn)
+		CK(K->rmsnorm_bwd(a->o_raw, db->post_attn, a->rstd3, c->dx, N, C, c->to, 0, NULL));
+	if (lin_bwd(k, l, LORA_T_O, 1, a->att, db->post_attn ? c->to : c->dx, C, c->datt, 0.0f, a) < 0)
 		return -1;
-	CK(K->attn_bwd(a->q, a->k, a->v, a->lse, c->datt, B, net->H, net->KV, T, net->D, net->attn_scale, bk->window,
-		       c->delta, c->dq, c->dk, c->dv, NULL));
-	CK(K->rope_bwd(c->dq, c->tqkv, W3, B, T, net->H, net->D, c->cosb, c->sinb, 1, NULL));
-	CK(K->rope_bwd(c->dk, c->tqkv + HD, W3, B, T, net->KV, net->D, c->cosb, c->sinb, 1, NULL));
-	CK(K->rope_bwd(c->dv, c->tqkv + HD + KVD, W3, B, T, net->KV, net->D, c->cosb, c->sinb, 0, NULL));
+	if (net->attn_softcap > 0)
+		CK(K->attn_bwd_softcap(a->q, a->k, a->v, a->lse, c->datt, B, net->H, net->KV, T, net->D, net->attn_scale,
+				       bk->window, net->attn_softcap, c->delta, c->dq, c->dk, c->dv, NULL));
+	else
+		CK(K->attn_bwd(a->q, a->k, a->v, a->lse, c->datt, B, net->H, net->KV, T, net->D, net->attn_scale,
+			       bk->window, c->delta, c->dq, c->dk, c->dv, NULL));
+	CK(K->rope_bwd(c->dq, c->tqkv, W3, B, T, net->H, net->D, cs, sn, 1, NULL));
+	CK(K->rope_bwd(c->dk, c->tqkv + HD, W3, B, T, net->KV, net->D, cs, sn, 1, NULL));
+	CK(K->rope_bwd(c->dv, c->tqkv + HD + KVD, W3, B, T, net->KV, net->D, cs, sn, 0, NULL));
+	if (db->q_norm)
+		CK(K->headnorm_bwd(c->tqkv, W3, N, net->H, net->KV, net->D, db->q_norm, db->k_norm, a->qkr, a->qkrstd,
+				   NULL));
 	if (lin_bwd(k, l, LORA_T_Q, 3, a->h1, c->tqkv, W3, need_dx ? c->dh : NULL, 0.0f, a) < 0)
 		return -1;
 	if (need_dx)
@@ -823,6 +877,8 @@ static int loss_head(const struct ctx *k, int backward, double scale, float *log
 
 		CK(K->gemm(c->blas, 0, 1, nc, V, C, 1.0f, c->hf + (size_t)n0 * C, 0, C, c->lm_head.w, 0, C, 0.0f,
 			   c->logit, V));
+		if (net->final_softcap > 0)
+			CK(K->softcap(c->logit, V, nc, V, net->final_softcap, NULL));
 		if (logits_out && down(k, logits_out + (size_t)n0 * V, c->logit, sizeof(float) * (size_t)nc * V) < 0)
 			return -1;
 		CK(K->xent_stats(c->logit, V, nc, 0, V, c->tgt + n0, c->m, c->s, c->zt, 1, NULL));
@@ -833,7 +889,11 @@ static int loss_head(const struct ctx *k, int backward, double scale, float *log
 			if (c->hloss[i] >= 0.0)
 				res->loss_sum += c->hloss[i];
 		if (backward) {
-			CK(K->xent_grad(c->logit, V, nc, 0, V, c->tgt + n0, c->m, c->s, (float)scale, NULL));
+			if (net->final_softcap > 0)   /* the capped logits are still in c->logit */
+				CK(K->xent_grad_softcap(c->logit, V, nc, 0, V, c->tgt + n0, c->m, c->s, (float)scale,
+							net->final_softcap, NULL));
+			else
+				CK(K->xent_grad(c->logit, V, nc, 0, V, c->tgt + n0, c->m, c->s, (float)scale, NULL));
 			CK(K->gemm(c->blas, 0, 0, nc, C, V, 1.0f, c->logit, 0, V, c->lm_head.w, 0, C, 0.0f,
 				   c->dh + (size_t)n0 * C, C));
 		}
@@ -859,6 +919,9 @@ static int embed(const struct ctx *k, float *x)
 			const int id = t < (b->len ? b->len[r] : b->T) ? b->ids[n] : 0;
 
 			lora_frozen_rows(&k->net->embed, id, 1, h + (size_t)i * C);
+			if (k->net->embed_scale != 1.0f)   /* Gemma: times sqrt(C), the CPU's fp32 product */
+				for (int j = 0; j < C; j++)
+					h[(size_t)i * C + j] *= k->net->embed_scale;
 		}
 		if (up(k, x + (size_t)n0 * C, h, sizeof(float) * (size_t)nr * C) < 0)
 			return -1;
@@ -896,6 +959,8 @@ static int cuda_run(struct lora_net *net, const struct lora_batch *b, int backwa
 			      (backward && up(k, c->grads, net->grads, net->n_params * sizeof(float)) < 0)))
 		return -1;
 	CK(c->K->rope_table(c->inv_freq, b->T, net->D / 2, c->cosb, c->sinb, NULL));
+	if (c->inv_freq_local)
+		CK(c->K->rope_table(c->inv_freq_local, b->T, net->D / 2, c->cosl, c->sinl, NULL));
 
 	/* embedding -> layers -> final norm -> loss */
 	if (embed(k, ck ? c->xs[0] : c->acts[0].x) < 0)

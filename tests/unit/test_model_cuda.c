@@ -272,6 +272,15 @@ TEST(llama32_tied_llama3_rope_nf4) { check_fixture("families/llama32_tied", LORA
 TEST(checkpointing_nf4) { check_fixture("mistral_window", LORA_QUANT_NF4, 1, 0); }
 TEST(dropout_same_masks) { check_fixture("qwen2", LORA_QUANT_NF4, 0, 0.1); }
 TEST(dropout_checkpointing) { check_fixture("llama_tied", LORA_QUANT_NF4, 1, 0.1); }
+TEST(qwen3_qk_norm_none) { check_fixture("families/qwen3", LORA_QUANT_NONE, 0, 0); }
+TEST(qwen3_qk_norm_nf4) { check_fixture("families/qwen3", LORA_QUANT_NF4, 0, 0); }
+TEST(gemma2_softcap_gelu_post_norms_none) { check_fixture("families/gemma2", LORA_QUANT_NONE, 0, 0); }
+TEST(gemma2_softcap_gelu_post_norms_nf4) { check_fixture("families/gemma2", LORA_QUANT_NF4, 0, 0); }
+TEST(gemma2_checkpointing_dropout) { check_fixture("families/gemma2", LORA_QUANT_NF4, 1, 0.1); }
+TEST(gemma3_local_rope_qk_norm_none) { check_fixture("families/gemma3", LORA_QUANT_NONE, 0, 0); }
+TEST(gemma3_local_rope_qk_norm_nf4) { check_fixture("families/gemma3", LORA_QUANT_NF4, 0, 0); }
+TEST(phi3_fused_none) { check_fixture("families/phi3", LORA_QUANT_NONE, 0, 0); }
+TEST(phi3_fused_nf4) { check_fixture("families/phi3", LORA_QUANT_NF4, 0, 0); }
 
 /*
  * Odd shapes from mktiny (beside this binary in ../tools): C 40, F 72, V 97,
@@ -340,16 +349,15 @@ TEST(refuses_unsupported)
 		CHECKF(0, "no CUDA plugin");
 		return;
 	}
+	/* the one thing left: a head_dim the attention kernels do not take (D <= 128, even); the
+	 * field is only read by the check, and put back before the net is closed */
 	if (!(net = open_fixture("families/qwen3", LORA_QUANT_NONE, 0, 0)))
 		return;
+	net->D += 1;
 	CHECK(lora_cuda_attach(net, K, &err) < 0);
-	CHECKF(strstr(err.msg, "q_norm/k_norm") != NULL, "%s", err.msg);
+	CHECKF(strstr(err.msg, "head_dim") != NULL, "%s", err.msg);
 	CHECK(net->be == &lora_backend_cpu);
-	lora_net_close(net);
-	if (!(net = open_fixture("families/gemma2", LORA_QUANT_NONE, 0, 0)))
-		return;
-	CHECK(lora_cuda_attach(net, K, &err) < 0);
-	CHECKF(strstr(err.msg, "Gemma") != NULL, "%s", err.msg);
+	net->D -= 1;
 	lora_net_close(net);
 }
 
@@ -553,6 +561,15 @@ int main(void)
 	RUN(checkpointing_nf4);
 	RUN(dropout_same_masks);
 	RUN(dropout_checkpointing);
+	RUN(qwen3_qk_norm_none);
+	RUN(qwen3_qk_norm_nf4);
+	RUN(gemma2_softcap_gelu_post_norms_none);
+	RUN(gemma2_softcap_gelu_post_norms_nf4);
+	RUN(gemma2_checkpointing_dropout);
+	RUN(gemma3_local_rope_qk_norm_none);
+	RUN(gemma3_local_rope_qk_norm_nf4);
+	RUN(phi3_fused_none);
+	RUN(phi3_fused_nf4);
 	RUN(odd_gqa1);
 	RUN(odd_gqa5_tied);
 	RUN(odd_window_bias);

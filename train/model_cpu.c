@@ -107,22 +107,12 @@ static inline float *take(float **p, size_t n)
 	return r;
 }
 
-static size_t max_rank(const struct lora_net *net)
-{
-	int r = 1;
-	for (int l = 0; l < net->L; l++)
-		for (int t = 0; t < LORA_NTARGET; t++)
-			if (net->blocks[l].lin[t].has_lora && net->blocks[l].lin[t].lora.r > r)
-				r = net->blocks[l].lin[t].lora.r;
-	return (size_t)r;
-}
-
 /* Lay out (or only measure, when base is NULL) every buffer for B x T. */
 static size_t layout(struct cpu *c, const struct lora_net *net, int B, int T, float *base)
 {
 	const size_t N = (size_t)B * T, C = net->C, F = net->F, HD = (size_t)net->H * net->D;
 	const size_t KVD = (size_t)net->KV * net->D, mx = C > F ? (C > HD ? C : HD) : (F > HD ? F : HD);
-	const size_t R = max_rank(net);
+	const size_t R = lora_net_max_rank(net);
 	float *p = base ? base : (float *)64;   /* measure: any aligned origin */
 	float *start = p;
 

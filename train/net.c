@@ -930,3 +930,13 @@ int lora_net_forward(struct lora_net *net, const struct lora_batch *b, float *lo
 		return -1;
 	return net->be->run(net, b, 0, 0.0, logits, res, err);
 }
+
+size_t lora_net_max_rank(const struct lora_net *net)
+{
+	int r = 1;
+	for (int l = 0; l < net->L; l++)
+		for (int t = 0; t < LORA_NTARGET; t++)
+			if (net->blocks[l].lin[t].has_lora && net->blocks[l].lin[t].lora.r > r)
+				r = net->blocks[l].lin[t].lora.r;
+	return (size_t)r;
+}

@@ -189,6 +189,8 @@ struct lora_net {
 int lora_net_open(struct lora_net **out, const char *base_dir, const struct lora_net_opts *o,
 		  struct lora_err *err);
 void lora_net_close(struct lora_net *net);
+/* The largest LoRA rank of any module (1 when none): the width of the backends' rank buffers. */
+size_t lora_net_max_rank(const struct lora_net *net);
 
 /* Fresh adapters on cfg->targets of every layer (PEFT initialization, seeded). */
 int lora_net_init_lora(struct lora_net *net, const struct lora_cfg *cfg, struct lora_err *err);
